@@ -1,0 +1,194 @@
+//! Conversions between wire messages (`pb`) and domain types, with validation. The one place
+//! where a malformed message is turned into an error that names the field.
+
+use crate::pb;
+use crate::spec::{FieldError, SweepId, TrialId, TrialSpec};
+
+/// A trial handed to a worker, with its spec parsed and checked against its id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    /// The trial.
+    pub trial_id: TrialId,
+    /// The sweep that asked for it.
+    pub sweep_id: SweepId,
+    /// What to train.
+    pub spec: TrialSpec,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// Fencing token for every report about this attempt.
+    pub token: String,
+}
+
+impl TryFrom<pb::TrialLease> for Lease {
+    type Error = FieldError;
+
+    fn try_from(m: pb::TrialLease) -> Result<Self, Self::Error> {
+        let trial_id = TrialId::parse(&m.trial_id)?;
+        let actual = TrialId::of_canonical_json(&m.spec_json);
+        if actual != trial_id {
+            return Err(FieldError::new(
+                "spec_json",
+                format!(
+                    "hashes to {actual}, not to the trial id {trial_id}: the spec was altered in transit or by a different convsweep version"
+                ),
+            ));
+        }
+        let spec = TrialSpec::from_json(&m.spec_json)?;
+        spec.validate()?;
+        if m.attempt == 0 {
+            return Err(FieldError::new("attempt", "must be at least 1"));
+        }
+        if m.lease_token.is_empty() {
+            return Err(FieldError::new("lease_token", "must not be empty"));
+        }
+        Ok(Lease {
+            trial_id,
+            sweep_id: SweepId::parse(&m.sweep_id)?,
+            spec,
+            attempt: m.attempt,
+            token: m.lease_token,
+        })
+    }
+}
+
+impl From<&Lease> for pb::LeaseRef {
+    fn from(l: &Lease) -> Self {
+        pb::LeaseRef {
+            trial_id: l.trial_id.to_string(),
+            lease_token: l.token.clone(),
+        }
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Trained and measured.
+    Succeeded(pb::TrialResult),
+    /// Did not finish; `retryable` says whether another attempt could succeed.
+    Failed {
+        /// Whether another attempt of the same spec may succeed.
+        retryable: bool,
+        /// Why, for people.
+        reason: String,
+    },
+    /// Stopped by the worker's shutdown; should run again elsewhere.
+    Preempted {
+        /// Why, for people.
+        reason: String,
+    },
+}
+
+impl TryFrom<Option<pb::complete_request::Outcome>> for Outcome {
+    type Error = FieldError;
+
+    fn try_from(m: Option<pb::complete_request::Outcome>) -> Result<Self, Self::Error> {
+        use pb::complete_request::Outcome as O;
+        match m {
+            None => Err(FieldError::new(
+                "outcome",
+                "missing: one of succeeded, failed, preempted is required",
+            )),
+            Some(O::Succeeded(s)) => {
+                let result = s.result.ok_or_else(|| FieldError::new("succeeded.result", "missing"))?;
+                validate_result(&result)?;
+                Ok(Outcome::Succeeded(result))
+            }
+            Some(O::Failed(f)) => Ok(Outcome::Failed {
+                retryable: f.retryable,
+                reason: f.reason,
+            }),
+            Some(O::Preempted(p)) => Ok(Outcome::Preempted { reason: p.reason }),
+        }
+    }
+}
+
+impl From<Outcome> for pb::complete_request::Outcome {
+    fn from(o: Outcome) -> Self {
+        use pb::complete_request::Outcome as O;
+        match o {
+            Outcome::Succeeded(result) => O::Succeeded(pb::Succeeded { result: Some(result) }),
+            Outcome::Failed { retryable, reason } => O::Failed(pb::Failed { retryable, reason }),
+            Outcome::Preempted { reason } => O::Preempted(pb::Preempted { reason }),
+        }
+    }
+}
+
+fn validate_result(r: &pb::TrialResult) -> Result<(), FieldError> {
+    for (field, v) in [
+        ("final_test_acc", r.final_test_acc),
+        ("final_train_acc", r.final_train_acc),
+        ("best_test_acc", r.best_test_acc),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(FieldError::new(
+                format!("result.{field}"),
+                format!("an accuracy in [0, 1], got {v}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a batch of epoch metrics: epochs numbered from 1, accuracies in [0, 1].
+pub fn validate_epochs(epochs: &[pb::EpochMetrics]) -> Result<(), FieldError> {
+    for (i, e) in epochs.iter().enumerate() {
+        if e.epoch == 0 {
+            return Err(FieldError::new(
+                format!("epochs[{i}].epoch"),
+                "epochs are numbered from 1",
+            ));
+        }
+        for (field, v) in [("train_acc", e.train_acc), ("test_acc", e.test_acc)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(FieldError::new(
+                    format!("epochs[{i}].{field}"),
+                    format!("an accuracy in [0, 1], got {v}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::tests::demo_spec;
+
+    fn wire_lease() -> pb::TrialLease {
+        let mut spec = demo_spec();
+        spec.canonicalize();
+        pb::TrialLease {
+            trial_id: spec.id().to_string(),
+            sweep_id: "demo".into(),
+            spec_json: spec.canonical_json(),
+            attempt: 1,
+            lease_token: "t".into(),
+        }
+    }
+
+    #[test]
+    fn lease_round_trips_and_checks_the_hash() {
+        let lease = Lease::try_from(wire_lease()).unwrap();
+        assert_eq!(lease.spec.model.kernel_size, 3);
+        let mut tampered = wire_lease();
+        tampered.spec_json = tampered.spec_json.replace(r#""seed":7"#, r#""seed":8"#);
+        let err = Lease::try_from(tampered).unwrap_err();
+        assert_eq!(err.field, "spec_json");
+    }
+
+    #[test]
+    fn outcome_requires_a_result() {
+        use pb::complete_request::Outcome as O;
+        let err = Outcome::try_from(Some(O::Succeeded(pb::Succeeded { result: None }))).unwrap_err();
+        assert_eq!(err.field, "succeeded.result");
+        assert_eq!(Outcome::try_from(None).unwrap_err().field, "outcome");
+        let bad = pb::TrialResult {
+            final_test_acc: 1.5,
+            ..Default::default()
+        };
+        let err = Outcome::try_from(Some(O::Succeeded(pb::Succeeded { result: Some(bad) }))).unwrap_err();
+        assert_eq!(err.field, "result.final_test_acc");
+    }
+}

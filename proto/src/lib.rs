@@ -1,0 +1,25 @@
+//! The convsweep protocol and the domain types every other crate shares.
+//!
+//! - [`pb`]: code generated from `proto/convsweep/v1/convsweep.proto` (services `WorkerService`
+//!   and `AdminService`).
+//! - [`spec`]: [`TrialSpec`], its canonical form and the ids derived from it.
+//! - [`state`]: the trial lifecycle.
+//! - [`convert`]: validated conversions between wire messages and domain types.
+
+pub mod convert;
+pub mod spec;
+pub mod state;
+
+/// Generated protobuf and gRPC code for package `convsweep.v1`.
+#[rustfmt::skip]
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("convsweep.v1");
+}
+
+pub use convert::{Lease, Outcome};
+pub use spec::{FieldError, SweepId, TrialId, TrialSpec};
+pub use state::TrialState;
+
+/// Version of the worker protocol. A worker whose version differs is refused at `Register`.
+pub const PROTOCOL_VERSION: u32 = 1;
