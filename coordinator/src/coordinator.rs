@@ -1,0 +1,274 @@
+//! The coordinator: the store behind a mutex, long-poll leasing and lease expiry.
+//!
+//! SQLite calls run inline on the async threads. Each is one short transaction (a few ms with
+//! its fsync), and keeping them inline keeps the state machine testable under tokio's paused
+//! clock, where `spawn_blocking` would let time jump while a transaction runs.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use convsweep_proto::{FieldError, Outcome, PROTOCOL_VERSION, SweepId, pb};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::store::{LeasePolicy, Store, Submitted};
+use crate::sweep::SweepSpec;
+
+/// Runtime settings of a coordinator. Tests build it directly.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Folder of the SQLite state (created when missing).
+    pub state_dir: PathBuf,
+    /// How often workers heartbeat.
+    pub heartbeat_interval: Duration,
+    /// A lease not renewed for this long expires (several heartbeat intervals).
+    pub lease_timeout: Duration,
+    /// Attempts that expire or fail retryably before a trial fails for good.
+    pub max_attempts: u32,
+    /// Longest a `Lease` call waits for work.
+    pub max_lease_wait: Duration,
+    /// How often expired leases are looked for.
+    pub expiry_interval: Duration,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            state_dir: PathBuf::from("runs/coordinator"),
+            heartbeat_interval: Duration::from_secs(5),
+            lease_timeout: Duration::from_secs(60),
+            max_attempts: 3,
+            max_lease_wait: Duration::from_secs(20),
+            expiry_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The coordinator's shared state; the gRPC services are thin wrappers around it.
+#[derive(Debug)]
+pub struct Coordinator {
+    store: Mutex<Store>,
+    config: CoordinatorConfig,
+    clock: Clock,
+    work_available: Notify,
+    drain: AtomicBool,
+}
+
+impl Coordinator {
+    /// Opens the state folder (recovering whatever it holds) and returns a coordinator.
+    pub fn open(config: CoordinatorConfig) -> Result<Arc<Coordinator>> {
+        let policy = LeasePolicy {
+            lease_timeout_ms: config.lease_timeout.as_millis() as i64,
+            max_attempts: config.max_attempts.max(1),
+        };
+        let store = Store::open(&config.state_dir, policy)?;
+        info!(state_dir = %config.state_dir.display(), "coordinator state opened");
+        Ok(Arc::new(Coordinator {
+            store: Mutex::new(store),
+            config,
+            clock: Clock::default(),
+            work_available: Notify::new(),
+            drain: AtomicBool::new(false),
+        }))
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
+        // back on drop), so the store stays usable.
+        self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Asks every worker to finish what it holds and exit (used when a local run is done).
+    pub fn set_drain(&self, drain: bool) {
+        self.drain.store(drain, Ordering::SeqCst);
+        self.work_available.notify_waiters();
+    }
+
+    /// Parses, expands and stores a sweep.
+    pub fn submit(&self, spec_toml: &str) -> Result<(SweepId, Submitted)> {
+        let spec = SweepSpec::from_toml(spec_toml)?;
+        let trials = spec.expand()?;
+        let submitted = self
+            .store()
+            .submit_sweep(&spec.id, spec_toml, &trials, self.clock.now_ms())?;
+        info!(sweep = %spec.id, trials = submitted.trials, new = submitted.new_trials, "sweep submitted");
+        if submitted.new_trials > 0 {
+            self.work_available.notify_waiters();
+        }
+        Ok((spec.id, submitted))
+    }
+
+    /// Registers a worker after checking its protocol version.
+    pub fn register(&self, req: pb::RegisterRequest) -> Result<pb::RegisterResponse> {
+        if req.protocol_version != PROTOCOL_VERSION {
+            return Err(Error::ProtocolMismatch {
+                worker: req.protocol_version,
+                coordinator: PROTOCOL_VERSION,
+            });
+        }
+        if req.slots == 0 {
+            return Err(Error::InvalidArgument(FieldError::new("slots", "must be at least 1")));
+        }
+        let worker_id =
+            self.store()
+                .register_worker(&req.name, &req.host, &req.devices, req.slots, self.clock.now_ms())?;
+        info!(worker = %worker_id, host = %req.host, name = %req.name, devices = ?req.devices, slots = req.slots, "worker registered");
+        Ok(pb::RegisterResponse {
+            worker_id,
+            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+            lease_timeout_ms: self.config.lease_timeout.as_millis() as u32,
+        })
+    }
+
+    /// Leases trials, waiting up to `wait_ms` (capped) for some to become available.
+    pub async fn lease(&self, req: pb::LeaseRequest) -> Result<pb::LeaseResponse> {
+        if req.max_trials == 0 {
+            return Err(Error::InvalidArgument(FieldError::new(
+                "max_trials",
+                "must be at least 1",
+            )));
+        }
+        let wait = Duration::from_millis(u64::from(req.wait_ms)).min(self.config.max_lease_wait);
+        let deadline = Instant::now() + wait;
+        loop {
+            let notified = self.work_available.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.drain.load(Ordering::SeqCst) {
+                return Ok(pb::LeaseResponse {
+                    leases: vec![],
+                    drain: true,
+                });
+            }
+            let leases = self
+                .store()
+                .lease(&req.worker_id, req.max_trials, self.clock.now_ms())?;
+            if !leases.is_empty() || Instant::now() >= deadline {
+                for l in &leases {
+                    info!(trial = %l.trial_id, sweep = %l.sweep_id, attempt = l.attempt, worker = %req.worker_id, "trial leased");
+                }
+                return Ok(pb::LeaseResponse { leases, drain: false });
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// Renews leases.
+    pub fn heartbeat(&self, req: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse> {
+        let leases = self
+            .store()
+            .heartbeat(&req.worker_id, &req.leases, self.clock.now_ms())?;
+        Ok(pb::HeartbeatResponse {
+            leases,
+            drain: self.drain.load(Ordering::SeqCst),
+        })
+    }
+
+    /// Stores epoch metrics.
+    pub fn report_epochs(&self, req: pb::ReportEpochsRequest) -> Result<()> {
+        convsweep_proto::convert::validate_epochs(&req.epochs).map_err(Error::InvalidArgument)?;
+        self.store().report_epochs(
+            &req.worker_id,
+            &req.trial_id,
+            &req.lease_token,
+            &req.epochs,
+            self.clock.now_ms(),
+        )?;
+        for e in &req.epochs {
+            debug!(trial = %req.trial_id, epoch = e.epoch, test_acc = e.test_acc, "epoch reported");
+        }
+        Ok(())
+    }
+
+    /// Records a trial's outcome.
+    pub fn complete(&self, req: pb::CompleteRequest) -> Result<pb::CompleteResponse> {
+        let outcome = Outcome::try_from(req.outcome).map_err(Error::InvalidArgument)?;
+        let done = self.store().complete(
+            &req.worker_id,
+            &req.trial_id,
+            &req.lease_token,
+            &outcome,
+            self.clock.now_ms(),
+        )?;
+        match (&outcome, done.duplicate) {
+            (_, true) => info!(trial = %req.trial_id, "duplicate completion acknowledged"),
+            (Outcome::Succeeded(r), false) => {
+                info!(trial = %req.trial_id, test_acc = r.final_test_acc, seconds = r.wall_seconds, "trial succeeded")
+            }
+            (Outcome::Failed { reason, retryable }, false) => {
+                warn!(trial = %req.trial_id, retryable, state = %done.state, reason = %reason, "trial attempt failed")
+            }
+            (Outcome::Preempted { reason }, false) => {
+                info!(trial = %req.trial_id, reason = %reason, "trial preempted")
+            }
+        }
+        // A retried or preempted trial is leasable again, and a finished one may let a
+        // draining run end: either way waiting workers should look again.
+        self.work_available.notify_waiters();
+        Ok(pb::CompleteResponse {
+            duplicate: done.duplicate,
+        })
+    }
+
+    /// Status of one sweep (or of all when `sweep_id` is empty).
+    pub fn status(&self, sweep_id: &str) -> Result<pb::GetStatusResponse> {
+        let now = self.clock.now_ms();
+        let store = self.store();
+        let ids = if sweep_id.is_empty() {
+            store.sweep_ids()?
+        } else {
+            vec![sweep_id.to_owned()]
+        };
+        let sweeps = ids
+            .iter()
+            .map(|id| store.sweep_status(id, now))
+            .collect::<Result<Vec<_>>>()?;
+        let alive_since = now - 3 * self.config.heartbeat_interval.as_millis() as i64;
+        Ok(pb::GetStatusResponse {
+            sweeps,
+            workers_alive: store.workers_seen_since(alive_since)?,
+        })
+    }
+
+    /// Expires overdue leases once; returns how many trials it touched.
+    pub fn expire_once(&self) -> Result<usize> {
+        let touched = self.store().expire_leases(self.clock.now_ms())?;
+        for (trial, state) in &touched {
+            warn!(trial = %trial, now = %state, "lease expired");
+        }
+        if !touched.is_empty() {
+            self.work_available.notify_waiters();
+        }
+        Ok(touched.len())
+    }
+
+    /// Expires overdue leases every `expiry_interval` until cancelled.
+    pub async fn run_expiry(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.expiry_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = self.expire_once() {
+                        warn!(error = %e, "lease expiry failed; will retry");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The coordinator's error type and its mapping onto gRPC statuses.
+
+use convsweep_proto::FieldError;
+
+/// Everything that can go wrong in the coordinator, by meaning.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A sweep spec that cannot be run, with the field and what is allowed.
+    #[error("invalid sweep spec: {0}")]
+    InvalidSpec(FieldError),
+    /// A request whose fields do not make sense.
+    #[error("invalid request: {0}")]
+    InvalidArgument(FieldError),
+    /// A sweep, trial or worker that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A sweep of that name exists with other trials.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A report carried a lease token that is not the trial's current one (fencing).
+    #[error("stale lease: {0}")]
+    StaleLease(String),
+    /// The worker speaks another protocol version.
+    #[error(
+        "protocol version mismatch: worker speaks v{worker}, coordinator v{coordinator}; run the same convsweep version on both"
+    )]
+    ProtocolMismatch {
+        /// The worker's version.
+        worker: u32,
+        /// Ours.
+        coordinator: u32,
+    },
+    /// SQLite failed; nothing was acknowledged.
+    #[error("storage: {0}")]
+    Storage(#[from] rusqlite::Error),
+    /// The state folder could not be used.
+    #[error("state folder: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server could not start or stopped abnormally.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Results of the coordinator.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        let msg = e.to_string();
+        match e {
+            Error::InvalidSpec(_) | Error::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
+            Error::NotFound(_) => tonic::Status::not_found(msg),
+            Error::AlreadyExists(_) => tonic::Status::already_exists(msg),
+            Error::StaleLease(_) => tonic::Status::aborted(msg),
+            Error::ProtocolMismatch { .. } => tonic::Status::failed_precondition(msg),
+            Error::Storage(_) | Error::Io(_) | Error::Transport(_) => tonic::Status::internal(msg),
+        }
+    }
+}

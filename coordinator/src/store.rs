@@ -1,0 +1,822 @@
+//! The coordinator's durable state: SQLite in WAL mode with `synchronous = FULL`, so every
+//! transaction that returned is on disk before the RPC that caused it is acknowledged.
+//!
+//! Each public method is one transaction and one step of the lease state machine:
+//!
+//! ```text
+//! submit  -> pending --lease--> leased --epoch report--> running --complete--> succeeded
+//!               ^  ^                |                        |                 failed
+//!               |  +-- expired / retryable failure ----------+                 preempted (leasable)
+//!               +----------------- preempted <-------------------------------- cancelled
+//! ```
+//!
+//! Fencing: every report names its lease token; only the trial's current token of an active
+//! lease is accepted. A completion whose token already completed is acknowledged as a duplicate.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use convsweep_proto::{Outcome, SweepId, TrialId, TrialSpec, TrialState, pb};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::error::{Error, Result};
+
+/// File name of the database inside the state folder.
+pub const DB_FILE: &str = "state.db";
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sweeps (
+    id TEXT PRIMARY KEY,
+    spec_toml TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS trials (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    spec_json TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    lease_token TEXT,
+    worker_id TEXT,
+    lease_deadline_ms INTEGER,
+    reason TEXT,
+    created_ms INTEGER NOT NULL,
+    finished_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS trials_by_state ON trials(state, seq);
+CREATE TABLE IF NOT EXISTS sweep_trials (
+    sweep_id TEXT NOT NULL REFERENCES sweeps(id),
+    trial_id TEXT NOT NULL REFERENCES trials(id),
+    position INTEGER NOT NULL,
+    PRIMARY KEY (sweep_id, trial_id)
+);
+CREATE INDEX IF NOT EXISTS sweep_trials_by_trial ON sweep_trials(trial_id);
+CREATE TABLE IF NOT EXISTS attempts (
+    trial_id TEXT NOT NULL REFERENCES trials(id),
+    attempt INTEGER NOT NULL,
+    worker_id TEXT NOT NULL,
+    lease_token TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    outcome TEXT,
+    reason TEXT,
+    PRIMARY KEY (trial_id, attempt)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS attempts_by_token ON attempts(lease_token);
+CREATE TABLE IF NOT EXISTS epochs (
+    trial_id TEXT NOT NULL REFERENCES trials(id),
+    epoch INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    lr REAL NOT NULL,
+    train_loss REAL NOT NULL,
+    train_acc REAL NOT NULL,
+    test_loss REAL NOT NULL,
+    test_acc REAL NOT NULL,
+    seconds REAL NOT NULL,
+    PRIMARY KEY (trial_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS results (
+    trial_id TEXT PRIMARY KEY REFERENCES trials(id),
+    attempt INTEGER NOT NULL,
+    worker_id TEXT NOT NULL,
+    final_train_loss REAL NOT NULL,
+    final_train_acc REAL NOT NULL,
+    final_test_loss REAL NOT NULL,
+    final_test_acc REAL NOT NULL,
+    best_test_acc REAL NOT NULL,
+    best_epoch INTEGER NOT NULL,
+    params_total INTEGER NOT NULL,
+    params_learnable INTEGER NOT NULL,
+    flops_per_image INTEGER NOT NULL,
+    wall_seconds REAL NOT NULL,
+    peak_memory_bytes INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    completed_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    host TEXT NOT NULL,
+    devices TEXT NOT NULL,
+    slots INTEGER NOT NULL,
+    registered_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL
+);
+"#;
+
+/// Lease rules the store enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct LeasePolicy {
+    /// A lease not renewed for this long expires.
+    pub lease_timeout_ms: i64,
+    /// A trial fails for good once this many attempts expired or failed retryably.
+    pub max_attempts: u32,
+}
+
+impl Default for LeasePolicy {
+    fn default() -> Self {
+        LeasePolicy {
+            lease_timeout_ms: 60_000,
+            max_attempts: 3,
+        }
+    }
+}
+
+/// What a submission did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    /// Trials in the sweep.
+    pub trials: u32,
+    /// Trials this submission created.
+    pub new_trials: u32,
+}
+
+/// A completion's acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completed {
+    /// The same completion had already been recorded.
+    pub duplicate: bool,
+    /// The state the trial is in now.
+    pub state: TrialState,
+}
+
+/// One trial of one sweep, as exported.
+#[derive(Debug, Clone)]
+pub struct TrialRow {
+    /// Sweep it belongs to.
+    pub sweep_id: String,
+    /// Trial id.
+    pub trial_id: String,
+    /// Its spec.
+    pub spec: TrialSpec,
+    /// Current state.
+    pub state: TrialState,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Why it failed, when it did.
+    pub reason: Option<String>,
+    /// Worker that produced the result.
+    pub worker_id: Option<String>,
+    /// Final metrics, once succeeded.
+    pub result: Option<pb::TrialResult>,
+}
+
+/// One epoch of one trial, as exported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochRow {
+    /// Trial id.
+    pub trial_id: String,
+    /// Attempt that reported it.
+    pub attempt: u32,
+    /// Metrics.
+    pub metrics: pb::EpochMetrics,
+}
+
+/// The SQLite store. Not `Sync`: the coordinator keeps it behind a mutex.
+pub struct Store {
+    conn: Connection,
+    policy: LeasePolicy,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+fn new_token(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(n);
+    let a = h.finish();
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(a ^ n.rotate_left(17));
+    format!("{prefix}{a:016x}{:08x}", h.finish() as u32)
+}
+
+fn state_of(s: String) -> Result<TrialState> {
+    s.parse().map_err(|e: convsweep_proto::state::UnknownState| {
+        Error::Storage(rusqlite::Error::InvalidParameterName(e.to_string()))
+    })
+}
+
+impl Store {
+    /// Opens (creating when needed) the store in `dir`.
+    pub fn open(dir: &Path, policy: LeasePolicy) -> Result<Store> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(DB_FILE);
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        let version: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .optional()?;
+        match version {
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                    [SCHEMA_VERSION.to_string()],
+                )?;
+            }
+            Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            Some(v) => {
+                return Err(Error::Io(std::io::Error::other(format!(
+                    "{} has schema version {v}; this convsweep understands {SCHEMA_VERSION}",
+                    path.display()
+                ))));
+            }
+        }
+        Ok(Store { conn, policy, path })
+    }
+
+    /// Opens an existing store for reading (export), failing when there is none.
+    pub fn open_existing(dir: &Path) -> Result<Store> {
+        let path = dir.join(DB_FILE);
+        if !path.exists() {
+            return Err(Error::NotFound(format!(
+                "no coordinator state at {} (expected {DB_FILE} there)",
+                dir.display()
+            )));
+        }
+        Store::open(dir, LeasePolicy::default())
+    }
+
+    /// The lease rules in force.
+    pub fn policy(&self) -> LeasePolicy {
+        self.policy
+    }
+
+    /// Creates the sweep and its trials. Submitting the same trial set again changes nothing;
+    /// a different trial set under an existing sweep name is refused.
+    pub fn submit_sweep(
+        &mut self,
+        sweep: &SweepId,
+        spec_toml: &str,
+        trials: &[TrialSpec],
+        now: i64,
+    ) -> Result<Submitted> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: bool = tx
+            .query_row("SELECT 1 FROM sweeps WHERE id = ?1", [sweep.as_str()], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if exists {
+            let mut stmt = tx.prepare("SELECT trial_id FROM sweep_trials WHERE sweep_id = ?1")?;
+            let mut existing: Vec<String> = stmt
+                .query_map([sweep.as_str()], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut wanted: Vec<String> = trials.iter().map(|t| t.id().to_string()).collect();
+            existing.sort();
+            wanted.sort();
+            if existing != wanted {
+                return Err(Error::AlreadyExists(format!(
+                    "sweep {sweep} already exists with {} trials and this spec expands to {} different ones; \
+                     give the sweep another name",
+                    existing.len(),
+                    wanted.len()
+                )));
+            }
+            return Ok(Submitted {
+                trials: existing.len() as u32,
+                new_trials: 0,
+            });
+        }
+        tx.execute(
+            "INSERT INTO sweeps (id, spec_toml, created_ms) VALUES (?1, ?2, ?3)",
+            params![sweep.as_str(), spec_toml, now],
+        )?;
+        let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM trials", [], |r| r.get(0))?;
+        let mut new_trials = 0;
+        {
+            let mut insert_trial = tx.prepare(
+                "INSERT OR IGNORE INTO trials (id, seq, spec_json, state, created_ms) VALUES (?1, ?2, ?3, 'pending', ?4)",
+            )?;
+            let mut link = tx.prepare("INSERT INTO sweep_trials (sweep_id, trial_id, position) VALUES (?1, ?2, ?3)")?;
+            for (position, trial) in trials.iter().enumerate() {
+                seq += 1;
+                let id = trial.id();
+                new_trials += insert_trial.execute(params![id.as_str(), seq, trial.canonical_json(), now])?;
+                link.execute(params![sweep.as_str(), id.as_str(), position as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(Submitted {
+            trials: trials.len() as u32,
+            new_trials: new_trials as u32,
+        })
+    }
+
+    /// Records a worker and returns its new id.
+    pub fn register_worker(
+        &mut self,
+        name: &str,
+        host: &str,
+        devices: &[String],
+        slots: u32,
+        now: i64,
+    ) -> Result<String> {
+        let id = new_token("w-");
+        let devices = serde_json::to_string(devices).unwrap_or_default();
+        self.conn.execute(
+            "INSERT INTO workers (id, name, host, devices, slots, registered_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            params![id, name, host, devices, slots, now],
+        )?;
+        Ok(id)
+    }
+
+    fn touch_worker(tx: &Connection, worker_id: &str, now: i64) -> Result<()> {
+        let n = tx.execute(
+            "UPDATE workers SET last_seen_ms = ?2 WHERE id = ?1",
+            params![worker_id, now],
+        )?;
+        if n == 0 {
+            return Err(Error::NotFound(format!(
+                "unknown worker {worker_id}: register first (the coordinator may have been reset)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Leases up to `max` leasable trials (pending or preempted, oldest first) to a worker.
+    pub fn lease(&mut self, worker_id: &str, max: u32, now: i64) -> Result<Vec<pb::TrialLease>> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Self::touch_worker(&tx, worker_id, now)?;
+        let picked: Vec<(String, String, u32)> = {
+            let mut stmt = tx.prepare(
+                "SELECT id, spec_json, attempt FROM trials WHERE state IN ('pending', 'preempted') ORDER BY seq LIMIT ?1",
+            )?;
+            stmt.query_map([max], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut leases = Vec::with_capacity(picked.len());
+        for (trial_id, spec_json, attempt) in picked {
+            let attempt = attempt + 1;
+            let token = new_token("l-");
+            let deadline = now + self.policy.lease_timeout_ms;
+            tx.execute(
+                "UPDATE trials SET state = 'leased', attempt = ?2, lease_token = ?3, worker_id = ?4, lease_deadline_ms = ?5 WHERE id = ?1",
+                params![trial_id, attempt, token, worker_id, deadline],
+            )?;
+            tx.execute(
+                "INSERT INTO attempts (trial_id, attempt, worker_id, lease_token, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![trial_id, attempt, worker_id, token, now],
+            )?;
+            let sweep_id: String = tx.query_row(
+                "SELECT sweep_id FROM sweep_trials WHERE trial_id = ?1 ORDER BY rowid LIMIT 1",
+                [&trial_id],
+                |r| r.get(0),
+            )?;
+            leases.push(pb::TrialLease {
+                trial_id,
+                sweep_id,
+                spec_json,
+                attempt,
+                lease_token: token,
+            });
+        }
+        tx.commit()?;
+        Ok(leases)
+    }
+
+    /// Checks that `token` is the current token of an active lease on `trial_id`.
+    fn check_lease(tx: &Connection, trial_id: &str, token: &str) -> Result<(TrialState, u32)> {
+        let row: Option<(String, Option<String>, u32, Option<String>)> = tx
+            .query_row(
+                "SELECT state, lease_token, attempt, worker_id FROM trials WHERE id = ?1",
+                [trial_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((state, current, attempt, holder)) = row else {
+            return Err(Error::NotFound(format!("unknown trial {trial_id}")));
+        };
+        let state = state_of(state)?;
+        if current.as_deref() != Some(token) || !state.is_active() {
+            return Err(Error::StaleLease(format!(
+                "trial {trial_id} is {state} at attempt {attempt}{}; this report's lease is no longer current",
+                holder.map(|w| format!(" (last leased to {w})")).unwrap_or_default()
+            )));
+        }
+        Ok((state, attempt))
+    }
+
+    /// Renews each lease the worker still holds; says what to do about each.
+    pub fn heartbeat(&mut self, worker_id: &str, leases: &[pb::LeaseRef], now: i64) -> Result<Vec<pb::LeaseStatus>> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Self::touch_worker(&tx, worker_id, now)?;
+        let deadline = now + self.policy.lease_timeout_ms;
+        let mut out = Vec::with_capacity(leases.len());
+        for l in leases {
+            let directive = match Self::check_lease(&tx, &l.trial_id, &l.lease_token) {
+                Ok(_) => {
+                    tx.execute(
+                        "UPDATE trials SET lease_deadline_ms = ?2 WHERE id = ?1",
+                        params![l.trial_id, deadline],
+                    )?;
+                    pb::LeaseDirective::Continue
+                }
+                Err(Error::StaleLease(_) | Error::NotFound(_)) => {
+                    let state: Option<String> = tx
+                        .query_row("SELECT state FROM trials WHERE id = ?1", [&l.trial_id], |r| r.get(0))
+                        .optional()?;
+                    if state.as_deref() == Some("cancelled") {
+                        pb::LeaseDirective::Cancel
+                    } else {
+                        pb::LeaseDirective::Lost
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            out.push(pb::LeaseStatus {
+                trial_id: l.trial_id.clone(),
+                directive: directive as i32,
+            });
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Stores epoch metrics of an active lease (upsert per epoch) and marks the trial running.
+    pub fn report_epochs(
+        &mut self,
+        worker_id: &str,
+        trial_id: &str,
+        token: &str,
+        epochs: &[pb::EpochMetrics],
+        now: i64,
+    ) -> Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Self::touch_worker(&tx, worker_id, now)?;
+        let (_, attempt) = Self::check_lease(&tx, trial_id, token)?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT OR REPLACE INTO epochs (trial_id, epoch, attempt, lr, train_loss, train_acc, test_loss, test_acc, seconds) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for e in epochs {
+                stmt.execute(params![
+                    trial_id,
+                    e.epoch,
+                    attempt,
+                    e.lr,
+                    e.train_loss,
+                    e.train_acc,
+                    e.test_loss,
+                    e.test_acc,
+                    e.seconds
+                ])?;
+            }
+        }
+        tx.execute(
+            "UPDATE trials SET state = 'running', lease_deadline_ms = ?2 WHERE id = ?1",
+            params![trial_id, now + self.policy.lease_timeout_ms],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Counts the attempts of a trial that count against `max_attempts`.
+    fn failed_attempts(tx: &Connection, trial_id: &str) -> Result<u32> {
+        Ok(tx.query_row(
+            "SELECT COUNT(*) FROM attempts WHERE trial_id = ?1 AND outcome IN ('expired', 'failed')",
+            [trial_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// After an attempt expired or failed retryably: lease again, or give up with every reason.
+    fn retry_or_fail(policy: LeasePolicy, tx: &Connection, trial_id: &str, now: i64) -> Result<TrialState> {
+        let failures = Self::failed_attempts(tx, trial_id)?;
+        if failures < policy.max_attempts {
+            tx.execute(
+                "UPDATE trials SET state = 'pending', lease_token = NULL, lease_deadline_ms = NULL WHERE id = ?1",
+                [trial_id],
+            )?;
+            return Ok(TrialState::Pending);
+        }
+        let reasons: Vec<String> = {
+            let mut stmt = tx.prepare(
+                "SELECT attempt, outcome, COALESCE(reason, '') FROM attempts WHERE trial_id = ?1 AND outcome IN ('expired', 'failed') ORDER BY attempt",
+            )?;
+            stmt.query_map([trial_id], |r| {
+                let (a, o, why): (u32, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                Ok(format!("attempt {a} {o}: {why}"))
+            })?
+            .collect::<rusqlite::Result<_>>()?
+        };
+        let reason = format!("gave up after {failures} failed attempts: {}", reasons.join("; "));
+        tx.execute(
+            "UPDATE trials SET state = 'failed', lease_token = NULL, lease_deadline_ms = NULL, reason = ?2, finished_ms = ?3 WHERE id = ?1",
+            params![trial_id, reason, now],
+        )?;
+        Ok(TrialState::Failed)
+    }
+
+    /// Records how an attempt ended. The same token completing again is a duplicate, not an error.
+    pub fn complete(
+        &mut self,
+        worker_id: &str,
+        trial_id: &str,
+        token: &str,
+        outcome: &Outcome,
+        now: i64,
+    ) -> Result<Completed> {
+        let policy = self.policy;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Self::touch_worker(&tx, worker_id, now)?;
+        let recorded: Option<Option<String>> = tx
+            .query_row(
+                "SELECT outcome FROM attempts WHERE trial_id = ?1 AND lease_token = ?2",
+                params![trial_id, token],
+                |r| r.get(0),
+            )
+            .optional()?;
+        // Only an outcome that a completion recorded makes this a duplicate; an attempt that
+        // expired was never completed, and its late report is stale (fenced below).
+        if let Some(Some(previous)) = recorded
+            && previous != "expired"
+        {
+            let state: String = tx.query_row("SELECT state FROM trials WHERE id = ?1", [trial_id], |r| r.get(0))?;
+            return Ok(Completed {
+                duplicate: true,
+                state: state_of(state)?,
+            });
+        }
+        let (_, attempt) = Self::check_lease(&tx, trial_id, token)?;
+        let (kind, reason) = match outcome {
+            Outcome::Succeeded(_) => ("succeeded", None),
+            Outcome::Failed { reason, .. } => ("failed", Some(reason.as_str())),
+            Outcome::Preempted { reason } => ("preempted", Some(reason.as_str())),
+        };
+        tx.execute(
+            "UPDATE attempts SET ended_ms = ?3, outcome = ?4, reason = ?5 WHERE trial_id = ?1 AND attempt = ?2",
+            params![trial_id, attempt, now, kind, reason],
+        )?;
+        let state = match outcome {
+            Outcome::Succeeded(r) => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO results (trial_id, attempt, worker_id, final_train_loss, final_train_acc, \
+                     final_test_loss, final_test_acc, best_test_acc, best_epoch, params_total, params_learnable, \
+                     flops_per_image, wall_seconds, peak_memory_bytes, device, completed_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                    params![
+                        trial_id,
+                        attempt,
+                        worker_id,
+                        r.final_train_loss,
+                        r.final_train_acc,
+                        r.final_test_loss,
+                        r.final_test_acc,
+                        r.best_test_acc,
+                        r.best_epoch,
+                        r.params_total as i64,
+                        r.params_learnable as i64,
+                        r.flops_per_image as i64,
+                        r.wall_seconds,
+                        r.peak_memory_bytes as i64,
+                        r.device,
+                        now
+                    ],
+                )?;
+                tx.execute(
+                    "UPDATE trials SET state = 'succeeded', lease_token = NULL, lease_deadline_ms = NULL, reason = NULL, finished_ms = ?2 WHERE id = ?1",
+                    params![trial_id, now],
+                )?;
+                TrialState::Succeeded
+            }
+            Outcome::Failed { retryable: true, .. } => Self::retry_or_fail(policy, &tx, trial_id, now)?,
+            Outcome::Failed {
+                retryable: false,
+                reason,
+            } => {
+                tx.execute(
+                    "UPDATE trials SET state = 'failed', lease_token = NULL, lease_deadline_ms = NULL, reason = ?2, finished_ms = ?3 WHERE id = ?1",
+                    params![trial_id, format!("attempt {attempt} failed (not retryable): {reason}"), now],
+                )?;
+                TrialState::Failed
+            }
+            Outcome::Preempted { .. } => {
+                tx.execute(
+                    "UPDATE trials SET state = 'preempted', lease_token = NULL, lease_deadline_ms = NULL WHERE id = ?1",
+                    [trial_id],
+                )?;
+                TrialState::Preempted
+            }
+        };
+        tx.commit()?;
+        Ok(Completed {
+            duplicate: false,
+            state,
+        })
+    }
+
+    /// Returns every lease whose deadline passed to the queue (or fails it after too many
+    /// attempts). Returns the trials it touched.
+    pub fn expire_leases(&mut self, now: i64) -> Result<Vec<(TrialId, TrialState)>> {
+        let policy = self.policy;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let expired: Vec<(String, u32, Option<String>, i64)> = {
+            let mut stmt = tx.prepare(
+                "SELECT id, attempt, worker_id, lease_deadline_ms FROM trials \
+                 WHERE state IN ('leased', 'running') AND lease_deadline_ms < ?1",
+            )?;
+            stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut touched = Vec::with_capacity(expired.len());
+        for (trial_id, attempt, worker, deadline) in expired {
+            let reason = format!(
+                "lease expired: no heartbeat from worker {} for {:.0} s",
+                worker.as_deref().unwrap_or("?"),
+                (now - deadline + policy.lease_timeout_ms) as f64 / 1000.0
+            );
+            tx.execute(
+                "UPDATE attempts SET ended_ms = ?3, outcome = 'expired', reason = ?4 WHERE trial_id = ?1 AND attempt = ?2",
+                params![trial_id, attempt, now, reason],
+            )?;
+            let state = Self::retry_or_fail(policy, &tx, &trial_id, now)?;
+            touched.push((TrialId::parse(&trial_id).map_err(Error::InvalidArgument)?, state));
+        }
+        tx.commit()?;
+        Ok(touched)
+    }
+
+    /// The ids of every sweep, oldest first.
+    pub fn sweep_ids(&self) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare("SELECT id FROM sweeps ORDER BY created_ms, id")?;
+        Ok(stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Progress of one sweep.
+    pub fn sweep_status(&self, sweep_id: &str, now: i64) -> Result<pb::SweepStatus> {
+        let exists = self
+            .conn
+            .query_row("SELECT 1 FROM sweeps WHERE id = ?1", [sweep_id], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !exists {
+            return Err(Error::NotFound(format!("no sweep named {sweep_id:?}")));
+        }
+        let mut counts = pb::StateCounts::default();
+        let mut total = 0;
+        {
+            let mut stmt = self.conn.prepare(
+                "SELECT t.state, COUNT(*) FROM sweep_trials s JOIN trials t ON t.id = s.trial_id \
+                 WHERE s.sweep_id = ?1 GROUP BY t.state",
+            )?;
+            let rows = stmt.query_map([sweep_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))?;
+            for row in rows {
+                let (state, n) = row?;
+                total += n;
+                let slot = match state_of(state)? {
+                    TrialState::Pending => &mut counts.pending,
+                    TrialState::Leased => &mut counts.leased,
+                    TrialState::Running => &mut counts.running,
+                    TrialState::Succeeded => &mut counts.succeeded,
+                    TrialState::Failed => &mut counts.failed,
+                    TrialState::Preempted => &mut counts.preempted,
+                    TrialState::Cancelled => &mut counts.cancelled,
+                };
+                *slot = n;
+            }
+        }
+        let first_start: Option<i64> = self.conn.query_row(
+            "SELECT MIN(a.started_ms) FROM attempts a JOIN sweep_trials s ON s.trial_id = a.trial_id WHERE s.sweep_id = ?1",
+            [sweep_id],
+            |r| r.get(0),
+        )?;
+        let finished = counts.succeeded + counts.failed;
+        let remaining = total - finished - counts.cancelled;
+        let (trials_per_hour, eta_seconds) = match first_start {
+            Some(start) if finished > 0 && now > start => {
+                let rate = f64::from(finished) / ((now - start) as f64 / 3_600_000.0);
+                (rate, f64::from(remaining) / rate * 3600.0)
+            }
+            _ if remaining == 0 => (0.0, 0.0),
+            _ => (0.0, -1.0),
+        };
+        let failures = {
+            let mut stmt = self.conn.prepare(
+                "SELECT t.id, t.attempt, COALESCE(t.reason, '') FROM sweep_trials s JOIN trials t ON t.id = s.trial_id \
+                 WHERE s.sweep_id = ?1 AND t.state = 'failed' ORDER BY s.position",
+            )?;
+            stmt.query_map([sweep_id], |r| {
+                Ok(pb::TrialFailure {
+                    trial_id: r.get(0)?,
+                    attempt: r.get(1)?,
+                    reason: r.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?
+        };
+        Ok(pb::SweepStatus {
+            sweep_id: sweep_id.to_owned(),
+            total,
+            counts: Some(counts),
+            trials_per_hour,
+            eta_seconds,
+            failures,
+        })
+    }
+
+    /// Workers heard from since `since_ms`.
+    pub fn workers_seen_since(&self, since_ms: i64) -> Result<u32> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM workers WHERE last_seen_ms >= ?1",
+            [since_ms],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Every (sweep, trial) pair with its spec, state and result, sweeps oldest first.
+    pub fn trial_rows(&self) -> Result<Vec<TrialRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT s.sweep_id, t.id, t.spec_json, t.state, t.attempt, t.reason, \
+                    r.worker_id, r.final_train_loss, r.final_train_acc, r.final_test_loss, r.final_test_acc, \
+                    r.best_test_acc, r.best_epoch, r.params_total, r.params_learnable, r.flops_per_image, \
+                    r.wall_seconds, r.peak_memory_bytes, r.device \
+             FROM sweep_trials s JOIN sweeps w ON w.id = s.sweep_id JOIN trials t ON t.id = s.trial_id \
+             LEFT JOIN results r ON r.trial_id = t.id \
+             ORDER BY w.created_ms, s.sweep_id, s.position",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let result = match r.get::<_, Option<String>>(6)? {
+                None => None,
+                Some(_) => Some(pb::TrialResult {
+                    final_train_loss: r.get(7)?,
+                    final_train_acc: r.get(8)?,
+                    final_test_loss: r.get(9)?,
+                    final_test_acc: r.get(10)?,
+                    best_test_acc: r.get(11)?,
+                    best_epoch: r.get(12)?,
+                    params_total: r.get::<_, i64>(13)? as u64,
+                    params_learnable: r.get::<_, i64>(14)? as u64,
+                    flops_per_image: r.get::<_, i64>(15)? as u64,
+                    wall_seconds: r.get(16)?,
+                    peak_memory_bytes: r.get::<_, i64>(17)? as u64,
+                    device: r.get(18)?,
+                }),
+            };
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, u32>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                result,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (sweep_id, trial_id, spec_json, state, attempts, reason, worker_id, result) = row?;
+            let spec = TrialSpec::from_json(&spec_json).map_err(Error::InvalidArgument)?;
+            out.push(TrialRow {
+                sweep_id,
+                trial_id,
+                spec,
+                state: state_of(state)?,
+                attempts,
+                reason,
+                worker_id,
+                result,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every stored epoch, by trial and epoch.
+    pub fn epoch_rows(&self) -> Result<Vec<EpochRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT trial_id, attempt, epoch, lr, train_loss, train_acc, test_loss, test_acc, seconds \
+             FROM epochs ORDER BY trial_id, epoch",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(EpochRow {
+                trial_id: r.get(0)?,
+                attempt: r.get(1)?,
+                metrics: pb::EpochMetrics {
+                    epoch: r.get(2)?,
+                    lr: r.get(3)?,
+                    train_loss: r.get(4)?,
+                    train_acc: r.get(5)?,
+                    test_loss: r.get(6)?,
+                    test_acc: r.get(7)?,
+                    seconds: r.get(8)?,
+                },
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}

@@ -1,0 +1,534 @@
+//! Sweep specs (TOML) and their expansion into trials.
+//!
+//! ```toml
+//! name = "demo"              # the sweep id: a-z, 0-9, '-', '_'
+//! seeds = 2                  # 0 and 1; or a list, e.g. [0, 7]
+//!
+//! [dataset]                  # base values of every trial (TrialSpec's sections)
+//! name = "synthetic"
+//! [model]
+//! arch = "resnet"
+//! depth = 8
+//! [train]
+//! epochs = 2
+//!
+//! [grid]                     # axes: every combination becomes a trial (x every seed)
+//! kernel_size = [3, 5]
+//! train_mode = ["learned", "frozen"]
+//! init = ["kaiming-uniform", "kaiming-normal"]
+//! "train.lr" = [0.01, 0.05]  # any field by its dotted path
+//! ```
+//!
+//! Axis names are short aliases ([`AXIS_ALIASES`]) or dotted paths into the trial spec.
+//! Expansion order: seed outermost (so a partly finished sweep covers the whole grid for its
+//! first seeds), then axes in the order of their names. Grid points whose canonical specs are
+//! equal become one trial.
+
+use std::collections::BTreeMap;
+
+use convsweep_proto::{FieldError, SweepId, TrialSpec};
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+use crate::error::{Error, Result};
+
+/// Short grid-axis names and the trial-spec field each one sets.
+pub const AXIS_ALIASES: &[(&str, &str)] = &[
+    ("dataset", "dataset.name"),
+    ("arch", "model.arch"),
+    ("depth", "model.depth"),
+    ("width", "model.width"),
+    ("kernel_size", "model.kernel_size"),
+    ("expansion", "model.expansion"),
+    ("inter_op", "model.inter_op"),
+    ("train_mode", "model.train_mode"),
+    ("init", "model.init"),
+    ("epochs", "train.epochs"),
+    ("batch_size", "train.batch_size"),
+    ("lr", "train.lr"),
+    ("momentum", "train.momentum"),
+    ("nesterov", "train.nesterov"),
+    ("weight_decay", "train.weight_decay"),
+    ("label_smoothing", "train.label_smoothing"),
+    ("schedule", "train.schedule"),
+    ("augment", "train.augment"),
+    ("seed", "seed"),
+];
+
+const SECTIONS: [&str; 3] = ["dataset", "model", "train"];
+
+/// Seeds of a sweep: a count (0..n) or an explicit list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Seeds {
+    Count(u64),
+    List(Vec<u64>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSweep {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    seeds: Option<Seeds>,
+    #[serde(default)]
+    dataset: Option<toml::Table>,
+    #[serde(default)]
+    model: Option<toml::Table>,
+    #[serde(default)]
+    train: Option<toml::Table>,
+    #[serde(default)]
+    grid: Option<toml::Table>,
+}
+
+/// One grid axis: the trial-spec field it sets and its values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Axis {
+    /// Name as written in `[grid]`.
+    pub name: String,
+    /// Dotted path into the trial spec.
+    pub path: String,
+    /// Values, in the order written.
+    pub values: Vec<Json>,
+}
+
+/// A parsed sweep spec, not yet expanded.
+#[derive(Debug, Clone)]
+pub struct SweepSpec {
+    /// Sweep id (its name).
+    pub id: SweepId,
+    /// Free text.
+    pub description: Option<String>,
+    /// Seeds every grid point runs with.
+    pub seeds: Vec<u64>,
+    /// Base trial (the `dataset`, `model` and `train` sections) as JSON.
+    base: serde_json::Map<String, Json>,
+    /// Grid axes, sorted by name.
+    pub axes: Vec<Axis>,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::InvalidSpec(FieldError::new(field, message))
+}
+
+fn allowed_axes() -> String {
+    AXIS_ALIASES.iter().map(|(a, _)| *a).collect::<Vec<_>>().join(", ")
+}
+
+impl SweepSpec {
+    /// Parses a sweep spec, checking its shape (values are checked by [`SweepSpec::expand`]).
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let de = toml::Deserializer::parse(text).map_err(|e| invalid("spec", format!("not valid TOML: {e}")))?;
+        let raw: RawSweep = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "spec".to_owned() } else { path };
+            let msg = e.inner().message().to_owned();
+            let hint = if msg.contains("unknown field") {
+                " (top-level keys: name, description, seeds, [dataset], [model], [train], [grid])"
+            } else {
+                ""
+            };
+            invalid(field, format!("{msg}{hint}"))
+        })?;
+
+        let id = SweepId::parse(&raw.name).map_err(Error::InvalidSpec)?;
+        let seeds = match raw.seeds {
+            None => vec![0],
+            Some(Seeds::Count(0)) => return Err(invalid("seeds", "must be at least 1 (a count) or a non-empty list")),
+            Some(Seeds::Count(n)) => (0..n).collect(),
+            Some(Seeds::List(list)) => {
+                if list.is_empty() {
+                    return Err(invalid("seeds", "must be a non-empty list or a count >= 1"));
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                for s in &list {
+                    if !seen.insert(*s) {
+                        return Err(invalid("seeds", format!("seed {s} is listed twice")));
+                    }
+                }
+                list
+            }
+        };
+
+        let mut base = serde_json::Map::new();
+        for (name, table) in SECTIONS.iter().zip([raw.dataset, raw.model, raw.train]) {
+            if let Some(table) = table {
+                base.insert((*name).to_owned(), toml_to_json(toml::Value::Table(table)));
+            }
+        }
+
+        let mut axes = Vec::new();
+        for (name, values) in raw.grid.unwrap_or_default() {
+            let path = resolve_axis(&name)?;
+            let field = format!("grid.{name}");
+            let toml::Value::Array(values) = values else {
+                return Err(invalid(field, "an axis is a list of values, e.g. [3, 5]"));
+            };
+            if values.is_empty() {
+                return Err(invalid(field, "an axis needs at least one value"));
+            }
+            if path == "seed" {
+                return Err(invalid(
+                    field,
+                    "give seeds with the top-level `seeds` key, not as a grid axis",
+                ));
+            }
+            let values: Vec<Json> = values.into_iter().map(toml_to_json).collect();
+            for (i, v) in values.iter().enumerate() {
+                if values[..i].contains(v) {
+                    return Err(invalid(field, format!("value {v} is listed twice")));
+                }
+            }
+            axes.push(Axis { name, path, values });
+        }
+        axes.sort_by(|a, b| a.name.cmp(&b.name));
+        for (i, a) in axes.iter().enumerate() {
+            if let Some(b) = axes[..i].iter().find(|b| b.path == a.path) {
+                return Err(invalid(
+                    format!("grid.{}", a.name),
+                    format!("sets the same field ({}) as grid.{}", a.path, b.name),
+                ));
+            }
+        }
+
+        Ok(SweepSpec {
+            id,
+            description: raw.description,
+            seeds,
+            base,
+            axes,
+        })
+    }
+
+    /// Number of grid points times seeds (before merging equal trials).
+    pub fn grid_size(&self) -> usize {
+        self.axes.iter().map(|a| a.values.len()).product::<usize>() * self.seeds.len()
+    }
+
+    /// Every trial of the sweep: canonical, validated, without duplicates, in expansion order.
+    pub fn expand(&self) -> Result<Vec<TrialSpec>> {
+        let mut trials = Vec::with_capacity(self.grid_size());
+        let mut seen = std::collections::HashSet::new();
+        let mut index = vec![0usize; self.axes.len()];
+        for &seed in &self.seeds {
+            loop {
+                let mut point = BTreeMap::new();
+                let mut value = Json::Object(self.base.clone());
+                for (axis, &i) in self.axes.iter().zip(&index) {
+                    set_path(&mut value, &axis.path, axis.values[i].clone());
+                    point.insert(axis.name.as_str(), axis.values[i].to_string());
+                }
+                set_path(&mut value, "seed", Json::from(seed));
+                let spec = trial_from_json(value).map_err(|e| grid_point_error(e, &point, seed))?;
+                if seen.insert(spec.id()) {
+                    trials.push(spec);
+                }
+                if !advance(&mut index, &self.axes) {
+                    break;
+                }
+            }
+        }
+        Ok(trials)
+    }
+}
+
+/// Moves to the next grid point (last axis fastest); false after the last one.
+fn advance(index: &mut [usize], axes: &[Axis]) -> bool {
+    for pos in (0..index.len()).rev() {
+        index[pos] += 1;
+        if index[pos] < axes[pos].values.len() {
+            return true;
+        }
+        index[pos] = 0;
+    }
+    false
+}
+
+fn grid_point_error(e: FieldError, point: &BTreeMap<&str, String>, seed: u64) -> Error {
+    let mut at: Vec<String> = point.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    at.push(format!("seed={seed}"));
+    let hint = if e.message.starts_with("missing field") {
+        " (set it in its section or as a [grid] axis)"
+    } else {
+        ""
+    };
+    Error::InvalidSpec(FieldError::new(
+        e.field,
+        format!("{}{hint} (grid point {})", e.message, at.join(", ")),
+    ))
+}
+
+fn resolve_axis(name: &str) -> Result<String> {
+    if let Some((_, path)) = AXIS_ALIASES.iter().find(|(alias, _)| *alias == name) {
+        return Ok((*path).to_owned());
+    }
+    match name.split_once('.') {
+        Some((section, rest)) if SECTIONS.contains(&section) && !rest.is_empty() && !rest.contains('.') => {
+            Ok(name.to_owned())
+        }
+        _ => Err(invalid(
+            format!("grid.{name}"),
+            format!(
+                "unknown axis; use one of {} or a dotted field path such as \"train.lr\" or \"dataset.train_size\"",
+                allowed_axes()
+            ),
+        )),
+    }
+}
+
+fn set_path(value: &mut Json, path: &str, v: Json) {
+    let mut cur = value;
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let obj = match cur {
+            Json::Object(map) => map,
+            other => {
+                *other = Json::Object(serde_json::Map::new());
+                let Json::Object(map) = other else { unreachable!() };
+                map
+            }
+        };
+        if parts.peek().is_none() {
+            obj.insert(part.to_owned(), v);
+            return;
+        }
+        cur = obj
+            .entry(part.to_owned())
+            .or_insert_with(|| Json::Object(serde_json::Map::new()));
+    }
+}
+
+/// Deserialises, canonicalises and validates one trial, naming the field that is wrong.
+fn trial_from_json(value: Json) -> std::result::Result<TrialSpec, FieldError> {
+    let mut spec: TrialSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        FieldError::new(
+            if path == "." { "spec".to_owned() } else { path },
+            e.inner().to_string(),
+        )
+    })?;
+    spec.canonicalize();
+    spec.validate()?;
+    Ok(spec)
+}
+
+fn toml_to_json(v: toml::Value) -> Json {
+    match v {
+        toml::Value::String(s) => Json::String(s),
+        toml::Value::Integer(i) => Json::from(i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f).map_or(Json::Null, Json::Number),
+        toml::Value::Boolean(b) => Json::Bool(b),
+        toml::Value::Datetime(d) => Json::String(d.to_string()),
+        toml::Value::Array(a) => Json::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => Json::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convsweep_proto::spec::{InitScheme, TrainMode};
+
+    const DEMO: &str = r#"
+name = "demo"
+seeds = 1
+
+[dataset]
+name = "synthetic"
+train_size = 200
+test_size = 100
+
+[model]
+arch = "resnet"
+depth = 8
+width = 8
+
+[train]
+epochs = 2
+batch_size = 64
+lr = 0.05
+
+[grid]
+kernel_size = [3, 5]
+train_mode = ["learned", "frozen"]
+init = ["kaiming-uniform", "kaiming-normal"]
+"#;
+
+    fn err_of(text: &str) -> FieldError {
+        match SweepSpec::from_toml(text).and_then(|s| s.expand()) {
+            Err(Error::InvalidSpec(e)) => e,
+            other => panic!("expected an invalid spec, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn demo_expands_to_the_full_grid() {
+        let spec = SweepSpec::from_toml(DEMO).unwrap();
+        assert_eq!(spec.id.as_str(), "demo");
+        assert_eq!(spec.grid_size(), 8);
+        let trials = spec.expand().unwrap();
+        assert_eq!(trials.len(), 8);
+        let mut combos: Vec<_> = trials
+            .iter()
+            .map(|t| (t.model.kernel_size, t.model.train_mode, t.model.init))
+            .collect();
+        combos.sort_by_key(|c| format!("{c:?}"));
+        combos.dedup();
+        assert_eq!(combos.len(), 8);
+        for t in &trials {
+            assert_eq!(t.model.depth, Some(8));
+            assert_eq!(t.train.epochs, 2);
+            assert_eq!(t.train.lr, 0.05);
+            // Untouched recipe fields keep the paper's defaults.
+            assert_eq!(t.train.weight_decay, 1e-2);
+            assert_eq!(t.seed, 0);
+        }
+        // Order: axes sorted by name, last fastest: init, kernel_size, train_mode.
+        assert_eq!(trials[0].model.init, InitScheme::KaimingUniform);
+        assert_eq!(trials[0].model.kernel_size, 3);
+        assert_eq!(trials[0].model.train_mode, TrainMode::Learned);
+        assert_eq!(trials[1].model.train_mode, TrainMode::Frozen);
+        assert_eq!(trials[2].model.kernel_size, 5);
+        assert_eq!(trials[4].model.init, InitScheme::KaimingNormal);
+    }
+
+    #[test]
+    fn expansion_is_deterministic_and_key_order_free() {
+        let a = SweepSpec::from_toml(DEMO).unwrap().expand().unwrap();
+        let reordered = DEMO.replace(
+            "kernel_size = [3, 5]\ntrain_mode = [\"learned\", \"frozen\"]",
+            "train_mode = [\"learned\", \"frozen\"]\nkernel_size = [3, 5]",
+        );
+        assert_ne!(reordered, DEMO);
+        let b = SweepSpec::from_toml(&reordered).unwrap().expand().unwrap();
+        let ids = |v: &[TrialSpec]| v.iter().map(|t| t.id()).collect::<Vec<_>>();
+        assert_eq!(ids(&a), ids(&b));
+    }
+
+    #[test]
+    fn seeds_count_list_and_dotted_axes() {
+        let text = DEMO.replace("seeds = 1", "seeds = [3, 9]").replace(
+            "[grid]\n",
+            "[grid]\n\"train.lr\" = [0.1, 0.2]\n\"dataset.train_size\" = [100]\n",
+        );
+        let trials = SweepSpec::from_toml(&text).unwrap().expand().unwrap();
+        assert_eq!(trials.len(), 2 * 8 * 2);
+        assert_eq!(trials[0].seed, 3);
+        assert_eq!(trials.last().unwrap().seed, 9);
+        assert!(trials.iter().all(|t| t.dataset.train_size == Some(100)));
+        assert!(trials.iter().any(|t| t.train.lr == 0.2));
+        let four = SweepSpec::from_toml(&DEMO.replace("seeds = 1", "seeds = 4")).unwrap();
+        assert_eq!(four.seeds, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn equal_grid_points_become_one_trial() {
+        // Depth 20 is the default: both values resolve to the same canonical spec.
+        let text = DEMO
+            .replace("depth = 8\n", "")
+            .replace("[grid]\n", "[grid]\ndepth = [20, 14]\n");
+        let with_default = text.replace("depth = [20, 14]", "depth = [20]");
+        let n = SweepSpec::from_toml(&with_default).unwrap().expand().unwrap().len();
+        assert_eq!(n, 8);
+        let n2 = SweepSpec::from_toml(&text).unwrap().expand().unwrap().len();
+        assert_eq!(n2, 16);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_what_is_allowed() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("name = \"demo\"\n[grid\n", "spec", "not valid TOML"),
+            (&DEMO.replace("name = \"demo\"", "name = \"Demo!\""), "name", "a-z"),
+            (&DEMO.replace("seeds = 1", "seeds = 0"), "seeds", "at least 1"),
+            (&DEMO.replace("seeds = 1", "seeds = [1, 1]"), "seeds", "twice"),
+            (&DEMO.replace("seeds = 1", "seed = 1"), "seed", "unknown field"),
+            (
+                &DEMO.replace("kernel_size = [3, 5]", "kernel_size = [3, 4]"),
+                "model.kernel_size",
+                "odd",
+            ),
+            (
+                &DEMO.replace("kernel_size = [3, 5]", "kernel_size = 3"),
+                "grid.kernel_size",
+                "list",
+            ),
+            (
+                &DEMO.replace("kernel_size = [3, 5]", "kernel_size = []"),
+                "grid.kernel_size",
+                "at least one",
+            ),
+            (
+                &DEMO.replace("kernel_size = [3, 5]", "kernel_size = [3, 3]"),
+                "grid.kernel_size",
+                "twice",
+            ),
+            (
+                &DEMO.replace("kernel_size = [3, 5]", "kernal_size = [3, 5]"),
+                "grid.kernal_size",
+                "kernel_size",
+            ),
+            (
+                &DEMO.replace("kernel_size = [3, 5]", "\"model.kernal\" = [3, 5]"),
+                "model.kernal",
+                "expected one of",
+            ),
+            (
+                &DEMO.replace("\"kaiming-normal\"]", "\"kaiming\"]"),
+                "model.init",
+                "kaiming-uniform",
+            ),
+            (
+                &DEMO.replace("\"frozen\"]", "\"fixed\"]"),
+                "model.train_mode",
+                "learned",
+            ),
+            (
+                &DEMO.replace("\"synthetic\"", "\"imagenet\""),
+                "dataset.name",
+                "cifar10",
+            ),
+            (
+                &DEMO.replace("\"synthetic\"", "\"cifar10\""),
+                "dataset.root",
+                "required",
+            ),
+            (&DEMO.replace("depth = 8", "depth = 9"), "model.depth", "6n+2"),
+            (
+                &DEMO.replace("epochs = 2", "epochs = \"two\""),
+                "train.epochs",
+                "invalid type",
+            ),
+            (
+                &DEMO.replace("epochs = 2", "epoch = 2"),
+                "train.epoch",
+                "expected one of",
+            ),
+            (&DEMO.replace("lr = 0.05", "lr = 0.0"), "train.lr", "> 0"),
+            (&DEMO.replace("[grid]\n", "[grid]\nseed = [1]\n"), "grid.seed", "seeds"),
+            (
+                &DEMO.replace("[grid]\n", "[grid]\n\"model.kernel_size\" = [7]\n"),
+                "grid.model.kernel_size",
+                "same field",
+            ),
+            (
+                &DEMO.replace("kernel_size = [3, 5]\n", ""),
+                "model",
+                "missing field `kernel_size`",
+            ),
+        ];
+        for (text, field, needle) in cases {
+            let e = err_of(text);
+            assert_eq!(&e.field, field, "{e}");
+            assert!(e.to_string().contains(needle), "{e} should mention {needle}");
+        }
+    }
+
+    #[test]
+    fn value_errors_say_which_grid_point() {
+        let e = err_of(&DEMO.replace("kernel_size = [3, 5]", "kernel_size = [3, 4]"));
+        assert!(e.message.contains("kernel_size=4"), "{e}");
+        assert!(e.message.contains("seed=0"), "{e}");
+    }
+}

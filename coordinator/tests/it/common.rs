@@ -1,0 +1,180 @@
+//! A coordinator on 127.0.0.1:0 and a scripted worker client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use convsweep_coordinator::{Coordinator, CoordinatorConfig};
+use convsweep_proto::pb::admin_service_client::AdminServiceClient;
+use convsweep_proto::pb::worker_service_client::WorkerServiceClient;
+use convsweep_proto::{PROTOCOL_VERSION, pb};
+use tokio_util::sync::CancellationToken;
+
+/// A small valid sweep: 2 kernel sizes x 2 train modes.
+pub const SPEC: &str = r#"
+name = "small"
+[dataset]
+name = "synthetic"
+train_size = 64
+test_size = 32
+[model]
+arch = "resnet"
+depth = 8
+width = 4
+init = "kaiming-uniform"
+[train]
+epochs = 2
+[grid]
+kernel_size = [3, 5]
+train_mode = ["learned", "frozen"]
+"#;
+
+pub fn config(dir: &std::path::Path) -> CoordinatorConfig {
+    CoordinatorConfig {
+        state_dir: dir.to_owned(),
+        heartbeat_interval: Duration::from_millis(200),
+        lease_timeout: Duration::from_secs(2),
+        max_attempts: 2,
+        max_lease_wait: Duration::from_secs(5),
+        expiry_interval: Duration::from_millis(100),
+    }
+}
+
+pub struct Server {
+    pub url: String,
+    pub coordinator: Arc<Coordinator>,
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<convsweep_coordinator::Result<()>>,
+}
+
+impl Server {
+    pub async fn start(config: CoordinatorConfig) -> Server {
+        let coordinator = Coordinator::open(config).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        let handle = tokio::spawn(convsweep_coordinator::serve(
+            listener,
+            coordinator.clone(),
+            async move { s.cancelled().await },
+        ));
+        Server {
+            url,
+            coordinator,
+            stop,
+            handle,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+
+    pub async fn admin(&self) -> AdminServiceClient<tonic::transport::Channel> {
+        AdminServiceClient::connect(self.url.clone()).await.unwrap()
+    }
+
+    pub async fn worker(&self) -> FakeWorker {
+        let mut client = WorkerServiceClient::connect(self.url.clone()).await.unwrap();
+        let id = client
+            .register(pb::RegisterRequest {
+                protocol_version: PROTOCOL_VERSION,
+                host: "test".into(),
+                devices: vec!["cpu".into()],
+                slots: 1,
+                name: "fake".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .worker_id;
+        FakeWorker { client, id }
+    }
+}
+
+/// A worker that does what the test tells it.
+pub struct FakeWorker {
+    pub client: WorkerServiceClient<tonic::transport::Channel>,
+    pub id: String,
+}
+
+pub fn result(acc: f64) -> pb::TrialResult {
+    pb::TrialResult {
+        final_test_acc: acc,
+        final_train_acc: acc,
+        best_test_acc: acc,
+        best_epoch: 2,
+        device: "cpu".into(),
+        ..Default::default()
+    }
+}
+
+pub fn epoch(n: u32, acc: f64) -> pb::EpochMetrics {
+    pb::EpochMetrics {
+        epoch: n,
+        lr: 0.01,
+        train_loss: 1.0,
+        train_acc: acc,
+        test_loss: 1.0,
+        test_acc: acc,
+        seconds: 0.1,
+    }
+}
+
+impl FakeWorker {
+    pub async fn lease(&mut self, max: u32, wait_ms: u32) -> Vec<pb::TrialLease> {
+        self.client
+            .lease(pb::LeaseRequest {
+                worker_id: self.id.clone(),
+                max_trials: max,
+                wait_ms,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .leases
+    }
+
+    pub async fn report(&mut self, lease: &pb::TrialLease, epochs: Vec<pb::EpochMetrics>) -> Result<(), tonic::Status> {
+        self.client
+            .report_epochs(pb::ReportEpochsRequest {
+                worker_id: self.id.clone(),
+                trial_id: lease.trial_id.clone(),
+                lease_token: lease.lease_token.clone(),
+                epochs,
+            })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn succeed(&mut self, lease: &pb::TrialLease, acc: f64) -> Result<pb::CompleteResponse, tonic::Status> {
+        self.complete(
+            lease,
+            pb::complete_request::Outcome::Succeeded(pb::Succeeded {
+                result: Some(result(acc)),
+            }),
+        )
+        .await
+    }
+
+    pub async fn complete(
+        &mut self,
+        lease: &pb::TrialLease,
+        outcome: pb::complete_request::Outcome,
+    ) -> Result<pb::CompleteResponse, tonic::Status> {
+        self.client
+            .complete(pb::CompleteRequest {
+                worker_id: self.id.clone(),
+                trial_id: lease.trial_id.clone(),
+                lease_token: lease.lease_token.clone(),
+                outcome: Some(outcome),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+}
+
+pub fn counts(status: &pb::GetStatusResponse) -> pb::StateCounts {
+    status.sweeps[0].counts.unwrap()
+}

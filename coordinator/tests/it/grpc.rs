@@ -1,0 +1,261 @@
+//! The services over loopback gRPC.
+
+use convsweep_proto::{PROTOCOL_VERSION, TrialSpec, pb};
+use tonic::Code;
+
+use crate::common::{SPEC, Server, config, counts, epoch};
+
+#[tokio::test]
+async fn a_fake_worker_runs_a_sweep_to_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(config(dir.path())).await;
+    let mut admin = server.admin().await;
+    let submitted = admin
+        .submit_sweep(pb::SubmitSweepRequest { spec_toml: SPEC.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (submitted.sweep_id.as_str(), submitted.trials, submitted.new_trials),
+        ("small", 4, 4)
+    );
+
+    let mut worker = server.worker().await;
+    let mut seen = Vec::new();
+    loop {
+        let leases = worker.lease(3, 0).await;
+        if leases.is_empty() {
+            break;
+        }
+        for lease in leases {
+            // The spec travels intact: its hash is the trial id.
+            let spec = TrialSpec::from_json(&lease.spec_json).unwrap();
+            assert_eq!(spec.id().as_str(), lease.trial_id);
+            assert_eq!(lease.attempt, 1);
+            worker.report(&lease, vec![epoch(1, 0.3)]).await.unwrap();
+            worker.report(&lease, vec![epoch(2, 0.5)]).await.unwrap();
+            assert!(!worker.succeed(&lease, 0.5).await.unwrap().duplicate);
+            seen.push(lease.trial_id);
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 4);
+
+    let status = admin
+        .get_status(pb::GetStatusRequest {
+            sweep_id: "small".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let c = counts(&status);
+    assert_eq!((c.succeeded, c.pending, c.failed), (4, 0, 0));
+    assert_eq!(status.sweeps[0].eta_seconds, 0.0);
+    assert_eq!(status.workers_alive, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn submitting_the_same_spec_twice_creates_nothing_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(config(dir.path())).await;
+    let mut admin = server.admin().await;
+    for expected_new in [4, 0] {
+        let r = admin
+            .submit_sweep(pb::SubmitSweepRequest { spec_toml: SPEC.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((r.trials, r.new_trials), (4, expected_new));
+    }
+    // Same trials written differently (comments, key order, an explicit default).
+    let rewritten = format!("# again\n{}", SPEC.replace("width = 4", "width = 4\nkernel_size = 3"));
+    let r = admin
+        .submit_sweep(pb::SubmitSweepRequest { spec_toml: rewritten })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.new_trials, 0);
+    // Another trial set under the same name is refused.
+    let other = SPEC.replace("kernel_size = [3, 5]", "kernel_size = [3, 7]");
+    let err = admin
+        .submit_sweep(pb::SubmitSweepRequest { spec_toml: other })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    // A second sweep sharing trials with the first reuses them.
+    let overlap = SPEC
+        .replace("name = \"small\"", "name = \"overlap\"")
+        .replace("kernel_size = [3, 5]", "kernel_size = [5, 7]");
+    let r = admin
+        .submit_sweep(pb::SubmitSweepRequest { spec_toml: overlap })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.trials, r.new_trials), (4, 2));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_specs_are_refused_with_the_field_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(config(dir.path())).await;
+    let mut admin = server.admin().await;
+    let err = admin
+        .submit_sweep(pb::SubmitSweepRequest {
+            spec_toml: SPEC.replace("kernel_size = [3, 5]", "kernel_size = [3, 6]"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("model.kernel_size"), "{}", err.message());
+    assert!(err.message().contains("odd"), "{}", err.message());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_of_another_protocol_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(config(dir.path())).await;
+    let mut client = convsweep_proto::pb::worker_service_client::WorkerServiceClient::connect(server.url.clone())
+        .await
+        .unwrap();
+    let err = client
+        .register(pb::RegisterRequest {
+            protocol_version: PROTOCOL_VERSION + 1,
+            host: "h".into(),
+            devices: vec![],
+            slots: 1,
+            name: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("protocol version"), "{}", err.message());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_reports_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(config(dir.path())).await;
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let resp = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "convsweep.v1.WorkerService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn lease_long_polls_until_work_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(config(dir.path())).await;
+    let mut worker = server.worker().await;
+    let waiting = tokio::spawn(async move { worker.lease(1, 5_000).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "lease returned before there was work");
+    server.coordinator.submit(SPEC).unwrap();
+    let leases = tokio::time::timeout(std::time::Duration::from_secs(3), waiting)
+        .await
+        .expect("lease woke up on submit")
+        .unwrap();
+    assert_eq!(leases.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn stale_tokens_are_fenced_and_duplicates_acknowledged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(config(dir.path())).await;
+    server.coordinator.submit(SPEC).unwrap();
+    let mut worker = server.worker().await;
+    let lease = worker.lease(1, 0).await.remove(0);
+    let mut forged = lease.clone();
+    forged.lease_token = "l-forged".into();
+    let err = worker.report(&forged, vec![epoch(1, 0.1)]).await.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+    assert!(err.message().contains("stale lease"), "{}", err.message());
+    let err = worker.succeed(&forged, 0.4).await.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+
+    assert!(!worker.succeed(&lease, 0.4).await.unwrap().duplicate);
+    assert!(worker.succeed(&lease, 0.4).await.unwrap().duplicate);
+    // After completion the lease is no longer current for reports either.
+    assert_eq!(
+        worker.report(&lease, vec![epoch(3, 0.1)]).await.unwrap_err().code(),
+        Code::Aborted
+    );
+    let status = server.coordinator.status("small").unwrap();
+    assert_eq!(counts(&status).succeeded, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_reports_are_invalid_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(config(dir.path())).await;
+    server.coordinator.submit(SPEC).unwrap();
+    let mut worker = server.worker().await;
+    let lease = worker.lease(1, 0).await.remove(0);
+    let err = worker.report(&lease, vec![epoch(0, 0.1)]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("epochs[0].epoch"), "{}", err.message());
+    let err = worker.succeed(&lease, 1.5).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // The lease is still good after refused garbage.
+    worker.succeed(&lease, 0.5).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn acknowledged_results_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(config(dir.path())).await;
+    server.coordinator.submit(SPEC).unwrap();
+    let mut worker = server.worker().await;
+    let lease = worker.lease(1, 0).await.remove(0);
+    worker
+        .report(&lease, vec![epoch(1, 0.25), epoch(2, 0.5)])
+        .await
+        .unwrap();
+    worker.succeed(&lease, 0.5).await.unwrap();
+    let held = worker.lease(1, 0).await.remove(0);
+    worker.report(&held, vec![epoch(1, 0.2)]).await.unwrap();
+    server.stop().await;
+
+    let server = Server::start(config(dir.path())).await;
+    let status = server.coordinator.status("small").unwrap();
+    let c = counts(&status);
+    assert_eq!((c.succeeded, c.running, c.pending), (1, 1, 2));
+    // The held lease is still the worker's: its report is accepted after the restart.
+    let mut client = convsweep_proto::pb::worker_service_client::WorkerServiceClient::connect(server.url.clone())
+        .await
+        .unwrap();
+    client
+        .complete(pb::CompleteRequest {
+            worker_id: worker.id.clone(),
+            trial_id: held.trial_id.clone(),
+            lease_token: held.lease_token.clone(),
+            outcome: Some(pb::complete_request::Outcome::Succeeded(pb::Succeeded {
+                result: Some(crate::common::result(0.4)),
+            })),
+        })
+        .await
+        .unwrap();
+    assert_eq!(counts(&server.coordinator.status("small").unwrap()).succeeded, 2);
+    server.stop().await;
+}

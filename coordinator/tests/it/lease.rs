@@ -1,0 +1,169 @@
+//! The lease state machine driven directly, under tokio's paused clock.
+
+use std::time::Duration;
+
+use convsweep_coordinator::Coordinator;
+use convsweep_proto::{PROTOCOL_VERSION, pb};
+
+use crate::common::{SPEC, config, counts, result};
+
+fn register(c: &Coordinator) -> String {
+    c.register(pb::RegisterRequest {
+        protocol_version: PROTOCOL_VERSION,
+        host: "h".into(),
+        devices: vec![],
+        slots: 1,
+        name: "w".into(),
+    })
+    .unwrap()
+    .worker_id
+}
+
+async fn lease_one(c: &Coordinator, worker: &str) -> pb::TrialLease {
+    c.lease(pb::LeaseRequest {
+        worker_id: worker.into(),
+        max_trials: 1,
+        wait_ms: 0,
+    })
+    .await
+    .unwrap()
+    .leases
+    .remove(0)
+}
+
+fn heartbeat(c: &Coordinator, worker: &str, lease: &pb::TrialLease) -> pb::LeaseDirective {
+    let resp = c
+        .heartbeat(pb::HeartbeatRequest {
+            worker_id: worker.into(),
+            leases: vec![pb::LeaseRef {
+                trial_id: lease.trial_id.clone(),
+                lease_token: lease.lease_token.clone(),
+            }],
+        })
+        .unwrap();
+    pb::LeaseDirective::try_from(resp.leases[0].directive).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_keep_a_lease_and_silence_expires_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::open(config(dir.path())).unwrap();
+    c.submit(SPEC).unwrap();
+    let w = register(&c);
+    let lease = lease_one(&c, &w).await;
+
+    // 2 s timeout; heartbeats every second keep it alive well past that.
+    for _ in 0..5 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(c.expire_once().unwrap(), 0);
+        assert_eq!(heartbeat(&c, &w, &lease), pb::LeaseDirective::Continue);
+    }
+    // Silence: the lease expires and the trial is leased again as attempt 2.
+    tokio::time::advance(Duration::from_millis(2_100)).await;
+    assert_eq!(c.expire_once().unwrap(), 1);
+    assert_eq!(heartbeat(&c, &w, &lease), pb::LeaseDirective::Lost);
+    let again = lease_one(&c, &w).await;
+    assert_eq!(again.trial_id, lease.trial_id);
+    assert_eq!(again.attempt, 2);
+    assert_ne!(again.lease_token, lease.lease_token);
+
+    // The presumed-dead worker's late completion is refused; the new attempt's is taken.
+    let late = c.complete(pb::CompleteRequest {
+        worker_id: w.clone(),
+        trial_id: lease.trial_id.clone(),
+        lease_token: lease.lease_token.clone(),
+        outcome: Some(pb::complete_request::Outcome::Succeeded(pb::Succeeded {
+            result: Some(result(0.1)),
+        })),
+    });
+    assert!(
+        matches!(late, Err(convsweep_coordinator::Error::StaleLease(_))),
+        "{late:?}"
+    );
+    c.complete(pb::CompleteRequest {
+        worker_id: w.clone(),
+        trial_id: again.trial_id.clone(),
+        lease_token: again.lease_token.clone(),
+        outcome: Some(pb::complete_request::Outcome::Succeeded(pb::Succeeded {
+            result: Some(result(0.7)),
+        })),
+    })
+    .unwrap();
+    assert_eq!(counts(&c.status("small").unwrap()).succeeded, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn too_many_expired_attempts_fail_the_trial_with_every_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::open(config(dir.path())).unwrap(); // max_attempts = 2
+    c.submit(SPEC).unwrap();
+    let w = register(&c);
+    let first = lease_one(&c, &w).await;
+    tokio::time::advance(Duration::from_secs(3)).await;
+    c.expire_once().unwrap();
+    let second = lease_one(&c, &w).await;
+    assert_eq!((second.trial_id.as_str(), second.attempt), (first.trial_id.as_str(), 2));
+    tokio::time::advance(Duration::from_secs(3)).await;
+    c.expire_once().unwrap();
+    let status = c.status("small").unwrap();
+    assert_eq!(counts(&status).failed, 1);
+    let failure = &status.sweeps[0].failures[0];
+    assert_eq!(failure.trial_id, first.trial_id);
+    assert!(
+        failure.reason.contains("gave up after 2 failed attempts"),
+        "{}",
+        failure.reason
+    );
+    assert!(failure.reason.contains("attempt 1 expired") && failure.reason.contains("attempt 2 expired"));
+    // The next lease is another trial.
+    assert_ne!(lease_one(&c, &w).await.trial_id, first.trial_id);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retryable_failures_retry_and_fatal_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::open(config(dir.path())).unwrap();
+    c.submit(SPEC).unwrap();
+    let w = register(&c);
+    let fail = |lease: &pb::TrialLease, retryable: bool| {
+        c.complete(pb::CompleteRequest {
+            worker_id: w.clone(),
+            trial_id: lease.trial_id.clone(),
+            lease_token: lease.lease_token.clone(),
+            outcome: Some(pb::complete_request::Outcome::Failed(pb::Failed {
+                retryable,
+                reason: "boom".into(),
+            })),
+        })
+        .unwrap()
+    };
+    let a = lease_one(&c, &w).await;
+    fail(&a, true);
+    let a2 = lease_one(&c, &w).await;
+    assert_eq!((a2.trial_id.as_str(), a2.attempt), (a.trial_id.as_str(), 2));
+    fail(&a2, false);
+    let status = c.status("small").unwrap();
+    assert_eq!(counts(&status).failed, 1);
+    assert!(status.sweeps[0].failures[0].reason.contains("not retryable"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn preempted_trials_are_leased_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::open(config(dir.path())).unwrap();
+    c.submit(SPEC).unwrap();
+    let w = register(&c);
+    let a = lease_one(&c, &w).await;
+    c.complete(pb::CompleteRequest {
+        worker_id: w.clone(),
+        trial_id: a.trial_id.clone(),
+        lease_token: a.lease_token.clone(),
+        outcome: Some(pb::complete_request::Outcome::Preempted(pb::Preempted {
+            reason: "SIGTERM".into(),
+        })),
+    })
+    .unwrap();
+    assert_eq!(counts(&c.status("small").unwrap()).preempted, 1);
+    let again = lease_one(&c, &w).await;
+    assert_eq!((again.trial_id.as_str(), again.attempt), (a.trial_id.as_str(), 2));
+}
