@@ -1,0 +1,484 @@
+//! The worker's async side: register, lease into free slots, heartbeat, and forward what each
+//! trainer thread produces to the coordinator.
+//!
+//! ```text
+//! main loop ── Lease (long-poll) ──> per trial: task ── thread runs Trainer::run
+//!                                                 └─ forwards epochs, then Complete (retried)
+//! heartbeat task ── Heartbeat every interval ──> CANCEL / LOST set the trial's stop signal
+//! ```
+//!
+//! Every RPC is retried with capped exponential backoff while the coordinator is unreachable,
+//! so trials keep training through a coordinator restart and report once it is back. A report
+//! the coordinator refuses for good (stale lease, unknown trial) stops that trial quietly.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use convsweep_proto::pb::worker_service_client::WorkerServiceClient;
+use convsweep_proto::{Lease, Outcome, PROTOCOL_VERSION, pb};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tracing::{debug, info, warn};
+
+use crate::trainer::{Signal, TrainEnd, Trainer, TrialControl, TrialEvent, run_guarded};
+
+/// Runtime settings of a worker. Tests build it directly.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Coordinator URL, e.g. `http://127.0.0.1:50051`.
+    pub coordinator: String,
+    /// A stable name for logs and status (defaults to the host name).
+    pub name: String,
+    /// Trials run at once.
+    pub slots: u32,
+    /// How long one `Lease` call waits for work.
+    pub lease_wait: Duration,
+    /// Longest pause between retries of an RPC.
+    pub max_backoff: Duration,
+    /// On shutdown, how long running trials get to stop and be reported.
+    pub grace: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            coordinator: "http://127.0.0.1:50051".into(),
+            name: host_name(),
+            slots: 1,
+            lease_wait: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(5),
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The coordinator URL is not usable.
+    #[error("coordinator address {url:?}: {source}")]
+    BadAddress {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// The coordinator refused this worker for good.
+    #[error("the coordinator refused this worker: {0}")]
+    Refused(Status),
+}
+
+/// The host name of this machine.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Whether an RPC failure may go away by itself (coordinator restarting, network blip).
+fn transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Internal
+            | Code::ResourceExhausted
+    )
+}
+
+/// Calls `rpc` until it succeeds, fails for good, or `stop` fires (then `None`).
+async fn retry<T, F, Fut>(
+    what: &str,
+    stop: &CancellationToken,
+    max_backoff: Duration,
+    mut rpc: F,
+) -> Option<Result<T, Status>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let result = tokio::select! {
+            r = rpc() => r,
+            () = stop.cancelled() => return None,
+        };
+        match result {
+            Ok(resp) => return Some(Ok(resp.into_inner())),
+            Err(status) if transient(&status) => {
+                debug!(rpc = what, code = ?status.code(), message = status.message(), "coordinator unreachable; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stop.cancelled() => return None,
+                }
+                backoff = (backoff * 2).min(max_backoff);
+            }
+            Err(status) => return Some(Err(status)),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Running {
+    token: String,
+    signal: Arc<AtomicU8>,
+}
+
+/// State shared by the agent's tasks.
+struct Shared {
+    client: WorkerServiceClient<Channel>,
+    worker_id: String,
+    config: WorkerConfig,
+    running: Mutex<HashMap<String, Running>>,
+    drain: AtomicBool,
+    /// Cancelled when the worker must stop (signal); trials get `grace` to wrap up.
+    shutdown: CancellationToken,
+    /// Cancelled when the grace period is over: pending reports are abandoned.
+    hard_stop: CancellationToken,
+}
+
+impl Shared {
+    fn lease_refs(&self) -> Vec<pb::LeaseRef> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running
+            .iter()
+            .map(|(trial_id, r)| pb::LeaseRef {
+                trial_id: trial_id.clone(),
+                lease_token: r.token.clone(),
+            })
+            .collect()
+    }
+
+    fn signal(&self, trial_id: &str, signal: Signal) {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = running.get(trial_id) {
+            r.signal.store(signal as u8, Ordering::Relaxed);
+        }
+    }
+
+    fn signal_all(&self, signal: Signal) {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        for r in running.values() {
+            r.signal.store(signal as u8, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Runs a worker until the coordinator drains it or `shutdown` fires (then running trials are
+/// preempted and reported within the grace period).
+pub async fn run(
+    config: WorkerConfig,
+    trainer: Arc<dyn Trainer>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let channel = Endpoint::from_shared(config.coordinator.clone())
+        .map_err(|source| AgentError::BadAddress {
+            url: config.coordinator.clone(),
+            source,
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    let client = WorkerServiceClient::new(channel);
+
+    let devices = trainer.devices();
+    let register = pb::RegisterRequest {
+        protocol_version: PROTOCOL_VERSION,
+        host: host_name(),
+        devices: devices.clone(),
+        slots: config.slots,
+        name: config.name.clone(),
+    };
+    info!(coordinator = %config.coordinator, ?devices, slots = config.slots, "worker starting");
+    let registered = match retry("register", &shutdown, config.max_backoff, || {
+        let (mut c, r) = (client.clone(), register.clone());
+        async move { c.register(r).await }
+    })
+    .await
+    {
+        None => return Ok(()),
+        Some(Err(status)) => return Err(AgentError::Refused(status)),
+        Some(Ok(r)) => r,
+    };
+    info!(worker = %registered.worker_id, "registered");
+
+    let shared = Arc::new(Shared {
+        client,
+        worker_id: registered.worker_id,
+        config: config.clone(),
+        running: Mutex::new(HashMap::new()),
+        drain: AtomicBool::new(false),
+        shutdown: shutdown.clone(),
+        hard_stop: CancellationToken::new(),
+    });
+    let tracker = TaskTracker::new();
+    let heartbeat_stop = CancellationToken::new();
+    let interval = Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(100)));
+    let heartbeat = tokio::spawn(heartbeat_loop(shared.clone(), interval, heartbeat_stop.clone()));
+
+    lease_loop(&shared, &trainer, &tracker).await;
+
+    tracker.close();
+    if shutdown.is_cancelled() {
+        info!(
+            running = shared.running.lock().map(|r| r.len()).unwrap_or(0),
+            "shutting down: preempting running trials"
+        );
+        shared.signal_all(Signal::Preempt);
+        if tokio::time::timeout(config.grace, tracker.wait()).await.is_err() {
+            warn!(grace = ?config.grace, "grace period over; abandoning unfinished reports");
+            shared.hard_stop.cancel();
+            tracker.wait().await;
+        }
+    } else {
+        info!("coordinator asked to drain; finishing running trials");
+        tracker.wait().await;
+    }
+    heartbeat_stop.cancel();
+    let _ = heartbeat.await;
+    info!("worker stopped");
+    Ok(())
+}
+
+async fn lease_loop(shared: &Arc<Shared>, trainer: &Arc<dyn Trainer>, tracker: &TaskTracker) {
+    let config = &shared.config;
+    let slots = Arc::new(Semaphore::new(config.slots as usize));
+    loop {
+        if shared.drain.load(Ordering::SeqCst) || shared.shutdown.is_cancelled() {
+            return;
+        }
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            () = shared.shutdown.cancelled() => return,
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let request = pb::LeaseRequest {
+            worker_id: shared.worker_id.clone(),
+            max_trials: permits.len() as u32,
+            wait_ms: config.lease_wait.as_millis() as u32,
+        };
+        let response = match retry("lease", &shared.shutdown, config.max_backoff, || {
+            let (mut c, r) = (shared.client.clone(), request.clone());
+            async move { c.lease(r).await }
+        })
+        .await
+        {
+            None => return,
+            Some(Ok(r)) => r,
+            Some(Err(status)) => {
+                warn!(code = ?status.code(), message = status.message(), "lease refused; retrying later");
+                tokio::time::sleep(config.max_backoff).await;
+                continue;
+            }
+        };
+        if response.drain {
+            shared.drain.store(true, Ordering::SeqCst);
+        }
+        for wire in response.leases {
+            let permit = permits.pop().expect("never more leases than asked for");
+            let trial_id = wire.trial_id.clone();
+            let token = wire.lease_token.clone();
+            match Lease::try_from(wire) {
+                Ok(lease) => {
+                    let shared = shared.clone();
+                    let trainer = trainer.clone();
+                    tracker.spawn(async move {
+                        run_trial(shared, trainer, lease).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    warn!(trial = %trial_id, error = %e, "invalid lease; failing the trial");
+                    let outcome = Outcome::Failed {
+                        retryable: false,
+                        reason: format!("worker could not accept the lease: {e}"),
+                    };
+                    let shared = shared.clone();
+                    tracker.spawn(async move {
+                        complete(&shared, &trial_id, &token, outcome).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let request = pb::HeartbeatRequest {
+            worker_id: shared.worker_id.clone(),
+            leases: shared.lease_refs(),
+        };
+        // One try per tick: the next tick is the retry.
+        match shared.client.clone().heartbeat(request).await {
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                if resp.drain {
+                    shared.drain.store(true, Ordering::SeqCst);
+                }
+                for status in resp.leases {
+                    match pb::LeaseDirective::try_from(status.directive) {
+                        Ok(pb::LeaseDirective::Cancel) => {
+                            info!(trial = %status.trial_id, "trial cancelled; stopping it");
+                            shared.signal(&status.trial_id, Signal::Stop);
+                        }
+                        Ok(pb::LeaseDirective::Lost) => {
+                            warn!(trial = %status.trial_id, "lease lost; stopping the trial");
+                            shared.signal(&status.trial_id, Signal::Stop);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Err(status) => debug!(code = ?status.code(), "heartbeat failed; will retry"),
+        }
+    }
+}
+
+/// Runs one leased trial on its own thread and reports what it produces.
+async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease) {
+    let trial_id = lease.trial_id.to_string();
+    let token = lease.token.clone();
+    let (ctl, signal, mut events) = TrialControl::new();
+    shared.running.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        trial_id.clone(),
+        Running {
+            token: token.clone(),
+            signal: signal.clone(),
+        },
+    );
+    if shared.shutdown.is_cancelled() {
+        signal.store(Signal::Preempt as u8, Ordering::Relaxed);
+    }
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    let thread_name = format!("trial-{trial_id}");
+    let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
+        let end = run_guarded(trainer.as_ref(), &lease, &ctl);
+        drop(ctl);
+        let _ = done_tx.send(end);
+    });
+    let end = match spawned {
+        Err(e) => TrainEnd::Finished(Outcome::Failed {
+            retryable: true,
+            reason: format!("could not start a trainer thread: {e}"),
+        }),
+        Ok(_) => {
+            // Forward epochs as they come (batched when the coordinator was away).
+            let mut reporting = true;
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(TrialEvent::Epoch(first)) = events.recv() => {
+                        let mut batch = vec![first];
+                        while let Ok(TrialEvent::Epoch(more)) = events.try_recv() {
+                            batch.push(more);
+                        }
+                        if reporting && !report_epochs(&shared, &trial_id, &token, batch).await {
+                            reporting = false;
+                            signal.store(Signal::Stop as u8, Ordering::Relaxed);
+                        }
+                    }
+                    end = &mut done_rx => {
+                        // Epochs sent just before the end are still queued: report them first.
+                        let mut batch = Vec::new();
+                        while let Ok(TrialEvent::Epoch(more)) = events.try_recv() {
+                            batch.push(more);
+                        }
+                        if reporting && !batch.is_empty() && !report_epochs(&shared, &trial_id, &token, batch).await {
+                            reporting = false;
+                        }
+                        let end = end.unwrap_or_else(|_| TrainEnd::Finished(Outcome::Failed {
+                            retryable: true,
+                            reason: "trainer thread ended without a result".into(),
+                        }));
+                        break if reporting { end } else { TrainEnd::Stopped };
+                    }
+                }
+            }
+        }
+    };
+    if let TrainEnd::Finished(outcome) = end {
+        complete(&shared, &trial_id, &token, outcome).await;
+    } else {
+        info!(trial = %trial_id, "trial stopped without a report");
+    }
+    shared
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&trial_id);
+}
+
+/// Sends epochs; false when the coordinator refused them for good (the lease is gone).
+async fn report_epochs(shared: &Shared, trial_id: &str, token: &str, epochs: Vec<pb::EpochMetrics>) -> bool {
+    let request = pb::ReportEpochsRequest {
+        worker_id: shared.worker_id.clone(),
+        trial_id: trial_id.to_owned(),
+        lease_token: token.to_owned(),
+        epochs,
+    };
+    match retry("report_epochs", &shared.hard_stop, shared.config.max_backoff, || {
+        let (mut c, r) = (shared.client.clone(), request.clone());
+        async move { c.report_epochs(r).await }
+    })
+    .await
+    {
+        Some(Ok(_)) => true,
+        None => false,
+        Some(Err(status)) => {
+            warn!(trial = %trial_id, code = ?status.code(), message = status.message(), "epoch report refused; stopping the trial");
+            false
+        }
+    }
+}
+
+async fn complete(shared: &Shared, trial_id: &str, token: &str, outcome: Outcome) {
+    let kind = match &outcome {
+        Outcome::Succeeded(_) => "succeeded",
+        Outcome::Failed { .. } => "failed",
+        Outcome::Preempted { .. } => "preempted",
+    };
+    if let Outcome::Failed { reason, retryable } = &outcome {
+        warn!(trial = %trial_id, retryable, reason = %reason, "trial failed");
+    }
+    let request = pb::CompleteRequest {
+        worker_id: shared.worker_id.clone(),
+        trial_id: trial_id.to_owned(),
+        lease_token: token.to_owned(),
+        outcome: Some(outcome.into()),
+    };
+    match retry("complete", &shared.hard_stop, shared.config.max_backoff, || {
+        let (mut c, r) = (shared.client.clone(), request.clone());
+        async move { c.complete(r).await }
+    })
+    .await
+    {
+        Some(Ok(_)) => info!(trial = %trial_id, outcome = kind, "reported"),
+        None => {
+            warn!(trial = %trial_id, outcome = kind, "gave up reporting at shutdown; the lease will expire and the trial run again")
+        }
+        Some(Err(status)) => {
+            warn!(trial = %trial_id, code = ?status.code(), message = status.message(), "completion refused")
+        }
+    }
+}

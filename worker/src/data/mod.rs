@@ -1,0 +1,277 @@
+//! Datasets: loading (once per worker), per-channel statistics and the batch pipeline.
+//!
+//! Images stay `uint8` `[N, C, H, W]` on the training device; a batch is gathered, augmented
+//! (random crop and flip, on the device, for the whole batch at once) and scaled to `[0, 1]`
+//! there. Normalisation happens inside the model.
+
+pub mod synthetic;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use convsweep_proto::spec::{Augment, DatasetName, DatasetSpec, synthetic_defaults as sd};
+use tch::{Device, Kind, Tensor};
+
+use crate::rng::Rng;
+
+/// Images and labels of one split.
+#[derive(Debug)]
+pub struct Split {
+    /// `uint8` `[N, C, H, W]`.
+    pub images: Tensor,
+    /// `int64` `[N]`.
+    pub labels: Tensor,
+}
+
+impl Split {
+    /// Number of images.
+    pub fn len(&self) -> i64 {
+        self.labels.size()[0]
+    }
+
+    /// Whether there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn shallow_clone(&self) -> Split {
+        Split {
+            images: self.images.shallow_clone(),
+            labels: self.labels.shallow_clone(),
+        }
+    }
+
+    fn to_device(&self, device: Device) -> Split {
+        Split {
+            images: self.images.to_device(device),
+            labels: self.labels.to_device(device),
+        }
+    }
+
+    fn first(&self, n: Option<u32>) -> Split {
+        match n {
+            Some(n) if i64::from(n) < self.len() => Split {
+                images: self.images.narrow(0, 0, i64::from(n)),
+                labels: self.labels.narrow(0, 0, i64::from(n)),
+            },
+            _ => self.shallow_clone(),
+        }
+    }
+}
+
+/// A dataset ready for training.
+#[derive(Debug)]
+pub struct Dataset {
+    /// Training split.
+    pub train: Split,
+    /// Test split.
+    pub test: Split,
+    /// Classes.
+    pub classes: i64,
+    /// Per-channel mean of training pixels in `[0, 1]`.
+    pub mean: Vec<f64>,
+    /// Per-channel standard deviation of training pixels in `[0, 1]`.
+    pub std: Vec<f64>,
+}
+
+impl Dataset {
+    fn shallow_clone(&self) -> Dataset {
+        Dataset {
+            train: self.train.shallow_clone(),
+            test: self.test.shallow_clone(),
+            classes: self.classes,
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+        }
+    }
+
+    /// Channels and side of the images.
+    pub fn image_shape(&self) -> (i64, i64) {
+        let s = self.train.images.size();
+        (s[1], s[3])
+    }
+}
+
+/// Why a dataset could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A file the format needs is not there.
+    #[error("{path}: missing ({hint})")]
+    Missing {
+        /// The file.
+        path: String,
+        /// What was expected there.
+        hint: String,
+    },
+    /// A file is not in the expected format.
+    #[error("{path}: {problem}")]
+    Malformed {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A dataset this worker cannot load.
+    #[error("dataset {0:?} is not supported by this worker yet")]
+    Unsupported(DatasetName),
+}
+
+/// Per-channel mean and standard deviation of `uint8` images scaled to `[0, 1]`.
+pub fn channel_stats(images: &Tensor) -> (Vec<f64>, Vec<f64>) {
+    let x = images.to_kind(Kind::Double) / 255.0;
+    let mean = x.mean_dim([0i64, 2, 3].as_slice(), false, Kind::Double);
+    let std = x.std_dim([0i64, 2, 3].as_slice(), false, false);
+    (
+        Vec::<f64>::try_from(mean).expect("mean is a vector"),
+        Vec::<f64>::try_from(std.clamp_min(1e-6)).expect("std is a vector"),
+    )
+}
+
+fn load_uncached(spec: &DatasetSpec) -> Result<(Split, Split, i64), DataError> {
+    match spec.name {
+        DatasetName::Synthetic => {
+            let noise = spec.noise.unwrap_or(sd::NOISE);
+            let seed = spec.data_seed.unwrap_or(sd::DATA_SEED);
+            let train = synthetic::generate(spec.train_size.unwrap_or(sd::TRAIN_SIZE) as usize, noise, seed, "train");
+            let test = synthetic::generate(spec.test_size.unwrap_or(sd::TEST_SIZE) as usize, noise, seed, "test");
+            Ok((train, test, synthetic::CLASSES))
+        }
+        other => Err(DataError::Unsupported(other)),
+    }
+}
+
+/// Datasets a worker has loaded, by spec and device. Loading (parsing files, generating images,
+/// uploading to the GPU) happens once; trials get cheap handles to the same storage.
+#[derive(Debug, Default)]
+pub struct DataCache {
+    loaded: Mutex<HashMap<(String, String), Dataset>>,
+}
+
+impl DataCache {
+    /// The dataset of `spec` on `device`, loading it on first use.
+    pub fn get(&self, spec: &DatasetSpec, device: Device) -> Result<Dataset, DataError> {
+        // Sizes are applied after the cache: trials that differ only in subset share the load.
+        let mut key_spec = spec.clone();
+        key_spec.train_size = None;
+        key_spec.test_size = None;
+        if spec.name == DatasetName::Synthetic {
+            key_spec.train_size = spec.train_size;
+            key_spec.test_size = spec.test_size;
+        }
+        let key = (
+            serde_json::to_string(&key_spec).unwrap_or_default(),
+            format!("{device:?}"),
+        );
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if !loaded.contains_key(&key) {
+            let (train, test, classes) = load_uncached(spec)?;
+            let (mean, std) = channel_stats(&train.images);
+            tracing::info!(dataset = ?spec.name, train = train.len(), test = test.len(), device = ?device, "dataset loaded");
+            loaded.insert(
+                key.clone(),
+                Dataset {
+                    train: train.to_device(device),
+                    test: test.to_device(device),
+                    classes,
+                    mean,
+                    std,
+                },
+            );
+        }
+        let full = &loaded[&key];
+        let mut ds = full.shallow_clone();
+        ds.train = full.train.first(spec.train_size);
+        ds.test = full.test.first(spec.test_size);
+        Ok(ds)
+    }
+}
+
+/// A `[0, 1]` float batch from `uint8` images, augmented as asked, on the images' device.
+///
+/// Crop-flip: zero-pad by 4, take a random 32x32 window and mirror half of the images; done for
+/// the whole batch with one gather whose indices carry both the offsets and the flips.
+pub fn augment(images: &Tensor, augment: Augment, rng: &mut Rng) -> Tensor {
+    let images = match augment {
+        Augment::CropFlip => crop_flip(images, rng, 4),
+        Augment::None | Augment::Auto => images.shallow_clone(),
+    };
+    images.to_kind(Kind::Float) / 255.0
+}
+
+fn crop_flip(images: &Tensor, rng: &mut Rng, pad: i64) -> Tensor {
+    let [b, c, h, w] = images.size()[..] else {
+        panic!("images must be [N, C, H, W], got {:?}", images.size());
+    };
+    let device = images.device();
+    let padded = images.constant_pad_nd([pad, pad, pad, pad]);
+    let span = 2 * pad as u64 + 1;
+    let mut rows = Vec::with_capacity((b * h) as usize);
+    let mut cols = Vec::with_capacity((b * w) as usize);
+    for _ in 0..b {
+        let dy = rng.below(span) as i64;
+        let dx = rng.below(span) as i64;
+        let flip = rng.below(2) == 1;
+        rows.extend((0..h).map(|i| dy + i));
+        cols.extend((0..w).map(|j| if flip { dx + w - 1 - j } else { dx + j }));
+    }
+    let rows = Tensor::from_slice(&rows)
+        .to_device(device)
+        .view([b, 1, h, 1])
+        .expand([b, c, h, w + 2 * pad], false);
+    let cols = Tensor::from_slice(&cols)
+        .to_device(device)
+        .view([b, 1, 1, w])
+        .expand([b, c, h, w], false);
+    padded.gather(2, &rows, false).gather(3, &cols, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crop_flip_matches_a_per_image_reference() {
+        let images = Tensor::arange(2 * 3 * 8 * 8, (Kind::Int64, Device::Cpu))
+            .remainder(251)
+            .to_kind(Kind::Uint8)
+            .view([2, 3, 8, 8]);
+        let mut rng = Rng::new(5);
+        let out = crop_flip(&images, &mut rng, 2);
+        // Replay the same draws and crop each image by hand.
+        let mut replay = Rng::new(5);
+        let padded = images.constant_pad_nd([2, 2, 2, 2]);
+        for i in 0..2 {
+            let dy = replay.below(5) as i64;
+            let dx = replay.below(5) as i64;
+            let flip = replay.below(2) == 1;
+            let mut want = padded.get(i).narrow(1, dy, 8).narrow(2, dx, 8);
+            if flip {
+                want = want.flip([2]);
+            }
+            assert!(out.get(i).equal(&want), "image {i}");
+        }
+    }
+
+    #[test]
+    fn stats_and_subsets() {
+        let cache = DataCache::default();
+        let spec = DatasetSpec {
+            name: DatasetName::Synthetic,
+            root: None,
+            train_size: Some(100),
+            test_size: Some(30),
+            noise: None,
+            data_seed: None,
+        };
+        let ds = cache.get(&spec, Device::Cpu).unwrap();
+        assert_eq!(ds.train.len(), 100);
+        assert_eq!(ds.test.len(), 30);
+        assert_eq!(ds.mean.len(), 3);
+        for (m, s) in ds.mean.iter().zip(&ds.std) {
+            assert!((0.2..0.8).contains(m), "{m}");
+            assert!((0.02..0.5).contains(s), "{s}");
+        }
+        let again = cache.get(&spec, Device::Cpu).unwrap();
+        assert!(again.train.images.equal(&ds.train.images));
+    }
+}

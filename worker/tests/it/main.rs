@@ -1,0 +1,5 @@
+//! Integration tests of the worker crate (one binary): models, training.
+
+mod common;
+mod model;
+mod training;

@@ -1,0 +1,103 @@
+//! Training: the loss goes down, frozen filters stay bit-identical, runs are deterministic.
+
+use std::collections::HashMap;
+
+use convsweep_proto::spec::TrainMode;
+use convsweep_worker::data::DataCache;
+use convsweep_worker::trainer::{TrialControl, TrialRun};
+use tch::nn::OptimizerConfig;
+use tch::{Device, Kind, Reduction, Tensor, nn};
+
+use crate::common::{model, trial};
+
+fn snapshot(vs: &nn::VarStore) -> HashMap<String, Tensor> {
+    vs.variables()
+        .into_iter()
+        .map(|(k, v)| (k, v.detach().copy()))
+        .collect()
+}
+
+fn is_spatial(t: &Tensor) -> bool {
+    let s = t.size();
+    s.len() == 4 && s[2] * s[3] > 1
+}
+
+#[test]
+fn a_few_steps_lower_the_loss() {
+    let spec = trial(model(8, 8, 3, TrainMode::Learned), 128, 1);
+    let data = DataCache::default().get(&spec.dataset, Device::Cpu).unwrap();
+    let run = TrialRun::new(&spec, Device::Cpu, &data).unwrap();
+    let mut opt = nn::Sgd {
+        momentum: 0.9,
+        ..Default::default()
+    }
+    .build(&run.net.vs, 0.1)
+    .unwrap();
+    let x = data.train.images.to_kind(Kind::Float) / 255.0;
+    let y = &data.train.labels;
+    let loss_of = |train: bool| {
+        run.net
+            .forward_t(&x, train)
+            .cross_entropy_loss(y, None::<Tensor>, Reduction::Mean, -100, 0.0)
+    };
+    let before = tch::no_grad(|| loss_of(true)).double_value(&[]);
+    for _ in 0..30 {
+        opt.backward_step(&loss_of(true));
+    }
+    let after = tch::no_grad(|| loss_of(true)).double_value(&[]);
+    assert!(after < 0.7 * before, "loss {before} -> {after}");
+}
+
+fn train_one_epoch(mode: TrainMode) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
+    let spec = trial(model(8, 8, 3, mode), 96, 1);
+    let data = DataCache::default().get(&spec.dataset, Device::Cpu).unwrap();
+    let mut run = TrialRun::new(&spec, Device::Cpu, &data).unwrap();
+    let before = snapshot(&run.net.vs);
+    let (ctl, _signal, _events) = TrialControl::new();
+    run.train_epoch(&ctl).unwrap();
+    (before, snapshot(&run.net.vs))
+}
+
+#[test]
+fn frozen_spatial_filters_stay_bit_identical_while_the_rest_learns() {
+    let (before, after) = train_one_epoch(TrainMode::Frozen);
+    let mut spatial = 0;
+    for (name, b) in &before {
+        let a = &after[name];
+        if is_spatial(b) {
+            spatial += 1;
+            assert!(a.equal(b), "{name} (frozen) changed");
+        } else {
+            assert!(!a.equal(b), "{name} did not change");
+        }
+    }
+    assert_eq!(spatial, 7, "stem + 6 block convs of ResNet-8");
+}
+
+#[test]
+fn learned_spatial_filters_change() {
+    let (before, after) = train_one_epoch(TrainMode::Learned);
+    for (name, b) in &before {
+        assert!(!after[name].equal(b), "{name} did not change");
+    }
+}
+
+#[test]
+fn cpu_training_is_deterministic_for_a_seed() {
+    let spec = trial(model(8, 8, 3, TrainMode::Learned), 96, 2);
+    let data = DataCache::default().get(&spec.dataset, Device::Cpu).unwrap();
+    let (ctl, _signal, _events) = TrialControl::new();
+    let run = |ctl: &TrialControl| {
+        let mut run = TrialRun::new(&spec, Device::Cpu, &data).unwrap();
+        let m: Vec<_> = (0..2).map(|_| run.train_epoch(ctl).unwrap()).collect();
+        (m, snapshot(&run.net.vs))
+    };
+    let (m1, w1) = run(&ctl);
+    let (m2, w2) = run(&ctl);
+    for (a, b) in m1.iter().zip(&m2) {
+        assert_eq!((a.train_loss, a.test_acc), (b.train_loss, b.test_acc));
+    }
+    for (name, t) in &w1 {
+        assert!(t.equal(&w2[name]), "{name}");
+    }
+}
