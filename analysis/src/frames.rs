@@ -1,0 +1,173 @@
+//! Results as typed Polars frames: built from the coordinator's store, written to and read
+//! from Parquet (one file per table).
+
+use std::fs::File;
+use std::path::Path;
+
+use convsweep_coordinator::store::{EpochRow, Store, TrialRow};
+use convsweep_proto::pb;
+use polars::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// File names of the exported tables.
+pub const TRIALS_FILE: &str = "trials.parquet";
+/// Per-epoch metrics.
+pub const EPOCHS_FILE: &str = "epochs.parquet";
+
+/// The tables of a sweep's results.
+#[derive(Debug, Clone)]
+pub struct Frames {
+    /// One row per (sweep, trial): factors, hyper-parameters, cost and final metrics.
+    pub trials: DataFrame,
+    /// One row per trial and epoch.
+    pub epochs: DataFrame,
+}
+
+fn opt<T: Copy>(rows: &[TrialRow], f: impl Fn(&pb::TrialResult) -> T) -> Vec<Option<T>> {
+    rows.iter().map(|r| r.result.as_ref().map(&f)).collect()
+}
+
+/// The `trials` table.
+pub fn trials_frame(rows: &[TrialRow]) -> Result<DataFrame> {
+    let s = |f: &dyn Fn(&TrialRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
+    let u = |f: &dyn Fn(&TrialRow) -> u32| rows.iter().map(f).collect::<Vec<u32>>();
+    let f64s = |f: &dyn Fn(&TrialRow) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
+    let df = df!(
+        "sweep" => s(&|r| r.sweep_id.clone()),
+        "trial_id" => s(&|r| r.trial_id.clone()),
+        "state" => s(&|r| r.state.to_string()),
+        "attempts" => u(&|r| r.attempts),
+        "reason" => rows.iter().map(|r| r.reason.clone()).collect::<Vec<Option<String>>>(),
+        "dataset" => s(&|r| json_name(&r.spec.dataset.name)),
+        "train_size" => rows.iter().map(|r| r.spec.dataset.train_size).collect::<Vec<Option<u32>>>(),
+        "test_size" => rows.iter().map(|r| r.spec.dataset.test_size).collect::<Vec<Option<u32>>>(),
+        "arch" => s(&|r| json_name(&r.spec.model.arch)),
+        "depth" => rows.iter().map(|r| r.spec.model.depth).collect::<Vec<Option<u32>>>(),
+        "width" => rows.iter().map(|r| r.spec.model.width).collect::<Vec<Option<u32>>>(),
+        "kernel_size" => u(&|r| r.spec.model.kernel_size),
+        "expansion" => rows.iter().map(|r| r.spec.model.expansion).collect::<Vec<Option<u32>>>(),
+        "inter_op" => s(&|r| json_name(&r.spec.model.inter_op)),
+        "train_mode" => s(&|r| json_name(&r.spec.model.train_mode)),
+        "init" => s(&|r| json_name(&r.spec.model.init)),
+        "seed" => rows.iter().map(|r| r.spec.seed).collect::<Vec<u64>>(),
+        "epochs" => u(&|r| r.spec.train.epochs),
+        "batch_size" => u(&|r| r.spec.train.batch_size),
+        "lr" => f64s(&|r| r.spec.train.lr),
+        "momentum" => f64s(&|r| r.spec.train.momentum),
+        "nesterov" => rows.iter().map(|r| r.spec.train.nesterov).collect::<Vec<bool>>(),
+        "weight_decay" => f64s(&|r| r.spec.train.weight_decay),
+        "label_smoothing" => f64s(&|r| r.spec.train.label_smoothing),
+        "schedule" => s(&|r| json_name(&r.spec.train.schedule)),
+        "augment" => s(&|r| json_name(&r.spec.train.augment)),
+        "params_total" => opt(rows, |r| r.params_total),
+        "params_learnable" => opt(rows, |r| r.params_learnable),
+        "flops_per_image" => opt(rows, |r| r.flops_per_image),
+        "final_train_loss" => opt(rows, |r| r.final_train_loss),
+        "final_train_acc" => opt(rows, |r| r.final_train_acc),
+        "final_test_loss" => opt(rows, |r| r.final_test_loss),
+        "final_test_acc" => opt(rows, |r| r.final_test_acc),
+        "best_test_acc" => opt(rows, |r| r.best_test_acc),
+        "best_epoch" => opt(rows, |r| r.best_epoch),
+        "wall_seconds" => opt(rows, |r| r.wall_seconds),
+        "peak_memory_bytes" => opt(rows, |r| r.peak_memory_bytes),
+        "device" => rows.iter().map(|r| r.result.as_ref().map(|x| x.device.clone())).collect::<Vec<Option<String>>>(),
+        "worker" => rows.iter().map(|r| r.worker_id.clone()).collect::<Vec<Option<String>>>(),
+    )?;
+    Ok(df)
+}
+
+/// The spec spelling of an enum value (`"kaiming-uniform"`, `"frozen"`, ...).
+fn json_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The `epochs` table.
+pub fn epochs_frame(rows: &[EpochRow]) -> Result<DataFrame> {
+    let m = |f: fn(&pb::EpochMetrics) -> f64| rows.iter().map(|r| f(&r.metrics)).collect::<Vec<f64>>();
+    Ok(df!(
+        "trial_id" => rows.iter().map(|r| r.trial_id.clone()).collect::<Vec<String>>(),
+        "attempt" => rows.iter().map(|r| r.attempt).collect::<Vec<u32>>(),
+        "epoch" => rows.iter().map(|r| r.metrics.epoch).collect::<Vec<u32>>(),
+        "lr" => m(|e| e.lr),
+        "train_loss" => m(|e| e.train_loss),
+        "train_acc" => m(|e| e.train_acc),
+        "test_loss" => m(|e| e.test_loss),
+        "test_acc" => m(|e| e.test_acc),
+        "seconds" => m(|e| e.seconds),
+    )?)
+}
+
+impl Frames {
+    /// Reads every table straight from a coordinator's state folder.
+    pub fn from_state_dir(state_dir: &Path) -> Result<Frames> {
+        let store = Store::open_existing(state_dir)?;
+        Ok(Frames {
+            trials: trials_frame(&store.trial_rows()?)?,
+            epochs: epochs_frame(&store.epoch_rows()?)?,
+        })
+    }
+
+    /// Reads the tables from a folder: Parquet files of an export, or a coordinator's state.
+    pub fn load(dir: &Path) -> Result<Frames> {
+        if dir.join(TRIALS_FILE).exists() {
+            let read = |name: &str| -> Result<DataFrame> {
+                let path = dir.join(name);
+                let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+                Ok(ParquetReader::new(file).finish()?)
+            };
+            Ok(Frames {
+                trials: read(TRIALS_FILE)?,
+                epochs: read(EPOCHS_FILE)?,
+            })
+        } else {
+            Frames::from_state_dir(dir)
+        }
+    }
+
+    /// Keeps one sweep's rows.
+    pub fn for_sweep(&self, sweep: &str) -> Result<Frames> {
+        let trials = self
+            .trials
+            .clone()
+            .lazy()
+            .filter(col("sweep").eq(lit(sweep)))
+            .collect()?;
+        let ids = trials
+            .clone()
+            .lazy()
+            .select([col("trial_id")])
+            .unique(None, UniqueKeepStrategy::First);
+        let epochs = self
+            .epochs
+            .clone()
+            .lazy()
+            .join(
+                ids,
+                [col("trial_id")],
+                [col("trial_id")],
+                JoinArgs::new(JoinType::Inner),
+            )
+            .collect()?;
+        Ok(Frames { trials, epochs })
+    }
+
+    /// Writes every table as Parquet into `out` (created when missing); returns the paths.
+    pub fn write_parquet(&self, out: &Path) -> Result<Vec<std::path::PathBuf>> {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let mut written = Vec::new();
+        for (name, df) in [(TRIALS_FILE, &self.trials), (EPOCHS_FILE, &self.epochs)] {
+            let path = out.join(name);
+            let tmp = out.join(format!(".{name}.partial"));
+            let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            ParquetWriter::new(file).finish(&mut df.clone())?;
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+}
