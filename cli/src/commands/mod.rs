@@ -1,0 +1,214 @@
+//! The subcommands, each wiring the libraries together.
+
+pub mod run;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use convsweep_coordinator::{Coordinator, CoordinatorConfig};
+use convsweep_proto::pb;
+use convsweep_proto::pb::admin_service_client::AdminServiceClient;
+use tokio_util::sync::CancellationToken;
+
+/// Cancels the returned token on SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        t.cancel();
+    });
+    token
+}
+
+/// `convsweep coordinator`.
+pub async fn serve_coordinator(config: CoordinatorConfig, listen: SocketAddr) -> Result<ExitCode> {
+    let coordinator = Coordinator::open(config)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let stop = shutdown_on_signals();
+    convsweep_coordinator::serve(listener, coordinator, async move { stop.cancelled().await }).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Flags of `convsweep worker`.
+#[derive(Debug)]
+pub struct WorkerArgs {
+    pub coordinator: String,
+    pub slots: u32,
+    pub device: String,
+    pub threads: Option<u32>,
+    pub name: Option<String>,
+    pub grace: Duration,
+}
+
+/// `convsweep worker`.
+pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
+    if args.slots == 0 {
+        bail!("--slots must be at least 1");
+    }
+    if let Some(t) = args.threads {
+        tch::set_num_threads(t.max(1) as i32);
+    }
+    let device = convsweep_worker::pick_device(&args.device).map_err(anyhow::Error::msg)?;
+    let trainer = Arc::new(convsweep_worker::TchTrainer::new(device));
+    let config = convsweep_worker::WorkerConfig {
+        coordinator: args.coordinator,
+        name: args.name.unwrap_or_else(convsweep_worker::agent::host_name),
+        slots: args.slots,
+        grace: args.grace,
+        ..Default::default()
+    };
+    convsweep_worker::run(config, trainer, shutdown_on_signals()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn admin(url: &str) -> Result<AdminServiceClient<tonic::transport::Channel>> {
+    AdminServiceClient::connect(url.to_owned())
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {url}"))
+}
+
+/// `convsweep submit`.
+pub async fn submit(spec: &Path, url: &str) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(spec).with_context(|| format!("cannot read {}", spec.display()))?;
+    let resp = admin(url)
+        .await?
+        .submit_sweep(pb::SubmitSweepRequest { spec_toml: text })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", spec.display(), s.message()))?
+        .into_inner();
+    eprintln!(
+        "sweep {}: {} trials ({} new)",
+        resp.sweep_id, resp.trials, resp.new_trials
+    );
+    println!("{}", resp.sweep_id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// JSON form of a status answer.
+pub fn status_json(resp: &pb::GetStatusResponse) -> serde_json::Value {
+    let sweeps: Vec<serde_json::Value> = resp
+        .sweeps
+        .iter()
+        .map(|s| {
+            let c = s.counts.unwrap_or_default();
+            serde_json::json!({
+                "sweep": s.sweep_id,
+                "total": s.total,
+                "counts": {
+                    "pending": c.pending, "leased": c.leased, "running": c.running,
+                    "succeeded": c.succeeded, "failed": c.failed, "preempted": c.preempted,
+                    "cancelled": c.cancelled,
+                },
+                "trials_per_hour": s.trials_per_hour,
+                "eta_seconds": if s.eta_seconds < 0.0 { serde_json::Value::Null } else { s.eta_seconds.into() },
+                "failures": s.failures.iter().map(|f| serde_json::json!({
+                    "trial": f.trial_id, "attempt": f.attempt, "reason": f.reason,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "workers_alive": resp.workers_alive, "sweeps": sweeps })
+}
+
+/// Human form of a status answer.
+pub fn status_text(resp: &pb::GetStatusResponse) -> String {
+    let mut out = format!("workers alive: {}\n", resp.workers_alive);
+    if resp.sweeps.is_empty() {
+        out.push_str("no sweeps\n");
+    }
+    for s in &resp.sweeps {
+        let c = s.counts.unwrap_or_default();
+        let done = c.succeeded + c.failed + c.cancelled;
+        out.push_str(&format!(
+            "sweep {}: {done}/{} done | pending {} leased {} running {} succeeded {} failed {} preempted {} cancelled {}\n",
+            s.sweep_id, s.total, c.pending, c.leased, c.running, c.succeeded, c.failed, c.preempted, c.cancelled
+        ));
+        if s.trials_per_hour > 0.0 {
+            out.push_str(&format!(
+                "  throughput {:.1} trials/h, ETA {}\n",
+                s.trials_per_hour,
+                format_duration(s.eta_seconds)
+            ));
+        }
+        for f in &s.failures {
+            out.push_str(&format!(
+                "  failed {} (attempt {}): {}\n",
+                f.trial_id, f.attempt, f.reason
+            ));
+        }
+    }
+    out
+}
+
+/// `1h02m`, `3m05s`, `12s`, or `unknown` for negative values.
+pub fn format_duration(seconds: f64) -> String {
+    if seconds < 0.0 || !seconds.is_finite() {
+        return "unknown".into();
+    }
+    let s = seconds.round() as u64;
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, sec) => format!("{m}m{sec:02}s"),
+        (h, m, _) => format!("{h}h{m:02}m"),
+    }
+}
+
+/// `convsweep status`.
+pub async fn status(url: &str, sweep: Option<&str>, json: bool) -> Result<ExitCode> {
+    let resp = admin(url)
+        .await?
+        .get_status(pb::GetStatusRequest {
+            sweep_id: sweep.unwrap_or_default().to_owned(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status_json(&resp))?);
+    } else {
+        print!("{}", status_text(&resp));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `convsweep export`.
+#[cfg(feature = "analysis")]
+pub fn export(state_dir: &Path, out: &Path) -> Result<ExitCode> {
+    for path in convsweep_analysis::export(state_dir, out)? {
+        println!("{}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `convsweep export` in a worker-only build.
+#[cfg(not(feature = "analysis"))]
+pub fn export(_state_dir: &Path, _out: &Path) -> Result<ExitCode> {
+    bail!("this convsweep was built without the `analysis` feature (a worker-only build); export from a full build")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(format_duration(-1.0), "unknown");
+        assert_eq!(format_duration(12.4), "12s");
+        assert_eq!(format_duration(185.0), "3m05s");
+        assert_eq!(format_duration(3720.0), "1h02m");
+    }
+}

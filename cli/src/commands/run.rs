@@ -1,0 +1,216 @@
+//! `convsweep run`: the whole system on one machine. The coordinator runs in this process on a
+//! loopback port; workers are separate processes of this binary, exactly as on a cluster.
+//!
+//! Layout of `runs/<sweep>/`: `state.db` (coordinator state; running the same spec again
+//! resumes it), `convsweep.log`, `logs/worker-N.log`, `trials.parquet`, `epochs.parquet`,
+//! `report.md`.
+
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use convsweep_coordinator::sweep::SweepSpec;
+use convsweep_coordinator::{Coordinator, CoordinatorConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use crate::logging;
+
+/// Flags of `convsweep run`.
+#[derive(Debug)]
+pub struct RunArgs {
+    pub spec: PathBuf,
+    pub workers: u32,
+    pub threads: Option<u32>,
+    pub runs_dir: PathBuf,
+    pub device: String,
+    pub log_format: logging::Format,
+}
+
+fn spawn_worker(i: u32, url: &str, threads: u32, device: &str, log_dir: &std::path::Path) -> Result<Child> {
+    let exe = std::env::current_exe().context("cannot find the convsweep binary to start workers")?;
+    let log_path = log_dir.join(format!("worker-{i}.log"));
+    let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    let child = Command::new(exe)
+        .args(["worker", "--coordinator", url, "--device", device, "--grace-secs", "10"])
+        .args(["--threads", &threads.to_string(), "--name", &format!("local-{i}")])
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start a worker process")?;
+    Ok(child)
+}
+
+/// Runs a sweep end to end on this machine.
+pub async fn run(args: RunArgs) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.spec).with_context(|| format!("cannot read {}", args.spec.display()))?;
+    let spec = SweepSpec::from_toml(&text).with_context(|| format!("{}", args.spec.display()))?;
+    let run_dir = args.runs_dir.join(spec.id.as_str());
+    let log_dir = run_dir.join("logs");
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
+    logging::init_file(args.log_format, &run_dir.join("convsweep.log"))?;
+    if args.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let threads = args.threads.unwrap_or((cores / args.workers).max(1));
+
+    let started = Instant::now();
+    let config = CoordinatorConfig {
+        state_dir: run_dir.clone(),
+        heartbeat_interval: Duration::from_secs(2),
+        lease_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let coordinator = Coordinator::open(config)?;
+    let (sweep_id, submitted) = coordinator.submit(&text)?;
+    eprintln!(
+        "sweep {sweep_id}: {} trials ({} new), {} workers x {threads} threads, state in {}",
+        submitted.trials,
+        submitted.new_trials,
+        args.workers,
+        run_dir.display()
+    );
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let stop_server = CancellationToken::new();
+    let server = {
+        let stop = stop_server.clone();
+        tokio::spawn(convsweep_coordinator::serve(
+            listener,
+            coordinator.clone(),
+            async move { stop.cancelled().await },
+        ))
+    };
+    let mut workers = Vec::new();
+    for i in 0..args.workers {
+        workers.push(spawn_worker(i, &url, threads, &args.device, &log_dir)?);
+    }
+
+    let interrupted = super::shutdown_on_signals();
+    let outcome = watch(&coordinator, sweep_id.as_str(), &mut workers, &interrupted, &log_dir).await;
+
+    // Let workers finish and exit on their own, then stop the server.
+    coordinator.set_drain(true);
+    for w in &mut workers {
+        if interrupted.is_cancelled() {
+            if let Some(pid) = w.id() {
+                terminate(pid);
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(20), w.wait()).await.is_err() {
+            let _ = w.kill().await;
+        }
+    }
+    stop_server.cancel();
+    server.await??;
+    outcome?;
+    if interrupted.is_cancelled() {
+        eprintln!("interrupted; run the same command again to resume");
+        return Ok(ExitCode::from(130));
+    }
+
+    let status = coordinator.status(sweep_id.as_str())?;
+    let sweep = &status.sweeps[0];
+    report(&run_dir, sweep_id.as_str())?;
+    let counts = sweep.counts.unwrap_or_default();
+    eprintln!(
+        "{} succeeded, {} failed in {:.0} s; results in {}",
+        counts.succeeded,
+        counts.failed,
+        started.elapsed().as_secs_f64(),
+        run_dir.display()
+    );
+    for f in &sweep.failures {
+        eprintln!("  failed {} (attempt {}): {}", f.trial_id, f.attempt, f.reason);
+    }
+    Ok(if counts.failed > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[allow(unsafe_code)]
+fn terminate(pid: u32) {
+    // SAFETY: kill(2) with a pid we spawned and a valid signal number has no memory effects.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+/// Shows progress until every trial is done, the run is interrupted, or all workers died.
+async fn watch(
+    coordinator: &Arc<Coordinator>,
+    sweep: &str,
+    workers: &mut [Child],
+    interrupted: &CancellationToken,
+    log_dir: &std::path::Path,
+) -> Result<()> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} trials {msg}")
+            .expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let result = loop {
+        let status = coordinator.status(sweep)?;
+        let s = &status.sweeps[0];
+        let c = s.counts.unwrap_or_default();
+        let done = c.succeeded + c.failed + c.cancelled;
+        bar.set_length(u64::from(s.total));
+        bar.set_position(u64::from(done));
+        let eta = if s.eta_seconds >= 0.0 {
+            format!(", ETA {}", super::format_duration(s.eta_seconds))
+        } else {
+            String::new()
+        };
+        bar.set_message(format!("(running {}, failed {}{eta})", c.leased + c.running, c.failed));
+        if done == s.total {
+            break Ok(());
+        }
+        let alive = workers
+            .iter_mut()
+            .filter_map(|w| w.try_wait().ok())
+            .filter(Option::is_none)
+            .count();
+        if alive == 0 {
+            break Err(anyhow::anyhow!(
+                "every worker process exited with trials left; see the logs in {}",
+                log_dir.display()
+            ));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(300)) => {}
+            () = interrupted.cancelled() => break Ok(()),
+        }
+    };
+    bar.finish();
+    result
+}
+
+#[cfg(feature = "analysis")]
+fn report(run_dir: &std::path::Path, sweep: &str) -> Result<()> {
+    let frames = convsweep_analysis::Frames::from_state_dir(run_dir)?.for_sweep(sweep)?;
+    frames.write_parquet(run_dir)?;
+    let (path, table) = convsweep_analysis::report::write_markdown_report(&frames, sweep, run_dir)?;
+    println!("Test accuracy (%) by kernel size x train mode x init, mean over seeds:\n{table}");
+    eprintln!("report: {}", path.display());
+    Ok(())
+}
+
+#[cfg(not(feature = "analysis"))]
+fn report(run_dir: &std::path::Path, _sweep: &str) -> Result<()> {
+    eprintln!(
+        "built without the `analysis` feature: no Parquet or report; state is in {}",
+        run_dir.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! `convsweep`: run, coordinate, work on and report CNN training sweeps.
+//!
+//! Parses flags, sets up tracing and calls the libraries; everything testable lives in them
+//! (and in this crate's `commands` modules).
+
+mod commands;
+mod logging;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Sweeps of CNN training runs over kernel size, init scheme, architecture and more.
+#[derive(Debug, Parser)]
+#[command(name = "convsweep", version, about)]
+struct Cli {
+    /// Log format on stderr: text or json. Filter with RUST_LOG (default: info).
+    #[arg(long, global = true, default_value = "text", env = "CONVSWEEP_LOG_FORMAT")]
+    log_format: logging::Format,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a sweep on this machine: coordinator in-process, local worker processes, report.
+    Run {
+        /// Sweep spec (TOML).
+        spec: PathBuf,
+        /// Worker processes to start.
+        #[arg(long, default_value_t = 2, env = "CONVSWEEP_WORKERS")]
+        workers: u32,
+        /// libtorch threads per worker (default: the machine's cores divided by --workers).
+        #[arg(long, env = "CONVSWEEP_THREADS")]
+        threads: Option<u32>,
+        /// Folder holding one folder per sweep (state, logs, Parquet, report).
+        #[arg(long, default_value = "runs", env = "CONVSWEEP_RUNS_DIR")]
+        runs_dir: PathBuf,
+        /// Device for the workers: auto, cpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto", env = "CONVSWEEP_DEVICE")]
+        device: String,
+    },
+    /// Serve the coordinator (gRPC) on ADDR with its state in DIR.
+    Coordinator {
+        /// Folder of the SQLite state (created when missing; reopened after a restart).
+        #[arg(long, env = "CONVSWEEP_STATE_DIR")]
+        state_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:50051", env = "CONVSWEEP_LISTEN")]
+        listen: SocketAddr,
+        /// Seconds between worker heartbeats.
+        #[arg(long, default_value_t = 5, env = "CONVSWEEP_HEARTBEAT_SECS")]
+        heartbeat_secs: u64,
+        /// Seconds without a heartbeat before a lease expires.
+        #[arg(long, default_value_t = 60, env = "CONVSWEEP_LEASE_TIMEOUT_SECS")]
+        lease_timeout_secs: u64,
+        /// Failed or expired attempts before a trial fails for good.
+        #[arg(long, default_value_t = 3, env = "CONVSWEEP_MAX_ATTEMPTS")]
+        max_attempts: u32,
+    },
+    /// Train trials leased from a coordinator until it drains or SIGTERM arrives.
+    Worker {
+        /// Coordinator URL, e.g. http://10.0.0.5:50051.
+        #[arg(long, env = "CONVSWEEP_COORDINATOR")]
+        coordinator: String,
+        /// Trials to run at once on the device.
+        #[arg(long, default_value_t = 1, env = "CONVSWEEP_SLOTS")]
+        slots: u32,
+        /// Device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto", env = "CONVSWEEP_DEVICE")]
+        device: String,
+        /// libtorch intra-op threads (default: libtorch's choice).
+        #[arg(long, env = "CONVSWEEP_THREADS")]
+        threads: Option<u32>,
+        /// Name shown in status and logs (default: the host name).
+        #[arg(long, env = "CONVSWEEP_WORKER_NAME")]
+        name: Option<String>,
+        /// Seconds running trials get to stop and report on SIGTERM.
+        #[arg(long, default_value_t = 30, env = "CONVSWEEP_GRACE_SECS")]
+        grace_secs: u64,
+    },
+    /// Submit a sweep spec to a coordinator; prints the sweep id.
+    Submit {
+        /// Sweep spec (TOML).
+        spec: PathBuf,
+        /// Coordinator URL.
+        #[arg(long, env = "CONVSWEEP_COORDINATOR")]
+        coordinator: String,
+    },
+    /// Show trial counts per state, throughput, ETA and failures.
+    Status {
+        /// Coordinator URL.
+        #[arg(long, env = "CONVSWEEP_COORDINATOR")]
+        coordinator: String,
+        /// Only this sweep.
+        #[arg(long)]
+        sweep: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export a coordinator's results as Parquet (trials, epochs).
+    Export {
+        /// The coordinator's state folder.
+        #[arg(long, env = "CONVSWEEP_STATE_DIR")]
+        state_dir: PathBuf,
+        /// Folder to write the Parquet files into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run {
+                spec,
+                workers,
+                threads,
+                runs_dir,
+                device,
+            } => {
+                commands::run::run(commands::run::RunArgs {
+                    spec,
+                    workers,
+                    threads,
+                    runs_dir,
+                    device,
+                    log_format: cli.log_format,
+                })
+                .await
+            }
+            Command::Coordinator {
+                state_dir,
+                listen,
+                heartbeat_secs,
+                lease_timeout_secs,
+                max_attempts,
+            } => {
+                logging::init_stderr(cli.log_format);
+                let config = convsweep_coordinator::CoordinatorConfig {
+                    state_dir,
+                    heartbeat_interval: Duration::from_secs(heartbeat_secs.max(1)),
+                    lease_timeout: Duration::from_secs(lease_timeout_secs.max(2)),
+                    max_attempts,
+                    ..Default::default()
+                };
+                commands::serve_coordinator(config, listen).await
+            }
+            Command::Worker {
+                coordinator,
+                slots,
+                device,
+                threads,
+                name,
+                grace_secs,
+            } => {
+                logging::init_stderr(cli.log_format);
+                commands::worker(commands::WorkerArgs {
+                    coordinator,
+                    slots,
+                    device,
+                    threads,
+                    name,
+                    grace: Duration::from_secs(grace_secs),
+                })
+                .await
+            }
+            Command::Submit { spec, coordinator } => {
+                logging::init_stderr(cli.log_format);
+                commands::submit(&spec, &coordinator).await
+            }
+            Command::Status {
+                coordinator,
+                sweep,
+                json,
+            } => {
+                logging::init_stderr(cli.log_format);
+                commands::status(&coordinator, sweep.as_deref(), json).await
+            }
+            Command::Export { state_dir, out } => {
+                logging::init_stderr(cli.log_format);
+                commands::export(&state_dir, &out)
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Whole-system tests with worker processes.
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::Duration;
+
+use convsweep_analysis::Frames;
+use convsweep_coordinator::store::Store;
+use convsweep_coordinator::{Coordinator, CoordinatorConfig};
+use convsweep_proto::TrialState;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_worker_processes_finish_a_sweep_over_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::open(CoordinatorConfig {
+        state_dir: dir.path().to_owned(),
+        heartbeat_interval: Duration::from_millis(500),
+        lease_timeout: Duration::from_secs(10),
+        ..Default::default()
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(convsweep_coordinator::serve(listener, coordinator.clone(), {
+        let s = stop.clone();
+        async move { s.cancelled().await }
+    }));
+
+    let mut workers = vec![spawn_worker(&url, "a"), spawn_worker(&url, "b")];
+    // Both registered and waiting before there is work, so both get some.
+    for _ in 0..600 {
+        if coordinator.status("").unwrap().workers_alive == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(coordinator.status("").unwrap().workers_alive, 2);
+    let (sweep, submitted) = coordinator.submit(&tiny_spec("pair")).unwrap();
+    assert_eq!(submitted.trials, 8);
+    wait_done(&coordinator, sweep.as_str(), Duration::from_secs(240)).await;
+
+    coordinator.set_drain(true);
+    for w in &mut workers {
+        assert!(
+            wait_exit(w, Duration::from_secs(30)).success(),
+            "worker exits cleanly when drained"
+        );
+    }
+    stop.cancel();
+    server.await.unwrap().unwrap();
+
+    let store = Store::open_existing(dir.path()).unwrap();
+    let rows = store.trial_rows().unwrap();
+    assert_eq!(rows.len(), 8);
+    assert!(rows.iter().all(|r| r.state == TrialState::Succeeded), "{rows:?}");
+    let workers_used: HashSet<_> = rows.iter().filter_map(|r| r.worker_id.clone()).collect();
+    assert_eq!(workers_used.len(), 2, "both workers trained");
+    for r in &rows {
+        let result = r.result.as_ref().unwrap();
+        assert!(result.params_total > 0 && result.flops_per_image > 0);
+        assert!((0.0..=1.0).contains(&result.final_test_acc));
+        assert_eq!(result.device, "cpu (1 threads)");
+    }
+    let epochs = store.epoch_rows().unwrap();
+    assert_eq!(epochs.len(), 8, "one epoch per trial, streamed");
+}
+
+#[test]
+fn run_executes_a_sweep_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "local");
+    let runs = dir.path().join("runs");
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            spec.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+        ])
+        .arg("--runs-dir")
+        .arg(&runs)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("8 succeeded, 0 failed"), "{stderr}");
+    assert!(stdout.contains("kernel_size"), "the Polars table is printed: {stdout}");
+
+    let run_dir = runs.join("local");
+    for f in [
+        "state.db",
+        "trials.parquet",
+        "epochs.parquet",
+        "report.md",
+        "logs/worker-0.log",
+        "logs/worker-1.log",
+    ] {
+        assert!(run_dir.join(f).exists(), "{f} missing");
+    }
+    let frames = Frames::load(&run_dir).unwrap();
+    assert_eq!(frames.trials.height(), 8);
+    assert_eq!(frames.epochs.height(), 8);
+    let report = std::fs::read_to_string(run_dir.join("report.md")).unwrap();
+    assert!(report.contains("8 of 8 trials succeeded"), "{report}");
+    assert_eq!(
+        report
+            .lines()
+            .filter(|l| l.starts_with("| 3 |") || l.starts_with("| 5 |"))
+            .count(),
+        8,
+        "{report}"
+    );
+
+    // Running the same spec again resumes: nothing is trained twice.
+    let again = Command::new(BIN)
+        .args([
+            "run",
+            spec.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+        ])
+        .arg("--runs-dir")
+        .arg(&runs)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(stderr.contains("8 trials (0 new)"), "{stderr}");
+}
+
+#[test]
+fn the_commands_work_as_separate_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut coordinator = Command::new(BIN)
+        .args([
+            "coordinator",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--heartbeat-secs",
+            "1",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+
+    let spec = write_spec(dir.path(), "procs");
+    // The coordinator may still be starting: submit retries until it answers.
+    let mut submitted = None;
+    for _ in 0..100 {
+        let out = Command::new(BIN)
+            .args(["submit", spec.to_str().unwrap(), "--coordinator", &url])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            submitted = Some(String::from_utf8(out.stdout).unwrap());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(submitted.expect("submit succeeded").trim(), "procs");
+
+    let mut worker = spawn_worker(&url, "solo");
+    let mut done = false;
+    for _ in 0..1200 {
+        let out = Command::new(BIN)
+            .args(["status", "--coordinator", &url, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let sweep = &v["sweeps"][0];
+        assert_eq!(sweep["sweep"], "procs");
+        assert_eq!(sweep["total"], 8);
+        if sweep["counts"]["succeeded"] == 8 {
+            done = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(done, "the sweep finished");
+    let text = Command::new(BIN)
+        .args(["status", "--coordinator", &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("sweep procs: 8/8 done"), "{text}");
+
+    // SIGTERM stops both cleanly.
+    for child in [&mut worker, &mut coordinator] {
+        #[allow(unsafe_code)]
+        // SAFETY: sending a signal to a child we spawned.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        assert!(wait_exit(child, Duration::from_secs(30)).success());
+    }
+
+    let out_dir = dir.path().join("export");
+    let out = Command::new(BIN)
+        .args(["export"])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let frames = Frames::load(&out_dir).unwrap();
+    assert_eq!(frames.trials.height(), 8);
+    assert_eq!(frames.epochs.height(), 8);
+}
+
+#[test]
+fn a_bad_spec_names_the_field_and_what_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("bad.toml");
+    std::fs::write(&spec, tiny_spec("bad").replace("\"kaiming-normal\"]", "\"kaiming\"]")).unwrap();
+    let out = Command::new(BIN)
+        .args(["run", spec.to_str().unwrap()])
+        .arg("--runs-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("model.init"), "{stderr}");
+    assert!(stderr.contains("kaiming-uniform"), "{stderr}");
+    let missing = Command::new(BIN).args(["run", "/nonexistent.toml"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent.toml"));
+}
