@@ -38,11 +38,15 @@ pub const AXIS_ALIASES: &[(&str, &str)] = &[
     ("arch", "model.arch"),
     ("depth", "model.depth"),
     ("width", "model.width"),
+    ("stem", "model.stem"),
+    ("patch_size", "model.patch_size"),
     ("kernel_size", "model.kernel_size"),
     ("expansion", "model.expansion"),
     ("inter_op", "model.inter_op"),
     ("train_mode", "model.train_mode"),
     ("init", "model.init"),
+    ("init_length", "model.init_length"),
+    ("init_decay", "model.init_decay"),
     ("epochs", "train.epochs"),
     ("batch_size", "train.batch_size"),
     ("lr", "train.lr"),
@@ -232,6 +236,39 @@ impl SweepSpec {
         }
         Ok(trials)
     }
+}
+
+/// The trials of `key=value` settings given on a command line: keys are grid-axis names or
+/// dotted paths, values are TOML (`3`, `"frozen"` or `frozen`, lists such as `[3,5,7]` make
+/// axes). Unset model fields default to ResNet-20-16, k = 3, learned, kaiming-uniform, on the
+/// synthetic dataset.
+pub fn trials_from_settings(settings: &[String]) -> Result<Vec<TrialSpec>> {
+    let mut grid = String::new();
+    for setting in settings {
+        let (key, value) = setting.split_once('=').ok_or_else(|| {
+            invalid(
+                setting.clone(),
+                "expected KEY=VALUE, e.g. kernel_size=5 or arch=resnet50",
+            )
+        })?;
+        let key = key.trim();
+        let value = value.trim();
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+        let list = match parsed {
+            toml::Value::Array(a) => toml::Value::Array(a),
+            scalar => toml::Value::Array(vec![scalar]),
+        };
+        grid.push_str(&format!("{} = {list}\n", toml::Value::String(key.to_owned())));
+    }
+    let text = format!(
+        "name = \"settings\"\n[dataset]\nname = \"synthetic\"\n[model]\narch = \"resnet\"\nkernel_size = 3\n\
+         train_mode = \"learned\"\ninit = \"kaiming-uniform\"\n[grid]\n{grid}"
+    );
+    SweepSpec::from_toml(&text)?.expand()
 }
 
 /// Moves to the next grid point (last axis fastest); false after the last one.
@@ -523,6 +560,34 @@ init = ["kaiming-uniform", "kaiming-normal"]
             assert_eq!(&e.field, field, "{e}");
             assert!(e.to_string().contains(needle), "{e} should mention {needle}");
         }
+    }
+
+    #[test]
+    fn settings_from_a_command_line() {
+        let set = |v: &[&str]| trials_from_settings(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let t = set(&[]).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].model.depth, t[0].model.kernel_size), (Some(20), 3));
+        let t = set(&[
+            "arch=resnet50",
+            "stem=imagenet",
+            "kernel_size=[3,5]",
+            "train_mode=frozen",
+        ])
+        .unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[1].model.kernel_size, 5);
+        assert_eq!(t[0].model.train_mode, TrainMode::Frozen);
+        assert_eq!(t[0].model.depth, None);
+        let t = set(&["model.expansion=8", "init=correlated"]).unwrap();
+        assert_eq!(
+            (t[0].model.expansion, t[0].model.init),
+            (Some(8), InitScheme::Correlated)
+        );
+        let e = set(&["kernel_size"]).unwrap_err().to_string();
+        assert!(e.contains("KEY=VALUE"), "{e}");
+        let e = set(&["arch=vgg"]).unwrap_err().to_string();
+        assert!(e.contains("model.arch") && e.contains("resnet50"), "{e}");
     }
 
     #[test]
