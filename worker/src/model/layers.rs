@@ -1,12 +1,12 @@
 //! Building blocks shared by the model families: convs that know whether they are frozen,
-//! LC-blocks, BatchNorm and the linear head, created through a [`Builder`] that also counts
+//! LC-blocks, BatchNorm and linear heads, created through a [`Builder`] that also counts
 //! parameters and multiply-accumulates.
 
 use convsweep_proto::spec::{InterOp, ModelSpec, TrainMode};
 use tch::nn::{self, ModuleT};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
-use super::init;
+use super::init::{self, Correlation};
 
 /// Parameters and compute of a model, counted while it is built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -24,29 +24,41 @@ pub struct Builder<'a> {
     spec: &'a ModelSpec,
     seed: u64,
     device: Device,
+    /// Only count: weights are not drawn (empty placeholders), so any size can be costed.
+    count_only: bool,
     /// What has been built so far.
     pub cost: Cost,
 }
 
-/// A conv without bias. Frozen (not in the optimiser, no gradient) when the trial freezes
-/// spatial filters and its kernel has more than one element.
+/// A conv. Its weight is frozen (not in the optimiser, no gradient) when the trial freezes
+/// spatial filters and its kernel has more than one element; a bias always learns.
 #[derive(Debug)]
 pub struct Conv2d {
-    /// `[c_out, c_in, k, k]`.
+    /// `[c_out, c_in/groups, k, k]`.
     pub weight: Tensor,
+    /// `[c_out]`, when the conv has one.
+    pub bias: Option<Tensor>,
     stride: i64,
     padding: i64,
+    groups: i64,
+}
+
+impl Conv2d {
+    /// The groups of the conv.
+    pub fn groups(&self) -> i64 {
+        self.groups
+    }
 }
 
 impl nn::Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Tensor {
         xs.conv2d(
             &self.weight,
-            None::<Tensor>,
+            self.bias.as_ref(),
             [self.stride, self.stride],
             [self.padding, self.padding],
             [1, 1],
-            1,
+            self.groups,
         )
     }
 }
@@ -72,11 +84,11 @@ pub enum Spatial {
     Plain(Conv2d),
     /// Spatial conv, in-between op, combining 1x1 conv.
     Lc {
-        /// `k x k`, `c_in -> c_out * E`, carries the stride.
+        /// `k x k`, `c_in -> c_out * E` (same groups as the conv it replaces), carries the stride.
         spatial: Conv2d,
         /// Op between the two convs.
         between: Between,
-        /// `1 x 1`, `c_out * E -> c_out`: the learned linear combinations.
+        /// `1 x 1`, `c_out * E -> c_out`: the learned linear combinations (and the bias, if any).
         combine: Conv2d,
     },
 }
@@ -106,9 +118,58 @@ impl ModuleT for Spatial {
     }
 }
 
-/// Output side of a `k x k` conv with padding `k/2` and the given stride.
-pub fn conv_out(size: i64, k: i64, stride: i64) -> i64 {
-    (size + 2 * (k / 2) - k) / stride + 1
+/// Output side of a `k x k` conv with the given padding and stride.
+pub fn conv_out(size: i64, k: i64, stride: i64, padding: i64) -> i64 {
+    (size + 2 * padding - k) / stride + 1
+}
+
+/// The shape of one conv.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Input channels.
+    pub c_in: i64,
+    /// Output channels.
+    pub c_out: i64,
+    /// Kernel side.
+    pub k: i64,
+    /// Stride.
+    pub stride: i64,
+    /// Groups (`c_in` for a depthwise conv).
+    pub groups: i64,
+    /// Whether it has a bias.
+    pub bias: bool,
+    /// Zero padding on each side (default `k/2`, which keeps the side at stride 1).
+    pub padding: i64,
+}
+
+impl ConvShape {
+    /// A plain conv without bias.
+    pub fn new(c_in: i64, c_out: i64, k: i64, stride: i64) -> Self {
+        ConvShape {
+            c_in,
+            c_out,
+            k,
+            stride,
+            groups: 1,
+            bias: false,
+            padding: k / 2,
+        }
+    }
+
+    /// The same without padding (patch embeddings).
+    pub fn unpadded(self) -> Self {
+        ConvShape { padding: 0, ..self }
+    }
+
+    /// The same with `groups`.
+    pub fn groups(self, groups: i64) -> Self {
+        ConvShape { groups, ..self }
+    }
+
+    /// The same with a bias.
+    pub fn with_bias(self) -> Self {
+        ConvShape { bias: true, ..self }
+    }
 }
 
 impl<'a> Builder<'a> {
@@ -118,7 +179,16 @@ impl<'a> Builder<'a> {
             spec,
             seed,
             device,
+            count_only: false,
             cost: Cost::default(),
+        }
+    }
+
+    /// A builder that only counts (weights are empty placeholders).
+    pub fn counting(spec: &'a ModelSpec) -> Self {
+        Builder {
+            count_only: true,
+            ..Builder::new(spec, 0, Device::Cpu)
         }
     }
 
@@ -134,51 +204,94 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// A conv `c_in -> c_out`, `k x k`, padding `k/2`, on an input of side `size`. Returns the
-    /// conv and its output side.
-    pub fn conv(&mut self, p: &nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, size: i64) -> (Conv2d, i64) {
-        let shape = [c_out, c_in, k, k];
-        let path = p.path("weight");
-        let w = init::conv_weight(self.spec.init, &shape, self.seed, &path).to_device(self.device);
-        let learnable = !(self.spec.train_mode == TrainMode::Frozen && k * k > 1);
+    fn correlation(&self) -> Option<Correlation> {
+        match (self.spec.init_length, self.spec.init_decay) {
+            (Some(length), Some(decay)) => Some(Correlation { length, decay }),
+            _ => None,
+        }
+    }
+
+    /// A conv of shape `s` on an input of side `size`. Returns the conv and
+    /// its output side.
+    pub fn conv_shaped(&mut self, p: &nn::Path, s: ConvShape, size: i64) -> (Conv2d, i64) {
+        let shape = [s.c_out, s.c_in / s.groups, s.k, s.k];
+        let numel: i64 = shape.iter().product();
+        let learnable = !(self.spec.train_mode == TrainMode::Frozen && s.k * s.k > 1);
+        let w = if self.count_only {
+            Tensor::empty([0], (Kind::Float, Device::Cpu))
+        } else {
+            init::conv_weight(self.spec.init, &shape, self.seed, &p.path("weight"), self.correlation())
+                .to_device(self.device)
+        };
         let weight = p.add("weight", w, learnable);
-        self.count(c_out * c_in * k * k, learnable);
-        let out = conv_out(size, k, stride);
-        self.cost.macs_per_image += (c_out * c_in * k * k * out * out) as u64;
+        self.count(numel, learnable);
+        let bias = s.bias.then(|| {
+            let b = if self.count_only {
+                Tensor::empty([0], (Kind::Float, Device::Cpu))
+            } else {
+                init::fan_in_uniform(&[s.c_out], numel / s.c_out, self.seed, &p.path("bias")).to_device(self.device)
+            };
+            self.count(s.c_out, true);
+            p.add("bias", b, true)
+        });
+        let out = conv_out(size, s.k, s.stride, s.padding);
+        self.cost.macs_per_image += (numel * out * out) as u64;
         (
             Conv2d {
                 weight,
-                stride,
-                padding: k / 2,
+                bias,
+                stride: s.stride,
+                padding: s.padding,
+                groups: s.groups,
             },
             out,
         )
     }
 
-    /// BatchNorm over `c` channels (weight 1, bias 0, PyTorch's momentum and eps).
-    pub fn bn(&mut self, p: &nn::Path, c: i64) -> nn::BatchNorm {
-        self.count(2 * c, true);
-        nn::batch_norm2d(p, c, Default::default())
+    /// A conv `c_in -> c_out` without bias.
+    pub fn conv(&mut self, p: &nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, size: i64) -> (Conv2d, i64) {
+        self.conv_shaped(p, ConvShape::new(c_in, c_out, k, stride), size)
     }
 
-    /// The spec's spatial conv (plain or LC-block) `c_in -> c_out` with kernel `k`.
-    pub fn spatial(&mut self, p: &nn::Path, c_in: i64, c_out: i64, stride: i64, size: i64) -> (Spatial, i64) {
-        let k = self.k();
+    /// BatchNorm over `c` channels (weight 1, bias 0, PyTorch's momentum and eps).
+    ///
+    /// tch's default config draws the weight from U(0, 1) (with the unseeded global
+    /// generator); PyTorch starts it at 1, so the config is spelled out.
+    pub fn bn(&mut self, p: &nn::Path, c: i64) -> nn::BatchNorm {
+        self.count(2 * c, true);
+        let config = nn::BatchNormConfig {
+            ws_init: nn::Init::Const(1.0),
+            bs_init: nn::Init::Const(0.0),
+            momentum: 0.1,
+            eps: 1e-5,
+            ..Default::default()
+        };
+        nn::batch_norm2d(p, c, config)
+    }
+
+    /// A conv of shape `s` as the spec asks for spatial convs: plain, or an LC-block when the
+    /// spec sets an expansion and the kernel has more than one element.
+    pub fn spatial_shaped(&mut self, p: &nn::Path, s: ConvShape, size: i64) -> (Spatial, i64) {
         match self.spec.expansion {
-            None => {
-                let (conv, out) = self.conv(p, c_in, c_out, k, stride, size);
-                (Spatial::Plain(conv), out)
-            }
-            Some(e) => {
-                let mid = c_out * i64::from(e);
-                let (spatial, out) = self.conv(&(p / "spatial"), c_in, mid, k, stride, size);
+            Some(e) if s.k > 1 => {
+                let mid = s.c_out * i64::from(e);
+                let spatial_shape = ConvShape {
+                    c_out: mid,
+                    bias: false,
+                    ..s
+                };
+                let (spatial, out) = self.conv_shaped(&(p / "spatial"), spatial_shape, size);
                 let between = match self.spec.inter_op {
                     InterOp::None => Between::Nothing,
                     InterOp::Relu => Between::Relu,
                     InterOp::Bn => Between::Bn(self.bn(&(p / "bn"), mid)),
                     InterOp::BnRelu => Between::BnRelu(self.bn(&(p / "bn"), mid)),
                 };
-                let (combine, out) = self.conv(&(p / "combine"), mid, c_out, 1, 1, out);
+                let combine_shape = ConvShape {
+                    bias: s.bias,
+                    ..ConvShape::new(mid, s.c_out, 1, 1)
+                };
+                let (combine, out) = self.conv_shaped(&(p / "combine"), combine_shape, out);
                 (
                     Spatial::Lc {
                         spatial,
@@ -188,13 +301,30 @@ impl<'a> Builder<'a> {
                     out,
                 )
             }
+            _ => {
+                let (conv, out) = self.conv_shaped(p, s, size);
+                (Spatial::Plain(conv), out)
+            }
         }
+    }
+
+    /// The spec's k x k spatial conv (plain or LC-block) `c_in -> c_out`.
+    pub fn spatial(&mut self, p: &nn::Path, c_in: i64, c_out: i64, stride: i64, size: i64) -> (Spatial, i64) {
+        let k = self.k();
+        self.spatial_shaped(p, ConvShape::new(c_in, c_out, k, stride), size)
     }
 
     /// A linear layer with PyTorch's default init.
     pub fn linear(&mut self, p: &nn::Path, c_in: i64, c_out: i64) -> nn::Linear {
-        let ws = init::linear_uniform(&[c_out, c_in], c_in, self.seed, &p.path("weight")).to_device(self.device);
-        let bs = init::linear_uniform(&[c_out], c_in, self.seed, &p.path("bias")).to_device(self.device);
+        let (ws, bs) = if self.count_only {
+            let empty = || Tensor::empty([0], (Kind::Float, Device::Cpu));
+            (empty(), empty())
+        } else {
+            (
+                init::fan_in_uniform(&[c_out, c_in], c_in, self.seed, &p.path("weight")).to_device(self.device),
+                init::fan_in_uniform(&[c_out], c_in, self.seed, &p.path("bias")).to_device(self.device),
+            )
+        };
         self.count(c_out * c_in + c_out, true);
         self.cost.macs_per_image += (c_in * c_out) as u64;
         nn::Linear {

@@ -2,11 +2,15 @@
 //! freezing rule of the paper, plus the input normalisation (inside the model, so that
 //! attacks and corruptions work on `[0, 1]` images).
 
+pub mod convmixer;
+pub mod fold;
 pub mod init;
 pub mod layers;
+pub mod mobilenet;
 pub mod resnet;
+pub mod torchvision;
 
-use convsweep_proto::spec::{Arch, ModelSpec};
+use convsweep_proto::spec::{Arch, ModelSpec, Stem};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
@@ -46,17 +50,7 @@ impl Net {
     pub fn new(spec: &ModelSpec, input: InputShape, seed: u64, device: Device, mean: &[f64], std: &[f64]) -> Net {
         let vs = nn::VarStore::new(device);
         let mut builder = layers::Builder::new(spec, seed, device);
-        let body: Box<dyn ModuleT + Send> = match spec.arch {
-            Arch::Resnet => Box::new(resnet::CifarResNet::new(
-                &mut builder,
-                &vs.root(),
-                i64::from(spec.depth.unwrap_or(20)),
-                i64::from(spec.width.unwrap_or(16)),
-                input.channels,
-                input.classes,
-                input.size,
-            )),
-        };
+        let body = build_body(&mut builder, &vs.root(), spec, input, seed);
         let stat = |v: &[f64]| {
             Tensor::from_slice(v)
                 .to_kind(Kind::Float)
@@ -78,9 +72,53 @@ impl Net {
         self.body.forward_t(&normalised, train)
     }
 
-    /// Builds only to count parameters and compute (on the CPU).
+    /// Parameters and compute of `spec`, counted without drawing any weight (any size is cheap).
     pub fn cost_of(spec: &ModelSpec, input: InputShape) -> Cost {
-        let ones = vec![1.0; input.channels as usize];
-        tch::no_grad(|| Net::new(spec, input, 0, Device::Cpu, &ones, &ones).cost)
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut builder = layers::Builder::counting(spec);
+        let _ = build_body(&mut builder, &vs.root(), spec, input, 0);
+        builder.cost
+    }
+}
+
+fn build_body(
+    b: &mut layers::Builder,
+    root: &nn::Path,
+    spec: &ModelSpec,
+    input: InputShape,
+    seed: u64,
+) -> Box<dyn ModuleT + Send> {
+    let stem = spec.stem.unwrap_or(Stem::LowRes);
+    let InputShape {
+        channels,
+        size,
+        classes,
+    } = input;
+    match spec.arch {
+        Arch::Resnet => Box::new(resnet::CifarResNet::new(
+            b,
+            root,
+            i64::from(spec.depth.unwrap_or(20)),
+            i64::from(spec.width.unwrap_or(16)),
+            channels,
+            classes,
+            size,
+        )),
+        Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 | Arch::WideResnet50_2 => Box::new(
+            torchvision::TorchvisionResNet::new(b, root, spec.arch, stem, channels, classes, size),
+        ),
+        Arch::MobilenetV2 => Box::new(mobilenet::MobileNetV2::new(
+            b, root, stem, channels, classes, size, seed,
+        )),
+        Arch::Convmixer => Box::new(convmixer::ConvMixer::new(
+            b,
+            root,
+            i64::from(spec.width.unwrap_or(256)),
+            i64::from(spec.depth.unwrap_or(8)),
+            i64::from(spec.patch_size.unwrap_or(2)),
+            channels,
+            classes,
+            size,
+        )),
     }
 }

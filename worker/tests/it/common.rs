@@ -15,6 +15,10 @@ pub fn model(depth: u32, width: u32, k: u32, mode: TrainMode) -> ModelSpec {
         inter_op: InterOp::None,
         train_mode: mode,
         init: InitScheme::KaimingUniform,
+        stem: None,
+        patch_size: None,
+        init_length: None,
+        init_decay: None,
     }
 }
 

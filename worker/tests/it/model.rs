@@ -1,8 +1,8 @@
 //! Model construction: parameter and compute counts, freezing rule, initialisation.
 
-use convsweep_proto::spec::{InitScheme, InterOp, TrainMode};
+use convsweep_proto::spec::{Arch, InitScheme, InterOp, Stem, TrainMode};
 use convsweep_worker::model::{InputShape, Net, init};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 use crate::common::model;
 
@@ -89,6 +89,35 @@ fn builder_counts_match_the_tensors() {
 }
 
 #[test]
+fn batchnorm_starts_as_pytorchs_identity() {
+    let net = Net::new(
+        &model(8, 8, 3, TrainMode::Learned),
+        CIFAR10,
+        0,
+        Device::Cpu,
+        &[0.5; 3],
+        &[0.25; 3],
+    );
+    let vars = net.vs.variables();
+    let bn: Vec<_> = vars
+        .iter()
+        .filter(|(n, _)| n.contains("bn") || n.contains("downsample.1"))
+        .collect();
+    assert!(bn.len() >= 4 * 7, "{}", bn.len());
+    for (name, t) in bn {
+        let expected = if name.ends_with("weight") || name.ends_with("running_var") {
+            1.0
+        } else {
+            0.0
+        };
+        assert!(
+            t.eq(expected).all().int64_value(&[]) == 1,
+            "{name} should start at {expected}"
+        );
+    }
+}
+
+#[test]
 fn resnet20_macs_match_the_usual_figure() {
     // 40.81M multiply-accumulates, as commonly reported for ResNet-20 on CIFAR (convs + head).
     let cost = Net::cost_of(&model(20, 16, 3, TrainMode::Learned), CIFAR10);
@@ -106,36 +135,100 @@ fn forward_gives_logits_for_every_kernel_size() {
             &[0.5; 3],
             &[0.25; 3],
         );
-        let x = tch::Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
         assert_eq!(net.forward_t(&x, false).size(), [2, 10], "k={k}");
     }
 }
 
+const ALL_SCHEMES: [InitScheme; 7] = [
+    InitScheme::KaimingUniform,
+    InitScheme::KaimingNormal,
+    InitScheme::KaimingNormalFanOut,
+    InitScheme::XavierUniform,
+    InitScheme::XavierNormal,
+    InitScheme::Orthogonal,
+    InitScheme::Correlated,
+];
+
+fn close(actual: f64, expected: f64, rel: f64, what: &str) {
+    assert!((actual / expected - 1.0).abs() < rel, "{what}: {actual} vs {expected}");
+}
+
 #[test]
 fn init_statistics_follow_their_formulas() {
-    let shape = [256i64, 256, 3, 3];
-    let fan_in = 256.0 * 9.0;
-    let w = init::conv_weight(InitScheme::KaimingUniform, &shape, 3, "w");
+    // A large layer: 256 -> 128 channels, 3x3 (294,912 weights).
+    let shape = [128i64, 256, 3, 3];
+    let (fan_in, fan_out) = (256.0 * 9.0, 128.0 * 9.0);
+    let draw = |s| init::conv_weight(s, &shape, 3, "w", None);
+    let var = |t: &Tensor| t.var(false).double_value(&[]);
+    let mean = |t: &Tensor| t.mean(Kind::Double).double_value(&[]);
+
+    let w = draw(InitScheme::KaimingUniform);
     let b = 1.0 / f64::sqrt(fan_in);
     assert!(w.max().double_value(&[]) <= b && w.min().double_value(&[]) >= -b);
-    let var = w.var(false).double_value(&[]);
-    assert!((var / (b * b / 3.0) - 1.0).abs() < 0.02, "var {var}");
-    assert!(w.mean(Kind::Double).double_value(&[]).abs() < 1e-4);
+    close(var(&w), b * b / 3.0, 0.02, "kaiming-uniform variance");
 
-    let w = init::conv_weight(InitScheme::KaimingNormal, &shape, 3, "w");
-    let std = w.std(false).double_value(&[]);
-    assert!((std / (2.0 / fan_in).sqrt() - 1.0).abs() < 0.02, "std {std}");
+    let w = draw(InitScheme::KaimingNormal);
+    close(var(&w), 2.0 / fan_in, 0.02, "kaiming-normal variance");
+    let w = draw(InitScheme::KaimingNormalFanOut);
+    close(var(&w), 2.0 / fan_out, 0.02, "kaiming-normal-fan-out variance");
+
+    let w = draw(InitScheme::XavierUniform);
+    let a = (6.0 / (fan_in + fan_out)).sqrt();
+    assert!(w.max().double_value(&[]) <= a && w.min().double_value(&[]) >= -a);
+    close(var(&w), a * a / 3.0, 0.02, "xavier-uniform variance");
+    let w = draw(InitScheme::XavierNormal);
+    close(var(&w), 2.0 / (fan_in + fan_out), 0.02, "xavier-normal variance");
+    for s in ALL_SCHEMES {
+        assert!(mean(&draw(s)).abs() < 2e-3 * var(&draw(s)).sqrt() * 10.0, "{s:?} mean");
+    }
+
+    // Orthogonal: the 128 rows of the flattened weight are orthonormal.
+    let w = draw(InitScheme::Orthogonal).view([128, -1]);
+    let gram = w.matmul(&w.transpose(0, 1));
+    let eye = Tensor::eye(128, (Kind::Float, Device::Cpu));
+    assert!((gram - eye).abs().max().double_value(&[]) < 1e-4);
+}
+
+#[test]
+fn the_correlated_init_has_its_covariance() {
+    // Many 5x5 filters; their empirical covariance over positions must match s^2 D R D.
+    let shape = [512i64, 256, 5, 5];
+    let fan_in = 256.0 * 25.0;
+    let c = init::Correlation {
+        length: 1.5,
+        decay: 2.0,
+    };
+    let w = init::conv_weight(InitScheme::Correlated, &shape, 9, "w", Some(c))
+        .view([-1, 25])
+        .to_kind(Kind::Double);
+    let empirical = w.transpose(0, 1).matmul(&w) / w.size()[0] as f64;
+    let expected = init::correlated_covariance(5, c).to_kind(Kind::Double) * (2.0 / fan_in);
+    let scale = expected.abs().max().double_value(&[]);
+    let err = (&empirical - &expected).abs().max().double_value(&[]) / scale;
+    assert!(err < 0.02, "max deviation {err} of the covariance");
+    // Not i.i.d.: neighbours correlate and the centre varies more than the corners.
+    let e = |i: i64, j: i64| expected.double_value(&[i, j]);
+    assert!(e(12, 13) > 0.5 * e(12, 12), "neighbours correlate");
+    assert!(e(12, 12) > 2.0 * e(0, 0), "the centre varies more than a corner");
+    // Mean variance as kaiming-normal's.
+    close(
+        empirical.diagonal(0, 0, 1).mean(Kind::Double).double_value(&[]),
+        2.0 / fan_in,
+        0.02,
+        "mean variance",
+    );
 }
 
 #[test]
 fn a_seed_reproduces_weights_bit_for_bit() {
     let shape = [16i64, 8, 5, 5];
-    for scheme in [InitScheme::KaimingUniform, InitScheme::KaimingNormal] {
-        let a = init::conv_weight(scheme, &shape, 11, "layer1.0.conv1.weight");
-        let b = init::conv_weight(scheme, &shape, 11, "layer1.0.conv1.weight");
-        assert!(a.equal(&b));
-        assert!(!a.equal(&init::conv_weight(scheme, &shape, 12, "layer1.0.conv1.weight")));
-        assert!(!a.equal(&init::conv_weight(scheme, &shape, 11, "layer1.0.conv2.weight")));
+    for scheme in ALL_SCHEMES {
+        let a = init::conv_weight(scheme, &shape, 11, "layer1.0.conv1.weight", None);
+        let b = init::conv_weight(scheme, &shape, 11, "layer1.0.conv1.weight", None);
+        assert!(a.equal(&b), "{scheme:?}");
+        assert!(!a.equal(&init::conv_weight(scheme, &shape, 12, "layer1.0.conv1.weight", None)));
+        assert!(!a.equal(&init::conv_weight(scheme, &shape, 11, "layer1.0.conv2.weight", None)));
     }
     // Whole models too, independent of what else was drawn in between.
     let spec = model(8, 8, 3, TrainMode::Learned);
@@ -145,4 +238,160 @@ fn a_seed_reproduces_weights_bit_for_bit() {
     for (name, t) in a.vs.variables() {
         assert!(t.equal(&b.vs.variables()[&name]), "{name}");
     }
+}
+
+const IMAGENET: InputShape = InputShape {
+    channels: 3,
+    size: 224,
+    classes: 1000,
+};
+
+fn torchvision(arch: Arch, stem: Stem) -> convsweep_proto::spec::ModelSpec {
+    let mut m = model(20, 16, 3, TrainMode::Learned);
+    m.arch = arch;
+    m.depth = None;
+    m.width = None;
+    m.stem = Some(stem);
+    m
+}
+
+#[test]
+fn torchvision_models_match_the_published_parameter_counts() {
+    for (arch, params) in [
+        (Arch::Resnet18, 11_689_512u64),
+        (Arch::Resnet34, 21_797_672),
+        (Arch::Resnet50, 25_557_032),
+        (Arch::WideResnet50_2, 68_883_240),
+        (Arch::MobilenetV2, 3_504_872),
+    ] {
+        let cost = Net::cost_of(&torchvision(arch, Stem::Imagenet), IMAGENET);
+        assert_eq!(cost.params_total, params, "{arch:?}");
+    }
+}
+
+#[test]
+fn torchvision_compute_matches_the_published_gflops() {
+    // torchvision's model cards: 1.81, 3.66, 4.09, 11.4 and 0.30 GFLOPS (multiply-accumulates).
+    for (arch, gmacs) in [
+        (Arch::Resnet18, 1.81),
+        (Arch::Resnet34, 3.66),
+        (Arch::Resnet50, 4.09),
+        (Arch::WideResnet50_2, 11.4),
+        (Arch::MobilenetV2, 0.30),
+    ] {
+        let cost = Net::cost_of(&torchvision(arch, Stem::Imagenet), IMAGENET);
+        close(
+            cost.macs_per_image as f64 / 1e9,
+            gmacs,
+            0.02,
+            &format!("{arch:?} GMACs"),
+        );
+    }
+}
+
+#[test]
+fn low_res_stems_drop_the_max_pool_and_the_stride() {
+    let imagenet = Net::cost_of(&torchvision(Arch::Resnet18, Stem::Imagenet), CIFAR10);
+    let low_res = Net::cost_of(&torchvision(Arch::Resnet18, Stem::LowRes), CIFAR10);
+    // 3x3 instead of 7x7 stem: 64*3*(49-9) fewer weights; 16x the spatial positions after it.
+    assert_eq!(imagenet.params_total - low_res.params_total, 64 * 3 * 40);
+    assert!(low_res.macs_per_image > 10 * imagenet.macs_per_image);
+}
+
+#[test]
+fn convmixer_counts_follow_its_definition() {
+    let mut m = model(8, 256, 5, TrainMode::Frozen);
+    m.arch = Arch::Convmixer;
+    m.patch_size = Some(2);
+    let cost = Net::cost_of(&m, CIFAR10);
+    let (h, d, p, k) = (256u64, 8u64, 2u64, 5u64);
+    let stem = 3 * h * p * p + h + 2 * h;
+    let block = (h * k * k + h + 2 * h) + (h * h + h + 2 * h);
+    let head = h * 10 + 10;
+    assert_eq!(cost.params_total, stem + d * block + head);
+    // Frozen: the p x p and k x k weights are fixed, their biases learn.
+    assert_eq!(cost.params_learnable, cost.params_total - 3 * h * p * p - d * h * k * k);
+}
+
+#[test]
+fn every_family_runs_forward_at_any_kernel_size_with_lc_blocks() {
+    let archs = [
+        (Arch::Resnet18, Some(Stem::LowRes)),
+        (Arch::Resnet50, Some(Stem::LowRes)),
+        (Arch::MobilenetV2, Some(Stem::Imagenet)),
+        (Arch::Convmixer, None),
+    ];
+    for (arch, stem) in archs {
+        for (k, expansion) in [(1, None), (5, Some(2))] {
+            let mut m = model(20, 16, k, TrainMode::Frozen);
+            m.arch = arch;
+            m.stem = stem;
+            m.expansion = expansion;
+            if arch == Arch::Convmixer {
+                m.depth = Some(2);
+                m.width = Some(32);
+            } else {
+                m.depth = None;
+                m.width = None;
+            }
+            let net = Net::new(&m, CIFAR10, 0, Device::Cpu, &[0.5; 3], &[0.25; 3]);
+            let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+            assert_eq!(
+                net.forward_t(&x, true).size(),
+                [2, 10],
+                "{arch:?} k={k} E={expansion:?}"
+            );
+            let params: i64 = net
+                .vs
+                .variables()
+                .iter()
+                .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
+                .map(|(_, t)| t.numel() as i64)
+                .sum();
+            assert_eq!(params as u64, net.cost.params_total, "{arch:?}");
+            assert_eq!(
+                Net::cost_of(&m, CIFAR10),
+                net.cost,
+                "counting matches building: {arch:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_lc_block_folds_into_one_equivalent_conv() {
+    use convsweep_worker::model::fold;
+    use convsweep_worker::model::layers::{Builder, ConvShape};
+    use tch::nn::ModuleT;
+    for (groups, c_in) in [(1, 6), (8, 8)] {
+        let mut m = model(8, 8, 5, TrainMode::Learned);
+        m.expansion = Some(4);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let mut b = Builder::new(&m, 3, Device::Cpu);
+        let (block, _) = b.spatial_shaped(&vs.root(), ConvShape::new(c_in, 8, 5, 1).groups(groups), 16);
+        let folded = fold::effective_weight(&block).expect("no in-between op: foldable");
+        assert_eq!(folded.size(), [8, c_in, 5, 5]);
+        let x = Tensor::randn([4, c_in, 16, 16], (Kind::Float, Device::Cpu));
+        let lc = tch::no_grad(|| block.forward_t(&x, false));
+        let one = x.conv2d(&folded, None::<Tensor>, [1, 1], [2, 2], [1, 1], 1);
+        let rel = (&lc - &one).norm().double_value(&[]) / one.norm().double_value(&[]);
+        assert!(rel < 1e-5, "groups={groups}: relative error {rel}");
+    }
+    // With a ReLU in between the block is not linear and does not fold.
+    let mut m = model(8, 8, 3, TrainMode::Learned);
+    m.expansion = Some(2);
+    m.inter_op = InterOp::Relu;
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let (block, _) = Builder::new(&m, 0, Device::Cpu).spatial(&vs.root(), 4, 4, 1, 8);
+    assert!(fold::effective_weight(&block).is_none());
+}
+
+#[test]
+fn the_largest_paper_model_has_the_papers_size() {
+    // "E = 128 at k = 9 is 312.6M parameters for ResNet-20-16".
+    let mut m = model(20, 16, 9, TrainMode::Frozen);
+    m.expansion = Some(128);
+    let cost = Net::cost_of(&m, CIFAR10);
+    assert_eq!(cost.params_total, 312_552_106);
+    assert_eq!((cost.params_total as f64 / 1e5).round(), 3126.0);
 }
