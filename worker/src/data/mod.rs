@@ -4,6 +4,7 @@
 //! (random crop and flip, on the device, for the whole batch at once) and scaled to `[0, 1]`
 //! there. Normalisation happens inside the model.
 
+pub mod files;
 pub mod synthetic;
 
 use std::collections::HashMap;
@@ -111,8 +112,8 @@ pub enum DataError {
         /// What is wrong.
         problem: String,
     },
-    /// A dataset this worker cannot load.
-    #[error("dataset {0:?} is not supported by this worker yet")]
+    /// A dataset spec without the folder its files are in.
+    #[error("dataset {0:?} needs `dataset.root`, the folder holding its files")]
     Unsupported(DatasetName),
 }
 
@@ -128,6 +129,12 @@ pub fn channel_stats(images: &Tensor) -> (Vec<f64>, Vec<f64>) {
 }
 
 fn load_uncached(spec: &DatasetSpec) -> Result<(Split, Split, i64), DataError> {
+    let root = || -> Result<&std::path::Path, DataError> {
+        spec.root
+            .as_deref()
+            .map(std::path::Path::new)
+            .ok_or(DataError::Unsupported(spec.name))
+    };
     match spec.name {
         DatasetName::Synthetic => {
             let noise = spec.noise.unwrap_or(sd::NOISE);
@@ -136,7 +143,11 @@ fn load_uncached(spec: &DatasetSpec) -> Result<(Split, Split, i64), DataError> {
             let test = synthetic::generate(spec.test_size.unwrap_or(sd::TEST_SIZE) as usize, noise, seed, "test");
             Ok((train, test, synthetic::CLASSES))
         }
-        other => Err(DataError::Unsupported(other)),
+        DatasetName::Cifar10 => files::cifar10(root()?).map(|(a, b)| (a, b, 10)),
+        DatasetName::Cifar100 => files::cifar100(root()?).map(|(a, b)| (a, b, 100)),
+        DatasetName::FashionMnist => files::fashion_mnist(root()?).map(|(a, b)| (a, b, 10)),
+        DatasetName::Svhn => files::svhn(root()?).map(|(a, b)| (a, b, 10)),
+        DatasetName::Tensor => files::tensor_file(root()?),
     }
 }
 

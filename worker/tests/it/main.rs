@@ -1,5 +1,6 @@
 //! Integration tests of the worker crate (one binary): models, training.
 
 mod common;
+mod data;
 mod model;
 mod training;
