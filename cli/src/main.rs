@@ -102,6 +102,65 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Parameters (total, learnable) and FLOPs per image of models, given as grid settings.
+    ///
+    /// Example: `convsweep model-info arch=resnet18 stem=imagenet --classes 1000 --image-size 224`
+    /// or `convsweep model-info kernel_size=[3,5,7,9] expansion=128 train_mode=frozen`.
+    ModelInfo {
+        /// KEY=VALUE settings with the keys of a sweep's [grid] (lists give several models).
+        settings: Vec<String>,
+        /// List the models of a sweep spec instead.
+        #[arg(long, conflicts_with = "settings")]
+        spec: Option<PathBuf>,
+        /// Classes of the head (default: the dataset's).
+        #[arg(long)]
+        classes: Option<u32>,
+        /// Side of the input images (default: the dataset's, 32).
+        #[arg(long)]
+        image_size: Option<u32>,
+        /// Input channels (default: the dataset's).
+        #[arg(long)]
+        channels: Option<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time training steps of the reference configurations, optionally against PyTorch eager.
+    Bench {
+        /// libtorch threads (and the reference's); default: every core.
+        #[arg(long)]
+        threads: Option<u32>,
+        /// Images per step.
+        #[arg(long, default_value_t = 128)]
+        batch: i64,
+        /// Untimed steps per case.
+        #[arg(long, default_value_t = 2)]
+        warmup: u32,
+        /// Timed steps per round.
+        #[arg(long, default_value_t = 5)]
+        steps: u32,
+        /// Rounds per case (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Device: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// The PyTorch-eager reference script to run on the same cases.
+        #[arg(long, default_value = "bench/pytorch_reference.py")]
+        reference: PathBuf,
+        /// Skip the PyTorch reference.
+        #[arg(long)]
+        no_reference: bool,
+        /// Python interpreter for the reference.
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// Only these cases (by name, repeatable).
+        #[arg(long)]
+        only: Vec<String>,
+        /// Also write the results as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Export a coordinator's results as Parquet (trials, epochs).
     Export {
         /// The coordinator's state folder.
@@ -188,6 +247,50 @@ fn main() -> std::process::ExitCode {
             } => {
                 logging::init_stderr(cli.log_format);
                 commands::status(&coordinator, sweep.as_deref(), json).await
+            }
+            Command::ModelInfo {
+                settings,
+                spec,
+                classes,
+                image_size,
+                channels,
+                json,
+            } => commands::info::model_info(commands::info::ModelInfoArgs {
+                settings,
+                spec,
+                classes,
+                image_size,
+                channels,
+                json,
+            }),
+            Command::Bench {
+                threads,
+                batch,
+                warmup,
+                steps,
+                rounds,
+                device,
+                reference,
+                no_reference,
+                python,
+                only,
+                json,
+            } => {
+                logging::init_stderr(cli.log_format);
+                let threads =
+                    threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+                commands::info::bench(commands::info::BenchArgs {
+                    threads,
+                    batch,
+                    warmup,
+                    steps,
+                    rounds,
+                    device,
+                    reference: (!no_reference).then_some(reference),
+                    python,
+                    only,
+                    json,
+                })
             }
             Command::Export { state_dir, out } => {
                 logging::init_stderr(cli.log_format);

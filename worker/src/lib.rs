@@ -6,8 +6,10 @@
 //! - [`model`]: the paper's models built from a spec (init schemes, LC-blocks, freezing).
 //! - [`data`]: datasets, the per-worker cache and the on-device batch pipeline.
 //! - [`rng`]: the fixed PRNG behind data order and augmentation.
+//! - [`bench`]: training-throughput benchmark of the reference configurations.
 
 pub mod agent;
+pub mod bench;
 pub mod data;
 pub mod model;
 pub mod rng;

@@ -1,5 +1,6 @@
 //! The subcommands, each wiring the libraries together.
 
+pub mod info;
 pub mod run;
 
 use std::net::SocketAddr;

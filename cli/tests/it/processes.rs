@@ -246,3 +246,42 @@ fn a_bad_spec_names_the_field_and_what_is_allowed() {
     let missing = Command::new(BIN).args(["run", "/nonexistent.toml"]).output().unwrap();
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent.toml"));
 }
+
+#[test]
+fn model_info_counts_any_model_the_spec_language_expresses() {
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).arg("model-info").args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, _) = run(&[]);
+    assert!(ok);
+    assert!(
+        stdout.contains("resnet-20-16") && stdout.contains("272,474"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = run(&[
+        "arch=mobilenet-v2",
+        "stem=imagenet",
+        "--classes",
+        "1000",
+        "--image-size",
+        "224",
+    ]);
+    assert!(ok && stdout.contains("3,504,872"), "{stdout}");
+    let (ok, stdout, _) = run(&["kernel_size=[3,9]", "expansion=128", "train_mode=frozen", "--json"]);
+    assert!(ok);
+    let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(rows[1]["params_total"], 312_552_106);
+    assert_eq!(rows[1]["params_learnable"], 4_166_314);
+    let (ok, _, stderr) = run(&["depth=21"]);
+    assert!(
+        !ok && stderr.contains("model.depth") && stderr.contains("6n+2"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(&["dataset=tensor", "dataset.root=/x"]);
+    assert!(!ok && stderr.contains("--classes"), "{stderr}");
+}

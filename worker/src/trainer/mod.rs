@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::data::DataCache;
 
-pub use train::{TrainError, TrialRun, evaluate, train_trial};
+pub use train::{TrainError, TrialRun, evaluate, optimizer, train_step, train_trial};
 
 /// What the agent asks of a running trial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

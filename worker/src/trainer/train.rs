@@ -102,6 +102,33 @@ pub fn evaluate(net: &Net, images: &Tensor, labels: &Tensor, label_smoothing: f6
     })
 }
 
+/// One optimisation step on a batch: forward in train mode, label-smoothed cross-entropy,
+/// backward, SGD step. Returns the loss and the logits (both detached from the graph's use).
+pub fn train_step(
+    net: &Net,
+    opt: &mut nn::Optimizer,
+    x: &Tensor,
+    y: &Tensor,
+    label_smoothing: f64,
+) -> (Tensor, Tensor) {
+    let logits = net.forward_t(x, true);
+    let loss = logits.cross_entropy_loss(y, None::<Tensor>, Reduction::Mean, -100, label_smoothing);
+    opt.backward_step(&loss);
+    (loss.detach(), logits.detach())
+}
+
+/// An SGD optimiser over the trainable variables of `net` with the recipe's settings.
+pub fn optimizer(net: &Net, t: &convsweep_proto::spec::TrainSpec) -> Result<nn::Optimizer, TrainError> {
+    nn::Sgd {
+        momentum: t.momentum,
+        dampening: 0.0,
+        wd: t.weight_decay,
+        nesterov: t.nesterov,
+    }
+    .build(&net.vs, t.lr)
+    .map_err(|e| TrainError::Internal(format!("optimiser: {e}")))
+}
+
 /// Peak resident memory of this process in bytes (Linux `ru_maxrss`).
 pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -144,14 +171,7 @@ impl<'a> TrialRun<'a> {
         };
         let net = Net::new(&spec.model, input, spec.seed, device, &data.mean, &data.std);
         let t = &spec.train;
-        let opt = nn::Sgd {
-            momentum: t.momentum,
-            dampening: 0.0,
-            wd: t.weight_decay,
-            nesterov: t.nesterov,
-        }
-        .build(&net.vs, t.lr)
-        .map_err(|e| TrainError::Internal(format!("optimiser: {e}")))?;
+        let opt = optimizer(&net, t)?;
         let n = data.train.len();
         if n == 0 {
             return Err(TrainError::Data("the training split is empty".into()));
@@ -207,9 +227,7 @@ impl<'a> TrialRun<'a> {
             let y = self.data.train.labels.index_select(0, &idx);
             lr = lr_at(t.schedule, t.lr, self.step, total_steps);
             self.opt.set_lr(lr);
-            let logits = self.net.forward_t(&x, true);
-            let loss = logits.cross_entropy_loss(&y, None::<Tensor>, Reduction::Mean, -100, t.label_smoothing);
-            self.opt.backward_step(&loss);
+            let (loss, logits) = train_step(&self.net, &mut self.opt, &x, &y, t.label_smoothing);
             tch::no_grad(|| {
                 loss_sum += loss.to_kind(Kind::Double) * len as f64;
                 correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);

@@ -1,0 +1,242 @@
+//! `convsweep model-info` and `convsweep bench`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use convsweep_coordinator::sweep::{SweepSpec, trials_from_settings};
+use convsweep_proto::TrialSpec;
+use convsweep_worker::bench::{BenchConfig, BenchResult, default_cases, run_case};
+use convsweep_worker::model::{InputShape, Net};
+
+/// Flags of `convsweep model-info`.
+#[derive(Debug)]
+pub struct ModelInfoArgs {
+    pub settings: Vec<String>,
+    pub spec: Option<PathBuf>,
+    pub classes: Option<u32>,
+    pub image_size: Option<u32>,
+    pub channels: Option<u32>,
+    pub json: bool,
+}
+
+fn input_shape(trial: &TrialSpec, args: &ModelInfoArgs) -> Result<InputShape> {
+    let (c, s, k) = trial.dataset.name.input_shape().unwrap_or((0, 0, 0));
+    let shape = InputShape {
+        channels: i64::from(args.channels.unwrap_or(c)),
+        size: i64::from(args.image_size.unwrap_or(s)),
+        classes: i64::from(args.classes.unwrap_or(k)),
+    };
+    if shape.channels == 0 || shape.size == 0 || shape.classes == 0 {
+        bail!("a tensor dataset declares its own shape: give --channels, --image-size and --classes");
+    }
+    Ok(shape)
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `convsweep model-info`: parameters and compute of models given as grid settings or a spec.
+pub fn model_info(args: ModelInfoArgs) -> Result<ExitCode> {
+    let trials = match &args.spec {
+        Some(path) => {
+            if !args.settings.is_empty() {
+                bail!("give either a spec file or KEY=VALUE settings, not both");
+            }
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            SweepSpec::from_toml(&text)?.expand()?
+        }
+        None => trials_from_settings(&args.settings)?,
+    };
+    // One row per distinct model and input.
+    let mut rows: Vec<(String, u32, &str, &str, InputShape, convsweep_worker::model::Cost)> = Vec::new();
+    for t in &trials {
+        let shape = input_shape(t, &args)?;
+        let m = &t.model;
+        let row_key = (m.name(), m.kernel_size, m.train_mode.as_str(), m.init.as_str());
+        if rows
+            .iter()
+            .any(|r| (r.0.clone(), r.1, r.2, r.3) == row_key && r.4 == shape)
+        {
+            continue;
+        }
+        let cost = Net::cost_of(m, shape);
+        rows.push((row_key.0, row_key.1, row_key.2, row_key.3, shape, cost));
+    }
+    if args.json {
+        let out: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(name, k, mode, init, shape, cost)| {
+                serde_json::json!({
+                    "model": name, "kernel_size": k, "train_mode": mode, "init": init,
+                    "input": [shape.channels, shape.size, shape.size], "classes": shape.classes,
+                    "params_total": cost.params_total, "params_learnable": cost.params_learnable,
+                    "flops_per_image": cost.macs_per_image,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<32} {:>3} {:<8} {:>14} {:>14} {:>14}  input",
+        "model", "k", "mode", "params", "learnable", "MMACs/image"
+    );
+    for (name, k, mode, _, shape, cost) in &rows {
+        println!(
+            "{:<32} {:>3} {:<8} {:>14} {:>14} {:>14.2}  {}x{}x{}, {} classes",
+            name,
+            k,
+            mode,
+            thousands(cost.params_total),
+            thousands(cost.params_learnable),
+            cost.macs_per_image as f64 / 1e6,
+            shape.channels,
+            shape.size,
+            shape.size,
+            shape.classes
+        );
+    }
+    eprintln!("FLOPs are counted as multiply-accumulates of convs and linear layers, forward pass, one image.");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Flags of `convsweep bench`.
+#[derive(Debug)]
+pub struct BenchArgs {
+    pub threads: u32,
+    pub batch: i64,
+    pub warmup: u32,
+    pub steps: u32,
+    pub rounds: u32,
+    pub device: String,
+    pub reference: Option<PathBuf>,
+    pub python: String,
+    pub only: Vec<String>,
+    pub json: Option<PathBuf>,
+}
+
+fn reference_results(args: &BenchArgs, script: &Path) -> Result<Vec<(String, f64)>> {
+    let mut cmd = Command::new(&args.python);
+    cmd.arg(script)
+        .args([
+            "--threads",
+            &args.threads.to_string(),
+            "--batch",
+            &args.batch.to_string(),
+        ])
+        .args(["--warmup", &args.warmup.to_string(), "--steps", &args.steps.to_string()])
+        .args(["--rounds", &args.rounds.to_string()])
+        .args(["--device", if args.device == "cpu" { "cpu" } else { "cuda" }]);
+    for name in &args.only {
+        cmd.args(["--only", name]);
+    }
+    // The project's own PyTorch (the same 2.11 that convsweep links) when it is there.
+    let local = Path::new(".deps/py");
+    if local.join("torch").exists() && std::env::var_os("PYTHONPATH").is_none() {
+        cmd.env("PYTHONPATH", local);
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {} {}", args.python, script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "the PyTorch reference failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).context("reference output is not JSON")?;
+            Ok((
+                v["name"].as_str().unwrap_or_default().to_owned(),
+                v["images_per_sec"].as_f64().unwrap_or(0.0),
+            ))
+        })
+        .collect()
+}
+
+/// `convsweep bench`: training throughput of the reference configurations, side by side with
+/// PyTorch eager.
+pub fn bench(args: BenchArgs) -> Result<ExitCode> {
+    tch::set_num_threads(args.threads.max(1) as i32);
+    let device = convsweep_worker::pick_device(&args.device).map_err(anyhow::Error::msg)?;
+    let config = BenchConfig {
+        batch: args.batch,
+        warmup: args.warmup,
+        steps: args.steps,
+        rounds: args.rounds,
+        device,
+    };
+    let cases: Vec<_> = default_cases()
+        .into_iter()
+        .filter(|c| args.only.is_empty() || args.only.iter().any(|o| o == c.name))
+        .collect();
+    eprintln!(
+        "timing {} cases on {device:?}, {} threads, batch {}, {} warm-up + {} rounds of {} steps",
+        cases.len(),
+        args.threads,
+        args.batch,
+        args.warmup,
+        args.rounds,
+        args.steps
+    );
+    let ours: Vec<BenchResult> = cases
+        .iter()
+        .map(|c| {
+            let r = run_case(c, config);
+            eprintln!("  convsweep {:<30} {:>8.1} images/s", r.name, r.images_per_sec);
+            r
+        })
+        .collect();
+    let reference = match &args.reference {
+        Some(script) => {
+            eprintln!("running the PyTorch reference {}", script.display());
+            reference_results(&args, script)?
+        }
+        None => Vec::new(),
+    };
+    let find = |name: &str| reference.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    println!("| configuration | convsweep (images/s) | PyTorch eager (images/s) | convsweep / PyTorch |");
+    println!("|---|---:|---:|---:|");
+    let mut json_rows = Vec::new();
+    for r in &ours {
+        let py = find(r.name);
+        let ratio = py.map(|p| r.images_per_sec / p);
+        println!(
+            "| {} | {:.1} | {} | {} |",
+            r.name,
+            r.images_per_sec,
+            py.map_or("-".into(), |p| format!("{p:.1}")),
+            ratio.map_or("-".into(), |x| format!("{x:.2}"))
+        );
+        json_rows.push(serde_json::json!({
+            "name": r.name, "convsweep_images_per_sec": r.images_per_sec, "rounds": r.rounds,
+            "pytorch_images_per_sec": py, "ratio": ratio,
+        }));
+    }
+    let ips = |name: &str| ours.iter().find(|r| r.name == name).map(|r| r.images_per_sec);
+    for k in ["k3", "k9"] {
+        if let (Some(f), Some(l)) = (
+            ips(&format!("resnet-20-16 {k} frozen")),
+            ips(&format!("resnet-20-16 {k} learned")),
+        ) {
+            println!("\nfrozen / learned step speed at {k}: {:.2}x", f / l);
+        }
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&json_rows)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
