@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 /// File name of the database inside the state folder.
 pub const DB_FILE: &str = "state.db";
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -96,7 +96,33 @@ CREATE TABLE IF NOT EXISTS results (
     wall_seconds REAL NOT NULL,
     peak_memory_bytes INTEGER NOT NULL,
     device TEXT NOT NULL,
-    completed_ms INTEGER NOT NULL
+    completed_ms INTEGER NOT NULL,
+    eval_error TEXT NOT NULL DEFAULT '',
+    eval_seconds REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS robustness (
+    trial_id TEXT NOT NULL REFERENCES trials(id),
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    eps REAL NOT NULL,
+    severity INTEGER NOT NULL,
+    accuracy REAL NOT NULL,
+    images INTEGER NOT NULL,
+    PRIMARY KEY (trial_id, kind, name, eps, severity)
+);
+CREATE TABLE IF NOT EXISTS filters (
+    trial_id TEXT NOT NULL REFERENCES trials(id),
+    stage TEXT NOT NULL,
+    layer TEXT NOT NULL,
+    kernel_size INTEGER NOT NULL,
+    filters INTEGER NOT NULL,
+    fve REAL NOT NULL,
+    fve_norm REAL,
+    sparsity REAL NOT NULL,
+    orthogonality REAL NOT NULL,
+    heatmap TEXT NOT NULL,
+    folded INTEGER NOT NULL,
+    PRIMARY KEY (trial_id, stage, layer)
 );
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY,
@@ -221,11 +247,21 @@ impl Store {
         let version: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
             .optional()?;
-        match version {
+        match version.as_deref() {
             None => {
                 conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
                     [SCHEMA_VERSION.to_string()],
+                )?;
+            }
+            Some("1") => {
+                // v1 -> v2: evaluation columns on results (the new tables came with SCHEMA).
+                conn.execute_batch(
+                    "BEGIN;
+                     ALTER TABLE results ADD COLUMN eval_error TEXT NOT NULL DEFAULT '';
+                     ALTER TABLE results ADD COLUMN eval_seconds REAL NOT NULL DEFAULT 0;
+                     UPDATE meta SET value = '2' WHERE key = 'schema_version';
+                     COMMIT;",
                 )?;
             }
             Some(v) if v == SCHEMA_VERSION.to_string() => {}
@@ -494,6 +530,42 @@ impl Store {
         )?)
     }
 
+    /// Stores a result's robustness rows and filter statistics (replacing an earlier attempt's).
+    fn insert_evaluations(tx: &Connection, trial_id: &str, r: &pb::TrialResult) -> Result<()> {
+        tx.execute("DELETE FROM robustness WHERE trial_id = ?1", [trial_id])?;
+        tx.execute("DELETE FROM filters WHERE trial_id = ?1", [trial_id])?;
+        let mut rob = tx.prepare(
+            "INSERT OR REPLACE INTO robustness (trial_id, kind, name, eps, severity, accuracy, images) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for x in &r.robustness {
+            rob.execute(params![
+                trial_id, x.kind, x.name, x.eps, x.severity, x.accuracy, x.images
+            ])?;
+        }
+        let mut fil = tx.prepare(
+            "INSERT OR REPLACE INTO filters (trial_id, stage, layer, kernel_size, filters, fve, fve_norm, sparsity, \
+             orthogonality, heatmap, folded) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
+        for f in &r.filters {
+            let heatmap = serde_json::to_string(&f.heatmap).unwrap_or_else(|_| "[]".into());
+            fil.execute(params![
+                trial_id,
+                f.stage,
+                f.layer,
+                f.kernel_size,
+                f.filters as i64,
+                f.fve,
+                f.fve_norm,
+                f.sparsity,
+                f.orthogonality,
+                heatmap,
+                f.folded
+            ])?;
+        }
+        Ok(())
+    }
+
     /// After an attempt expired or failed retryably: lease again, or give up with every reason.
     fn retry_or_fail(policy: LeasePolicy, tx: &Connection, trial_id: &str, now: i64) -> Result<TrialState> {
         let failures = Self::failed_attempts(tx, trial_id)?;
@@ -567,8 +639,8 @@ impl Store {
                 tx.execute(
                     "INSERT OR REPLACE INTO results (trial_id, attempt, worker_id, final_train_loss, final_train_acc, \
                      final_test_loss, final_test_acc, best_test_acc, best_epoch, params_total, params_learnable, \
-                     flops_per_image, wall_seconds, peak_memory_bytes, device, completed_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                     flops_per_image, wall_seconds, peak_memory_bytes, device, completed_ms, eval_error, eval_seconds) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
                     params![
                         trial_id,
                         attempt,
@@ -585,9 +657,12 @@ impl Store {
                         r.wall_seconds,
                         r.peak_memory_bytes as i64,
                         r.device,
-                        now
+                        now,
+                        r.eval_error,
+                        r.eval_seconds
                     ],
                 )?;
+                Self::insert_evaluations(&tx, trial_id, r)?;
                 tx.execute(
                     "UPDATE trials SET state = 'succeeded', lease_token = NULL, lease_deadline_ms = NULL, reason = NULL, finished_ms = ?2 WHERE id = ?1",
                     params![trial_id, now],
@@ -744,7 +819,7 @@ impl Store {
             "SELECT s.sweep_id, t.id, t.spec_json, t.state, t.attempt, t.reason, \
                     r.worker_id, r.final_train_loss, r.final_train_acc, r.final_test_loss, r.final_test_acc, \
                     r.best_test_acc, r.best_epoch, r.params_total, r.params_learnable, r.flops_per_image, \
-                    r.wall_seconds, r.peak_memory_bytes, r.device \
+                    r.wall_seconds, r.peak_memory_bytes, r.device, r.eval_error, r.eval_seconds \
              FROM sweep_trials s JOIN sweeps w ON w.id = s.sweep_id JOIN trials t ON t.id = s.trial_id \
              LEFT JOIN results r ON r.trial_id = t.id \
              ORDER BY w.created_ms, s.sweep_id, s.position",
@@ -765,6 +840,10 @@ impl Store {
                     wall_seconds: r.get(16)?,
                     peak_memory_bytes: r.get::<_, i64>(17)? as u64,
                     device: r.get(18)?,
+                    eval_error: r.get(19)?,
+                    eval_seconds: r.get(20)?,
+                    robustness: Vec::new(),
+                    filters: Vec::new(),
                 }),
             };
             Ok((
@@ -794,6 +873,55 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// Every stored robustness measurement.
+    pub fn robustness_rows(&self) -> Result<Vec<(String, pb::RobustnessResult)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT trial_id, kind, name, eps, severity, accuracy, images FROM robustness \
+             ORDER BY trial_id, kind, name, eps, severity",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                pb::RobustnessResult {
+                    kind: r.get(1)?,
+                    name: r.get(2)?,
+                    eps: r.get(3)?,
+                    severity: r.get(4)?,
+                    accuracy: r.get(5)?,
+                    images: r.get(6)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every stored filter statistic.
+    pub fn filter_rows(&self) -> Result<Vec<(String, pb::FilterStats)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT trial_id, stage, layer, kernel_size, filters, fve, fve_norm, sparsity, orthogonality, heatmap, folded \
+             FROM filters ORDER BY trial_id, stage DESC, rowid",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let heatmap: String = r.get(9)?;
+            Ok((
+                r.get(0)?,
+                pb::FilterStats {
+                    stage: r.get(1)?,
+                    layer: r.get(2)?,
+                    kernel_size: r.get(3)?,
+                    filters: r.get::<_, i64>(4)? as u64,
+                    fve: r.get(5)?,
+                    fve_norm: r.get(6)?,
+                    sparsity: r.get(7)?,
+                    orthogonality: r.get(8)?,
+                    heatmap: serde_json::from_str(&heatmap).unwrap_or_default(),
+                    folded: r.get(10)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Every stored epoch, by trial and epoch.

@@ -59,7 +59,7 @@ pub const AXIS_ALIASES: &[(&str, &str)] = &[
     ("seed", "seed"),
 ];
 
-const SECTIONS: [&str; 3] = ["dataset", "model", "train"];
+const SECTIONS: [&str; 4] = ["dataset", "model", "train", "eval"];
 
 /// Seeds of a sweep: a count (0..n) or an explicit list.
 #[derive(Debug, Clone, Deserialize)]
@@ -83,6 +83,8 @@ struct RawSweep {
     model: Option<toml::Table>,
     #[serde(default)]
     train: Option<toml::Table>,
+    #[serde(default)]
+    eval: Option<toml::Table>,
     #[serde(default)]
     grid: Option<toml::Table>,
 }
@@ -130,7 +132,7 @@ impl SweepSpec {
             let field = if path == "." { "spec".to_owned() } else { path };
             let msg = e.inner().message().to_owned();
             let hint = if msg.contains("unknown field") {
-                " (top-level keys: name, description, seeds, [dataset], [model], [train], [grid])"
+                " (top-level keys: name, description, seeds, [dataset], [model], [train], [eval], [grid])"
             } else {
                 ""
             };
@@ -157,7 +159,7 @@ impl SweepSpec {
         };
 
         let mut base = serde_json::Map::new();
-        for (name, table) in SECTIONS.iter().zip([raw.dataset, raw.model, raw.train]) {
+        for (name, table) in SECTIONS.iter().zip([raw.dataset, raw.model, raw.train, raw.eval]) {
             if let Some(table) = table {
                 base.insert((*name).to_owned(), toml_to_json(toml::Value::Table(table)));
             }

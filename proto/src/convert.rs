@@ -114,16 +114,59 @@ impl From<Outcome> for pb::complete_request::Outcome {
     }
 }
 
+fn accuracy(field: impl Into<String>, v: f64) -> Result<(), FieldError> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, format!("an accuracy in [0, 1], got {v}")))
+    }
+}
+
+fn finite(field: impl Into<String>, v: f64) -> Result<(), FieldError> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, format!("must be finite, got {v}")))
+    }
+}
+
 fn validate_result(r: &pb::TrialResult) -> Result<(), FieldError> {
+    accuracy("result.final_test_acc", r.final_test_acc)?;
+    accuracy("result.final_train_acc", r.final_train_acc)?;
+    accuracy("result.best_test_acc", r.best_test_acc)?;
     for (field, v) in [
-        ("final_test_acc", r.final_test_acc),
-        ("final_train_acc", r.final_train_acc),
-        ("best_test_acc", r.best_test_acc),
+        ("final_train_loss", r.final_train_loss),
+        ("final_test_loss", r.final_test_loss),
+        ("wall_seconds", r.wall_seconds),
+        ("eval_seconds", r.eval_seconds),
     ] {
-        if !(0.0..=1.0).contains(&v) {
+        finite(format!("result.{field}"), v)?;
+    }
+    for (i, x) in r.robustness.iter().enumerate() {
+        accuracy(format!("result.robustness[{i}].accuracy"), x.accuracy)?;
+        finite(format!("result.robustness[{i}].eps"), x.eps)?;
+        if !matches!(x.kind.as_str(), "fgsm" | "pgd" | "corruption") {
             return Err(FieldError::new(
-                format!("result.{field}"),
-                format!("an accuracy in [0, 1], got {v}"),
+                format!("result.robustness[{i}].kind"),
+                format!("one of fgsm, pgd, corruption; got {:?}", x.kind),
+            ));
+        }
+    }
+    for (i, f) in r.filters.iter().enumerate() {
+        let at = |name: &str| format!("result.filters[{i}].{name}");
+        finite(at("fve"), f.fve)?;
+        finite(at("sparsity"), f.sparsity)?;
+        finite(at("orthogonality"), f.orthogonality)?;
+        if let Some(n) = f.fve_norm {
+            finite(at("fve_norm"), n)?;
+        }
+        if let Some(v) = f.heatmap.iter().find(|v| !v.is_finite()) {
+            return Err(FieldError::new(at("heatmap"), format!("must be finite, got {v}")));
+        }
+        if !matches!(f.stage.as_str(), "init" | "final") {
+            return Err(FieldError::new(
+                at("stage"),
+                format!("init or final, got {:?}", f.stage),
             ));
         }
     }
@@ -190,5 +233,28 @@ mod tests {
         };
         let err = Outcome::try_from(Some(O::Succeeded(pb::Succeeded { result: Some(bad) }))).unwrap_err();
         assert_eq!(err.field, "result.final_test_acc");
+        let nan_filter = pb::TrialResult {
+            filters: vec![pb::FilterStats {
+                stage: "final".into(),
+                fve: f64::NAN,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let err = Outcome::try_from(Some(O::Succeeded(pb::Succeeded {
+            result: Some(nan_filter),
+        })))
+        .unwrap_err();
+        assert_eq!(err.field, "result.filters[0].fve");
+        let bad_kind = pb::TrialResult {
+            robustness: vec![pb::RobustnessResult {
+                kind: "magic".into(),
+                accuracy: 0.5,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let err = Outcome::try_from(Some(O::Succeeded(pb::Succeeded { result: Some(bad_kind) }))).unwrap_err();
+        assert_eq!(err.field, "result.robustness[0].kind");
     }
 }

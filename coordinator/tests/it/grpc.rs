@@ -259,3 +259,95 @@ async fn acknowledged_results_survive_a_restart() {
     assert_eq!(counts(&server.coordinator.status("small").unwrap()).succeeded, 2);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn evaluations_are_stored_with_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(config(dir.path())).await;
+    server.coordinator.submit(SPEC).unwrap();
+    let mut worker = server.worker().await;
+    let lease = worker.lease(1, 0).await.remove(0);
+    let mut result = crate::common::result(0.5);
+    result.eval_error = "pgd eps=0.03: out of memory".into();
+    result.eval_seconds = 2.5;
+    result.robustness = vec![
+        pb::RobustnessResult {
+            kind: "fgsm".into(),
+            name: "fgsm".into(),
+            eps: 1.0 / 255.0,
+            severity: 0,
+            accuracy: 0.4,
+            images: 32,
+        },
+        pb::RobustnessResult {
+            kind: "corruption".into(),
+            name: "contrast".into(),
+            eps: 0.0,
+            severity: 3,
+            accuracy: 0.3,
+            images: 32,
+        },
+    ];
+    result.filters = vec![pb::FilterStats {
+        stage: "final".into(),
+        layer: "conv1".into(),
+        kernel_size: 3,
+        filters: 48,
+        fve: 0.8,
+        fve_norm: Some(0.9),
+        sparsity: 0.0,
+        orthogonality: 0.7,
+        heatmap: vec![0.1; 9],
+        folded: false,
+    }];
+    worker
+        .complete(
+            &lease,
+            pb::complete_request::Outcome::Succeeded(pb::Succeeded { result: Some(result) }),
+        )
+        .await
+        .unwrap();
+    server.stop().await;
+    let store = convsweep_coordinator::store::Store::open_existing(dir.path()).unwrap();
+    let rows = store.trial_rows().unwrap();
+    let done = rows.iter().find(|r| r.trial_id == lease.trial_id).unwrap();
+    let r = done.result.as_ref().unwrap();
+    assert_eq!(
+        (r.eval_error.as_str(), r.eval_seconds),
+        ("pgd eps=0.03: out of memory", 2.5)
+    );
+    let rob = store.robustness_rows().unwrap();
+    assert_eq!(rob.len(), 2);
+    assert!(
+        rob.iter()
+            .any(|(t, x)| t == &lease.trial_id && x.name == "contrast" && x.severity == 3)
+    );
+    let fil = store.filter_rows().unwrap();
+    assert_eq!(fil.len(), 1);
+    assert_eq!(fil[0].1.heatmap, vec![0.1; 9]);
+    assert_eq!(fil[0].1.fve_norm, Some(0.9));
+}
+
+#[test]
+fn a_version_1_state_folder_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(convsweep_coordinator::store::Store::open(dir.path(), Default::default()).unwrap());
+    // Turn it into what version 1 wrote.
+    let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+    conn.execute_batch(
+        "DROP TABLE robustness; DROP TABLE filters;
+         ALTER TABLE results DROP COLUMN eval_error; ALTER TABLE results DROP COLUMN eval_seconds;
+         UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+    )
+    .unwrap();
+    drop(conn);
+    let store = convsweep_coordinator::store::Store::open(dir.path(), Default::default()).unwrap();
+    assert!(store.robustness_rows().unwrap().is_empty());
+    drop(store);
+    let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+    let version: String = conn
+        .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, "2");
+    conn.prepare("SELECT eval_error, eval_seconds FROM results").unwrap();
+}
