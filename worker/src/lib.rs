@@ -5,12 +5,16 @@
 //!   thread per trial that owns all of its tensors.
 //! - [`model`]: the paper's models built from a spec (init schemes, LC-blocks, freezing).
 //! - [`data`]: datasets, the per-worker cache and the on-device batch pipeline.
+//! - [`eval`]: robustness (FGSM, PGD, corruptions) and filter statistics after training.
+//! - [`device`]: peak memory (CUDA allocator or process RSS).
 //! - [`rng`]: the fixed PRNG behind data order and augmentation.
 //! - [`bench`]: training-throughput benchmark of the reference configurations.
 
 pub mod agent;
 pub mod bench;
 pub mod data;
+pub mod device;
+pub mod eval;
 pub mod model;
 pub mod rng;
 pub mod trainer;

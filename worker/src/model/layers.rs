@@ -19,6 +19,22 @@ pub struct Cost {
     pub macs_per_image: u64,
 }
 
+/// A spatial layer (kernel > 1) as built, for filter statistics: handles to its weights,
+/// which keep following the values as the model trains.
+#[derive(Debug)]
+pub struct SpatialLayer {
+    /// Parameter path of the layer, e.g. `layer1.0.conv1`.
+    pub name: String,
+    /// The k x k conv's weight `[c_out (x E), c_in/groups, k, k]`.
+    pub weight: Tensor,
+    /// Its groups.
+    pub groups: i64,
+    /// The LC-block's 1x1 combination `[c_out, c_out*E, 1, 1]`, if any.
+    pub combine: Option<Tensor>,
+    /// Whether nothing non-linear sits between the two convs (so the block folds).
+    pub linear: bool,
+}
+
 /// Creates layers under a var store, applying the spec's init scheme and freezing rule.
 pub struct Builder<'a> {
     spec: &'a ModelSpec,
@@ -28,6 +44,8 @@ pub struct Builder<'a> {
     count_only: bool,
     /// What has been built so far.
     pub cost: Cost,
+    /// Every spatial layer built so far.
+    pub spatial_layers: Vec<SpatialLayer>,
 }
 
 /// A conv. Its weight is frozen (not in the optimiser, no gradient) when the trial freezes
@@ -181,6 +199,7 @@ impl<'a> Builder<'a> {
             device,
             count_only: false,
             cost: Cost::default(),
+            spatial_layers: Vec::new(),
         }
     }
 
@@ -272,6 +291,35 @@ impl<'a> Builder<'a> {
     /// A conv of shape `s` as the spec asks for spatial convs: plain, or an LC-block when the
     /// spec sets an expansion and the kernel has more than one element.
     pub fn spatial_shaped(&mut self, p: &nn::Path, s: ConvShape, size: i64) -> (Spatial, i64) {
+        let (spatial, out) = self.spatial_unrecorded(p, s, size);
+        if s.k > 1 && !self.count_only {
+            let name = p.components().collect::<Vec<_>>().join(".");
+            let layer = match &spatial {
+                Spatial::Plain(conv) => SpatialLayer {
+                    name,
+                    weight: conv.weight.shallow_clone(),
+                    groups: conv.groups,
+                    combine: None,
+                    linear: true,
+                },
+                Spatial::Lc {
+                    spatial,
+                    between,
+                    combine,
+                } => SpatialLayer {
+                    name,
+                    weight: spatial.weight.shallow_clone(),
+                    groups: spatial.groups,
+                    combine: Some(combine.weight.shallow_clone()),
+                    linear: matches!(between, Between::Nothing),
+                },
+            };
+            self.spatial_layers.push(layer);
+        }
+        (spatial, out)
+    }
+
+    fn spatial_unrecorded(&mut self, p: &nn::Path, s: ConvShape, size: i64) -> (Spatial, i64) {
         match self.spec.expansion {
             Some(e) if s.k > 1 => {
                 let mid = s.c_out * i64::from(e);

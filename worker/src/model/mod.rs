@@ -36,6 +36,8 @@ pub struct Net {
     std: Tensor,
     /// Parameters and compute.
     pub cost: Cost,
+    /// The spatial layers, for filter statistics.
+    pub spatial: Vec<layers::SpatialLayer>,
 }
 
 impl std::fmt::Debug for Net {
@@ -59,6 +61,7 @@ impl Net {
         };
         Net {
             cost: builder.cost,
+            spatial: std::mem::take(&mut builder.spatial_layers),
             mean: stat(mean),
             std: stat(std),
             vs,

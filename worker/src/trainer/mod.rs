@@ -148,10 +148,12 @@ impl Trainer for TchTrainer {
         let span = tracing::info_span!("trial", trial = %lease.trial_id, attempt = lease.attempt);
         let _entered = span.enter();
         tracing::info!(spec = %lease.spec.label(), device = %describe_device(self.device), "training");
-        match train_trial(&lease.spec, self.device, &data, ctl) {
+        let end = match train_trial(&lease.spec, self.device, &data, ctl) {
             Ok(result) => TrainEnd::Finished(Outcome::Succeeded(result)),
             Err(TrainError::Stopped) => TrainEnd::Stopped,
             Err(e) => TrainEnd::Finished(e.into_outcome()),
-        }
+        };
+        crate::device::release_free_memory();
+        end
     }
 }

@@ -129,18 +129,6 @@ pub fn optimizer(net: &Net, t: &convsweep_proto::spec::TrainSpec) -> Result<nn::
     .map_err(|e| TrainError::Internal(format!("optimiser: {e}")))
 }
 
-/// Peak resident memory of this process in bytes (Linux `ru_maxrss`).
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// One trial in progress: the model, its optimiser and where the schedule and the data order
 /// stand. [`TrialRun::train_epoch`] advances it by one epoch.
 pub struct TrialRun<'a> {
@@ -158,6 +146,11 @@ pub struct TrialRun<'a> {
     best: (f64, u32),
     last: pb::EpochMetrics,
     started: Instant,
+    init_filters: Vec<pb::FilterStats>,
+    final_filters: Vec<pb::FilterStats>,
+    robustness: Vec<pb::RobustnessResult>,
+    eval_errors: Vec<String>,
+    eval_seconds: f64,
 }
 
 impl<'a> TrialRun<'a> {
@@ -169,9 +162,19 @@ impl<'a> TrialRun<'a> {
             size,
             classes: data.classes,
         };
+        crate::device::reset_peak(device);
         let net = Net::new(&spec.model, input, spec.seed, device, &data.mean, &data.std);
         let t = &spec.train;
         let opt = optimizer(&net, t)?;
+        let mut eval_errors = Vec::new();
+        let init_filters = if spec.eval.filters {
+            crate::eval::filter_stats(&net, "init").unwrap_or_else(|e| {
+                eval_errors.push(e);
+                Vec::new()
+            })
+        } else {
+            Vec::new()
+        };
         let n = data.train.len();
         if n == 0 {
             return Err(TrainError::Data("the training split is empty".into()));
@@ -193,6 +196,11 @@ impl<'a> TrialRun<'a> {
             best: (f64::NEG_INFINITY, 0),
             last: pb::EpochMetrics::default(),
             started: Instant::now(),
+            init_filters,
+            final_filters: Vec::new(),
+            robustness: Vec::new(),
+            eval_errors,
+            eval_seconds: 0.0,
         })
     }
 
@@ -275,7 +283,41 @@ impl<'a> TrialRun<'a> {
         Ok(metrics)
     }
 
-    /// Final metrics and cost, after the last epoch.
+    /// Runs the spec's evaluations on the trained model (robustness, final filter statistics).
+    /// A failing measurement is recorded, not fatal; a stop request is.
+    pub fn evaluate(&mut self, ctl: &TrialControl) -> Result<(), TrainError> {
+        let started = Instant::now();
+        let spec = &self.spec.eval;
+        match crate::eval::robustness(
+            &self.net,
+            &self.data.test,
+            spec,
+            derive_seed(self.spec.seed, "eval"),
+            ctl,
+        ) {
+            Ok(e) => {
+                self.robustness = e.robustness;
+                self.eval_errors.extend(e.errors);
+            }
+            Err(crate::eval::Interrupted(Signal::Preempt)) => return Err(TrainError::Preempted(self.epoch)),
+            Err(crate::eval::Interrupted(_)) => return Err(TrainError::Stopped),
+        }
+        if spec.filters {
+            match crate::eval::filter_stats(&self.net, "final") {
+                Ok(f) => self.final_filters = f,
+                Err(e) => self.eval_errors.push(e),
+            }
+        }
+        self.eval_seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            seconds = format!("{:.1}", self.eval_seconds),
+            errors = self.eval_errors.len(),
+            "evaluations done"
+        );
+        Ok(())
+    }
+
+    /// Final metrics, cost and evaluations.
     pub fn result(&self) -> pb::TrialResult {
         pb::TrialResult {
             final_train_loss: self.last.train_loss,
@@ -288,8 +330,12 @@ impl<'a> TrialRun<'a> {
             params_learnable: self.net.cost.params_learnable,
             flops_per_image: self.net.cost.macs_per_image,
             wall_seconds: self.started.elapsed().as_secs_f64(),
-            peak_memory_bytes: peak_rss_bytes(),
+            peak_memory_bytes: crate::device::peak_memory_bytes(self.net.vs.device()),
             device: super::describe_device(self.net.vs.device()),
+            robustness: self.robustness.clone(),
+            filters: self.init_filters.iter().chain(&self.final_filters).cloned().collect(),
+            eval_error: self.eval_errors.join("; "),
+            eval_seconds: self.eval_seconds,
         }
     }
 }
@@ -307,5 +353,6 @@ pub fn train_trial(
         let metrics = run.train_epoch(ctl)?;
         ctl.epoch(metrics);
     }
+    run.evaluate(ctl)?;
     Ok(run.result())
 }

@@ -1,7 +1,7 @@
 //! Spec builders shared by the tests.
 
 use convsweep_proto::spec::{
-    Arch, DatasetName, DatasetSpec, InitScheme, InterOp, ModelSpec, TrainMode, TrainSpec, TrialSpec,
+    Arch, DatasetName, DatasetSpec, EvalSpec, InitScheme, InterOp, ModelSpec, TrainMode, TrainSpec, TrialSpec,
 };
 
 /// ResNet-`depth`-`width` at kernel size `k`.
@@ -41,6 +41,7 @@ pub fn trial(model: ModelSpec, train_size: u32, epochs: u32) -> TrialSpec {
             ..TrainSpec::default()
         },
         seed: 1,
+        eval: EvalSpec::default(),
     };
     spec.canonicalize();
     spec.validate().expect("test spec is valid");

@@ -2,5 +2,6 @@
 
 mod common;
 mod data;
+mod eval;
 mod model;
 mod training;

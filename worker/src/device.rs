@@ -1,0 +1,87 @@
+//! Device facts a trial reports: peak memory. On CUDA that is the caching allocator's peak
+//! allocation (`torch.cuda.max_memory_allocated`), read through a small C++ shim compiled
+//! when libtorch has CUDA (cfg `convsweep_cuda_stats`); elsewhere the process's peak
+//! resident memory. With several trials on one GPU (`--slots`), the peak is the device's.
+
+use tch::Device;
+
+#[cfg(convsweep_cuda_stats)]
+#[allow(unsafe_code)]
+mod cuda {
+    unsafe extern "C" {
+        fn convsweep_cuda_peak_allocated(device: i32) -> i64;
+        fn convsweep_cuda_reset_peak(device: i32);
+    }
+
+    pub fn peak(device: usize) -> u64 {
+        // SAFETY: plain C function; the shim catches every C++ exception and returns -1.
+        let bytes = unsafe { convsweep_cuda_peak_allocated(device as i32) };
+        bytes.max(0) as u64
+    }
+
+    pub fn reset(device: usize) {
+        // SAFETY: as above.
+        unsafe { convsweep_cuda_reset_peak(device as i32) }
+    }
+}
+
+/// Configures glibc's allocator for training on the CPU: large blocks come from the heap
+/// instead of fresh `mmap`s, and freed memory is not handed back after every step.
+///
+/// libtorch allocates activations and gradients anew each step; above glibc's mmap threshold
+/// (at most 32 MiB) every such block is a new mapping whose pages fault in again, which on the
+/// benchmark machine made half of an LC model's step system time. [`release_free_memory`]
+/// returns what a finished trial freed. `CONVSWEEP_MALLOC_TUNING=0` leaves glibc's defaults.
+#[allow(unsafe_code)]
+pub fn tune_cpu_allocator() {
+    if std::env::var("CONVSWEEP_MALLOC_TUNING").is_ok_and(|v| v == "0") {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's allocation policy; it touches no memory.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+/// Hands memory freed by a finished trial back to the operating system.
+#[allow(unsafe_code)]
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Peak resident memory of this process in bytes (Linux `VmHWM`).
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Starts a new peak measurement on `device` (CUDA only; RSS peaks cannot be reset).
+pub fn reset_peak(device: Device) {
+    #[cfg(convsweep_cuda_stats)]
+    if let Device::Cuda(i) = device {
+        cuda::reset(i);
+    }
+    let _ = device;
+}
+
+/// Peak memory in bytes: CUDA peak allocation on a GPU, else the process's peak RSS.
+pub fn peak_memory_bytes(device: Device) -> u64 {
+    #[cfg(convsweep_cuda_stats)]
+    if let Device::Cuda(i) = device {
+        return cuda::peak(i);
+    }
+    let _ = device;
+    peak_rss_bytes()
+}
