@@ -8,7 +8,13 @@ spatial filters), on a fixed random batch, with the same thread count. Prints on
 per case: {"name": ..., "images_per_sec": median over rounds, "rounds": [...]}.
 
     python3 bench/pytorch_reference.py --threads 2 --batch 128 --warmup 2 --steps 5 --rounds 3
+
+With --serve it reads JSON commands on stdin instead, so that `convsweep bench` can alternate
+its own rounds with the reference's (machine load then affects both alike):
+    {"prepare": NAME, "warmup": W}  -> {"ready": NAME}
+    {"round": STEPS}                -> {"images_per_sec": X}
 """
+import sys
 import argparse
 import json
 import time
@@ -79,7 +85,7 @@ CASES = [
 ]
 
 
-def run(name, k, frozen, expansion, args, device):
+def prepare(name, k, frozen, expansion, batch, device):
     torch.manual_seed(0)
     model = ResNet(k=k, expansion=expansion).to(device).train()
     if frozen:
@@ -88,8 +94,8 @@ def run(name, k, frozen, expansion, args, device):
                 m.weight.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-2)
-    x = torch.rand(args.batch, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (args.batch,), device=device)
+    x = torch.rand(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
 
     def step():
         opt.zero_grad()
@@ -97,20 +103,42 @@ def run(name, k, frozen, expansion, args, device):
         loss.backward()
         opt.step()
 
-    for _ in range(args.warmup):
+    return step
+
+
+def timed(step, steps, batch, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    rounds = []
-    for _ in range(max(1, args.rounds)):
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rounds.append(args.steps * args.batch / (time.perf_counter() - start))
+    return steps * batch / (time.perf_counter() - start)
+
+
+def run(name, k, frozen, expansion, args, device):
+    step = prepare(name, k, frozen, expansion, args.batch, device)
+    for _ in range(args.warmup):
+        step()
+    rounds = [timed(step, args.steps, args.batch, device) for _ in range(max(1, args.rounds))]
     median = sorted(rounds)[len(rounds) // 2]
     return {"name": name, "images_per_sec": median, "rounds": rounds}
+
+
+def serve(args, device):
+    cases = {c[0]: c for c in CASES}
+    step = None
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if "prepare" in cmd:
+            name, k, frozen, expansion = cases[cmd["prepare"]]
+            step = prepare(name, k, frozen, expansion, args.batch, device)
+            for _ in range(cmd.get("warmup", 0)):
+                step()
+            print(json.dumps({"ready": name}), flush=True)
+        elif "round" in cmd:
+            print(json.dumps({"images_per_sec": timed(step, cmd["round"], args.batch, device)}), flush=True)
 
 
 def main():
@@ -122,9 +150,13 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--only", action="append", help="run only these case names")
+    p.add_argument("--serve", action="store_true", help="take commands on stdin (see above)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.serve:
+        serve(args, device)
+        return
     for name, k, frozen, expansion in CASES:
         if args.only and name not in args.only:
             continue

@@ -14,14 +14,23 @@ use crate::error::{Error, Result};
 pub const TRIALS_FILE: &str = "trials.parquet";
 /// Per-epoch metrics.
 pub const EPOCHS_FILE: &str = "epochs.parquet";
+/// Robust accuracies (attacks and corruptions).
+pub const ROBUSTNESS_FILE: &str = "robustness.parquet";
+/// Filter statistics at initialisation and at the end.
+pub const FILTERS_FILE: &str = "filters.parquet";
 
 /// The tables of a sweep's results.
 #[derive(Debug, Clone)]
 pub struct Frames {
-    /// One row per (sweep, trial): factors, hyper-parameters, cost and final metrics.
+    /// One row per (sweep, trial): factors, hyper-parameters, cost, final metrics and the
+    /// overfitting summary (`gap_acc`, `gap_loss`, `final_minus_best`).
     pub trials: DataFrame,
-    /// One row per trial and epoch.
+    /// One row per trial and epoch, with the generalisation gap (`gap_acc`, `gap_loss`).
     pub epochs: DataFrame,
+    /// One row per trial and robustness measurement (kind fgsm | pgd | corruption).
+    pub robustness: DataFrame,
+    /// One row per trial, stage (init | final) and spatial layer.
+    pub filters: DataFrame,
 }
 
 fn opt<T: Copy>(rows: &[TrialRow], f: impl Fn(&pb::TrialResult) -> T) -> Vec<Option<T>> {
@@ -73,7 +82,56 @@ pub fn trials_frame(rows: &[TrialRow]) -> Result<DataFrame> {
         "peak_memory_bytes" => opt(rows, |r| r.peak_memory_bytes),
         "device" => rows.iter().map(|r| r.result.as_ref().map(|x| x.device.clone())).collect::<Vec<Option<String>>>(),
         "worker" => rows.iter().map(|r| r.worker_id.clone()).collect::<Vec<Option<String>>>(),
+        "eval_error" => rows.iter().map(|r| r.result.as_ref().map(|x| x.eval_error.clone())).collect::<Vec<Option<String>>>(),
+        "eval_seconds" => opt(rows, |r| r.eval_seconds),
     )?;
+    // Overfitting at the end: train minus test accuracy, test minus train loss, and how far the
+    // last epoch falls below the best.
+    let df = df
+        .lazy()
+        .with_columns([
+            (col("final_train_acc") - col("final_test_acc")).alias("gap_acc"),
+            (col("final_test_loss") - col("final_train_loss")).alias("gap_loss"),
+            (col("final_test_acc") - col("best_test_acc")).alias("final_minus_best"),
+        ])
+        .collect()?;
+    Ok(df)
+}
+
+/// The `robustness` table.
+pub fn robustness_frame(rows: &[(String, pb::RobustnessResult)]) -> Result<DataFrame> {
+    Ok(df!(
+        "trial_id" => rows.iter().map(|(t, _)| t.clone()).collect::<Vec<String>>(),
+        "kind" => rows.iter().map(|(_, r)| r.kind.clone()).collect::<Vec<String>>(),
+        "name" => rows.iter().map(|(_, r)| r.name.clone()).collect::<Vec<String>>(),
+        "eps" => rows.iter().map(|(_, r)| r.eps).collect::<Vec<f64>>(),
+        "severity" => rows.iter().map(|(_, r)| r.severity).collect::<Vec<u32>>(),
+        "accuracy" => rows.iter().map(|(_, r)| r.accuracy).collect::<Vec<f64>>(),
+        "images" => rows.iter().map(|(_, r)| r.images).collect::<Vec<u32>>(),
+    )?)
+}
+
+/// The `filters` table (`heatmap` is a list of k*k variances, row-major).
+pub fn filters_frame(rows: &[(String, pb::FilterStats)]) -> Result<DataFrame> {
+    let heatmaps: Vec<Series> = rows.iter().map(|(_, f)| Series::new("".into(), &f.heatmap)).collect();
+    let mut df = df!(
+        "trial_id" => rows.iter().map(|(t, _)| t.clone()).collect::<Vec<String>>(),
+        "stage" => rows.iter().map(|(_, f)| f.stage.clone()).collect::<Vec<String>>(),
+        "layer" => rows.iter().map(|(_, f)| f.layer.clone()).collect::<Vec<String>>(),
+        "kernel_size" => rows.iter().map(|(_, f)| f.kernel_size).collect::<Vec<u32>>(),
+        "n" => rows.iter().map(|(_, f)| f.filters).collect::<Vec<u64>>(),
+        "fve" => rows.iter().map(|(_, f)| f.fve).collect::<Vec<f64>>(),
+        "fve_norm" => rows.iter().map(|(_, f)| f.fve_norm).collect::<Vec<Option<f64>>>(),
+        "sparsity" => rows.iter().map(|(_, f)| f.sparsity).collect::<Vec<f64>>(),
+        "orthogonality" => rows.iter().map(|(_, f)| f.orthogonality).collect::<Vec<f64>>(),
+        "folded" => rows.iter().map(|(_, f)| f.folded).collect::<Vec<bool>>(),
+    )?;
+    let heatmap = if heatmaps.is_empty() {
+        Series::new_empty("heatmap".into(), &DataType::List(Box::new(DataType::Float64)))
+    } else {
+        Series::new("heatmap".into(), heatmaps)
+    };
+    df.with_column(heatmap.into_column())?;
     Ok(df)
 }
 
@@ -99,7 +157,13 @@ pub fn epochs_frame(rows: &[EpochRow]) -> Result<DataFrame> {
         "test_loss" => m(|e| e.test_loss),
         "test_acc" => m(|e| e.test_acc),
         "seconds" => m(|e| e.seconds),
-    )?)
+    )?
+    .lazy()
+    .with_columns([
+        (col("train_acc") - col("test_acc")).alias("gap_acc"),
+        (col("test_loss") - col("train_loss")).alias("gap_loss"),
+    ])
+    .collect()?)
 }
 
 impl Frames {
@@ -109,6 +173,8 @@ impl Frames {
         Ok(Frames {
             trials: trials_frame(&store.trial_rows()?)?,
             epochs: epochs_frame(&store.epoch_rows()?)?,
+            robustness: robustness_frame(&store.robustness_rows()?)?,
+            filters: filters_frame(&store.filter_rows()?)?,
         })
     }
 
@@ -123,6 +189,8 @@ impl Frames {
             Ok(Frames {
                 trials: read(TRIALS_FILE)?,
                 epochs: read(EPOCHS_FILE)?,
+                robustness: read(ROBUSTNESS_FILE)?,
+                filters: read(FILTERS_FILE)?,
             })
         } else {
             Frames::from_state_dir(dir)
@@ -142,25 +210,36 @@ impl Frames {
             .lazy()
             .select([col("trial_id")])
             .unique(None, UniqueKeepStrategy::First);
-        let epochs = self
-            .epochs
-            .clone()
-            .lazy()
-            .join(
-                ids,
-                [col("trial_id")],
-                [col("trial_id")],
-                JoinArgs::new(JoinType::Inner),
-            )
-            .collect()?;
-        Ok(Frames { trials, epochs })
+        let only = |df: &DataFrame| -> Result<DataFrame> {
+            Ok(df
+                .clone()
+                .lazy()
+                .join(
+                    ids.clone(),
+                    [col("trial_id")],
+                    [col("trial_id")],
+                    JoinArgs::new(JoinType::Inner),
+                )
+                .collect()?)
+        };
+        Ok(Frames {
+            epochs: only(&self.epochs)?,
+            robustness: only(&self.robustness)?,
+            filters: only(&self.filters)?,
+            trials,
+        })
     }
 
     /// Writes every table as Parquet into `out` (created when missing); returns the paths.
     pub fn write_parquet(&self, out: &Path) -> Result<Vec<std::path::PathBuf>> {
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         let mut written = Vec::new();
-        for (name, df) in [(TRIALS_FILE, &self.trials), (EPOCHS_FILE, &self.epochs)] {
+        for (name, df) in [
+            (TRIALS_FILE, &self.trials),
+            (EPOCHS_FILE, &self.epochs),
+            (ROBUSTNESS_FILE, &self.robustness),
+            (FILTERS_FILE, &self.filters),
+        ] {
             let path = out.join(name);
             let tmp = out.join(format!(".{name}.partial"));
             let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;

@@ -173,6 +173,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    convsweep_worker::device::tune_cpu_allocator();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -100,44 +100,73 @@ fn sync(device: Device) {
     }
 }
 
-/// Times `case`: a fixed random batch of `[0, 1]` images, the paper's optimiser and loss.
-pub fn run_case(case: &BenchCase, config: BenchConfig) -> BenchResult {
-    let input = InputShape {
-        channels: 3,
-        size: 32,
-        classes: 10,
-    };
-    let net = Net::new(
-        &case.model,
-        input,
-        0,
-        config.device,
-        &[0.49, 0.48, 0.45],
-        &[0.25, 0.24, 0.26],
-    );
-    let recipe = TrainSpec::default();
-    let mut opt = optimizer(&net, &recipe).expect("SGD builds");
-    let x = Tensor::rand([config.batch, 3, 32, 32], (Kind::Float, config.device));
-    let y = Tensor::randint(10, [config.batch], (Kind::Int64, config.device));
-    for _ in 0..config.warmup {
-        let _ = train_step(&net, &mut opt, &x, &y, recipe.label_smoothing);
+/// A case ready to be timed: model, optimiser and a fixed random batch of `[0, 1]` images.
+pub struct BenchRun {
+    net: Net,
+    opt: tch::nn::Optimizer,
+    x: Tensor,
+    y: Tensor,
+    label_smoothing: f64,
+    batch: i64,
+    device: Device,
+}
+
+impl BenchRun {
+    /// Builds `model` with the paper's optimiser and loss and runs `warmup` untimed steps.
+    pub fn new(model: &ModelSpec, batch: i64, warmup: u32, device: Device) -> BenchRun {
+        let input = InputShape {
+            channels: 3,
+            size: 32,
+            classes: 10,
+        };
+        let net = Net::new(model, input, 0, device, &[0.49, 0.48, 0.45], &[0.25, 0.24, 0.26]);
+        let recipe = TrainSpec::default();
+        let opt = optimizer(&net, &recipe).expect("SGD builds");
+        let mut run = BenchRun {
+            x: Tensor::rand([batch, 3, 32, 32], (Kind::Float, device)),
+            y: Tensor::randint(10, [batch], (Kind::Int64, device)),
+            net,
+            opt,
+            label_smoothing: recipe.label_smoothing,
+            batch,
+            device,
+        };
+        for _ in 0..warmup {
+            run.step();
+        }
+        sync(device);
+        run
     }
-    sync(config.device);
-    let mut rounds: Vec<f64> = (0..config.rounds.max(1))
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..config.steps {
-                let _ = train_step(&net, &mut opt, &x, &y, recipe.label_smoothing);
-            }
-            sync(config.device);
-            (config.steps as f64 * config.batch as f64) / start.elapsed().as_secs_f64()
-        })
-        .collect();
-    let reported = rounds.clone();
-    rounds.sort_by(f64::total_cmp);
+
+    fn step(&mut self) {
+        let _ = train_step(&self.net, &mut self.opt, &self.x, &self.y, self.label_smoothing);
+    }
+
+    /// Times `steps` training steps; returns images per second.
+    pub fn round(&mut self, steps: u32) -> f64 {
+        let start = Instant::now();
+        for _ in 0..steps {
+            self.step();
+        }
+        sync(self.device);
+        (f64::from(steps) * self.batch as f64) / start.elapsed().as_secs_f64()
+    }
+}
+
+/// The median of `values` (upper median for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Times `case` alone: warm-up, then `rounds` rounds of `steps` steps; reports the median.
+pub fn run_case(case: &BenchCase, config: BenchConfig) -> BenchResult {
+    let mut run = BenchRun::new(&case.model, config.batch, config.warmup, config.device);
+    let rounds: Vec<f64> = (0..config.rounds.max(1)).map(|_| run.round(config.steps)).collect();
     BenchResult {
         name: case.name,
-        images_per_sec: rounds[rounds.len() / 2],
-        rounds: reported,
+        images_per_sec: median(&rounds),
+        rounds,
     }
 }

@@ -6,7 +6,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 use convsweep_coordinator::sweep::{SweepSpec, trials_from_settings};
 use convsweep_proto::TrialSpec;
-use convsweep_worker::bench::{BenchConfig, BenchResult, default_cases, run_case};
+use convsweep_worker::bench::{BenchConfig, BenchResult, BenchRun, default_cases, median};
 use convsweep_worker::model::{InputShape, Net};
 
 /// Flags of `convsweep model-info`.
@@ -125,45 +125,61 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
 }
 
-fn reference_results(args: &BenchArgs, script: &Path) -> Result<Vec<(String, f64)>> {
-    let mut cmd = Command::new(&args.python);
-    cmd.arg(script)
-        .args([
-            "--threads",
-            &args.threads.to_string(),
-            "--batch",
-            &args.batch.to_string(),
-        ])
-        .args(["--warmup", &args.warmup.to_string(), "--steps", &args.steps.to_string()])
-        .args(["--rounds", &args.rounds.to_string()])
-        .args(["--device", if args.device == "cpu" { "cpu" } else { "cuda" }]);
-    for name in &args.only {
-        cmd.args(["--only", name]);
+/// The PyTorch reference as a subprocess that times one round per request, so that its rounds
+/// interleave with ours and machine load affects both alike.
+struct Reference {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Reference {
+    fn start(args: &BenchArgs, script: &Path) -> Result<Reference> {
+        let mut cmd = Command::new(&args.python);
+        cmd.arg("-W")
+            .arg("ignore")
+            .arg(script)
+            .args([
+                "--serve",
+                "--threads",
+                &args.threads.to_string(),
+                "--batch",
+                &args.batch.to_string(),
+            ])
+            .args(["--device", if args.device == "cpu" { "cpu" } else { "cuda" }])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        // The project's own PyTorch (the same 2.11 that convsweep links) when it is there.
+        let local = Path::new(".deps/py");
+        if local.join("torch").exists() && std::env::var_os("PYTHONPATH").is_none() {
+            cmd.env("PYTHONPATH", local);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run {} {}", args.python, script.display()))?;
+        let stdin = child.stdin.take().context("reference stdin")?;
+        let stdout = std::io::BufReader::new(child.stdout.take().context("reference stdout")?);
+        Ok(Reference { child, stdin, stdout })
     }
-    // The project's own PyTorch (the same 2.11 that convsweep links) when it is there.
-    let local = Path::new(".deps/py");
-    if local.join("torch").exists() && std::env::var_os("PYTHONPATH").is_none() {
-        cmd.env("PYTHONPATH", local);
+
+    fn ask(&mut self, request: serde_json::Value) -> Result<serde_json::Value> {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{request}").context("the PyTorch reference stopped")?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            let status = self.child.wait()?;
+            bail!("the PyTorch reference exited ({status}) on {request}");
+        }
+        serde_json::from_str(&line).with_context(|| format!("reference answered {line:?}"))
     }
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {} {}", args.python, script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "the PyTorch reference failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).context("reference output is not JSON")?;
-            Ok((
-                v["name"].as_str().unwrap_or_default().to_owned(),
-                v["images_per_sec"].as_f64().unwrap_or(0.0),
-            ))
-        })
-        .collect()
 }
 
 /// `convsweep bench`: training throughput of the reference configurations, side by side with
@@ -183,7 +199,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
         .filter(|c| args.only.is_empty() || args.only.iter().any(|o| o == c.name))
         .collect();
     eprintln!(
-        "timing {} cases on {device:?}, {} threads, batch {}, {} warm-up + {} rounds of {} steps",
+        "timing {} cases on {device:?}, {} threads, batch {}, {} warm-up + {} rounds of {} steps (interleaved with the reference)",
         cases.len(),
         args.threads,
         args.batch,
@@ -191,39 +207,51 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
         args.rounds,
         args.steps
     );
-    let ours: Vec<BenchResult> = cases
-        .iter()
-        .map(|c| {
-            let r = run_case(c, config);
-            eprintln!("  convsweep {:<30} {:>8.1} images/s", r.name, r.images_per_sec);
-            r
-        })
-        .collect();
-    let reference = match &args.reference {
-        Some(script) => {
-            eprintln!("running the PyTorch reference {}", script.display());
-            reference_results(&args, script)?
-        }
-        None => Vec::new(),
+    let mut reference = match &args.reference {
+        Some(script) => Some(Reference::start(&args, script)?),
+        None => None,
     };
-    let find = |name: &str| reference.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
     println!("| configuration | convsweep (images/s) | PyTorch eager (images/s) | convsweep / PyTorch |");
     println!("|---|---:|---:|---:|");
+    let mut ours = Vec::new();
     let mut json_rows = Vec::new();
-    for r in &ours {
-        let py = find(r.name);
-        let ratio = py.map(|p| r.images_per_sec / p);
+    for case in &cases {
+        let mut run = BenchRun::new(&case.model, config.batch, config.warmup, config.device);
+        if let Some(r) = reference.as_mut() {
+            r.ask(serde_json::json!({ "prepare": case.name, "warmup": config.warmup }))?;
+        }
+        let (mut mine, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..config.rounds.max(1) {
+            let a = run.round(config.steps);
+            mine.push(a);
+            if let Some(r) = reference.as_mut() {
+                let b = r.ask(serde_json::json!({ "round": config.steps }))?["images_per_sec"]
+                    .as_f64()
+                    .context("reference round without images_per_sec")?;
+                theirs.push(b);
+                ratios.push(a / b);
+            }
+        }
+        let result = BenchResult {
+            name: case.name,
+            images_per_sec: median(&mine),
+            rounds: mine,
+        };
+        let py = (!theirs.is_empty()).then(|| median(&theirs));
+        // Paired: each of our rounds against the reference round right after it.
+        let ratio = (!ratios.is_empty()).then(|| median(&ratios));
         println!(
             "| {} | {:.1} | {} | {} |",
-            r.name,
-            r.images_per_sec,
+            result.name,
+            result.images_per_sec,
             py.map_or("-".into(), |p| format!("{p:.1}")),
             ratio.map_or("-".into(), |x| format!("{x:.2}"))
         );
         json_rows.push(serde_json::json!({
-            "name": r.name, "convsweep_images_per_sec": r.images_per_sec, "rounds": r.rounds,
-            "pytorch_images_per_sec": py, "ratio": ratio,
+            "name": result.name, "convsweep_images_per_sec": result.images_per_sec, "convsweep_rounds": result.rounds,
+            "pytorch_images_per_sec": py, "pytorch_rounds": theirs, "paired_ratios": ratios, "ratio": ratio,
         }));
+        ours.push(result);
     }
     let ips = |name: &str| ours.iter().find(|r| r.name == name).map(|r| r.images_per_sec);
     for k in ["k3", "k9"] {

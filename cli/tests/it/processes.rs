@@ -109,6 +109,21 @@ fn run_executes_a_sweep_end_to_end() {
     let frames = Frames::load(&run_dir).unwrap();
     assert_eq!(frames.trials.height(), 8);
     assert_eq!(frames.epochs.height(), 8);
+    // Default evaluations: FGSM at 1/255 and 7 corruptions x 5 severities per trial; filter
+    // statistics of ResNet-8's 7 spatial layers at init and at the end.
+    assert!(run_dir.join("robustness.parquet").exists() && run_dir.join("filters.parquet").exists());
+    assert_eq!(frames.robustness.height(), 8 * (1 + 35));
+    assert_eq!(frames.filters.height(), 8 * 7 * 2);
+    let errors = frames.trials.column("eval_error").unwrap().str().unwrap().clone();
+    assert!(
+        (0..errors.len()).all(|i| errors.get(i) == Some("")),
+        "no evaluation failed"
+    );
+    let eval_seconds = frames.trials.column("eval_seconds").unwrap().f64().unwrap().clone();
+    assert!((0..eval_seconds.len()).all(|i| eval_seconds.get(i).unwrap() > 0.0));
+    for c in ["gap_acc", "gap_loss", "final_minus_best"] {
+        assert!(frames.trials.column(c).is_ok(), "{c}");
+    }
     let report = std::fs::read_to_string(run_dir.join("report.md")).unwrap();
     assert!(report.contains("8 of 8 trials succeeded"), "{report}");
     assert_eq!(
@@ -226,6 +241,8 @@ fn the_commands_work_as_separate_processes() {
     let frames = Frames::load(&out_dir).unwrap();
     assert_eq!(frames.trials.height(), 8);
     assert_eq!(frames.epochs.height(), 8);
+    assert_eq!(frames.robustness.height(), 8 * 36);
+    assert_eq!(frames.filters.height(), 8 * 14);
 }
 
 #[test]
