@@ -22,8 +22,9 @@ pub const FILTERS_FILE: &str = "filters.parquet";
 /// The tables of a sweep's results.
 #[derive(Debug, Clone)]
 pub struct Frames {
-    /// One row per (sweep, trial): factors, hyper-parameters, cost, final metrics and the
-    /// overfitting summary (`gap_acc`, `gap_loss`, `final_minus_best`).
+    /// One row per (sweep, trial): factors, hyper-parameters, cost, final metrics, the
+    /// overfitting summary (`gap_acc`, `gap_loss`, `final_minus_best`) and
+    /// `mean_corruption_acc`.
     pub trials: DataFrame,
     /// One row per trial and epoch, with the generalisation gap (`gap_acc`, `gap_loss`).
     pub epochs: DataFrame,
@@ -170,10 +171,27 @@ impl Frames {
     /// Reads every table straight from a coordinator's state folder.
     pub fn from_state_dir(state_dir: &Path) -> Result<Frames> {
         let store = Store::open_existing(state_dir)?;
+        let robustness = robustness_frame(&store.robustness_rows()?)?;
+        // Each trial's mean accuracy over every corruption and severity it was measured on.
+        let mean_corruption = robustness
+            .clone()
+            .lazy()
+            .filter(col("kind").eq(lit("corruption")))
+            .group_by([col("trial_id")])
+            .agg([col("accuracy").mean().alias("mean_corruption_acc")]);
+        let trials = trials_frame(&store.trial_rows()?)?
+            .lazy()
+            .join(
+                mean_corruption,
+                [col("trial_id")],
+                [col("trial_id")],
+                JoinArgs::new(JoinType::Left),
+            )
+            .collect()?;
         Ok(Frames {
-            trials: trials_frame(&store.trial_rows()?)?,
+            trials,
             epochs: epochs_frame(&store.epoch_rows()?)?,
-            robustness: robustness_frame(&store.robustness_rows()?)?,
+            robustness,
             filters: filters_frame(&store.filter_rows()?)?,
         })
     }

@@ -121,7 +121,7 @@ fn run_executes_a_sweep_end_to_end() {
     );
     let eval_seconds = frames.trials.column("eval_seconds").unwrap().f64().unwrap().clone();
     assert!((0..eval_seconds.len()).all(|i| eval_seconds.get(i).unwrap() > 0.0));
-    for c in ["gap_acc", "gap_loss", "final_minus_best"] {
+    for c in ["gap_acc", "gap_loss", "final_minus_best", "mean_corruption_acc"] {
         assert!(frames.trials.column(c).is_ok(), "{c}");
     }
     let report = std::fs::read_to_string(run_dir.join("report.md")).unwrap();
@@ -195,6 +195,9 @@ fn the_commands_work_as_separate_processes() {
     let mut worker = spawn_worker(&url, "solo");
     let mut done = false;
     for _ in 0..1200 {
+        if let Some(status) = worker.try_wait().unwrap() {
+            panic!("the worker exited early ({status}) with the sweep unfinished");
+        }
         let out = Command::new(BIN)
             .args(["status", "--coordinator", &url, "--json"])
             .output()
