@@ -67,12 +67,14 @@ impl Coordinator {
             lease_timeout_ms: config.lease_timeout.as_millis() as i64,
             max_attempts: config.max_attempts.max(1),
         };
-        let store = Store::open(&config.state_dir, policy)?;
-        info!(state_dir = %config.state_dir.display(), "coordinator state opened");
+        let mut store = Store::open(&config.state_dir, policy)?;
+        let clock = Clock::default();
+        let held = store.grant_restart_grace(clock.now_ms())?;
+        info!(state_dir = %config.state_dir.display(), active_leases = held, "coordinator state opened");
         Ok(Arc::new(Coordinator {
             store: Mutex::new(store),
             config,
-            clock: Clock::default(),
+            clock,
             work_available: Notify::new(),
             drain: AtomicBool::new(false),
         }))
@@ -107,6 +109,47 @@ impl Coordinator {
             self.work_available.notify_waiters();
         }
         Ok((spec.id, submitted))
+    }
+
+    /// Adds the trials of a grown spec (more seeds or grid values) to its existing sweep.
+    pub fn extend(&self, spec_toml: &str) -> Result<(SweepId, Submitted)> {
+        let spec = SweepSpec::from_toml(spec_toml)?;
+        let trials = spec.expand()?;
+        let submitted = self
+            .store()
+            .extend_sweep(&spec.id, spec_toml, &trials, self.clock.now_ms())?;
+        info!(sweep = %spec.id, trials = submitted.trials, new = submitted.new_trials, "sweep extended");
+        if submitted.new_trials > 0 {
+            self.work_available.notify_waiters();
+        }
+        Ok((spec.id, submitted))
+    }
+
+    /// Submits a sweep, or extends it when it exists with fewer trials (`convsweep run` of an
+    /// edited spec).
+    pub fn submit_or_extend(&self, spec_toml: &str) -> Result<(SweepId, Submitted)> {
+        match self.submit(spec_toml) {
+            Err(Error::AlreadyExists(_)) => self.extend(spec_toml),
+            other => other,
+        }
+    }
+
+    /// Cancels unfinished trials of a sweep (all, or `trial_ids`).
+    pub fn cancel(&self, sweep: &str, trial_ids: &[String]) -> Result<u32> {
+        let n = self.store().cancel(sweep, trial_ids, self.clock.now_ms())?;
+        info!(sweep, cancelled = n, "trials cancelled");
+        self.work_available.notify_waiters();
+        Ok(n)
+    }
+
+    /// Re-queues the failed and cancelled trials of a sweep.
+    pub fn resume(&self, sweep: &str) -> Result<u32> {
+        let n = self.store().resume(sweep)?;
+        info!(sweep, requeued = n, "sweep resumed");
+        if n > 0 {
+            self.work_available.notify_waiters();
+        }
+        Ok(n)
     }
 
     /// Registers a worker after checking its protocol version.

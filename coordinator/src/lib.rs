@@ -15,4 +15,4 @@ pub mod sweep;
 
 pub use coordinator::{Coordinator, CoordinatorConfig};
 pub use error::{Error, Result};
-pub use service::serve;
+pub use service::{bind, serve};

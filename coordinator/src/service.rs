@@ -68,6 +68,44 @@ impl AdminService for AdminApi {
     async fn get_status(&self, req: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
         Ok(Response::new(self.0.status(&req.into_inner().sweep_id)?))
     }
+
+    async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
+        let req = req.into_inner();
+        Ok(Response::new(pb::CancelResponse {
+            cancelled: self.0.cancel(&req.sweep_id, &req.trial_ids)?,
+        }))
+    }
+
+    async fn resume(&self, req: Request<pb::ResumeRequest>) -> Result<Response<pb::ResumeResponse>, Status> {
+        Ok(Response::new(pb::ResumeResponse {
+            requeued: self.0.resume(&req.into_inner().sweep_id)?,
+        }))
+    }
+
+    async fn extend_sweep(
+        &self,
+        req: Request<pb::ExtendSweepRequest>,
+    ) -> Result<Response<pb::ExtendSweepResponse>, Status> {
+        let (id, submitted) = self.0.extend(&req.into_inner().spec_toml)?;
+        Ok(Response::new(pb::ExtendSweepResponse {
+            sweep_id: id.to_string(),
+            trials: submitted.trials,
+            new_trials: submitted.new_trials,
+        }))
+    }
+}
+
+/// A listener on `addr` with `SO_REUSEADDR`, so that a restarted coordinator can take its port
+/// back at once (connections of the killed one may still be in TIME_WAIT).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Serves both services, the health service and lease expiry on `listener` until `shutdown`

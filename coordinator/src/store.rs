@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 /// File name of the database inside the state folder.
 pub const DB_FILE: &str = "state.db";
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS trials (
     lease_deadline_ms INTEGER,
     reason TEXT,
     created_ms INTEGER NOT NULL,
-    finished_ms INTEGER
+    finished_ms INTEGER,
+    resume_floor INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS trials_by_state ON trials(state, seq);
 CREATE TABLE IF NOT EXISTS sweep_trials (
@@ -254,15 +255,22 @@ impl Store {
                     [SCHEMA_VERSION.to_string()],
                 )?;
             }
-            Some("1") => {
+            Some(v @ ("1" | "2")) => {
                 // v1 -> v2: evaluation columns on results (the new tables came with SCHEMA).
-                conn.execute_batch(
-                    "BEGIN;
-                     ALTER TABLE results ADD COLUMN eval_error TEXT NOT NULL DEFAULT '';
-                     ALTER TABLE results ADD COLUMN eval_seconds REAL NOT NULL DEFAULT 0;
-                     UPDATE meta SET value = '2' WHERE key = 'schema_version';
+                // v2 -> v3: attempts before a resume no longer count against max_attempts.
+                let mut steps = String::from("BEGIN;");
+                if v == "1" {
+                    steps.push_str(
+                        "ALTER TABLE results ADD COLUMN eval_error TEXT NOT NULL DEFAULT '';
+                         ALTER TABLE results ADD COLUMN eval_seconds REAL NOT NULL DEFAULT 0;",
+                    );
+                }
+                steps.push_str(
+                    "ALTER TABLE trials ADD COLUMN resume_floor INTEGER NOT NULL DEFAULT 0;
+                     UPDATE meta SET value = '3' WHERE key = 'schema_version';
                      COMMIT;",
-                )?;
+                );
+                conn.execute_batch(&steps)?;
             }
             Some(v) if v == SCHEMA_VERSION.to_string() => {}
             Some(v) => {
@@ -317,7 +325,7 @@ impl Store {
             if existing != wanted {
                 return Err(Error::AlreadyExists(format!(
                     "sweep {sweep} already exists with {} trials and this spec expands to {} different ones; \
-                     give the sweep another name",
+                     to add seeds or grid values use `convsweep extend`, otherwise give the sweep another name",
                     existing.len(),
                     wanted.len()
                 )));
@@ -524,7 +532,8 @@ impl Store {
     /// Counts the attempts of a trial that count against `max_attempts`.
     fn failed_attempts(tx: &Connection, trial_id: &str) -> Result<u32> {
         Ok(tx.query_row(
-            "SELECT COUNT(*) FROM attempts WHERE trial_id = ?1 AND outcome IN ('expired', 'failed')",
+            "SELECT COUNT(*) FROM attempts a JOIN trials t ON t.id = a.trial_id \
+             WHERE a.trial_id = ?1 AND a.outcome IN ('expired', 'failed') AND a.attempt > t.resume_floor",
             [trial_id],
             |r| r.get(0),
         )?)
@@ -578,7 +587,8 @@ impl Store {
         }
         let reasons: Vec<String> = {
             let mut stmt = tx.prepare(
-                "SELECT attempt, outcome, COALESCE(reason, '') FROM attempts WHERE trial_id = ?1 AND outcome IN ('expired', 'failed') ORDER BY attempt",
+                "SELECT a.attempt, a.outcome, COALESCE(a.reason, '') FROM attempts a JOIN trials t ON t.id = a.trial_id \
+                 WHERE a.trial_id = ?1 AND a.outcome IN ('expired', 'failed') AND a.attempt > t.resume_floor ORDER BY a.attempt",
             )?;
             stmt.query_map([trial_id], |r| {
                 let (a, o, why): (u32, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
@@ -724,6 +734,149 @@ impl Store {
         }
         tx.commit()?;
         Ok(touched)
+    }
+
+    /// Adds the trials of a grown spec to an existing sweep; existing trials are untouched.
+    pub fn extend_sweep(
+        &mut self,
+        sweep: &SweepId,
+        spec_toml: &str,
+        trials: &[TrialSpec],
+        now: i64,
+    ) -> Result<Submitted> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists = tx
+            .query_row("SELECT 1 FROM sweeps WHERE id = ?1", [sweep.as_str()], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !exists {
+            return Err(Error::NotFound(format!(
+                "no sweep named {sweep:?} to extend; submit it first"
+            )));
+        }
+        tx.execute(
+            "UPDATE sweeps SET spec_toml = ?2 WHERE id = ?1",
+            params![sweep.as_str(), spec_toml],
+        )?;
+        let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM trials", [], |r| r.get(0))?;
+        let mut position: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(position), -1) FROM sweep_trials WHERE sweep_id = ?1",
+            [sweep.as_str()],
+            |r| r.get(0),
+        )?;
+        let mut linked = 0;
+        {
+            let mut insert_trial = tx.prepare(
+                "INSERT OR IGNORE INTO trials (id, seq, spec_json, state, created_ms) VALUES (?1, ?2, ?3, 'pending', ?4)",
+            )?;
+            let mut link =
+                tx.prepare("INSERT OR IGNORE INTO sweep_trials (sweep_id, trial_id, position) VALUES (?1, ?2, ?3)")?;
+            for trial in trials {
+                let id = trial.id();
+                seq += 1;
+                insert_trial.execute(params![id.as_str(), seq, trial.canonical_json(), now])?;
+                let added = link.execute(params![sweep.as_str(), id.as_str(), position + 1])?;
+                if added > 0 {
+                    position += 1;
+                    linked += 1;
+                }
+            }
+        }
+        let total: u32 = tx.query_row(
+            "SELECT COUNT(*) FROM sweep_trials WHERE sweep_id = ?1",
+            [sweep.as_str()],
+            |r| r.get(0),
+        )?;
+        tx.commit()?;
+        Ok(Submitted {
+            trials: total,
+            new_trials: linked,
+        })
+    }
+
+    /// Cancels the unfinished trials of `sweep` (only `trial_ids` when given). Returns how
+    /// many were cancelled. A trial shared with another sweep is cancelled there too.
+    pub fn cancel(&mut self, sweep: &str, trial_ids: &[String], now: i64) -> Result<u32> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Self::require_sweep(&tx, sweep)?;
+        let targets: Vec<(String, String, u32)> = {
+            let mut stmt = tx.prepare(
+                "SELECT t.id, t.state, t.attempt FROM sweep_trials s JOIN trials t ON t.id = s.trial_id \
+                 WHERE s.sweep_id = ?1 AND t.state IN ('pending', 'leased', 'running', 'preempted')",
+            )?;
+            stmt.query_map([sweep], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        for id in trial_ids {
+            let member = tx
+                .query_row(
+                    "SELECT 1 FROM sweep_trials WHERE sweep_id = ?1 AND trial_id = ?2",
+                    params![sweep, id],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !member {
+                return Err(Error::NotFound(format!("trial {id} is not part of sweep {sweep}")));
+            }
+        }
+        let mut n = 0;
+        for (id, state, attempt) in targets {
+            if !trial_ids.is_empty() && !trial_ids.contains(&id) {
+                continue;
+            }
+            if state == "leased" || state == "running" {
+                tx.execute(
+                    "UPDATE attempts SET ended_ms = ?3, outcome = 'cancelled', reason = 'cancelled by a user' \
+                     WHERE trial_id = ?1 AND attempt = ?2",
+                    params![id, attempt, now],
+                )?;
+            }
+            tx.execute(
+                "UPDATE trials SET state = 'cancelled', lease_token = NULL, lease_deadline_ms = NULL, \
+                 reason = 'cancelled by a user', finished_ms = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
+            n += 1;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Puts the failed and cancelled trials of `sweep` back in the queue with a fresh set of
+    /// attempts. Returns how many.
+    pub fn resume(&mut self, sweep: &str) -> Result<u32> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Self::require_sweep(&tx, sweep)?;
+        let n = tx.execute(
+            "UPDATE trials SET state = 'pending', reason = NULL, finished_ms = NULL, resume_floor = attempt \
+             WHERE state IN ('failed', 'cancelled') AND id IN (SELECT trial_id FROM sweep_trials WHERE sweep_id = ?1)",
+            [sweep],
+        )?;
+        tx.commit()?;
+        Ok(n as u32)
+    }
+
+    /// After a coordinator restart: every active lease gets at least `lease_timeout` from now,
+    /// so that the time the coordinator was away does not count against its workers.
+    pub fn grant_restart_grace(&mut self, now: i64) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE trials SET lease_deadline_ms = MAX(COALESCE(lease_deadline_ms, 0), ?1) \
+             WHERE state IN ('leased', 'running')",
+            [now + self.policy.lease_timeout_ms],
+        )?)
+    }
+
+    fn require_sweep(tx: &Connection, sweep: &str) -> Result<()> {
+        let exists = tx
+            .query_row("SELECT 1 FROM sweeps WHERE id = ?1", [sweep], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if exists {
+            Ok(())
+        } else {
+            Err(Error::NotFound(format!("no sweep named {sweep:?}")))
+        }
     }
 
     /// The ids of every sweep, oldest first.

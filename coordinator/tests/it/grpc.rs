@@ -337,6 +337,7 @@ fn a_version_1_state_folder_is_migrated() {
     conn.execute_batch(
         "DROP TABLE robustness; DROP TABLE filters;
          ALTER TABLE results DROP COLUMN eval_error; ALTER TABLE results DROP COLUMN eval_seconds;
+         ALTER TABLE trials DROP COLUMN resume_floor;
          UPDATE meta SET value = '1' WHERE key = 'schema_version';",
     )
     .unwrap();
@@ -348,6 +349,7 @@ fn a_version_1_state_folder_is_migrated() {
     let version: String = conn
         .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, "2");
+    assert_eq!(version, "3");
     conn.prepare("SELECT eval_error, eval_seconds FROM results").unwrap();
+    conn.prepare("SELECT resume_floor FROM trials").unwrap();
 }

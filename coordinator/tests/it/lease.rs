@@ -167,3 +167,52 @@ async fn preempted_trials_are_leased_again() {
     let again = lease_one(&c, &w).await;
     assert_eq!((again.trial_id.as_str(), again.attempt), (a.trial_id.as_str(), 2));
 }
+
+#[tokio::test]
+async fn extending_a_sweep_creates_only_the_new_trials() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::open(config(dir.path())).unwrap();
+    let (_, first) = c.submit(SPEC).unwrap();
+    assert_eq!((first.trials, first.new_trials), (4, 4));
+    let grown = SPEC.replace("kernel_size = [3, 5]", "kernel_size = [3, 5, 7]");
+    let err = c.submit(&grown).unwrap_err().to_string();
+    assert!(err.contains("convsweep extend"), "{err}");
+    let (_, extended) = c.extend(&grown).unwrap();
+    assert_eq!((extended.trials, extended.new_trials), (6, 2));
+    let (_, again) = c.extend(&grown).unwrap();
+    assert_eq!((again.trials, again.new_trials), (6, 0));
+    // More seeds.
+    let seeds = grown.replace("name = \"small\"", "name = \"small\"\nseeds = 2");
+    assert_eq!(c.extend(&seeds).unwrap().1.new_trials, 6);
+    let other = SPEC.replace("name = \"small\"", "name = \"other\"");
+    assert!(matches!(
+        c.extend(&other),
+        Err(convsweep_coordinator::Error::NotFound(_))
+    ));
+    assert_eq!(counts(&c.status("small").unwrap()).pending, 12);
+}
+
+#[tokio::test]
+async fn leases_survive_the_time_a_coordinator_was_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::open(config(dir.path())).unwrap();
+    c.submit(SPEC).unwrap();
+    let w = register(&c);
+    let lease = lease_one(&c, &w).await;
+    drop(c);
+    // The coordinator was down longer than the lease timeout (2 s): the deadline has passed.
+    let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+    conn.execute(
+        "UPDATE trials SET lease_deadline_ms = lease_deadline_ms - 60000 WHERE state = 'leased'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let c = Coordinator::open(config(dir.path())).unwrap();
+    assert_eq!(
+        c.expire_once().unwrap(),
+        0,
+        "the restart grants the lease a fresh timeout"
+    );
+    assert_eq!(heartbeat(&c, &w, &lease), pb::LeaseDirective::Continue);
+}
