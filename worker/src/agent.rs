@@ -226,6 +226,17 @@ pub async fn run(
     let interval = Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(100)));
     let heartbeat = tokio::spawn(heartbeat_loop(shared.clone(), interval, heartbeat_stop.clone()));
 
+    // The grace period starts with the shutdown signal; when it ends, pending reports (and a
+    // lease call still in flight) are abandoned.
+    let grace_timer = tokio::spawn({
+        let (shutdown, hard_stop, grace) = (shutdown.clone(), shared.hard_stop.clone(), config.grace);
+        async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+            hard_stop.cancel();
+        }
+    });
+
     lease_loop(&shared, &trainer, &tracker).await;
 
     tracker.close();
@@ -235,10 +246,12 @@ pub async fn run(
             "shutting down: preempting running trials"
         );
         shared.signal_all(Signal::Preempt);
-        if tokio::time::timeout(config.grace, tracker.wait()).await.is_err() {
-            warn!(grace = ?config.grace, "grace period over; abandoning unfinished reports");
-            shared.hard_stop.cancel();
-            tracker.wait().await;
+        tokio::select! {
+            () = tracker.wait() => {}
+            () = shared.hard_stop.cancelled() => {
+                warn!(grace = ?config.grace, "grace period over; abandoning unfinished reports");
+                tracker.wait().await;
+            }
         }
     } else {
         info!("coordinator asked to drain; finishing running trials");
@@ -246,6 +259,7 @@ pub async fn run(
     }
     heartbeat_stop.cancel();
     let _ = heartbeat.await;
+    grace_timer.abort();
     info!("worker stopped");
     Ok(())
 }
@@ -270,7 +284,9 @@ async fn lease_loop(shared: &Arc<Shared>, trainer: &Arc<dyn Trainer>, tracker: &
             max_trials: permits.len() as u32,
             wait_ms: config.lease_wait.as_millis() as u32,
         };
-        let response = match retry("lease", &shared.shutdown, config.max_backoff, || {
+        // A lease call in flight when the shutdown comes is allowed to finish (within the grace
+        // period): the coordinator may already have committed its leases.
+        let response = match retry("lease", &shared.hard_stop, config.max_backoff, || {
             let (mut c, r) = (shared.client.clone(), request.clone());
             async move { c.lease(r).await }
         })
@@ -286,6 +302,19 @@ async fn lease_loop(shared: &Arc<Shared>, trainer: &Arc<dyn Trainer>, tracker: &
         };
         if response.drain {
             shared.drain.store(true, Ordering::SeqCst);
+        }
+        if shared.shutdown.is_cancelled() {
+            // Leased while shutting down: hand them back at once rather than let them expire.
+            for wire in response.leases {
+                let shared = shared.clone();
+                tracker.spawn(async move {
+                    let outcome = Outcome::Preempted {
+                        reason: "worker shutting down; not started".into(),
+                    };
+                    let _ = complete(&shared, &wire.trial_id, &wire.lease_token, outcome).await;
+                });
+            }
+            return;
         }
         for wire in response.leases {
             let permit = permits.pop().expect("never more leases than asked for");
@@ -308,7 +337,7 @@ async fn lease_loop(shared: &Arc<Shared>, trainer: &Arc<dyn Trainer>, tracker: &
                     };
                     let shared = shared.clone();
                     tracker.spawn(async move {
-                        complete(&shared, &trial_id, &token, outcome).await;
+                        let _ = complete(&shared, &trial_id, &token, outcome).await;
                         drop(permit);
                     });
                 }
@@ -372,6 +401,7 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
     }
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let thread_name = format!("trial-{trial_id}");
+    let (trainer_for_ack, lease_for_ack) = (trainer.clone(), lease.clone());
     let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
         let end = run_guarded(trainer.as_ref(), &lease, &ctl);
         drop(ctl);
@@ -418,7 +448,9 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
         }
     };
     if let TrainEnd::Finished(outcome) = end {
-        complete(&shared, &trial_id, &token, outcome).await;
+        if complete(&shared, &trial_id, &token, outcome.clone()).await {
+            trainer_for_ack.acknowledged(&lease_for_ack, &outcome);
+        }
     } else {
         info!(trial = %trial_id, "trial stopped without a report");
     }
@@ -452,7 +484,8 @@ async fn report_epochs(shared: &Shared, trial_id: &str, token: &str, epochs: Vec
     }
 }
 
-async fn complete(shared: &Shared, trial_id: &str, token: &str, outcome: Outcome) {
+/// Reports `outcome`; true when the coordinator acknowledged it (now or before).
+async fn complete(shared: &Shared, trial_id: &str, token: &str, outcome: Outcome) -> bool {
     let kind = match &outcome {
         Outcome::Succeeded(_) => "succeeded",
         Outcome::Failed { .. } => "failed",
@@ -473,12 +506,17 @@ async fn complete(shared: &Shared, trial_id: &str, token: &str, outcome: Outcome
     })
     .await
     {
-        Some(Ok(_)) => info!(trial = %trial_id, outcome = kind, "reported"),
+        Some(Ok(_)) => {
+            info!(trial = %trial_id, outcome = kind, "reported");
+            true
+        }
         None => {
-            warn!(trial = %trial_id, outcome = kind, "gave up reporting at shutdown; the lease will expire and the trial run again")
+            warn!(trial = %trial_id, outcome = kind, "gave up reporting at shutdown; the lease will expire and the trial run again");
+            false
         }
         Some(Err(status)) => {
-            warn!(trial = %trial_id, code = ?status.code(), message = status.message(), "completion refused")
+            warn!(trial = %trial_id, code = ?status.code(), message = status.message(), "completion refused");
+            false
         }
     }
 }

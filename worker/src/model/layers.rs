@@ -46,6 +46,8 @@ pub struct Builder<'a> {
     pub cost: Cost,
     /// Every spatial layer built so far.
     pub spatial_layers: Vec<SpatialLayer>,
+    /// Random draws the model makes in training (dropout), shared with the [`super::Net`].
+    pub draws: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A conv. Its weight is frozen (not in the optimiser, no gradient) when the trial freezes
@@ -200,6 +202,7 @@ impl<'a> Builder<'a> {
             count_only: false,
             cost: Cost::default(),
             spatial_layers: Vec::new(),
+            draws: Default::default(),
         }
     }
 

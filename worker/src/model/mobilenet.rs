@@ -7,7 +7,8 @@
 //! the input when shapes allow. Then a 1x1 conv to 1280 channels, global pooling, dropout 0.2,
 //! linear head. Parameter paths are torchvision's (`features.N...`, `classifier.1`).
 
-use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use convsweep_proto::spec::Stem;
 use tch::Tensor;
@@ -15,7 +16,7 @@ use tch::nn::{self, Module, ModuleT};
 
 use super::init::with_torch_seed;
 use super::layers::{Builder, Conv2d, ConvShape, Spatial};
-use crate::rng::Rng;
+use crate::rng::derive_seed;
 
 const SETTINGS: [(i64, i64, i64, i64); 7] = [
     (1, 16, 1, 1),
@@ -62,8 +63,10 @@ pub struct MobileNetV2 {
     last: Conv2d,
     last_bn: nn::BatchNorm,
     classifier: nn::Linear,
-    /// Seeds of the dropout masks, so that dropout is reproducible per trial.
-    dropout_rng: RefCell<Rng>,
+    /// Dropout masks are drawn from (seed, number of draws so far): reproducible per trial and
+    /// resumable from a checkpoint.
+    seed: u64,
+    draws: Arc<AtomicU64>,
 }
 
 impl MobileNetV2 {
@@ -129,7 +132,8 @@ impl MobileNetV2 {
             last,
             last_bn,
             classifier,
-            dropout_rng: RefCell::new(Rng::new(crate::rng::derive_seed(seed, "dropout"))),
+            seed,
+            draws: b.draws.clone(),
         }
     }
 }
@@ -143,7 +147,8 @@ impl ModuleT for MobileNetV2 {
         ys = relu6(&self.last.forward(&ys).apply_t(&self.last_bn, train));
         ys = ys.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
         if train {
-            let seed = self.dropout_rng.borrow_mut().next_u64();
+            let n = self.draws.fetch_add(1, Ordering::Relaxed);
+            let seed = derive_seed(self.seed, &format!("dropout/{n}"));
             ys = with_torch_seed(seed, || ys.dropout(0.2, true));
         }
         ys.apply(&self.classifier)

@@ -38,6 +38,7 @@ pub struct Net {
     pub cost: Cost,
     /// The spatial layers, for filter statistics.
     pub spatial: Vec<layers::SpatialLayer>,
+    draws: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Net {
@@ -62,11 +63,22 @@ impl Net {
         Net {
             cost: builder.cost,
             spatial: std::mem::take(&mut builder.spatial_layers),
+            draws: builder.draws.clone(),
             mean: stat(mean),
             std: stat(std),
             vs,
             body,
         }
+    }
+
+    /// Random draws the model has made (dropout masks), for checkpoints.
+    pub fn draws(&self) -> u64 {
+        self.draws.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Continues the model's random draws from `n` (a checkpoint's [`Net::draws`]).
+    pub fn set_draws(&self, n: u64) {
+        self.draws.store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Logits for `[0, 1]` images `[N, C, H, W]`.

@@ -2,7 +2,9 @@
 //! the trial; it talks to the async agent only through a [`TrialControl`]: epoch metrics go
 //! out, stop signals come in.
 
+pub mod checkpoint;
 pub mod schedule;
+pub mod sgd;
 mod train;
 
 use std::panic::AssertUnwindSafe;
@@ -15,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::data::DataCache;
 
+pub use checkpoint::{Checkpoint, CheckpointStore};
 pub use train::{TrainError, TrialRun, evaluate, optimizer, train_step, train_trial};
 
 /// What the agent asks of a running trial.
@@ -88,6 +91,11 @@ pub trait Trainer: Send + Sync + 'static {
     fn devices(&self) -> Vec<String>;
     /// Trains one trial to its end.
     fn run(&self, lease: &Lease, ctl: &TrialControl) -> TrainEnd;
+    /// The coordinator acknowledged `outcome` for `lease`: state kept for a retry (checkpoints)
+    /// can go when the trial will not run again.
+    fn acknowledged(&self, lease: &Lease, outcome: &Outcome) {
+        let _ = (lease, outcome);
+    }
 }
 
 /// Runs `trainer` on `lease`, turning a panic into a failed trial rather than a dead worker.
@@ -110,14 +118,16 @@ pub fn run_guarded(trainer: &dyn Trainer, lease: &Lease, ctl: &TrialControl) -> 
 pub struct TchTrainer {
     device: Device,
     data: DataCache,
+    checkpoints: Option<checkpoint::CheckpointStore>,
 }
 
 impl TchTrainer {
-    /// A trainer on `device`.
-    pub fn new(device: Device) -> TchTrainer {
+    /// A trainer on `device`, checkpointing into `checkpoints` when given.
+    pub fn new(device: Device, checkpoints: Option<checkpoint::CheckpointStore>) -> TchTrainer {
         TchTrainer {
             device,
             data: DataCache::default(),
+            checkpoints,
         }
     }
 
@@ -148,12 +158,23 @@ impl Trainer for TchTrainer {
         let span = tracing::info_span!("trial", trial = %lease.trial_id, attempt = lease.attempt);
         let _entered = span.enter();
         tracing::info!(spec = %lease.spec.label(), device = %describe_device(self.device), "training");
-        let end = match train_trial(&lease.spec, self.device, &data, ctl) {
+        let checkpoints = self.checkpoints.as_ref().map(|c| (c, lease.trial_id.as_str()));
+        let end = match train_trial(&lease.spec, self.device, &data, ctl, checkpoints) {
             Ok(result) => TrainEnd::Finished(Outcome::Succeeded(result)),
             Err(TrainError::Stopped) => TrainEnd::Stopped,
             Err(e) => TrainEnd::Finished(e.into_outcome()),
         };
         crate::device::release_free_memory();
         end
+    }
+
+    fn acknowledged(&self, lease: &Lease, outcome: &Outcome) {
+        let done = match outcome {
+            Outcome::Succeeded(_) | Outcome::Failed { retryable: false, .. } => true,
+            Outcome::Failed { retryable: true, .. } | Outcome::Preempted { .. } => false,
+        };
+        if done && let Some(store) = &self.checkpoints {
+            store.remove(lease.trial_id.as_str());
+        }
     }
 }

@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use convsweep_proto::spec::TrialSpec;
 use convsweep_proto::{Outcome, pb};
-use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Reduction, Tensor};
 
+use super::checkpoint::{Checkpoint, CheckpointStore};
 use super::schedule::lr_at;
+use super::sgd::Sgd;
 use super::{Signal, TrialControl};
 use crate::data::{Dataset, augment};
 use crate::model::{InputShape, Net};
@@ -103,14 +104,8 @@ pub fn evaluate(net: &Net, images: &Tensor, labels: &Tensor, label_smoothing: f6
 }
 
 /// One optimisation step on a batch: forward in train mode, label-smoothed cross-entropy,
-/// backward, SGD step. Returns the loss and the logits (both detached from the graph's use).
-pub fn train_step(
-    net: &Net,
-    opt: &mut nn::Optimizer,
-    x: &Tensor,
-    y: &Tensor,
-    label_smoothing: f64,
-) -> (Tensor, Tensor) {
+/// backward to the trainable parameters, SGD step. Returns the loss and the logits.
+pub fn train_step(net: &Net, opt: &mut Sgd, x: &Tensor, y: &Tensor, label_smoothing: f64) -> (Tensor, Tensor) {
     let logits = net.forward_t(x, true);
     let loss = logits.cross_entropy_loss(y, None::<Tensor>, Reduction::Mean, -100, label_smoothing);
     opt.backward_step(&loss);
@@ -118,34 +113,50 @@ pub fn train_step(
 }
 
 /// An SGD optimiser over the trainable variables of `net` with the recipe's settings.
-pub fn optimizer(net: &Net, t: &convsweep_proto::spec::TrainSpec) -> Result<nn::Optimizer, TrainError> {
-    nn::Sgd {
-        momentum: t.momentum,
-        dampening: 0.0,
-        wd: t.weight_decay,
-        nesterov: t.nesterov,
-    }
-    .build(&net.vs, t.lr)
-    .map_err(|e| TrainError::Internal(format!("optimiser: {e}")))
+pub fn optimizer(net: &Net, t: &convsweep_proto::spec::TrainSpec) -> Sgd {
+    let trainable: Vec<Tensor> = net.vs.trainable_variables();
+    let mut named: Vec<(String, Tensor)> = net
+        .vs
+        .variables()
+        .into_iter()
+        .filter(|(_, v)| trainable.iter().any(|t| t.data_ptr() == v.data_ptr()))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Sgd::new(named, t)
+}
+
+/// An epoch in progress: its data order and what the finished batches added up to.
+struct Cursor {
+    order: Tensor,
+    next_batch: i64,
+    loss_sum: Tensor,
+    correct: Tensor,
+    /// Seconds this epoch ran before the current session.
+    seconds: f64,
 }
 
 /// One trial in progress: the model, its optimiser and where the schedule and the data order
-/// stand. [`TrialRun::train_epoch`] advances it by one epoch.
+/// stand. [`TrialRun::train_epoch`] advances it by one epoch; [`TrialRun::checkpoint`] and
+/// [`TrialRun::restore`] capture and reinstate all of it, mid-epoch included, so that a resumed
+/// trial computes exactly what an uninterrupted one would have.
 pub struct TrialRun<'a> {
     spec: &'a TrialSpec,
     data: &'a Dataset,
     /// The model being trained.
     pub net: Net,
-    opt: nn::Optimizer,
+    opt: Sgd,
     rng: Rng,
     step: u64,
     epoch: u32,
     batch: i64,
     batches_per_epoch: i64,
     used_per_epoch: i64,
+    cursor: Option<Cursor>,
     best: (f64, u32),
     last: pb::EpochMetrics,
+    history: Vec<pb::EpochMetrics>,
     started: Instant,
+    seconds_before: f64,
     init_filters: Vec<pb::FilterStats>,
     final_filters: Vec<pb::FilterStats>,
     robustness: Vec<pb::RobustnessResult>,
@@ -165,7 +176,7 @@ impl<'a> TrialRun<'a> {
         crate::device::reset_peak(device);
         let net = Net::new(&spec.model, input, spec.seed, device, &data.mean, &data.std);
         let t = &spec.train;
-        let opt = optimizer(&net, t)?;
+        let opt = optimizer(&net, t);
         let mut eval_errors = Vec::new();
         let init_filters = if spec.eval.filters {
             crate::eval::filter_stats(&net, "init").unwrap_or_else(|e| {
@@ -193,9 +204,12 @@ impl<'a> TrialRun<'a> {
             batch,
             batches_per_epoch: if drop_last { n / batch } else { (n + batch - 1) / batch },
             used_per_epoch: if drop_last { n - 1 } else { n },
+            cursor: None,
             best: (f64::NEG_INFINITY, 0),
             last: pb::EpochMetrics::default(),
+            history: Vec::new(),
             started: Instant::now(),
+            seconds_before: 0.0,
             init_filters,
             final_filters: Vec::new(),
             robustness: Vec::new(),
@@ -209,47 +223,60 @@ impl<'a> TrialRun<'a> {
         self.epoch
     }
 
-    /// Trains one epoch, evaluates, and returns the epoch's metrics. Checks `ctl` between
-    /// batches.
+    /// Trains one epoch (or the rest of an interrupted one), evaluates, and returns the epoch's
+    /// metrics. Checks `ctl` between batches; on a preemption request it stops with the epoch's
+    /// progress kept, ready for [`TrialRun::checkpoint`].
     pub fn train_epoch(&mut self, ctl: &TrialControl) -> Result<pb::EpochMetrics, TrainError> {
         let t = &self.spec.train;
         let device = self.net.vs.device();
-        let epoch_start = Instant::now();
+        let session = Instant::now();
         let epoch = self.epoch + 1;
         let total_steps = u64::from(t.epochs) * self.batches_per_epoch as u64;
         let n = self.data.train.len();
-        let order = Tensor::from_slice(&self.rng.permutation(n as usize)).to_device(device);
-        let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
-        let mut correct = Tensor::zeros([], (Kind::Int64, device));
-        let mut lr = t.lr;
-        for b in 0..self.batches_per_epoch {
+        if self.cursor.is_none() {
+            self.cursor = Some(Cursor {
+                order: Tensor::from_slice(&self.rng.permutation(n as usize)).to_device(device),
+                next_batch: 0,
+                loss_sum: Tensor::zeros([], (Kind::Double, device)),
+                correct: Tensor::zeros([], (Kind::Int64, device)),
+                seconds: 0.0,
+            });
+        }
+        let cursor = self.cursor.as_mut().expect("set above");
+        let mut lr = lr_at(t.schedule, t.lr, self.step.saturating_sub(1), total_steps);
+        for b in cursor.next_batch..self.batches_per_epoch {
             match ctl.signal() {
                 Signal::Run => {}
                 Signal::Stop => return Err(TrainError::Stopped),
-                Signal::Preempt => return Err(TrainError::Preempted(self.epoch)),
+                Signal::Preempt => {
+                    cursor.seconds += session.elapsed().as_secs_f64();
+                    return Err(TrainError::Preempted(self.epoch));
+                }
             }
             let start = b * self.batch;
             let len = self.batch.min(n - start);
-            let idx = order.narrow(0, start, len);
+            let idx = cursor.order.narrow(0, start, len);
             let x = augment(&self.data.train.images.index_select(0, &idx), t.augment, &mut self.rng);
             let y = self.data.train.labels.index_select(0, &idx);
             lr = lr_at(t.schedule, t.lr, self.step, total_steps);
             self.opt.set_lr(lr);
             let (loss, logits) = train_step(&self.net, &mut self.opt, &x, &y, t.label_smoothing);
             tch::no_grad(|| {
-                loss_sum += loss.to_kind(Kind::Double) * len as f64;
-                correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
+                cursor.loss_sum += loss.to_kind(Kind::Double) * len as f64;
+                cursor.correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
             });
             self.step += 1;
+            cursor.next_batch = b + 1;
         }
-        let train_loss = loss_sum.double_value(&[]) / self.used_per_epoch as f64;
+        let cursor = self.cursor.take().expect("set above");
+        let train_loss = cursor.loss_sum.double_value(&[]) / self.used_per_epoch as f64;
         if !train_loss.is_finite() {
             return Err(TrainError::NonFinite {
                 epoch,
                 loss: train_loss,
             });
         }
-        let train_acc = correct.int64_value(&[]) as f64 / self.used_per_epoch as f64;
+        let train_acc = cursor.correct.int64_value(&[]) as f64 / self.used_per_epoch as f64;
         let (test_loss, test_acc) = evaluate(
             &self.net,
             &self.data.test.images,
@@ -263,7 +290,7 @@ impl<'a> TrialRun<'a> {
             train_acc,
             test_loss,
             test_acc,
-            seconds: epoch_start.elapsed().as_secs_f64(),
+            seconds: cursor.seconds + session.elapsed().as_secs_f64(),
         };
         tracing::info!(
             epoch,
@@ -280,7 +307,124 @@ impl<'a> TrialRun<'a> {
         }
         self.epoch = epoch;
         self.last = metrics;
+        self.history.push(metrics);
         Ok(metrics)
+    }
+
+    /// Metrics of every finished epoch (restored ones included).
+    pub fn history(&self) -> &[pb::EpochMetrics] {
+        &self.history
+    }
+
+    /// Everything needed to continue this run later, mid-epoch included.
+    pub fn checkpoint(&self) -> Checkpoint {
+        tch::no_grad(|| {
+            let mut tensors: Vec<(String, Tensor)> = self
+                .net
+                .vs
+                .variables()
+                .into_iter()
+                .map(|(name, t)| (format!("var/{name}"), t.to_device(Device::Cpu)))
+                .collect();
+            tensors.extend(
+                self.opt
+                    .state()
+                    .into_iter()
+                    .map(|(name, t)| (format!("momentum/{name}"), t.to_device(Device::Cpu))),
+            );
+            let cursor = self.cursor.as_ref().map(|c| {
+                tensors.push(("cursor/order".into(), c.order.to_device(Device::Cpu)));
+                pb::EpochCursor {
+                    next_batch: c.next_batch,
+                    loss_sum: c.loss_sum.double_value(&[]),
+                    correct: c.correct.int64_value(&[]),
+                    seconds: c.seconds,
+                }
+            });
+            Checkpoint {
+                state: pb::CheckpointState {
+                    trial_id: String::new(),
+                    generation: 0,
+                    epoch: self.epoch,
+                    step: self.step,
+                    rng: self.rng.state().to_vec(),
+                    best_test_acc: self.best.0.max(0.0),
+                    best_epoch: self.best.1,
+                    last: Some(self.last),
+                    init_filters: self.init_filters.clone(),
+                    cursor,
+                    model_draws: self.net.draws(),
+                    seconds: self.seconds_before + self.started.elapsed().as_secs_f64(),
+                    history: self.history.clone(),
+                },
+                tensors,
+            }
+        })
+    }
+
+    /// Continues from `ck` (taken by [`TrialRun::checkpoint`] of the same spec). On an error
+    /// nothing is half-restored that matters: the caller starts the trial afresh.
+    pub fn restore(&mut self, ck: Checkpoint) -> Result<(), String> {
+        let state = ck.state;
+        let rng: [u64; 4] = state
+            .rng
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("checkpoint rng state has {} words, not 4", state.rng.len()))?;
+        let mut tensors: std::collections::HashMap<String, Tensor> = ck.tensors.into_iter().collect();
+        let device = self.net.vs.device();
+        let vars = self.net.vs.variables();
+        tch::no_grad(|| -> Result<(), String> {
+            for (name, var) in &vars {
+                let saved = tensors
+                    .remove(&format!("var/{name}"))
+                    .ok_or_else(|| format!("checkpoint lacks variable {name}"))?;
+                if saved.size() != var.size() {
+                    return Err(format!(
+                        "variable {name}: checkpoint shape {:?}, model {:?}",
+                        saved.size(),
+                        var.size()
+                    ));
+                }
+                var.shallow_clone().copy_(&saved);
+            }
+            Ok(())
+        })?;
+        let momentum: Vec<(String, Tensor)> = tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("momentum/").map(|n| (n.to_owned(), v.shallow_clone())))
+            .collect();
+        self.opt.load_state(momentum)?;
+        self.cursor = match state.cursor {
+            None => None,
+            Some(c) => {
+                let order = tensors
+                    .remove("cursor/order")
+                    .ok_or("checkpoint has a cursor but no order")?;
+                Some(Cursor {
+                    order: order.to_device(device),
+                    next_batch: c.next_batch,
+                    loss_sum: Tensor::from(c.loss_sum).to_device(device),
+                    correct: Tensor::from(c.correct).to_device(device),
+                    seconds: c.seconds,
+                })
+            }
+        };
+        self.rng = Rng::from_state(rng);
+        self.epoch = state.epoch;
+        self.step = state.step;
+        self.best = if state.best_epoch == 0 {
+            (f64::NEG_INFINITY, 0)
+        } else {
+            (state.best_test_acc, state.best_epoch)
+        };
+        self.last = state.last.unwrap_or_default();
+        self.history = state.history;
+        self.init_filters = state.init_filters;
+        self.net.set_draws(state.model_draws);
+        self.seconds_before = state.seconds;
+        self.started = Instant::now();
+        Ok(())
     }
 
     /// Runs the spec's evaluations on the trained model (robustness, final filter statistics).
@@ -329,7 +473,7 @@ impl<'a> TrialRun<'a> {
             params_total: self.net.cost.params_total,
             params_learnable: self.net.cost.params_learnable,
             flops_per_image: self.net.cost.macs_per_image,
-            wall_seconds: self.started.elapsed().as_secs_f64(),
+            wall_seconds: self.seconds_before + self.started.elapsed().as_secs_f64(),
             peak_memory_bytes: crate::device::peak_memory_bytes(self.net.vs.device()),
             device: super::describe_device(self.net.vs.device()),
             robustness: self.robustness.clone(),
@@ -341,18 +485,65 @@ impl<'a> TrialRun<'a> {
 }
 
 /// Trains `spec` on `data` to the end and returns its final metrics. Reports each epoch
-/// through `ctl` and stops between batches when `ctl` asks.
+/// through `ctl` and stops between batches when `ctl` asks. With `checkpoints`, resumes from the
+/// trial's latest checkpoint, writes one every few epochs and one when preempted.
 pub fn train_trial(
     spec: &TrialSpec,
     device: Device,
     data: &Dataset,
     ctl: &TrialControl,
+    checkpoints: Option<(&CheckpointStore, &str)>,
 ) -> Result<pb::TrialResult, TrainError> {
     let mut run = TrialRun::new(spec, device, data)?;
-    while run.epochs_done() < spec.train.epochs {
-        let metrics = run.train_epoch(ctl)?;
-        ctl.epoch(metrics);
+    if let Some((store, trial)) = checkpoints {
+        match store.load(trial) {
+            Ok(None) => {}
+            Ok(Some(ck)) => match run.restore(ck) {
+                Ok(()) => {
+                    tracing::info!(epoch = run.epochs_done(), "resumed from checkpoint");
+                    // The previous worker may have died before these reports went out.
+                    for m in run.history() {
+                        ctl.epoch(*m);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "checkpoint unusable; starting afresh");
+                    run = TrialRun::new(spec, device, data)?;
+                }
+            },
+            Err(e) => tracing::warn!(error = %e, "checkpoint unreadable; starting afresh"),
+        }
     }
-    run.evaluate(ctl)?;
-    Ok(run.result())
+    let save = |run: &TrialRun| {
+        if let Some((store, trial)) = checkpoints {
+            match store.save(trial, run.checkpoint()) {
+                Ok(()) => tracing::debug!(epoch = run.epochs_done(), "checkpoint written"),
+                Err(e) => tracing::warn!(error = %e, "checkpoint not written"),
+            }
+        }
+    };
+    let every = checkpoints.map_or(u32::MAX, |(s, _)| s.every());
+    while run.epochs_done() < spec.train.epochs {
+        match run.train_epoch(ctl) {
+            Ok(metrics) => {
+                ctl.epoch(metrics);
+                if run.epochs_done() % every == 0 || run.epochs_done() == spec.train.epochs {
+                    save(&run);
+                }
+            }
+            Err(TrainError::Preempted(epoch)) => {
+                save(&run);
+                return Err(TrainError::Preempted(epoch));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match run.evaluate(ctl) {
+        Ok(()) => Ok(run.result()),
+        Err(TrainError::Preempted(epoch)) => {
+            save(&run);
+            Err(TrainError::Preempted(epoch))
+        }
+        Err(e) => Err(e),
+    }
 }

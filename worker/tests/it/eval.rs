@@ -57,23 +57,13 @@ fn attacks_on_a_trained_model() {
     assert!(pgd <= fgsm[2], "pgd {pgd} vs fgsm {}", fgsm[2]);
     assert!(result.robustness.iter().all(|r| r.images == 200));
 
-    // Gradients were taken with respect to the input only.
-    for p in run.net.vs.trainable_variables() {
-        let g = p.grad();
-        assert!(!g.defined() || g.abs().sum(Kind::Double).double_value(&[]) >= 0.0);
-    }
-    let before: Vec<Tensor> = run
-        .net
-        .vs
-        .trainable_variables()
-        .iter()
-        .map(|p| p.grad().copy())
-        .collect();
+    // Gradients were taken with respect to the input only: training takes parameter gradients
+    // with run_backward, so .grad is never populated, and an attack must not populate it.
     let x = data.test.images.narrow(0, 0, 16).to_kind(Kind::Float) / 255.0;
     let y = data.test.labels.narrow(0, 0, 16);
     let _ = attacks::fgsm(&run.net, &x, &y, 8.0 / 255.0);
-    for (p, b) in run.net.vs.trainable_variables().iter().zip(before) {
-        assert!(p.grad().equal(&b), "an attack changed a parameter gradient");
+    for p in run.net.vs.trainable_variables() {
+        assert!(!p.grad().defined(), "an attack touched a parameter gradient");
     }
 }
 

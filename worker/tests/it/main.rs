@@ -1,7 +1,9 @@
 //! Integration tests of the worker crate (one binary): models, training.
 
+mod agent;
 mod common;
 mod data;
 mod eval;
 mod model;
+mod resume;
 mod training;

@@ -1,0 +1,112 @@
+//! Trial checkpoints on disk, keyed by trial id, so that a trial leased again (on this worker
+//! or any other that shares the folder) continues where it stopped.
+//!
+//! Per trial: `<trial>.state` (a `CheckpointState` protobuf: epoch, step, RNG, cursor, ...)
+//! and `<trial>.<generation>.ot` (model variables, momentum buffers, the interrupted epoch's
+//! data order). A save writes the new generation's tensors, then atomically renames the state
+//! that names them, then deletes the old generation: a crash at any point leaves a consistent
+//! pair.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use convsweep_proto::pb;
+use prost::Message;
+use tch::Tensor;
+
+/// A trial's state at one moment.
+pub struct Checkpoint {
+    /// Scalars.
+    pub state: pb::CheckpointState,
+    /// Named tensors (on the CPU).
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+/// The checkpoint folder and how often to write.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    dir: PathBuf,
+    every: u32,
+}
+
+impl CheckpointStore {
+    /// Checkpoints in `dir` (created when missing) every `every` epochs (at least 1).
+    pub fn new(dir: &Path, every: u32) -> std::io::Result<CheckpointStore> {
+        std::fs::create_dir_all(dir)?;
+        Ok(CheckpointStore {
+            dir: dir.to_owned(),
+            every: every.max(1),
+        })
+    }
+
+    /// Epochs between checkpoints.
+    pub fn every(&self) -> u32 {
+        self.every
+    }
+
+    fn state_path(&self, trial: &str) -> PathBuf {
+        self.dir.join(format!("{trial}.state"))
+    }
+
+    fn tensors_path(&self, trial: &str, generation: u64) -> PathBuf {
+        self.dir.join(format!("{trial}.{generation}.ot"))
+    }
+
+    fn read_state(&self, trial: &str) -> Result<Option<pb::CheckpointState>, String> {
+        let path = self.state_path(trial);
+        match std::fs::read(&path) {
+            Ok(bytes) => pb::CheckpointState::decode(&bytes[..])
+                .map(Some)
+                .map_err(|e| format!("{}: not a checkpoint state: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// The latest checkpoint of `trial`, if any.
+    pub fn load(&self, trial: &str) -> Result<Option<Checkpoint>, String> {
+        let Some(state) = self.read_state(trial)? else {
+            return Ok(None);
+        };
+        if state.trial_id != trial {
+            return Err(format!("checkpoint of {} found under {trial}", state.trial_id));
+        }
+        let path = self.tensors_path(trial, state.generation);
+        let tensors = Tensor::load_multi(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Some(Checkpoint { state, tensors }))
+    }
+
+    /// Writes `ck` as the latest checkpoint of `trial`.
+    pub fn save(&self, trial: &str, mut ck: Checkpoint) -> Result<(), String> {
+        let previous = self.read_state(trial).ok().flatten().map(|s| s.generation);
+        let generation = previous.map_or(1, |g| g + 1);
+        let tensors = self.tensors_path(trial, generation);
+        let named: Vec<(&str, &Tensor)> = ck.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let tmp = tensors.with_extension("ot.partial");
+        Tensor::save_multi(&named, &tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &tensors).map_err(|e| format!("{}: {e}", tensors.display()))?;
+        ck.state.trial_id = trial.to_owned();
+        ck.state.generation = generation;
+        let state_path = self.state_path(trial);
+        let tmp = state_path.with_extension("state.partial");
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&ck.state.encode_to_vec())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &state_path)
+        };
+        write().map_err(|e| format!("{}: {e}", state_path.display()))?;
+        if let Some(old) = previous {
+            let _ = std::fs::remove_file(self.tensors_path(trial, old));
+        }
+        Ok(())
+    }
+
+    /// Deletes every checkpoint file of `trial`.
+    pub fn remove(&self, trial: &str) {
+        if let Ok(Some(state)) = self.read_state(trial) {
+            let _ = std::fs::remove_file(self.tensors_path(trial, state.generation));
+        }
+        let _ = std::fs::remove_file(self.state_path(trial));
+    }
+}

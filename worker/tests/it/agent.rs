@@ -1,0 +1,309 @@
+//! The agent against a real coordinator over loopback gRPC, driven by scripted trainers; and
+//! the real trainer's failure classes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use convsweep_coordinator::{Coordinator, CoordinatorConfig};
+use convsweep_proto::spec::{DatasetName, TrainMode};
+use convsweep_proto::{Lease, Outcome, SweepId, pb};
+use convsweep_worker::trainer::{Signal, TchTrainer, TrainEnd, TrainError, Trainer, TrialControl};
+use convsweep_worker::{WorkerConfig, run};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{model, trial};
+
+const SPEC: &str = r#"
+name = "agent"
+[dataset]
+name = "synthetic"
+[model]
+arch = "resnet"
+depth = 8
+train_mode = "learned"
+init = "kaiming-uniform"
+[grid]
+kernel_size = [3, 5, 7, 9]
+"#;
+
+type Script = dyn Fn(&Lease, &TrialControl) -> TrainEnd + Send + Sync;
+
+struct Scripted {
+    script: Box<Script>,
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+}
+
+impl Scripted {
+    fn new(script: impl Fn(&Lease, &TrialControl) -> TrainEnd + Send + Sync + 'static) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            script: Box::new(script),
+            running: AtomicUsize::new(0),
+            max_running: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Trainer for Scripted {
+    fn devices(&self) -> Vec<String> {
+        vec!["scripted".into()]
+    }
+
+    fn run(&self, lease: &Lease, ctl: &TrialControl) -> TrainEnd {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(now, Ordering::SeqCst);
+        let end = (self.script)(lease, ctl);
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        end
+    }
+}
+
+fn success() -> TrainEnd {
+    TrainEnd::Finished(Outcome::Succeeded(pb::TrialResult {
+        final_test_acc: 0.5,
+        final_train_acc: 0.5,
+        best_test_acc: 0.5,
+        best_epoch: 1,
+        ..Default::default()
+    }))
+}
+
+/// Waits for `signal`, then returns what `on` says.
+fn until(ctl: &TrialControl, on: impl Fn(Signal) -> Option<TrainEnd>) -> TrainEnd {
+    let start = Instant::now();
+    loop {
+        if let Some(end) = on(ctl.signal()) {
+            return end;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no signal came");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Setup {
+    coordinator: Arc<Coordinator>,
+    url: String,
+    _dir: tempfile::TempDir,
+    stop: CancellationToken,
+}
+
+async fn coordinator() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::open(CoordinatorConfig {
+        state_dir: dir.path().to_owned(),
+        heartbeat_interval: Duration::from_millis(100),
+        lease_timeout: Duration::from_secs(5),
+        max_attempts: 2,
+        max_lease_wait: Duration::from_millis(500),
+        expiry_interval: Duration::from_millis(50),
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn(convsweep_coordinator::serve(listener, coordinator.clone(), {
+        let s = stop.clone();
+        async move { s.cancelled().await }
+    }));
+    Setup {
+        coordinator,
+        url,
+        _dir: dir,
+        stop,
+    }
+}
+
+fn config(url: &str, slots: u32) -> WorkerConfig {
+    WorkerConfig {
+        coordinator: url.into(),
+        name: "test".into(),
+        slots,
+        lease_wait: Duration::from_millis(300),
+        max_backoff: Duration::from_millis(200),
+        grace: Duration::from_secs(5),
+    }
+}
+
+async fn wait_for(c: &Coordinator, what: &str, done: impl Fn(&pb::StateCounts) -> bool) -> pb::SweepStatus {
+    let start = Instant::now();
+    loop {
+        let s = c.status("agent").unwrap().sweeps.remove(0);
+        if done(&s.counts.unwrap()) {
+            return s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{what}: {:?}", s.counts);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_trainer_fails_its_trial_and_the_worker_carries_on() {
+    let s = coordinator().await;
+    s.coordinator.submit(SPEC).unwrap();
+    let trainer = Scripted::new(|lease, _| {
+        if lease.spec.model.kernel_size == 5 {
+            panic!("kernel 5 is cursed");
+        }
+        success()
+    });
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(run(config(&s.url, 1), trainer, shutdown.clone()));
+    let status = wait_for(&s.coordinator, "all done", |c| c.succeeded + c.failed == 4).await;
+    assert_eq!(status.counts.unwrap().succeeded, 3);
+    let reason = &status.failures[0].reason;
+    assert!(
+        reason.contains("trainer panicked: kernel 5 is cursed") && reason.contains("2 failed attempts"),
+        "{reason}"
+    );
+    assert!(!agent.is_finished(), "the worker is still serving");
+    s.coordinator.set_drain(true);
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    s.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_run_trials_side_by_side() {
+    let s = coordinator().await;
+    s.coordinator.submit(SPEC).unwrap();
+    let trainer = Scripted::new(|_, _| {
+        std::thread::sleep(Duration::from_millis(400));
+        success()
+    });
+    let agent = tokio::spawn(run(config(&s.url, 2), trainer.clone(), CancellationToken::new()));
+    wait_for(&s.coordinator, "all done", |c| c.succeeded == 4).await;
+    assert_eq!(trainer.max_running.load(Ordering::SeqCst), 2);
+    s.coordinator.set_drain(true);
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    s.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_running_trials_stop_at_the_next_heartbeat() {
+    let s = coordinator().await;
+    s.coordinator.submit(SPEC).unwrap();
+    let trainer = Scripted::new(|_, ctl| until(ctl, |sig| (sig == Signal::Stop).then_some(TrainEnd::Stopped)));
+    let agent = tokio::spawn(run(config(&s.url, 2), trainer.clone(), CancellationToken::new()));
+    wait_for(&s.coordinator, "two running", |c| c.leased + c.running == 2).await;
+    assert_eq!(s.coordinator.cancel("agent", &[]).unwrap(), 4);
+    let start = Instant::now();
+    while trainer.running.load(Ordering::SeqCst) > 0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "trainers were not stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = s.coordinator.status("agent").unwrap().sweeps.remove(0);
+    assert_eq!(status.counts.unwrap().cancelled, 4);
+    // Resume puts them back.
+    assert_eq!(s.coordinator.resume("agent").unwrap(), 4);
+    assert_eq!(
+        s.coordinator.status("agent").unwrap().sweeps[0]
+            .counts
+            .unwrap()
+            .cancelled,
+        0
+    );
+    s.coordinator.cancel("agent", &[]).unwrap();
+    s.coordinator.set_drain(true);
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    s.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_preempts_running_trials_within_the_grace_period() {
+    let s = coordinator().await;
+    s.coordinator.submit(SPEC).unwrap();
+    let trainer = Scripted::new(|_, ctl| {
+        until(ctl, |sig| {
+            (sig == Signal::Preempt).then(|| {
+                TrainEnd::Finished(Outcome::Preempted {
+                    reason: "checkpointed at epoch 3".into(),
+                })
+            })
+        })
+    });
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(run(config(&s.url, 2), trainer, shutdown.clone()));
+    wait_for(&s.coordinator, "two running", |c| c.leased + c.running == 2).await;
+    let start = Instant::now();
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let counts = s.coordinator.status("agent").unwrap().sweeps[0].counts.unwrap();
+    assert_eq!((counts.preempted, counts.pending), (2, 2), "{counts:?}");
+    s.stop.cancel();
+}
+
+fn lease(spec: convsweep_proto::TrialSpec) -> Lease {
+    Lease {
+        trial_id: spec.id(),
+        sweep_id: SweepId::parse("t").unwrap(),
+        spec,
+        attempt: 1,
+        token: "l".into(),
+    }
+}
+
+#[test]
+fn a_diverging_trial_fails_without_retry() {
+    let mut spec = trial(model(8, 4, 3, TrainMode::Learned), 64, 2);
+    spec.train.lr = 1e12;
+    let (ctl, _s, _e) = TrialControl::new();
+    match TchTrainer::new(tch::Device::Cpu, None).run(&lease(spec), &ctl) {
+        TrainEnd::Finished(Outcome::Failed { retryable, reason }) => {
+            assert!(!retryable);
+            assert!(reason.contains("non-finite training loss"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_unreadable_dataset_fails_with_its_reason_and_may_be_retried() {
+    let mut spec = trial(model(8, 4, 3, TrainMode::Learned), 64, 1);
+    spec.dataset.name = DatasetName::Cifar10;
+    spec.dataset.root = Some("/nonexistent/cifar".into());
+    spec.dataset.noise = None;
+    spec.dataset.data_seed = None;
+    let (ctl, _s, _e) = TrialControl::new();
+    match TchTrainer::new(tch::Device::Cpu, None).run(&lease(spec), &ctl) {
+        TrainEnd::Finished(Outcome::Failed { retryable, reason }) => {
+            // Retryable (another worker may have the files), bounded by max_attempts.
+            assert!(retryable);
+            assert!(
+                reason.contains("/nonexistent/cifar/data_batch_1.bin: missing"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn out_of_memory_is_not_retried() {
+    let e = TrainError::from_panic_message("CUDA out of memory. Tried to allocate 20.00 GiB\nmore");
+    assert!(matches!(e, TrainError::OutOfMemory(_)));
+    match e.into_outcome() {
+        Outcome::Failed { retryable, reason } => {
+            assert!(!retryable);
+            assert_eq!(reason, "out of memory: CUDA out of memory. Tried to allocate 20.00 GiB");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(TrainError::from_panic_message("index out of range").retryable());
+}
