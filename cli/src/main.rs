@@ -78,14 +78,48 @@ enum Command {
         /// Name shown in status and logs (default: the host name).
         #[arg(long, env = "CONVSWEEP_WORKER_NAME")]
         name: Option<String>,
-        /// Seconds running trials get to stop and report on SIGTERM.
+        /// Seconds running trials get to checkpoint, stop and report on SIGTERM.
         #[arg(long, default_value_t = 30, env = "CONVSWEEP_GRACE_SECS")]
         grace_secs: u64,
+        /// Folder for trial checkpoints (shared by all workers of a sweep, e.g. a cluster
+        /// volume); a trial leased again resumes from its latest one. None: no checkpoints.
+        #[arg(long, env = "CONVSWEEP_CHECKPOINT_DIR")]
+        checkpoint_dir: Option<PathBuf>,
+        /// Epochs between checkpoints (one is also written on preemption and at the end).
+        #[arg(long, default_value_t = 1, env = "CONVSWEEP_CHECKPOINT_EVERY")]
+        checkpoint_every: u32,
     },
     /// Submit a sweep spec to a coordinator; prints the sweep id.
     Submit {
         /// Sweep spec (TOML).
         spec: PathBuf,
+        /// Coordinator URL.
+        #[arg(long, env = "CONVSWEEP_COORDINATOR")]
+        coordinator: String,
+    },
+    /// Add the trials of a grown spec (more seeds or grid values) to its sweep.
+    Extend {
+        /// Sweep spec (TOML) with the sweep's name.
+        spec: PathBuf,
+        /// Coordinator URL.
+        #[arg(long, env = "CONVSWEEP_COORDINATOR")]
+        coordinator: String,
+    },
+    /// Cancel a sweep's unfinished trials (or only the given ones); running ones stop at their
+    /// next heartbeat.
+    Cancel {
+        /// The sweep.
+        sweep: String,
+        /// Only these trial ids.
+        trials: Vec<String>,
+        /// Coordinator URL.
+        #[arg(long, env = "CONVSWEEP_COORDINATOR")]
+        coordinator: String,
+    },
+    /// Put a sweep's failed and cancelled trials back in the queue.
+    Resume {
+        /// The sweep.
+        sweep: String,
         /// Coordinator URL.
         #[arg(long, env = "CONVSWEEP_COORDINATOR")]
         coordinator: String,
@@ -225,6 +259,8 @@ fn main() -> std::process::ExitCode {
                 threads,
                 name,
                 grace_secs,
+                checkpoint_dir,
+                checkpoint_every,
             } => {
                 logging::init_stderr(cli.log_format);
                 commands::worker(commands::WorkerArgs {
@@ -234,12 +270,30 @@ fn main() -> std::process::ExitCode {
                     threads,
                     name,
                     grace: Duration::from_secs(grace_secs),
+                    checkpoint_dir,
+                    checkpoint_every,
                 })
                 .await
             }
             Command::Submit { spec, coordinator } => {
                 logging::init_stderr(cli.log_format);
                 commands::submit(&spec, &coordinator).await
+            }
+            Command::Extend { spec, coordinator } => {
+                logging::init_stderr(cli.log_format);
+                commands::extend(&spec, &coordinator).await
+            }
+            Command::Cancel {
+                sweep,
+                trials,
+                coordinator,
+            } => {
+                logging::init_stderr(cli.log_format);
+                commands::cancel(&coordinator, &sweep, trials).await
+            }
+            Command::Resume { sweep, coordinator } => {
+                logging::init_stderr(cli.log_format);
+                commands::resume(&coordinator, &sweep).await
             }
             Command::Status {
                 coordinator,

@@ -36,9 +36,7 @@ pub fn shutdown_on_signals() -> CancellationToken {
 /// `convsweep coordinator`.
 pub async fn serve_coordinator(config: CoordinatorConfig, listen: SocketAddr) -> Result<ExitCode> {
     let coordinator = Coordinator::open(config)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = convsweep_coordinator::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let stop = shutdown_on_signals();
     convsweep_coordinator::serve(listener, coordinator, async move { stop.cancelled().await }).await?;
     Ok(ExitCode::SUCCESS)
@@ -53,6 +51,8 @@ pub struct WorkerArgs {
     pub threads: Option<u32>,
     pub name: Option<String>,
     pub grace: Duration,
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    pub checkpoint_every: u32,
 }
 
 /// `convsweep worker`.
@@ -64,7 +64,14 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
         tch::set_num_threads(t.max(1) as i32);
     }
     let device = convsweep_worker::pick_device(&args.device).map_err(anyhow::Error::msg)?;
-    let trainer = Arc::new(convsweep_worker::TchTrainer::new(device));
+    let checkpoints = match &args.checkpoint_dir {
+        Some(dir) => Some(
+            convsweep_worker::trainer::CheckpointStore::new(dir, args.checkpoint_every)
+                .with_context(|| format!("cannot use checkpoint folder {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let trainer = Arc::new(convsweep_worker::TchTrainer::new(device, checkpoints));
     let config = convsweep_worker::WorkerConfig {
         coordinator: args.coordinator,
         name: args.name.unwrap_or_else(convsweep_worker::agent::host_name),
@@ -96,6 +103,52 @@ pub async fn submit(spec: &Path, url: &str) -> Result<ExitCode> {
         resp.sweep_id, resp.trials, resp.new_trials
     );
     println!("{}", resp.sweep_id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `convsweep extend`.
+pub async fn extend(spec: &Path, url: &str) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(spec).with_context(|| format!("cannot read {}", spec.display()))?;
+    let resp = admin(url)
+        .await?
+        .extend_sweep(pb::ExtendSweepRequest { spec_toml: text })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", spec.display(), s.message()))?
+        .into_inner();
+    eprintln!(
+        "sweep {}: {} trials ({} new)",
+        resp.sweep_id, resp.trials, resp.new_trials
+    );
+    println!("{}", resp.sweep_id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `convsweep cancel`.
+pub async fn cancel(url: &str, sweep: &str, trial_ids: Vec<String>) -> Result<ExitCode> {
+    let resp = admin(url)
+        .await?
+        .cancel(pb::CancelRequest {
+            sweep_id: sweep.to_owned(),
+            trial_ids,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    println!("cancelled {} trials of {sweep}", resp.cancelled);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `convsweep resume`.
+pub async fn resume(url: &str, sweep: &str) -> Result<ExitCode> {
+    let resp = admin(url)
+        .await?
+        .resume(pb::ResumeRequest {
+            sweep_id: sweep.to_owned(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    println!("re-queued {} trials of {sweep}", resp.requeued);
     Ok(ExitCode::SUCCESS)
 }
 

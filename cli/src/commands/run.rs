@@ -2,8 +2,8 @@
 //! loopback port; workers are separate processes of this binary, exactly as on a cluster.
 //!
 //! Layout of `runs/<sweep>/`: `state.db` (coordinator state; running the same spec again
-//! resumes it), `convsweep.log`, `logs/worker-N.log`, `trials.parquet`, `epochs.parquet`,
-//! `report.md`.
+//! resumes it), `checkpoints/` (interrupted trials continue from them), `convsweep.log`,
+//! `logs/worker-N.log`, the Parquet tables and `report.md`.
 
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
@@ -30,13 +30,16 @@ pub struct RunArgs {
     pub log_format: logging::Format,
 }
 
-fn spawn_worker(i: u32, url: &str, threads: u32, device: &str, log_dir: &std::path::Path) -> Result<Child> {
+fn spawn_worker(i: u32, url: &str, threads: u32, device: &str, run_dir: &std::path::Path) -> Result<Child> {
+    let log_dir = run_dir.join("logs");
     let exe = std::env::current_exe().context("cannot find the convsweep binary to start workers")?;
     let log_path = log_dir.join(format!("worker-{i}.log"));
     let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
     let child = Command::new(exe)
         .args(["worker", "--coordinator", url, "--device", device, "--grace-secs", "10"])
         .args(["--threads", &threads.to_string(), "--name", &format!("local-{i}")])
+        .arg("--checkpoint-dir")
+        .arg(run_dir.join("checkpoints"))
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -69,7 +72,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     let coordinator = Coordinator::open(config)?;
-    let (sweep_id, submitted) = coordinator.submit(&text)?;
+    let (sweep_id, submitted) = coordinator.submit_or_extend(&text)?;
     eprintln!(
         "sweep {sweep_id}: {} trials ({} new), {} workers x {threads} threads, state in {}",
         submitted.trials,
@@ -91,7 +94,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let mut workers = Vec::new();
     for i in 0..args.workers {
-        workers.push(spawn_worker(i, &url, threads, &args.device, &log_dir)?);
+        workers.push(spawn_worker(i, &url, threads, &args.device, &run_dir)?);
     }
 
     let interrupted = super::shutdown_on_signals();

@@ -1,4 +1,5 @@
 //! Integration tests of the `convsweep` binary: real worker processes over loopback gRPC.
 
+mod chaos;
 mod common;
 mod processes;

@@ -221,15 +221,49 @@ fn the_commands_work_as_separate_processes() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("sweep procs: 8/8 done"), "{text}");
 
-    // SIGTERM stops both cleanly.
-    for child in [&mut worker, &mut coordinator] {
+    // SIGTERM stops a worker cleanly.
+    let term = |child: &mut std::process::Child| {
         #[allow(unsafe_code)]
         // SAFETY: sending a signal to a child we spawned.
         unsafe {
             libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
         }
         assert!(wait_exit(child, Duration::from_secs(30)).success());
-    }
+    };
+    term(&mut worker);
+
+    // Lifecycle: extend with another kernel size (only the new trials), cancel them, resume.
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--coordinator", &url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let grown = dir.path().join("grown.toml");
+    std::fs::write(
+        &grown,
+        tiny_spec("procs").replace("kernel_size = [3, 5]", "kernel_size = [3, 5, 7]"),
+    )
+    .unwrap();
+    let (_, err) = cli(&["extend", grown.to_str().unwrap()]);
+    assert!(err.contains("12 trials (4 new)"), "{err}");
+    let (out, _) = cli(&["cancel", "procs"]);
+    assert!(out.contains("cancelled 4 trials"), "{out}");
+    let (out, _) = cli(&["status"]);
+    assert!(out.contains("succeeded 8") && out.contains("cancelled 4"), "{out}");
+    let (out, _) = cli(&["resume", "procs"]);
+    assert!(out.contains("re-queued 4 trials"), "{out}");
+    term(&mut coordinator);
 
     let out_dir = dir.path().join("export");
     let out = Command::new(BIN)
@@ -242,7 +276,7 @@ fn the_commands_work_as_separate_processes() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let frames = Frames::load(&out_dir).unwrap();
-    assert_eq!(frames.trials.height(), 8);
+    assert_eq!(frames.trials.height(), 12, "8 done, 4 pending again");
     assert_eq!(frames.epochs.height(), 8);
     assert_eq!(frames.robustness.height(), 8 * 36);
     assert_eq!(frames.filters.height(), 8 * 14);

@@ -1,0 +1,379 @@
+//! Chaos: a sweep run by real worker processes while workers are SIGKILLed and restarted at
+//! random moments and the coordinator is SIGKILLed and restarted at least twice. Every trial
+//! must succeed exactly once, with results equal to an undisturbed run of the same sweep.
+//!
+//! The kill schedule is random; the seed is printed (`CHAOS_SEED=<n>` replays it).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use convsweep_proto::pb;
+use convsweep_proto::pb::admin_service_client::AdminServiceClient;
+
+use crate::common::*;
+
+const SPEC: &str = r#"
+name = "chaos"
+seeds = 2
+[dataset]
+name = "synthetic"
+train_size = 384
+test_size = 64
+[model]
+arch = "resnet"
+depth = 8
+width = 4
+[train]
+epochs = 3
+batch_size = 32
+lr = 0.05
+[eval]
+corruptions = ["contrast"]
+severities = [2]
+[grid]
+kernel_size = [3, 5]
+train_mode = ["learned", "frozen"]
+init = ["kaiming-uniform", "kaiming-normal", "xavier-uniform"]
+"#;
+
+const TRIALS: u32 = 24;
+
+/// A small xorshift generator for the kill schedule.
+struct Dice(u64);
+
+impl Dice {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+struct Cluster {
+    dir: PathBuf,
+    port: u16,
+    coordinator: Option<Child>,
+    workers: Vec<Child>,
+    spawned: u32,
+}
+
+impl Cluster {
+    fn new(dir: &Path) -> Cluster {
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        Cluster {
+            dir: dir.to_owned(),
+            port: free_port(),
+            coordinator: None,
+            workers: Vec::new(),
+            spawned: 0,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("logs").join(name))
+            .unwrap()
+    }
+
+    fn start_coordinator(&mut self) {
+        let log = self.log("coordinator.log");
+        let child = Command::new(BIN)
+            .args(["coordinator", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .args([
+                "--heartbeat-secs",
+                "1",
+                "--lease-timeout-secs",
+                "4",
+                "--max-attempts",
+                "50",
+            ])
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.coordinator = Some(child);
+    }
+
+    fn start_worker(&mut self) {
+        self.spawned += 1;
+        let log = self.log(&format!("worker-{}.log", self.spawned));
+        let child = Command::new(BIN)
+            .args([
+                "worker",
+                "--coordinator",
+                &self.url(),
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+            ])
+            .args(["--name", &format!("chaos-{}", self.spawned)])
+            .arg("--checkpoint-dir")
+            .arg(self.dir.join("checkpoints"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.workers.push(child);
+    }
+
+    fn kill_coordinator(&mut self) {
+        if let Some(mut c) = self.coordinator.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    fn kill_worker(&mut self, i: usize) {
+        let mut w = self.workers.remove(i);
+        let _ = w.kill(); // SIGKILL
+        let _ = w.wait();
+    }
+
+    fn stop(&mut self) {
+        for w in &mut self.workers {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        self.workers.clear();
+        self.kill_coordinator();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn status(url: &str) -> Option<pb::StateCounts> {
+    let mut client = AdminServiceClient::connect(url.to_owned()).await.ok()?;
+    let resp = client
+        .get_status(pb::GetStatusRequest {
+            sweep_id: "chaos".into(),
+        })
+        .await
+        .ok()?;
+    resp.into_inner().sweeps.first().and_then(|s| s.counts)
+}
+
+async fn submit(url: &str) {
+    let start = Instant::now();
+    loop {
+        if let Ok(mut client) = AdminServiceClient::connect(url.to_owned()).await
+            && client
+                .submit_sweep(pb::SubmitSweepRequest { spec_toml: SPEC.into() })
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "coordinator never came up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What must be equal between runs: everything but timings, devices and workers.
+type Results = BTreeMap<String, (Vec<String>, Vec<String>, Vec<String>)>;
+
+fn results(state: &Path) -> (Results, HashMap<String, u32>) {
+    let conn = rusqlite::Connection::open(state.join("state.db")).unwrap();
+    let mut out: Results = BTreeMap::new();
+    let mut stmt = conn
+        .prepare(
+            "SELECT t.id, t.state, r.final_train_loss, r.final_train_acc, r.final_test_loss, r.final_test_acc, \
+             r.best_test_acc, r.best_epoch, r.params_total, r.flops_per_image, r.eval_error \
+             FROM trials t LEFT JOIN results r ON r.trial_id = t.id",
+        )
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            let id: String = r.get(0)?;
+            let mut fields = vec![r.get::<_, String>(1)?];
+            for i in 2..=10 {
+                fields.push(format!("{:?}", r.get::<_, rusqlite::types::Value>(i)?));
+            }
+            Ok((id, fields))
+        })
+        .unwrap();
+    for row in rows {
+        let (id, fields) = row.unwrap();
+        out.entry(id).or_default().0 = fields;
+    }
+    let mut stmt = conn
+        .prepare(
+            "SELECT trial_id, epoch, lr, train_loss, train_acc, test_loss, test_acc FROM epochs ORDER BY trial_id, epoch",
+        )
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            let id: String = r.get(0)?;
+            let line: Vec<String> = (1..=6)
+                .map(|i| format!("{:?}", r.get::<_, rusqlite::types::Value>(i).unwrap()))
+                .collect();
+            Ok((id, line.join(" ")))
+        })
+        .unwrap();
+    for row in rows {
+        let (id, line) = row.unwrap();
+        out.entry(id).or_default().1.push(line);
+    }
+    let mut stmt = conn
+        .prepare("SELECT trial_id, kind, name, eps, severity, accuracy FROM robustness ORDER BY trial_id, kind, name, eps, severity")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            let id: String = r.get(0)?;
+            let line: Vec<String> = (1..=5)
+                .map(|i| format!("{:?}", r.get::<_, rusqlite::types::Value>(i).unwrap()))
+                .collect();
+            Ok((id, line.join(" ")))
+        })
+        .unwrap();
+    for row in rows {
+        let (id, line) = row.unwrap();
+        out.entry(id).or_default().2.push(line);
+    }
+    let mut successes = HashMap::new();
+    let mut stmt = conn
+        .prepare("SELECT trial_id, COUNT(*) FROM attempts WHERE outcome = 'succeeded' GROUP BY trial_id")
+        .unwrap();
+    for row in stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))
+        .unwrap()
+    {
+        let (id, n) = row.unwrap();
+        successes.insert(id, n);
+    }
+    (out, successes)
+}
+
+async fn wait_all_succeeded(cluster: &Cluster, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(c) = status(&cluster.url()).await
+            && c.succeeded == TRIALS
+        {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "sweep not finished in {limit:?}; logs in {}",
+            cluster.dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_every_trial_succeeds_once_with_undisturbed_results() {
+    let seed: u64 = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("chaos seed {seed} (CHAOS_SEED={seed} replays the kill schedule)");
+    let mut dice = Dice(seed);
+    let dir = tempfile::tempdir().unwrap();
+
+    // The undisturbed run.
+    let mut calm = Cluster::new(&dir.path().join("calm"));
+    calm.start_coordinator();
+    submit(&calm.url()).await;
+    calm.start_worker();
+    calm.start_worker();
+    wait_all_succeeded(&calm, Duration::from_secs(300)).await;
+    calm.stop();
+    let (expected, _) = results(&calm.dir.join("state"));
+    assert_eq!(expected.len(), TRIALS as usize);
+
+    // The same sweep under chaos.
+    let mut chaos = Cluster::new(&dir.path().join("chaos"));
+    chaos.start_coordinator();
+    submit(&chaos.url()).await;
+    chaos.start_worker();
+    chaos.start_worker();
+    let start = Instant::now();
+    let (mut coordinator_kills, mut worker_kills) = (0, 0);
+    let mut last_succeeded = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300 + dice.below(1200))).await;
+        if let Some(c) = status(&chaos.url()).await {
+            last_succeeded = c.succeeded;
+            if c.succeeded == TRIALS {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "chaos run not finished ({last_succeeded}/{TRIALS}); logs in {}",
+            chaos.dir.display()
+        );
+        // Kill the coordinator twice while the sweep is under way, then at random.
+        let progress = last_succeeded * 100 / TRIALS;
+        let due = (coordinator_kills == 0 && progress >= 20) || (coordinator_kills == 1 && progress >= 55);
+        if due || dice.below(12) == 0 {
+            chaos.kill_coordinator();
+            coordinator_kills += 1;
+            tokio::time::sleep(Duration::from_millis(dice.below(3000))).await;
+            chaos.start_coordinator();
+        } else if dice.below(3) == 0 && !chaos.workers.is_empty() {
+            let i = dice.below(chaos.workers.len() as u64) as usize;
+            chaos.kill_worker(i);
+            worker_kills += 1;
+            if dice.below(4) > 0 {
+                chaos.start_worker();
+            }
+        }
+        while chaos.workers.len() < 2 {
+            chaos.start_worker();
+        }
+    }
+    chaos.stop();
+    eprintln!(
+        "chaos: {coordinator_kills} coordinator kills, {worker_kills} worker kills, {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert!(
+        coordinator_kills >= 2,
+        "the coordinator was killed {coordinator_kills} times"
+    );
+    assert!(worker_kills >= 1);
+
+    let (got, successes) = results(&chaos.dir.join("state"));
+    assert_eq!(got.len(), TRIALS as usize);
+    for (id, n) in &successes {
+        assert_eq!(*n, 1, "trial {id} succeeded {n} times");
+    }
+    assert_eq!(successes.len(), TRIALS as usize, "every trial succeeded");
+    for (id, want) in &expected {
+        let have = &got[id];
+        assert_eq!(have.0, want.0, "final results of {id}");
+        assert_eq!(have.1, want.1, "epochs of {id}");
+        assert_eq!(have.2, want.2, "robustness of {id}");
+    }
+}
