@@ -1,0 +1,170 @@
+//! The report of the fixture sweep: aggregates, every view, Markdown snapshot, well-formed HTML.
+
+use convsweep_analysis::aggregate::{Aggregation, aggregate};
+use convsweep_analysis::{Frames, Report};
+use polars::prelude::*;
+
+use crate::fixture;
+
+fn frames() -> (tempfile::TempDir, Frames) {
+    let dir = tempfile::tempdir().unwrap();
+    fixture::write(dir.path());
+    let frames = Frames::from_state_dir(dir.path()).unwrap();
+    (dir, frames)
+}
+
+#[test]
+fn frames_have_typed_columns_and_every_row() {
+    let (_dir, f) = frames();
+    assert_eq!(f.trials.height(), 12);
+    assert_eq!(f.trials.column("kernel_size").unwrap().dtype(), &DataType::UInt32);
+    assert_eq!(f.trials.column("final_test_acc").unwrap().dtype(), &DataType::Float64);
+    assert_eq!(
+        f.trials.column("mean_corruption_acc").unwrap().dtype(),
+        &DataType::Float64
+    );
+    assert_eq!(
+        f.epochs.height(),
+        11 * 3,
+        "every trial but the unfinished one reported 3 epochs"
+    );
+    assert_eq!(f.robustness.height(), 10 * 7);
+    assert_eq!(f.filters.height(), 10 * 4);
+    assert!(matches!(
+        f.filters.column("heatmap").unwrap().dtype(),
+        DataType::List(_)
+    ));
+    // Parquet round trip keeps the types.
+    let out = tempfile::tempdir().unwrap();
+    f.write_parquet(out.path()).unwrap();
+    let back = Frames::load(out.path()).unwrap();
+    assert_eq!(back.trials.schema(), f.trials.schema());
+    assert_eq!(back.filters.schema(), f.filters.schema());
+}
+
+#[test]
+fn aggregates_match_hand_computed_values() {
+    let (_dir, f) = frames();
+    let agg = aggregate(
+        &f.trials,
+        Aggregation {
+            factors: &["kernel_size", "train_mode"],
+            metric: "final_test_acc",
+            scale: 100.0,
+            min_seeds: 3,
+        },
+    )
+    .unwrap();
+    let row = |k: u32, mode: &str| {
+        (0..agg.height())
+            .find(|&i| {
+                agg.column("kernel_size").unwrap().u32().unwrap().get(i) == Some(k)
+                    && agg.column("train_mode").unwrap().str().unwrap().get(i) == Some(mode)
+            })
+            .unwrap()
+    };
+    let get = |name: &str, i: usize| agg.column(name).unwrap().f64().unwrap().get(i);
+    // k=3 learned: 91.2, 91.6, 92.0 -> mean 91.6, std 0.4, ci95 = 4.303 * 0.4 / sqrt(3) = 0.9937.
+    let i = row(3, "learned");
+    assert!((get("mean", i).unwrap() - 91.6).abs() < 1e-9);
+    assert!((get("std", i).unwrap() - 0.4).abs() < 1e-9);
+    assert!((get("ci95", i).unwrap() - 4.303 * 0.4 / 3f64.sqrt()).abs() < 1e-9);
+    // k=3 frozen: seed 2 failed -> 80.0, 80.4: mean 80.2, flagged.
+    let i = row(3, "frozen");
+    assert!((get("mean", i).unwrap() - 80.2).abs() < 1e-9);
+    assert_eq!(
+        agg.column("flag").unwrap().str().unwrap().get(i),
+        Some("2 of 3 seeds, 1 failed")
+    );
+    // k=5 frozen: seed 2 unfinished.
+    let i = row(5, "frozen");
+    assert_eq!(
+        agg.column("flag").unwrap().str().unwrap().get(i),
+        Some("2 of 3 seeds, 1 unfinished")
+    );
+}
+
+#[test]
+fn the_report_has_every_view() {
+    let (_dir, f) = frames();
+    let report = Report::build(&f.for_sweep("fixture").unwrap(), "fixture").unwrap();
+    let ids: Vec<&str> = report.sections.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "accuracy",
+            "table1",
+            "table3",
+            "gain",
+            "robustness",
+            "overfitting",
+            "filters",
+            "cost",
+            "paper"
+        ]
+    );
+    let md = report.markdown();
+    // The paper check finds Table 1's CIFAR-10 baseline (91.60 ± 0.23): 91.60 ± 0.40 over 3.
+    assert!(
+        md.contains("| Table 1 | cifar10 | baseline | 91.60 ± 0.23 | 91.60 ± 0.40 | 3 | agrees"),
+        "{md}"
+    );
+    assert!(md.contains("not in this sweep"));
+    let out = tempfile::tempdir().unwrap();
+    let written = report.write(out.path()).unwrap();
+    let plots: usize = report.sections.iter().map(|s| s.plots.len()).sum();
+    assert_eq!(written.plots.len(), plots);
+    let tables: usize = report.sections.iter().map(|s| s.tables.len()).sum();
+    assert_eq!(written.tables.len(), 2 * tables, "every table as CSV and Parquet");
+    for t in &written.tables {
+        assert!(t.exists(), "{}", t.display());
+    }
+}
+
+#[test]
+fn markdown_matches_the_snapshot() {
+    let (_dir, f) = frames();
+    let md = Report::build(&f, "fixture").unwrap().markdown();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/snapshots/report.md");
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(path, &md).unwrap();
+    }
+    let expected = std::fs::read_to_string(path).expect("snapshot exists (UPDATE_SNAPSHOTS=1 writes it)");
+    assert!(
+        md == expected,
+        "report.md changed; review and rerun with UPDATE_SNAPSHOTS=1\n{md}"
+    );
+}
+
+#[test]
+fn html_is_well_formed_with_one_svg_per_plot() {
+    let (_dir, f) = frames();
+    let report = Report::build(&f, "fixture").unwrap();
+    let html = report.html();
+    let body = html.strip_prefix("<!DOCTYPE html>\n").expect("doctype");
+    let mut reader = quick_xml::Reader::from_str(body);
+    let mut depth = 0i64;
+    let mut svgs = 0;
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Start(e)) => {
+                depth += 1;
+                if e.name().as_ref() == b"svg" {
+                    svgs += 1;
+                }
+            }
+            Ok(quick_xml::events::Event::End(_)) => depth -= 1,
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => panic!("not well-formed at {}: {e}", reader.buffer_position()),
+        }
+    }
+    assert_eq!(depth, 0, "every element closed");
+    let plots: usize = report.sections.iter().map(|s| s.plots.len()).sum();
+    assert_eq!(svgs, plots);
+    assert!(plots >= 8);
+    assert!(
+        !html.contains("http://") || html.matches("http://").count() == html.matches("xmlns=\"http://").count(),
+        "self-contained: no links except XML namespaces"
+    );
+}
