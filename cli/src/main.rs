@@ -195,7 +195,18 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Export a coordinator's results as Parquet (trials, epochs).
+    /// Write a sweep's report: HTML (plots inline), Markdown, and every table as CSV and Parquet.
+    Report {
+        /// An export folder (Parquet files) or a coordinator's state folder.
+        dir: PathBuf,
+        /// Folder to write the report into.
+        #[arg(long)]
+        out: PathBuf,
+        /// The sweep to report on (needed when the folder holds several).
+        #[arg(long)]
+        sweep: Option<String>,
+    },
+    /// Export a coordinator's results as Parquet (trials, epochs, robustness, filters).
     Export {
         /// The coordinator's state folder.
         #[arg(long, env = "CONVSWEEP_STATE_DIR")]
@@ -346,6 +357,10 @@ fn main() -> std::process::ExitCode {
                     only,
                     json,
                 })
+            }
+            Command::Report { dir, out, sweep } => {
+                logging::init_stderr(cli.log_format);
+                commands::report(&dir, &out, sweep.as_deref())
             }
             Command::Export { state_dir, out } => {
                 logging::init_stderr(cli.log_format);

@@ -248,6 +248,49 @@ pub fn export(state_dir: &Path, out: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `convsweep report`.
+#[cfg(feature = "analysis")]
+pub fn report(dir: &Path, out: &Path, sweep: Option<&str>) -> Result<ExitCode> {
+    let frames = convsweep_analysis::Frames::load(dir)?;
+    let sweeps: std::collections::BTreeSet<String> = {
+        let c = frames.trials.column("sweep")?.str()?.clone();
+        (0..c.len()).filter_map(|i| c.get(i).map(str::to_owned)).collect()
+    };
+    let name = match (sweep, sweeps.len()) {
+        (Some(s), _) if sweeps.contains(s) => s.to_owned(),
+        (Some(s), _) => bail!(
+            "no sweep {s:?} in {}; it holds: {}",
+            dir.display(),
+            sweeps.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+        (None, 1) => sweeps.into_iter().next().expect("one sweep"),
+        (None, 0) => bail!("{} holds no trials", dir.display()),
+        (None, _) => bail!(
+            "{} holds several sweeps ({}); choose one with --sweep",
+            dir.display(),
+            sweeps.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+    };
+    let frames = frames.for_sweep(&name)?;
+    let report = convsweep_analysis::Report::build(&frames, &name)?;
+    let written = report.write(out)?;
+    println!("{}", written.html.display());
+    println!("{}", written.markdown.display());
+    eprintln!(
+        "{} tables (CSV and Parquet) and {} plots in {}",
+        written.tables.len() / 2,
+        written.plots.len(),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `convsweep report` in a worker-only build.
+#[cfg(not(feature = "analysis"))]
+pub fn report(_dir: &Path, _out: &Path, _sweep: Option<&str>) -> Result<ExitCode> {
+    bail!("this convsweep was built without the `analysis` feature (a worker-only build); report from a full build")
+}
+
 /// `convsweep export` in a worker-only build.
 #[cfg(not(feature = "analysis"))]
 pub fn export(_state_dir: &Path, _out: &Path) -> Result<ExitCode> {

@@ -203,9 +203,11 @@ async fn watch(
 fn report(run_dir: &std::path::Path, sweep: &str) -> Result<()> {
     let frames = convsweep_analysis::Frames::from_state_dir(run_dir)?.for_sweep(sweep)?;
     frames.write_parquet(run_dir)?;
-    let (path, table) = convsweep_analysis::report::write_markdown_report(&frames, sweep, run_dir)?;
-    println!("Test accuracy (%) by kernel size x train mode x init, mean over seeds:\n{table}");
-    eprintln!("report: {}", path.display());
+    let report = convsweep_analysis::Report::build(&frames, sweep)?;
+    let written = report.write(run_dir)?;
+    let headline = &report.sections[0].tables[0].1;
+    println!("Test accuracy (%) by kernel size x train mode x init, over seeds:\n{headline}");
+    eprintln!("report: {} and {}", written.html.display(), written.markdown.display());
     Ok(())
 }
 
