@@ -339,25 +339,39 @@ impl Store {
             "INSERT INTO sweeps (id, spec_toml, created_ms) VALUES (?1, ?2, ?3)",
             params![sweep.as_str(), spec_toml, now],
         )?;
-        let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM trials", [], |r| r.get(0))?;
-        let mut new_trials = 0;
-        {
-            let mut insert_trial = tx.prepare(
-                "INSERT OR IGNORE INTO trials (id, seq, spec_json, state, created_ms) VALUES (?1, ?2, ?3, 'pending', ?4)",
-            )?;
-            let mut link = tx.prepare("INSERT INTO sweep_trials (sweep_id, trial_id, position) VALUES (?1, ?2, ?3)")?;
-            for (position, trial) in trials.iter().enumerate() {
-                seq += 1;
-                let id = trial.id();
-                new_trials += insert_trial.execute(params![id.as_str(), seq, trial.canonical_json(), now])?;
-                link.execute(params![sweep.as_str(), id.as_str(), position as i64])?;
-            }
-        }
+        let (created, _) = Self::add_trials(&tx, sweep, trials, now)?;
         tx.commit()?;
         Ok(Submitted {
             trials: trials.len() as u32,
-            new_trials: new_trials as u32,
+            new_trials: created,
         })
+    }
+
+    /// Creates the trials that do not exist yet (any sweep's) and links those not yet in
+    /// `sweep` after its last position. Returns (trials created, trials linked).
+    fn add_trials(tx: &Connection, sweep: &SweepId, trials: &[TrialSpec], now: i64) -> Result<(u32, u32)> {
+        let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM trials", [], |r| r.get(0))?;
+        let mut position: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(position), -1) FROM sweep_trials WHERE sweep_id = ?1",
+            [sweep.as_str()],
+            |r| r.get(0),
+        )?;
+        let (mut created, mut linked) = (0, 0);
+        let mut insert_trial = tx.prepare(
+            "INSERT OR IGNORE INTO trials (id, seq, spec_json, state, created_ms) VALUES (?1, ?2, ?3, 'pending', ?4)",
+        )?;
+        let mut link =
+            tx.prepare("INSERT OR IGNORE INTO sweep_trials (sweep_id, trial_id, position) VALUES (?1, ?2, ?3)")?;
+        for trial in trials {
+            let id = trial.id();
+            seq += 1;
+            created += insert_trial.execute(params![id.as_str(), seq, trial.canonical_json(), now])? as u32;
+            if link.execute(params![sweep.as_str(), id.as_str(), position + 1])? > 0 {
+                position += 1;
+                linked += 1;
+            }
+        }
+        Ok((created, linked))
     }
 
     /// Records a worker and returns its new id.
@@ -758,30 +772,7 @@ impl Store {
             "UPDATE sweeps SET spec_toml = ?2 WHERE id = ?1",
             params![sweep.as_str(), spec_toml],
         )?;
-        let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM trials", [], |r| r.get(0))?;
-        let mut position: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(position), -1) FROM sweep_trials WHERE sweep_id = ?1",
-            [sweep.as_str()],
-            |r| r.get(0),
-        )?;
-        let mut linked = 0;
-        {
-            let mut insert_trial = tx.prepare(
-                "INSERT OR IGNORE INTO trials (id, seq, spec_json, state, created_ms) VALUES (?1, ?2, ?3, 'pending', ?4)",
-            )?;
-            let mut link =
-                tx.prepare("INSERT OR IGNORE INTO sweep_trials (sweep_id, trial_id, position) VALUES (?1, ?2, ?3)")?;
-            for trial in trials {
-                let id = trial.id();
-                seq += 1;
-                insert_trial.execute(params![id.as_str(), seq, trial.canonical_json(), now])?;
-                let added = link.execute(params![sweep.as_str(), id.as_str(), position + 1])?;
-                if added > 0 {
-                    position += 1;
-                    linked += 1;
-                }
-            }
-        }
+        let (_, linked) = Self::add_trials(&tx, sweep, trials, now)?;
         let total: u32 = tx.query_row(
             "SELECT COUNT(*) FROM sweep_trials WHERE sweep_id = ?1",
             [sweep.as_str()],

@@ -54,11 +54,6 @@ impl TrialState {
     pub fn is_active(self) -> bool {
         matches!(self, TrialState::Leased | TrialState::Running)
     }
-
-    /// Whether the trial will not run again unless a user asks.
-    pub fn is_final(self) -> bool {
-        matches!(self, TrialState::Succeeded | TrialState::Failed | TrialState::Cancelled)
-    }
 }
 
 impl fmt::Display for TrialState {

@@ -159,14 +159,3 @@ pub fn median(values: &[f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
-
-/// Times `case` alone: warm-up, then `rounds` rounds of `steps` steps; reports the median.
-pub fn run_case(case: &BenchCase, config: BenchConfig) -> BenchResult {
-    let mut run = BenchRun::new(&case.model, config.batch, config.warmup, config.device);
-    let rounds: Vec<f64> = (0..config.rounds.max(1)).map(|_| run.round(config.steps)).collect();
-    BenchResult {
-        name: case.name,
-        images_per_sec: median(&rounds),
-        rounds,
-    }
-}

@@ -89,38 +89,41 @@ async fn admin(url: &str) -> Result<AdminServiceClient<tonic::transport::Channel
         .with_context(|| format!("cannot reach the coordinator at {url}"))
 }
 
+fn read_spec(spec: &Path) -> Result<String> {
+    std::fs::read_to_string(spec).with_context(|| format!("cannot read {}", spec.display()))
+}
+
+/// Prints what a submission or extension did: details to stderr, the sweep id to stdout.
+fn print_sweep(sweep_id: &str, trials: u32, new_trials: u32) -> ExitCode {
+    eprintln!("sweep {sweep_id}: {trials} trials ({new_trials} new)");
+    println!("{sweep_id}");
+    ExitCode::SUCCESS
+}
+
 /// `convsweep submit`.
 pub async fn submit(spec: &Path, url: &str) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(spec).with_context(|| format!("cannot read {}", spec.display()))?;
     let resp = admin(url)
         .await?
-        .submit_sweep(pb::SubmitSweepRequest { spec_toml: text })
+        .submit_sweep(pb::SubmitSweepRequest {
+            spec_toml: read_spec(spec)?,
+        })
         .await
         .map_err(|s| anyhow::anyhow!("{}: {}", spec.display(), s.message()))?
         .into_inner();
-    eprintln!(
-        "sweep {}: {} trials ({} new)",
-        resp.sweep_id, resp.trials, resp.new_trials
-    );
-    println!("{}", resp.sweep_id);
-    Ok(ExitCode::SUCCESS)
+    Ok(print_sweep(&resp.sweep_id, resp.trials, resp.new_trials))
 }
 
 /// `convsweep extend`.
 pub async fn extend(spec: &Path, url: &str) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(spec).with_context(|| format!("cannot read {}", spec.display()))?;
     let resp = admin(url)
         .await?
-        .extend_sweep(pb::ExtendSweepRequest { spec_toml: text })
+        .extend_sweep(pb::ExtendSweepRequest {
+            spec_toml: read_spec(spec)?,
+        })
         .await
         .map_err(|s| anyhow::anyhow!("{}: {}", spec.display(), s.message()))?
         .into_inner();
-    eprintln!(
-        "sweep {}: {} trials ({} new)",
-        resp.sweep_id, resp.trials, resp.new_trials
-    );
-    println!("{}", resp.sweep_id);
-    Ok(ExitCode::SUCCESS)
+    Ok(print_sweep(&resp.sweep_id, resp.trials, resp.new_trials))
 }
 
 /// `convsweep cancel`.

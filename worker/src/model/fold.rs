@@ -6,7 +6,7 @@
 
 use tch::Tensor;
 
-use super::layers::{Between, Conv2d, Spatial};
+use super::layers::{Between, Spatial};
 
 /// A grouped conv weight `[c_out, c_in/groups, k, k]` as the dense `[c_out, c_in, k, k]` it
 /// acts as (zeros outside each output channel's group).
@@ -55,9 +55,4 @@ pub fn effective_weight(spatial: &Spatial) -> Option<Tensor> {
         )),
         Spatial::Lc { .. } => None,
     })
-}
-
-/// The spatial convs of a block, for callers that walk a model.
-pub fn spatial_weight(conv: &Conv2d) -> Tensor {
-    densify(&conv.weight, conv.groups())
 }
