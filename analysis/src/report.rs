@@ -169,6 +169,18 @@ fn lines_by(agg: &DataFrame, x: &str, series: &[&str], y: &str, band: Option<&st
     by.into_values().collect()
 }
 
+/// The x axis for views "against E and k": the kernel size when it varies, else the
+/// expansion (on a log2 axis), else none.
+fn x_axis(varying: &[&'static str]) -> Option<(&'static str, &'static str, bool)> {
+    if varying.contains(&"kernel_size") {
+        Some(("kernel_size", "kernel size", false))
+    } else if varying.contains(&"expansion") {
+        Some(("expansion", "LC expansion E", true))
+    } else {
+        None
+    }
+}
+
 fn section(id: &str, title: &str, text: &str) -> Section {
     Section {
         id: id.into(),
@@ -473,6 +485,23 @@ fn robustness_view(frames: &Frames, varying: &[&'static str], min_seeds: u32) ->
             min_seeds,
         },
     )?;
+    if let Some((x, x_label, x_log2)) = x_axis(varying) {
+        let series: Vec<&str> = grouping(&["kernel_size", "expansion", "train_mode"], varying)
+            .into_iter()
+            .filter(|f| *f != x && (varying.contains(f) || *f == "train_mode"))
+            .collect();
+        s.plots.push((
+            "robustness_corruptions".into(),
+            LineChart {
+                title: format!("Mean corruption accuracy vs {x_label}"),
+                x_label: x_label.into(),
+                y_label: "accuracy (%)".into(),
+                x_log2,
+                lines: lines_by(&corruption, x, &series, "mean", Some("ci95")),
+            }
+            .svg(),
+        ));
+    }
     s.tables.push(("robustness_corruptions".into(), corruption));
     let per = rob
         .lazy()
@@ -702,14 +731,14 @@ fn filters_view(frames: &Frames, varying: &[&'static str], min_seeds: u32) -> Re
     fve.with_column(last.column("fve_last_mean")?.clone())?;
     fve.with_column(last.column("fve_last_std")?.clone())?;
     let fve = fve.drop_many(["ci95"]);
-    if varying.contains(&"kernel_size") {
-        let series: Vec<&str> = varying.iter().copied().filter(|f| *f != "kernel_size").collect();
+    if let Some((x, x_label, x_log2)) = x_axis(varying) {
+        let series: Vec<&str> = varying.iter().copied().filter(|f| *f != x).collect();
         let finals = fve.clone().lazy().filter(col("stage").eq(lit("final"))).collect()?;
-        let mut lines = lines_by(&finals, "kernel_size", &series, "fve_first_mean", None);
+        let mut lines = lines_by(&finals, x, &series, "fve_first_mean", None);
         for l in &mut lines {
             l.name = format!("first layer {}", l.name);
         }
-        let mut last_lines = lines_by(&finals, "kernel_size", &series, "fve_last_mean", None);
+        let mut last_lines = lines_by(&finals, x, &series, "fve_last_mean", None);
         for l in &mut last_lines {
             l.name = format!("last layer {}", l.name);
             l.dashed = true;
@@ -718,10 +747,10 @@ fn filters_view(frames: &Frames, varying: &[&'static str], min_seeds: u32) -> Re
         s.plots.push((
             "fve".into(),
             LineChart {
-                title: "Final filter variance entropy vs kernel size".into(),
-                x_label: "kernel size".into(),
+                title: format!("Final filter variance entropy vs {x_label}"),
+                x_label: x_label.into(),
                 y_label: "FVE (log10)".into(),
-                x_log2: false,
+                x_log2,
                 lines,
             }
             .svg(),
