@@ -435,14 +435,12 @@ fn robustness_view(frames: &Frames, varying: &[&'static str], min_seeds: u32) ->
         "Robustness: accuracy under attack and under common corruptions",
         "Adversarial accuracy (%) against the L-inf radius (FGSM; PGD where the sweep asked for it), \
          on [0, 1] inputs, and mean accuracy over the CIFAR-10-C corruptions and severities, by \
-         every factor that varies.",
+         every factor that varies. Radius 0 and severity 0 are the clean accuracy on the same \
+         evaluated images.",
     );
     let rob = with_factors(&frames.robustness, &frames.trials, varying)?;
     // Radii in units of 1/255, as papers quote them.
-    let attacks = rob
-        .clone()
-        .lazy()
-        .filter(col("kind").neq(lit("corruption")))
+    let attacks = attack_curves(&rob)?
         .with_column(
             (col("eps") * lit(255.0))
                 .round(4, RoundMode::default())
@@ -505,7 +503,12 @@ fn robustness_view(frames: &Frames, varying: &[&'static str], min_seeds: u32) ->
     s.tables.push(("robustness_corruptions".into(), corruption));
     let per = rob
         .lazy()
-        .filter(col("kind").eq(lit("corruption")).and(col("state").eq(lit("succeeded"))))
+        .filter(
+            col("kind")
+                .eq(lit("corruption"))
+                .or(col("kind").eq(lit("clean")))
+                .and(col("state").eq(lit("succeeded"))),
+        )
         .group_by(
             grouping(&["name", "severity"], varying)
                 .iter()
@@ -558,7 +561,7 @@ fn robustness_view(frames: &Frames, varying: &[&'static str], min_seeds: u32) ->
         "robustness_severity".into(),
         LineChart {
             title: "Mean corruption accuracy vs severity".into(),
-            x_label: "severity".into(),
+            x_label: "severity (0: clean)".into(),
             y_label: "accuracy (%)".into(),
             x_log2: false,
             lines,
@@ -567,6 +570,33 @@ fn robustness_view(frames: &Frames, varying: &[&'static str], min_seeds: u32) ->
     ));
     s.tables.push(("robustness_by_corruption".into(), per));
     Ok(s)
+}
+
+/// The attack rows (FGSM, PGD), each attack's curve starting at eps = 0 from the clean accuracy
+/// on the same images where trials measured it (an explicit eps = 0 attack row then gives way).
+fn attack_curves(rob: &DataFrame) -> Result<LazyFrame> {
+    let is_attack = col("kind").eq(lit("fgsm")).or(col("kind").eq(lit("pgd")));
+    let clean = rob.clone().lazy().filter(col("kind").eq(lit("clean"))).collect()?;
+    if clean.height() == 0 {
+        return Ok(rob.clone().lazy().filter(is_attack));
+    }
+    let kinds = rob
+        .clone()
+        .lazy()
+        .filter(is_attack.clone())
+        .select([col("kind").unique().sort(SortOptions::default())])
+        .collect()?;
+    let mut parts = vec![rob.clone().lazy().filter(is_attack.and(col("eps").gt(lit(0.0))))];
+    for i in 0..kinds.height() {
+        let kind = cell(&kinds, "kind", i);
+        parts.push(
+            clean
+                .clone()
+                .lazy()
+                .with_columns([lit(kind.clone()).alias("kind"), lit(kind).alias("name")]),
+        );
+    }
+    Ok(concat(parts, UnionArgs::default())?)
 }
 
 fn overfitting_view(frames: &Frames, varying: &[&'static str], min_seeds: u32) -> Result<Section> {

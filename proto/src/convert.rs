@@ -145,10 +145,10 @@ fn validate_result(r: &pb::TrialResult) -> Result<(), FieldError> {
     for (i, x) in r.robustness.iter().enumerate() {
         accuracy(format!("result.robustness[{i}].accuracy"), x.accuracy)?;
         finite(format!("result.robustness[{i}].eps"), x.eps)?;
-        if !matches!(x.kind.as_str(), "fgsm" | "pgd" | "corruption") {
+        if !matches!(x.kind.as_str(), "clean" | "fgsm" | "pgd" | "corruption") {
             return Err(FieldError::new(
                 format!("result.robustness[{i}].kind"),
-                format!("one of fgsm, pgd, corruption; got {:?}", x.kind),
+                format!("one of clean, fgsm, pgd, corruption; got {:?}", x.kind),
             ));
         }
     }

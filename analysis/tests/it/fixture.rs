@@ -59,7 +59,15 @@ fn result(spec: &TrialSpec) -> pb::TrialResult {
                 })
         })
         .collect();
-    let mut robustness = Vec::new();
+    // The clean accuracy on the evaluated images, measured before the attacks.
+    let mut robustness = vec![pb::RobustnessResult {
+        kind: "clean".into(),
+        name: "clean".into(),
+        eps: 0.0,
+        severity: 0,
+        accuracy: acc,
+        images: 10000,
+    }];
     for (kind, eps) in [("fgsm", 1.0 / 255.0), ("fgsm", 4.0 / 255.0), ("pgd", 4.0 / 255.0)] {
         let drop = if kind == "pgd" { 0.5 } else { eps * 20.0 };
         robustness.push(pb::RobustnessResult {

@@ -28,7 +28,7 @@ fn frames_have_typed_columns_and_every_row() {
         11 * 3,
         "every trial but the unfinished one reported 3 epochs"
     );
-    assert_eq!(f.robustness.height(), 10 * 7);
+    assert_eq!(f.robustness.height(), 10 * 8);
     assert_eq!(f.filters.height(), 10 * 4);
     assert!(matches!(
         f.filters.column("heatmap").unwrap().dtype(),
@@ -110,6 +110,14 @@ fn the_report_has_every_view() {
         "{md}"
     );
     assert!(md.contains("not in this sweep"));
+    // Each attack's curve starts at radius 0 from the clean accuracy on the same images.
+    for kind in ["fgsm", "pgd"] {
+        assert!(
+            md.contains(&format!("| {kind} | 0.00 | 3 | learned | 3 | 0 | 0 | 91.60 |")),
+            "{md}"
+        );
+    }
+    assert!(md.contains("| clean | 0 | 3 | learned | 91.60 |"), "{md}");
     let out = tempfile::tempdir().unwrap();
     let written = report.write(out.path()).unwrap();
     let plots: usize = report.sections.iter().map(|s| s.plots.len()).sum();

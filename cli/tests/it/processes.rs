@@ -112,7 +112,11 @@ fn run_executes_a_sweep_end_to_end() {
     // Default evaluations: FGSM at 1/255 and 7 corruptions x 5 severities per trial; filter
     // statistics of ResNet-8's 7 spatial layers at init and at the end.
     assert!(run_dir.join("robustness.parquet").exists() && run_dir.join("filters.parquet").exists());
-    assert_eq!(frames.robustness.height(), 8 * (1 + 35));
+    assert_eq!(
+        frames.robustness.height(),
+        8 * (1 + 1 + 35),
+        "clean, FGSM, 7 corruptions x 5 severities"
+    );
     assert_eq!(frames.filters.height(), 8 * 7 * 2);
     let errors = frames.trials.column("eval_error").unwrap().str().unwrap().clone();
     assert!(
@@ -278,7 +282,7 @@ fn the_commands_work_as_separate_processes() {
     let frames = Frames::load(&out_dir).unwrap();
     assert_eq!(frames.trials.height(), 12, "8 done, 4 pending again");
     assert_eq!(frames.epochs.height(), 8);
-    assert_eq!(frames.robustness.height(), 8 * 36);
+    assert_eq!(frames.robustness.height(), 8 * 37);
     assert_eq!(frames.filters.height(), 8 * 14);
 
     // Reports from the export and straight from the state folder.

@@ -104,6 +104,18 @@ pub fn robustness(
         images: n as u32,
     };
 
+    // The clean accuracy on the same images, so attacks and corruptions read against it.
+    if !spec.fgsm.is_empty() || spec.pgd.is_some() || !spec.corruptions.is_empty() {
+        guarded("clean accuracy".into(), &mut || {
+            let acc = accuracy_after(net, test, n, CORRUPTION_BATCH, &mut |x, _, _| x.shallow_clone());
+            tracing::info!(
+                images = n,
+                accuracy = format!("{acc:.4}"),
+                "clean accuracy on the evaluated images"
+            );
+            row("clean", "clean", 0.0, 0, acc)
+        })?;
+    }
     for eps in &spec.fgsm {
         let eps = eps.0;
         guarded(format!("fgsm eps={eps}"), &mut || {

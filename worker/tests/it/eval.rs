@@ -46,8 +46,10 @@ fn attacks_on_a_trained_model() {
         .map(|r| r.accuracy)
         .collect();
     let pgd = result.robustness.iter().find(|r| r.kind == "pgd").unwrap().accuracy;
-    // eps = 0 is the clean accuracy.
+    // eps = 0 is the clean accuracy, and so is the clean row measured first.
     assert!((fgsm[0] - clean).abs() < 1e-9, "{} vs {clean}", fgsm[0]);
+    assert_eq!(result.robustness[0].kind, "clean");
+    assert!((result.robustness[0].accuracy - clean).abs() < 1e-9);
     // Accuracy falls as eps grows.
     for w in fgsm.windows(2) {
         assert!(w[1] <= w[0] + 0.01, "{fgsm:?}");
@@ -79,7 +81,8 @@ fn corruption_evaluation_covers_every_corruption_and_severity() {
         ..EvalSpec::default()
     };
     let result = eval::robustness(&run.net, &data.test, &eval, 1, &ctl).unwrap();
-    assert_eq!(result.robustness.len(), 7 * 5);
+    assert_eq!(result.robustness.len(), 1 + 7 * 5);
+    assert_eq!(result.robustness[0].kind, "clean");
     for c in Corruption::ALL {
         let sev: Vec<u32> = result
             .robustness
@@ -118,10 +121,11 @@ fn a_failing_measurement_is_recorded_not_fatal() {
     };
     let result = eval::robustness(&net, &data.test, &eval, 1, &ctl).unwrap();
     assert!(result.robustness.is_empty());
-    assert_eq!(result.errors.len(), 2, "{:?}", result.errors);
-    assert!(result.errors[0].starts_with("fgsm eps="), "{:?}", result.errors);
+    assert_eq!(result.errors.len(), 3, "{:?}", result.errors);
+    assert!(result.errors[0].starts_with("clean accuracy"), "{:?}", result.errors);
+    assert!(result.errors[1].starts_with("fgsm eps="), "{:?}", result.errors);
     assert!(
-        result.errors[1].starts_with("contrast severity 1"),
+        result.errors[2].starts_with("contrast severity 1"),
         "{:?}",
         result.errors
     );
