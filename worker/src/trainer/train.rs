@@ -47,10 +47,34 @@ pub enum TrainError {
     Internal(String),
 }
 
+/// Longest reason kept from a panic message.
+const REASON_CHARS: usize = 600;
+
+/// The first line of a panic message, without the `unwrap` wrapper around a libtorch error:
+/// tch's `Torch("...")` carries the C++ backtrace with escaped newlines, which would otherwise
+/// make the whole backtrace one "line".
+fn concise(msg: &str) -> String {
+    let mut m = msg.trim();
+    if let Some(rest) = m.strip_prefix("called `Result::unwrap()` on an `Err` value: ") {
+        m = rest;
+    }
+    if let Some(rest) = m.strip_prefix("Torch(\"") {
+        m = rest;
+    }
+    let line = m.split("\\n").next().unwrap_or(m);
+    let line = line.lines().next().unwrap_or(line);
+    let line = line.strip_suffix("\")").unwrap_or(line).trim_end();
+    if line.chars().count() > REASON_CHARS {
+        format!("{}...", line.chars().take(REASON_CHARS).collect::<String>())
+    } else {
+        line.to_owned()
+    }
+}
+
 impl TrainError {
     /// Classifies a panic message from libtorch or the trainer.
     pub fn from_panic_message(msg: &str) -> TrainError {
-        let first_line = msg.lines().next().unwrap_or(msg).to_owned();
+        let first_line = concise(msg);
         if msg.contains("out of memory") || msg.contains("CUDA_ERROR_OUT_OF_MEMORY") {
             TrainError::OutOfMemory(first_line)
         } else {

@@ -306,4 +306,33 @@ fn out_of_memory_is_not_retried() {
         other => panic!("{other:?}"),
     }
     assert!(TrainError::from_panic_message("index out of range").retryable());
+
+    // As it reached the coordinator from an H200: tch's error inside an unwrap, the C++
+    // backtrace after escaped newlines. The reason keeps PyTorch's message, not the backtrace.
+    let msg = concat!(
+        "called `Result::unwrap()` on an `Err` value: Torch(\"CUDA out of memory. Tried to allocate ",
+        "19.53 GiB. GPU 0 has a total capacity of 139.80 GiB of which 1.67 GiB is free.\\n",
+        "Exception raised from malloc at /pytorch/c10/cuda/CUDACachingAllocator.cpp:1574 (most ",
+        "recent call first):\\nframe #0: c10::Error::Error(c10::SourceLocation) + 0x9d\")"
+    );
+    match TrainError::from_panic_message(msg) {
+        TrainError::OutOfMemory(m) => assert_eq!(
+            m,
+            "CUDA out of memory. Tried to allocate 19.53 GiB. GPU 0 has a total capacity of 139.80 GiB of which 1.67 GiB is free."
+        ),
+        other => panic!("{other:?}"),
+    }
+    let short = "called `Result::unwrap()` on an `Err` value: Torch(\"see (https://x.org/a)\")";
+    match TrainError::from_panic_message(short) {
+        TrainError::Internal(m) => assert_eq!(m, "trainer panicked: see (https://x.org/a)"),
+        other => panic!("{other:?}"),
+    }
+    let long = format!(
+        "called `Result::unwrap()` on an `Err` value: Torch(\"{}\")",
+        "x".repeat(5000)
+    );
+    match TrainError::from_panic_message(&long) {
+        TrainError::Internal(m) => assert!(m.len() < 700 && m.ends_with("..."), "{m}"),
+        other => panic!("{other:?}"),
+    }
 }
