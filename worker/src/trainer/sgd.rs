@@ -1,27 +1,40 @@
 //! SGD with momentum, Nesterov and weight decay, exactly as `torch.optim.SGD` computes it
-//! (single-tensor path), with its state in the open so that checkpoints can save and restore it
+//! (dampening 0), with its state in the open so that checkpoints can save and restore it
 //! (tch's optimiser keeps momentum buffers inside libtorch where they cannot be reached).
 //!
 //! For each parameter `p` with gradient `g`:
 //! ```text
 //! g = g + weight_decay * p
-//! buf = g (first step) | momentum * buf + (1 - dampening) * g
+//! buf = g (first step) | momentum * buf + g
 //! g = g + momentum * buf (Nesterov) | buf
 //! p = p - lr * g
 //! ```
 //! Gradients come from `Tensor::run_backward` for the trainable parameters only, so nothing
 //! accumulates in `.grad` and nothing needs zeroing.
+//!
+//! All parameters live in one flat buffer (each parameter's data becomes a view of its slice),
+//! and so does the momentum, so a step is a handful of kernels over the whole model instead of
+//! several per parameter: on a GPU, where small models are bound by kernel launches, this is
+//! what kept an LC model's step at 0.7x of PyTorch's (which fuses its update across tensors).
+//! The momentum starts at zero, which makes `momentum * 0 + g` the first step's `g`.
 
 use convsweep_proto::spec::TrainSpec;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// The optimiser.
 pub struct Sgd {
+    /// Name and handle of each parameter; its data is a view of `flat`.
     params: Vec<(String, Tensor)>,
-    momentum_buffers: Vec<Option<Tensor>>,
+    /// Start and length of each parameter in `flat` and `momentum`.
+    slices: Vec<(i64, i64)>,
+    /// Every parameter, flattened and concatenated.
+    flat: Tensor,
+    /// The momentum buffers, laid out as `flat`; zero until the first step.
+    momentum_buffer: Tensor,
+    /// Whether a step (or a restored state) has filled the momentum buffer.
+    has_momentum: bool,
     lr: f64,
     momentum: f64,
-    dampening: f64,
     weight_decay: f64,
     nesterov: bool,
 }
@@ -36,15 +49,40 @@ impl std::fmt::Debug for Sgd {
 }
 
 impl Sgd {
-    /// SGD over `params` (name, tensor) with the recipe's settings.
-    pub fn new(params: Vec<(String, Tensor)>, recipe: &TrainSpec) -> Sgd {
-        let n = params.len();
+    /// SGD over `params` (name, tensor) with the recipe's settings. The parameters must share
+    /// one kind and device; their data moves into the optimiser's flat buffer (values kept).
+    pub fn new(mut params: Vec<(String, Tensor)>, recipe: &TrainSpec) -> Sgd {
+        let (kind, device) = params
+            .first()
+            .map_or((Kind::Float, tch::Device::Cpu), |(_, p)| (p.kind(), p.device()));
+        assert!(
+            params.iter().all(|(_, p)| p.kind() == kind && p.device() == device),
+            "SGD parameters must share one kind and device"
+        );
+        let mut slices = Vec::with_capacity(params.len());
+        let mut start = 0;
+        for (_, p) in &params {
+            slices.push((start, p.numel() as i64));
+            start += p.numel() as i64;
+        }
+        let flat = if params.is_empty() {
+            Tensor::zeros([0], (kind, device))
+        } else {
+            let parts: Vec<Tensor> = params.iter().map(|(_, p)| p.detach().reshape([-1])).collect();
+            Tensor::cat(&parts, 0)
+        };
+        for ((_, p), &(s, n)) in params.iter_mut().zip(&slices) {
+            let size = p.size();
+            p.set_data(&flat.narrow(0, s, n).view(size.as_slice()));
+        }
         Sgd {
+            momentum_buffer: flat.zeros_like(),
+            flat,
             params,
-            momentum_buffers: (0..n).map(|_| None).collect(),
+            slices,
+            has_momentum: false,
             lr: recipe.lr,
             momentum: recipe.momentum,
-            dampening: 0.0,
             weight_decay: recipe.weight_decay,
             nesterov: recipe.nesterov,
         }
@@ -57,45 +95,64 @@ impl Sgd {
 
     /// Back-propagates `loss` to the parameters and takes one step.
     pub fn backward_step(&mut self, loss: &Tensor) {
+        if self.params.is_empty() {
+            return;
+        }
         let inputs: Vec<&Tensor> = self.params.iter().map(|(_, p)| p).collect();
         let grads = Tensor::run_backward(&[loss], &inputs, false, false);
         tch::no_grad(|| {
-            for (i, mut g) in grads.into_iter().enumerate() {
-                let p = &self.params[i].1;
-                if !g.defined() {
-                    continue;
+            if grads.iter().all(Tensor::defined) {
+                let flat_grads: Vec<Tensor> = grads.iter().map(|g| g.reshape([-1])).collect();
+                let g = Tensor::cat(&flat_grads, 0);
+                self.update(&self.flat.shallow_clone(), g, &self.momentum_buffer.shallow_clone());
+            } else {
+                // A parameter without a gradient is left alone, as torch.optim.SGD does.
+                for (g, &(s, n)) in grads.iter().zip(&self.slices) {
+                    if g.defined() {
+                        let p = self.flat.narrow(0, s, n);
+                        let buf = self.momentum_buffer.narrow(0, s, n);
+                        self.update(&p, g.reshape([-1]), &buf);
+                    }
                 }
-                if self.weight_decay != 0.0 {
-                    g = g.g_add(&(p * self.weight_decay));
-                }
-                if self.momentum != 0.0 {
-                    let buf = match self.momentum_buffers[i].take() {
-                        None => g.copy(),
-                        Some(mut b) => {
-                            let _ = b.g_mul_scalar_(self.momentum);
-                            let _ = b.g_add_(&(&g * (1.0 - self.dampening)));
-                            b
-                        }
-                    };
-                    g = if self.nesterov {
-                        g.g_add(&(&buf * self.momentum))
-                    } else {
-                        buf.shallow_clone()
-                    };
-                    self.momentum_buffers[i] = Some(buf);
-                }
-                let mut p = p.shallow_clone();
-                let _ = p.g_sub_(&(g * self.lr));
             }
         });
+        self.has_momentum = true;
     }
 
-    /// The momentum buffers by parameter name (those that exist yet), for checkpoints.
+    /// One update of `p` (in place) with gradient `g` and momentum buffer `buf` (in place).
+    fn update(&self, p: &Tensor, mut g: Tensor, buf: &Tensor) {
+        if self.weight_decay != 0.0 {
+            g = g.g_add(&(p * self.weight_decay));
+        }
+        if self.momentum != 0.0 {
+            let mut b = buf.shallow_clone();
+            let _ = b.g_mul_scalar_(self.momentum);
+            let _ = b.g_add_(&g);
+            g = if self.nesterov {
+                g.g_add(&(&b * self.momentum))
+            } else {
+                b
+            };
+        }
+        let mut p = p.shallow_clone();
+        let _ = p.g_sub_(&(g * self.lr));
+    }
+
+    /// The momentum buffers by parameter name (none before the first step), for checkpoints.
     pub fn state(&self) -> Vec<(String, Tensor)> {
+        if !self.has_momentum {
+            return Vec::new();
+        }
         self.params
             .iter()
-            .zip(&self.momentum_buffers)
-            .filter_map(|((name, _), b)| b.as_ref().map(|b| (name.clone(), b.shallow_clone())))
+            .zip(&self.slices)
+            .map(|((name, p), &(s, n))| {
+                let size = p.size();
+                (
+                    name.clone(),
+                    self.momentum_buffer.narrow(0, s, n).view(size.as_slice()).copy(),
+                )
+            })
             .collect()
     }
 
@@ -110,7 +167,11 @@ impl Sgd {
             if buf.size() != self.params[i].1.size() {
                 return Err(format!("momentum buffer {name} has shape {:?}", buf.size()));
             }
-            self.momentum_buffers[i] = Some(buf.to_device(self.params[i].1.device()));
+            let (s, n) = self.slices[i];
+            tch::no_grad(|| {
+                self.momentum_buffer.narrow(0, s, n).copy_(&buf.reshape([-1]));
+            });
+            self.has_momentum = true;
         }
         Ok(())
     }
@@ -156,6 +217,68 @@ mod tests {
             !p.grad().defined(),
             "gradients are taken with run_backward: nothing accumulates in .grad"
         );
+    }
+
+    /// Several parameters of different shapes share the flat buffer: each follows the rule on
+    /// its own, the VarStore-style handles see the updates, and a parameter without a gradient
+    /// is left alone (no weight decay, no momentum), as torch.optim.SGD leaves it.
+    #[test]
+    fn parameters_step_independently_in_the_flat_buffer() {
+        let recipe = TrainSpec {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.01,
+            nesterov: true,
+            ..TrainSpec::default()
+        };
+        let opts = (Kind::Double, Device::Cpu);
+        let a = Tensor::from_slice(&[1.0f64, -2.0, 3.0, 0.5])
+            .view([2, 2])
+            .set_requires_grad(true);
+        let b = Tensor::from_slice(&[4.0f64]).set_requires_grad(true);
+        let unused = Tensor::ones([3], opts).set_requires_grad(true);
+        let mut sgd = Sgd::new(
+            vec![
+                ("a".into(), a.shallow_clone()),
+                ("b".into(), b.shallow_clone()),
+                ("unused".into(), unused.shallow_clone()),
+            ],
+            &recipe,
+        );
+        // Reference: the rule applied to each value on its own; loss = sum(a^2)/2 + 3b, so the
+        // gradient of a is a and that of b is 3.
+        let mut x: Vec<f64> = vec![1.0, -2.0, 3.0, 0.5, 4.0];
+        let mut buf: Option<Vec<f64>> = None;
+        for _ in 0..3 {
+            let loss = (&a * &a).sum(Kind::Double) / 2.0 + &b * 3.0;
+            sgd.backward_step(&loss.sum(Kind::Double));
+            let grad: Vec<f64> = x
+                .iter()
+                .enumerate()
+                .map(|(i, v)| if i < 4 { *v } else { 3.0 })
+                .collect();
+            let g: Vec<f64> = grad.iter().zip(&x).map(|(g, v)| g + 0.01 * v).collect();
+            let bnew: Vec<f64> = match &buf {
+                None => g.clone(),
+                Some(b) => b.iter().zip(&g).map(|(b, g)| 0.9 * b + g).collect(),
+            };
+            x = x
+                .iter()
+                .zip(g.iter().zip(&bnew))
+                .map(|(v, (g, b))| v - 0.1 * (g + 0.9 * b))
+                .collect();
+            buf = Some(bnew);
+        }
+        let got: Vec<f64> = Vec::<f64>::try_from(a.detach().reshape([-1]))
+            .unwrap()
+            .into_iter()
+            .chain(Vec::<f64>::try_from(b.detach()).unwrap())
+            .collect();
+        for (g, e) in got.iter().zip(&x) {
+            assert!((g - e).abs() < 1e-12, "{got:?} vs {x:?}");
+        }
+        assert_eq!(a.size(), vec![2, 2]);
+        assert!(unused.equal(&Tensor::ones([3], opts)), "no gradient: untouched");
     }
 
     #[test]
