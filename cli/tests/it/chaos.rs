@@ -195,6 +195,21 @@ async fn submit(url: &str) {
 /// What must be equal between runs: everything but timings, devices and workers.
 type Results = BTreeMap<String, (Vec<String>, Vec<String>, Vec<String>)>;
 
+/// Each row of `sql` as (its first column, the other columns' values joined by spaces).
+fn lines_by_trial(conn: &rusqlite::Connection, sql: &str) -> Vec<(String, String)> {
+    let mut stmt = conn.prepare(sql).unwrap();
+    let columns = stmt.column_count();
+    stmt.query_map([], |r| {
+        let line: Vec<String> = (1..columns)
+            .map(|i| r.get::<_, rusqlite::types::Value>(i).map(|v| format!("{v:?}")))
+            .collect::<Result<_, _>>()?;
+        Ok((r.get(0)?, line.join(" ")))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
 fn results(state: &Path) -> (Results, HashMap<String, u32>) {
     let conn = rusqlite::Connection::open(state.join("state.db")).unwrap();
     let mut out: Results = BTreeMap::new();
@@ -219,38 +234,16 @@ fn results(state: &Path) -> (Results, HashMap<String, u32>) {
         let (id, fields) = row.unwrap();
         out.entry(id).or_default().0 = fields;
     }
-    let mut stmt = conn
-        .prepare(
-            "SELECT trial_id, epoch, lr, train_loss, train_acc, test_loss, test_acc FROM epochs ORDER BY trial_id, epoch",
-        )
-        .unwrap();
-    let rows = stmt
-        .query_map([], |r| {
-            let id: String = r.get(0)?;
-            let line: Vec<String> = (1..=6)
-                .map(|i| format!("{:?}", r.get::<_, rusqlite::types::Value>(i).unwrap()))
-                .collect();
-            Ok((id, line.join(" ")))
-        })
-        .unwrap();
-    for row in rows {
-        let (id, line) = row.unwrap();
+    for (id, line) in lines_by_trial(
+        &conn,
+        "SELECT trial_id, epoch, lr, train_loss, train_acc, test_loss, test_acc FROM epochs ORDER BY trial_id, epoch",
+    ) {
         out.entry(id).or_default().1.push(line);
     }
-    let mut stmt = conn
-        .prepare("SELECT trial_id, kind, name, eps, severity, accuracy FROM robustness ORDER BY trial_id, kind, name, eps, severity")
-        .unwrap();
-    let rows = stmt
-        .query_map([], |r| {
-            let id: String = r.get(0)?;
-            let line: Vec<String> = (1..=5)
-                .map(|i| format!("{:?}", r.get::<_, rusqlite::types::Value>(i).unwrap()))
-                .collect();
-            Ok((id, line.join(" ")))
-        })
-        .unwrap();
-    for row in rows {
-        let (id, line) = row.unwrap();
+    for (id, line) in lines_by_trial(
+        &conn,
+        "SELECT trial_id, kind, name, eps, severity, accuracy FROM robustness ORDER BY trial_id, kind, name, eps, severity",
+    ) {
         out.entry(id).or_default().2.push(line);
     }
     let mut successes = HashMap::new();

@@ -114,6 +114,19 @@ async fn coordinator() -> Setup {
     }
 }
 
+impl Setup {
+    /// Drains the coordinator, waits for the worker to exit cleanly, and stops the server.
+    async fn drain_and_join<E: std::fmt::Debug>(self, agent: tokio::task::JoinHandle<Result<(), E>>) {
+        self.coordinator.set_drain(true);
+        tokio::time::timeout(Duration::from_secs(10), agent)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        self.stop.cancel();
+    }
+}
+
 fn config(url: &str, slots: u32) -> WorkerConfig {
     WorkerConfig {
         coordinator: url.into(),
@@ -157,13 +170,7 @@ async fn a_panicking_trainer_fails_its_trial_and_the_worker_carries_on() {
         "{reason}"
     );
     assert!(!agent.is_finished(), "the worker is still serving");
-    s.coordinator.set_drain(true);
-    tokio::time::timeout(Duration::from_secs(10), agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    s.stop.cancel();
+    s.drain_and_join(agent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,13 +184,7 @@ async fn slots_run_trials_side_by_side() {
     let agent = tokio::spawn(run(config(&s.url, 2), trainer.clone(), CancellationToken::new()));
     wait_for(&s.coordinator, "all done", |c| c.succeeded == 4).await;
     assert_eq!(trainer.max_running.load(Ordering::SeqCst), 2);
-    s.coordinator.set_drain(true);
-    tokio::time::timeout(Duration::from_secs(10), agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    s.stop.cancel();
+    s.drain_and_join(agent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,13 +212,7 @@ async fn cancelled_running_trials_stop_at_the_next_heartbeat() {
         0
     );
     s.coordinator.cancel("agent", &[]).unwrap();
-    s.coordinator.set_drain(true);
-    tokio::time::timeout(Duration::from_secs(10), agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    s.stop.cancel();
+    s.drain_and_join(agent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
