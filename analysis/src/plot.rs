@@ -44,6 +44,14 @@ pub struct LineChart {
     pub lines: Vec<Line>,
 }
 
+/// An `<svg>` element's opening tag of `w` x `h` and its bold title at (`title_x`, 20).
+fn svg_open(w: f64, h: f64, font_size: u32, title_x: f64, title: &str) -> String {
+    format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="{font_size}"><text x="{title_x}" y="20" font-size="14" font-weight="bold">{}</text>"#,
+        escape(title)
+    )
+}
+
 fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     if hi <= lo || hi.is_nan() || lo.is_nan() {
         return vec![lo];
@@ -96,17 +104,7 @@ impl LineChart {
         }
         let finite = |v: &Vec<f64>| v.iter().copied().filter(|x| x.is_finite()).collect::<Vec<_>>();
         let (xs, ys) = (finite(&xs), finite(&ys));
-        let mut svg = String::new();
-        let _ = write!(
-            svg,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
-        );
-        let _ = write!(
-            svg,
-            r#"<text x="{}" y="20" font-size="14" font-weight="bold">{}</text>"#,
-            left,
-            escape(&self.title)
-        );
+        let mut svg = svg_open(w, h, 12, left, &self.title);
         if xs.is_empty() || ys.is_empty() {
             let _ = write!(svg, r#"<text x="{}" y="{}">no data</text></svg>"#, left, h / 2.0);
             return svg;
@@ -288,16 +286,7 @@ impl HeatmapGrid {
         let rows = self.maps.len().div_ceil(per_row).max(1);
         let w = 20.0 + per_row.min(self.maps.len().max(1)) as f64 * (cell_box + 30.0);
         let h = 40.0 + rows as f64 * (cell_box + 50.0);
-        let mut svg = String::new();
-        let _ = write!(
-            svg,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11">"#
-        );
-        let _ = write!(
-            svg,
-            r#"<text x="20" y="20" font-size="14" font-weight="bold">{}</text>"#,
-            escape(&self.title)
-        );
+        let mut svg = svg_open(w, h, 11, 20.0, &self.title);
         for (i, m) in self.maps.iter().enumerate() {
             let (gx, gy) = (
                 20.0 + (i % per_row) as f64 * (cell_box + 30.0),
