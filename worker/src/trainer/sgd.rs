@@ -25,7 +25,7 @@ use tch::{Kind, Tensor};
 pub struct Sgd {
     /// Name and handle of each parameter; its data is a view of `flat`.
     params: Vec<(String, Tensor)>,
-    /// Start and length of each parameter in `flat` and `momentum`.
+    /// Start and length of each parameter in `flat` and `momentum_buffer`.
     slices: Vec<(i64, i64)>,
     /// Every parameter, flattened and concatenated.
     flat: Tensor,
@@ -104,7 +104,7 @@ impl Sgd {
             if grads.iter().all(Tensor::defined) {
                 let flat_grads: Vec<Tensor> = grads.iter().map(|g| g.reshape([-1])).collect();
                 let g = Tensor::cat(&flat_grads, 0);
-                self.update(&self.flat.shallow_clone(), g, &self.momentum_buffer.shallow_clone());
+                self.update(&self.flat, g, &self.momentum_buffer);
             } else {
                 // A parameter without a gradient is left alone, as torch.optim.SGD does.
                 for (g, &(s, n)) in grads.iter().zip(&self.slices) {
@@ -116,7 +116,7 @@ impl Sgd {
                 }
             }
         });
-        self.has_momentum = true;
+        self.has_momentum = self.momentum != 0.0;
     }
 
     /// One update of `p` (in place) with gradient `g` and momentum buffer `buf` (in place).
@@ -182,16 +182,35 @@ mod tests {
     use super::*;
     use tch::{Device, Kind};
 
-    /// The same steps written out by hand, as torch.optim.SGD documents them.
-    #[test]
-    fn matches_the_pytorch_update_rule() {
-        let recipe = TrainSpec {
+    /// lr 0.1, Nesterov momentum 0.9, weight decay 0.01.
+    fn nesterov_recipe() -> TrainSpec {
+        TrainSpec {
             lr: 0.1,
             momentum: 0.9,
             weight_decay: 0.01,
             nesterov: true,
             ..TrainSpec::default()
+        }
+    }
+
+    /// One step of [`nesterov_recipe`] on values `x` with gradients `grad`, written out by hand
+    /// as torch.optim.SGD documents it.
+    fn reference_step(x: &mut [f64], grad: &[f64], buf: &mut Option<Vec<f64>>) {
+        let g: Vec<f64> = grad.iter().zip(x.iter()).map(|(g, v)| g + 0.01 * v).collect();
+        let b: Vec<f64> = match buf {
+            None => g.clone(),
+            Some(b) => b.iter().zip(&g).map(|(b, g)| 0.9 * b + g).collect(),
         };
+        for ((v, g), b) in x.iter_mut().zip(&g).zip(&b) {
+            *v -= 0.1 * (g + 0.9 * b);
+        }
+        *buf = Some(b);
+    }
+
+    /// The same steps written out by hand, as torch.optim.SGD documents them.
+    #[test]
+    fn matches_the_pytorch_update_rule() {
+        let recipe = nesterov_recipe();
         let p = Tensor::from_slice(&[1.0f64, -2.0, 3.0]).set_requires_grad(true);
         let mut sgd = Sgd::new(vec![("p".into(), p.shallow_clone())], &recipe);
         let mut expected = vec![1.0f64, -2.0, 3.0];
@@ -200,14 +219,8 @@ mod tests {
             // loss = sum(p^2) / 2, so the gradient is p.
             let loss = (&p * &p).sum(Kind::Double) / 2.0;
             sgd.backward_step(&loss);
-            let g: Vec<f64> = expected.iter().map(|x| x + 0.01 * x).collect();
-            let b: Vec<f64> = match &buf {
-                None => g.clone(),
-                Some(b) => b.iter().zip(&g).map(|(b, g)| 0.9 * b + g).collect(),
-            };
-            let step: Vec<f64> = g.iter().zip(&b).map(|(g, b)| g + 0.9 * b).collect();
-            expected = expected.iter().zip(&step).map(|(x, s)| x - 0.1 * s).collect();
-            buf = Some(b);
+            let grad = expected.clone();
+            reference_step(&mut expected, &grad, &mut buf);
         }
         let got = Vec::<f64>::try_from(p.detach()).unwrap();
         for (a, b) in got.iter().zip(&expected) {
@@ -224,13 +237,7 @@ mod tests {
     /// is left alone (no weight decay, no momentum), as torch.optim.SGD leaves it.
     #[test]
     fn parameters_step_independently_in_the_flat_buffer() {
-        let recipe = TrainSpec {
-            lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 0.01,
-            nesterov: true,
-            ..TrainSpec::default()
-        };
+        let recipe = nesterov_recipe();
         let opts = (Kind::Double, Device::Cpu);
         let a = Tensor::from_slice(&[1.0f64, -2.0, 3.0, 0.5])
             .view([2, 2])
@@ -257,17 +264,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, v)| if i < 4 { *v } else { 3.0 })
                 .collect();
-            let g: Vec<f64> = grad.iter().zip(&x).map(|(g, v)| g + 0.01 * v).collect();
-            let bnew: Vec<f64> = match &buf {
-                None => g.clone(),
-                Some(b) => b.iter().zip(&g).map(|(b, g)| 0.9 * b + g).collect(),
-            };
-            x = x
-                .iter()
-                .zip(g.iter().zip(&bnew))
-                .map(|(v, (g, b))| v - 0.1 * (g + 0.9 * b))
-                .collect();
-            buf = Some(bnew);
+            reference_step(&mut x, &grad, &mut buf);
         }
         let got: Vec<f64> = Vec::<f64>::try_from(a.detach().reshape([-1]))
             .unwrap()
