@@ -61,6 +61,8 @@ pub struct Conv2d {
     stride: i64,
     padding: i64,
     groups: i64,
+    /// The frozen weight's spectrum, when the conv runs through the FFT.
+    spectrum: super::fftconv::FrozenSpectrum,
 }
 
 impl Conv2d {
@@ -72,6 +74,11 @@ impl Conv2d {
 
 impl nn::Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Tensor {
+        let (weight, input) = (self.weight.size(), xs.size());
+        if super::fftconv::applies(xs.device(), &input, &weight, self.stride, self.padding, self.groups) {
+            let (bias, padding) = (self.bias.as_ref(), self.padding);
+            return super::fftconv::conv2d_cached(xs, &self.weight, bias, padding, &self.spectrum);
+        }
         xs.conv2d(
             &self.weight,
             self.bias.as_ref(),
@@ -265,6 +272,7 @@ impl<'a> Builder<'a> {
                 stride: s.stride,
                 padding: s.padding,
                 groups: s.groups,
+                spectrum: Default::default(),
             },
             out,
         )

@@ -3,6 +3,7 @@
 //! attacks and corruptions work on `[0, 1]` images).
 
 pub mod convmixer;
+pub mod fftconv;
 pub mod fold;
 pub mod init;
 pub mod layers;

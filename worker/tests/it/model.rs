@@ -395,3 +395,33 @@ fn the_largest_paper_model_has_the_papers_size() {
     assert_eq!(cost.params_total, 312_552_106);
     assert_eq!((cost.params_total as f64 / 1e5).round(), 3126.0);
 }
+
+#[test]
+fn large_kernels_run_through_the_fft_on_the_cpu_and_compute_the_same() {
+    use convsweep_worker::model::fftconv;
+    use convsweep_worker::model::layers::{Builder, Spatial};
+    use tch::nn::ModuleT;
+    let x = Tensor::randn([2, 16, 16, 16], (Kind::Float, Device::Cpu));
+    for (k, mode) in [
+        (9, TrainMode::Learned),
+        (9, TrainMode::Frozen),
+        (11, TrainMode::Frozen),
+        (7, TrainMode::Learned),
+    ] {
+        let m = model(8, 16, k, mode);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let (layer, _) = Builder::new(&m, 1, Device::Cpu).spatial(&vs.root(), 16, 16, 1, 16);
+        let Spatial::Plain(conv) = &layer else {
+            panic!("no expansion: a plain conv")
+        };
+        let p = i64::from(k / 2);
+        let y = tch::no_grad(|| layer.forward_t(&x, true));
+        let direct = tch::no_grad(|| x.conv2d(&conv.weight, None::<Tensor>, [1, 1], [p, p], [1, 1], 1));
+        let rel = (&y - &direct).norm().double_value(&[]) / direct.norm().double_value(&[]);
+        assert!(rel < 1e-5, "k={k} {mode:?}: relative error {rel:.1e} against conv2d");
+        // Which algorithm ran: the FFT's result and oneDNN's agree only to rounding.
+        let fft = tch::no_grad(|| fftconv::conv2d(&x, &conv.weight, None, p));
+        assert_eq!(y.equal(&fft), k >= 9, "k={k}: FFT path taken");
+        assert_eq!(y.equal(&direct), k < 9, "k={k}: oneDNN path taken");
+    }
+}
