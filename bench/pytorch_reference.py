@@ -12,7 +12,9 @@ per case: {"name": ..., "images_per_sec": median over rounds, "rounds": [...]}.
 With --serve it reads JSON commands on stdin instead, so that `convsweep bench` can alternate
 its own rounds with the reference's (machine load then affects both alike):
     {"prepare": NAME, "warmup": W}  -> {"ready": NAME}
-    {"round": STEPS}                -> {"images_per_sec": X}
+    {"round": STEPS, "case": NAME}  -> {"images_per_sec": X}
+Prepared cases stay ready, so rounds of different cases can alternate; without "case" a round
+times the case prepared last.
 """
 import sys
 import argparse
@@ -128,16 +130,17 @@ def run(name, k, frozen, expansion, args, device):
 
 def serve(args, device):
     cases = {c[0]: c for c in CASES}
-    step = None
+    steps, last = {}, None
     for line in sys.stdin:
         cmd = json.loads(line)
         if "prepare" in cmd:
             name, k, frozen, expansion = cases[cmd["prepare"]]
-            step = prepare(name, k, frozen, expansion, args.batch, device)
+            steps[name] = last = prepare(name, k, frozen, expansion, args.batch, device)
             for _ in range(cmd.get("warmup", 0)):
-                step()
+                last()
             print(json.dumps({"ready": name}), flush=True)
         elif "round" in cmd:
+            step = steps[cmd["case"]] if "case" in cmd else last
             print(json.dumps({"images_per_sec": timed(step, cmd["round"], args.batch, device)}), flush=True)
 
 

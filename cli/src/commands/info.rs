@@ -199,7 +199,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
         .filter(|c| args.only.is_empty() || args.only.iter().any(|o| o == c.name))
         .collect();
     eprintln!(
-        "timing {} cases on {device:?}, {} threads, batch {}, {} warm-up + {} rounds of {} steps (interleaved with the reference)",
+        "timing {} cases on {device:?}, {} threads, batch {}, {} warm-up + {} rounds of {} steps (each round times every case in turn, each followed by the reference)",
         cases.len(),
         args.threads,
         args.batch,
@@ -211,34 +211,42 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
         Some(script) => Some(Reference::start(&args, script)?),
         None => None,
     };
-    println!("| configuration | convsweep (images/s) | PyTorch eager (images/s) | convsweep / PyTorch |");
-    println!("|---|---:|---:|---:|");
-    let mut ours = Vec::new();
-    let mut json_rows = Vec::new();
+    // Every case is built first; then each round times every case in turn, each of our rounds
+    // followed by the reference's round of the same case. Rounds of different cases are thus
+    // seconds apart, so ratios between cases (frozen over learned) are paired as well.
+    let mut runs = Vec::new();
     for case in &cases {
-        let mut run = BenchRun::new(&case.model, config.batch, config.warmup, config.device);
+        runs.push(BenchRun::new(&case.model, config.batch, config.warmup, config.device));
         if let Some(r) = reference.as_mut() {
             r.ask(serde_json::json!({ "prepare": case.name, "warmup": config.warmup }))?;
         }
-        let (mut mine, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..config.rounds.max(1) {
-            let a = run.round(config.steps);
-            mine.push(a);
+    }
+    let mut mine = vec![Vec::new(); cases.len()];
+    let mut theirs = vec![Vec::new(); cases.len()];
+    for _ in 0..config.rounds.max(1) {
+        for (i, (case, run)) in cases.iter().zip(&mut runs).enumerate() {
+            mine[i].push(run.round(config.steps));
             if let Some(r) = reference.as_mut() {
-                let b = r.ask(serde_json::json!({ "round": config.steps }))?["images_per_sec"]
+                let b = r.ask(serde_json::json!({ "round": config.steps, "case": case.name }))?["images_per_sec"]
                     .as_f64()
                     .context("reference round without images_per_sec")?;
-                theirs.push(b);
-                ratios.push(a / b);
+                theirs[i].push(b);
             }
         }
+    }
+    drop(runs);
+    println!("| configuration | convsweep (images/s) | PyTorch eager (images/s) | convsweep / PyTorch |");
+    println!("|---|---:|---:|---:|");
+    let mut json_rows = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        // Paired: each of our rounds against the reference round right after it.
+        let ratios: Vec<f64> = mine[i].iter().zip(&theirs[i]).map(|(a, b)| a / b).collect();
         let result = BenchResult {
             name: case.name,
-            images_per_sec: median(&mine),
-            rounds: mine,
+            images_per_sec: median(&mine[i]),
+            rounds: mine[i].clone(),
         };
-        let py = (!theirs.is_empty()).then(|| median(&theirs));
-        // Paired: each of our rounds against the reference round right after it.
+        let py = (!theirs[i].is_empty()).then(|| median(&theirs[i]));
         let ratio = (!ratios.is_empty()).then(|| median(&ratios));
         println!(
             "| {} | {:.1} | {} | {} |",
@@ -249,18 +257,31 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
         );
         json_rows.push(serde_json::json!({
             "name": result.name, "convsweep_images_per_sec": result.images_per_sec, "convsweep_rounds": result.rounds,
-            "pytorch_images_per_sec": py, "pytorch_rounds": theirs, "paired_ratios": ratios, "ratio": ratio,
+            "pytorch_images_per_sec": py, "pytorch_rounds": theirs[i], "paired_ratios": ratios, "ratio": ratio,
         }));
-        ours.push(result);
     }
-    let ips = |name: &str| ours.iter().find(|r| r.name == name).map(|r| r.images_per_sec);
+    let index = |name: String| cases.iter().position(|c| c.name == name);
     for k in ["k3", "k9"] {
-        if let (Some(f), Some(l)) = (
-            ips(&format!("resnet-20-16 {k} frozen")),
-            ips(&format!("resnet-20-16 {k} learned")),
-        ) {
-            println!("\nfrozen / learned step speed at {k}: {:.2}x", f / l);
-        }
+        let (Some(f), Some(l)) = (
+            index(format!("resnet-20-16 {k} frozen")),
+            index(format!("resnet-20-16 {k} learned")),
+        ) else {
+            continue;
+        };
+        // Median over rounds of frozen over learned within the same round.
+        let per_round = |rounds: &[Vec<f64>]| {
+            let r: Vec<f64> = rounds[f].iter().zip(&rounds[l]).map(|(f, l)| f / l).collect();
+            median(&r)
+        };
+        let theirs_too = if theirs[f].is_empty() {
+            String::new()
+        } else {
+            format!(" (PyTorch eager: {:.2}x)", per_round(&theirs))
+        };
+        println!(
+            "\nfrozen / learned step speed at {k}: {:.2}x, median of the per-round ratios{theirs_too}",
+            per_round(&mine)
+        );
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&json_rows)?)

@@ -368,3 +368,63 @@ fn model_info_counts_any_model_the_spec_language_expresses() {
     let (ok, _, stderr) = run(&["dataset=tensor", "dataset.root=/x"]);
     assert!(!ok && stderr.contains("--classes"), "{stderr}");
 }
+
+#[test]
+fn bench_pairs_every_round_with_the_pytorch_reference() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = Command::new(BIN)
+        .current_dir(root)
+        .args([
+            "bench",
+            "--threads",
+            "1",
+            "--batch",
+            "4",
+            "--warmup",
+            "1",
+            "--rounds",
+            "3",
+            "--steps",
+            "1",
+        ])
+        .args([
+            "--only",
+            "resnet-20-16 k3 learned",
+            "--only",
+            "resnet-20-16 k3 frozen",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("frozen / learned step speed at k3"), "{stdout}");
+    assert!(stdout.contains("(PyTorch eager: "), "{stdout}");
+    let rows: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        let f = |key: &str| -> Vec<f64> {
+            row[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        };
+        let (mine, theirs, ratios) = (f("convsweep_rounds"), f("pytorch_rounds"), f("paired_ratios"));
+        assert_eq!((mine.len(), theirs.len(), ratios.len()), (3, 3, 3), "{row}");
+        for i in 0..3 {
+            assert!(mine[i] > 0.0 && theirs[i] > 0.0, "{row}");
+            assert!((ratios[i] - mine[i] / theirs[i]).abs() < 1e-9, "{row}");
+        }
+        assert!(stdout.contains(row["name"].as_str().unwrap()));
+    }
+}
