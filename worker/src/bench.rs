@@ -83,17 +83,6 @@ pub struct BenchConfig {
     pub device: Device,
 }
 
-/// The throughput of one case.
-#[derive(Debug, Clone)]
-pub struct BenchResult {
-    /// Row name.
-    pub name: &'static str,
-    /// Median images per second over the rounds.
-    pub images_per_sec: f64,
-    /// Every round's images per second.
-    pub rounds: Vec<f64>,
-}
-
 fn sync(device: Device) {
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
@@ -158,4 +147,9 @@ pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// `num[i] / den[i]` for each round the two share: ratios of rounds run back to back.
+pub fn paired_ratios(num: &[f64], den: &[f64]) -> Vec<f64> {
+    num.iter().zip(den).map(|(a, b)| a / b).collect()
 }

@@ -6,7 +6,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 use convsweep_coordinator::sweep::{SweepSpec, trials_from_settings};
 use convsweep_proto::TrialSpec;
-use convsweep_worker::bench::{BenchConfig, BenchResult, BenchRun, default_cases, median};
+use convsweep_worker::bench::{BenchConfig, BenchRun, default_cases, median, paired_ratios};
 use convsweep_worker::model::{InputShape, Net};
 
 /// Flags of `convsweep model-info`.
@@ -240,23 +240,18 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     let mut json_rows = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         // Paired: each of our rounds against the reference round right after it.
-        let ratios: Vec<f64> = mine[i].iter().zip(&theirs[i]).map(|(a, b)| a / b).collect();
-        let result = BenchResult {
-            name: case.name,
-            images_per_sec: median(&mine[i]),
-            rounds: mine[i].clone(),
-        };
+        let ratios = paired_ratios(&mine[i], &theirs[i]);
+        let ips = median(&mine[i]);
         let py = (!theirs[i].is_empty()).then(|| median(&theirs[i]));
         let ratio = (!ratios.is_empty()).then(|| median(&ratios));
         println!(
-            "| {} | {:.1} | {} | {} |",
-            result.name,
-            result.images_per_sec,
+            "| {} | {ips:.1} | {} | {} |",
+            case.name,
             py.map_or("-".into(), |p| format!("{p:.1}")),
             ratio.map_or("-".into(), |x| format!("{x:.2}"))
         );
         json_rows.push(serde_json::json!({
-            "name": result.name, "convsweep_images_per_sec": result.images_per_sec, "convsweep_rounds": result.rounds,
+            "name": case.name, "convsweep_images_per_sec": ips, "convsweep_rounds": mine[i],
             "pytorch_images_per_sec": py, "pytorch_rounds": theirs[i], "paired_ratios": ratios, "ratio": ratio,
         }));
     }
@@ -269,10 +264,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
             continue;
         };
         // Median over rounds of frozen over learned within the same round.
-        let per_round = |rounds: &[Vec<f64>]| {
-            let r: Vec<f64> = rounds[f].iter().zip(&rounds[l]).map(|(f, l)| f / l).collect();
-            median(&r)
-        };
+        let per_round = |rounds: &[Vec<f64>]| median(&paired_ratios(&rounds[f], &rounds[l]));
         let theirs_too = if theirs[f].is_empty() {
             String::new()
         } else {

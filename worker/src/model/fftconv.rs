@@ -47,7 +47,7 @@ pub fn applies(device: Device, input: &[i64], weight: &[i64], stride: i64, paddi
     let (&[_, _, h, w], &[c_out, c_in, kh, kw]) = (input, weight) else {
         return false;
     };
-    let spectrum_bytes = (h + 2 * padding) * ((w + 2 * padding) / 2 + 1) * 4 * c_in * c_out * 4;
+    let spectrum_bytes = grid(h, padding) * (grid(w, padding) / 2 + 1) * 4 * c_in * c_out * 4;
     kh == kw
         && kh >= MIN_KERNEL
         && c_in >= MIN_CHANNELS
