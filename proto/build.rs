@@ -6,9 +6,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["proto"])?;
+    // Service stubs only with the `grpc` feature; without it plain prost messages, and no tonic
+    // in the dependency tree.
+    #[cfg(feature = "grpc")]
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
+    #[cfg(not(feature = "grpc"))]
+    prost_build::Config::new().compile_fds(fds)?;
     Ok(())
 }

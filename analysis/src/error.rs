@@ -8,9 +8,6 @@ pub enum Error {
     /// Polars failed (a schema that does not fit, a broken Parquet file).
     #[error("polars: {0}")]
     Polars(#[from] polars::prelude::PolarsError),
-    /// The coordinator's state could not be read.
-    #[error("{0}")]
-    State(#[from] convsweep_coordinator::Error),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -1,11 +1,11 @@
-//! Results as typed Polars frames: built from the coordinator's store, written to and read
-//! from Parquet (one file per table).
+//! Results as typed Polars frames: built from the result rows a state holds
+//! ([`convsweep_proto::results`]), written to and read from Parquet (one file per table).
 
 use std::fs::File;
 use std::path::Path;
 
-use convsweep_coordinator::store::{EpochRow, Store, TrialRow};
 use convsweep_proto::pb;
+use convsweep_proto::results::{EpochRow, FilterRow, Results, RobustnessRow, TrialRow};
 use polars::prelude::*;
 
 use crate::error::{Error, Result};
@@ -100,32 +100,32 @@ pub fn trials_frame(rows: &[TrialRow]) -> Result<DataFrame> {
 }
 
 /// The `robustness` table.
-pub fn robustness_frame(rows: &[(String, pb::RobustnessResult)]) -> Result<DataFrame> {
+pub fn robustness_frame(rows: &[RobustnessRow]) -> Result<DataFrame> {
     Ok(df!(
-        "trial_id" => rows.iter().map(|(t, _)| t.clone()).collect::<Vec<String>>(),
-        "kind" => rows.iter().map(|(_, r)| r.kind.clone()).collect::<Vec<String>>(),
-        "name" => rows.iter().map(|(_, r)| r.name.clone()).collect::<Vec<String>>(),
-        "eps" => rows.iter().map(|(_, r)| r.eps).collect::<Vec<f64>>(),
-        "severity" => rows.iter().map(|(_, r)| r.severity).collect::<Vec<u32>>(),
-        "accuracy" => rows.iter().map(|(_, r)| r.accuracy).collect::<Vec<f64>>(),
-        "images" => rows.iter().map(|(_, r)| r.images).collect::<Vec<u32>>(),
+        "trial_id" => rows.iter().map(|r| r.trial_id.clone()).collect::<Vec<String>>(),
+        "kind" => rows.iter().map(|r| r.result.kind.clone()).collect::<Vec<String>>(),
+        "name" => rows.iter().map(|r| r.result.name.clone()).collect::<Vec<String>>(),
+        "eps" => rows.iter().map(|r| r.result.eps).collect::<Vec<f64>>(),
+        "severity" => rows.iter().map(|r| r.result.severity).collect::<Vec<u32>>(),
+        "accuracy" => rows.iter().map(|r| r.result.accuracy).collect::<Vec<f64>>(),
+        "images" => rows.iter().map(|r| r.result.images).collect::<Vec<u32>>(),
     )?)
 }
 
 /// The `filters` table (`heatmap` is a list of k*k variances, row-major).
-pub fn filters_frame(rows: &[(String, pb::FilterStats)]) -> Result<DataFrame> {
-    let heatmaps: Vec<Series> = rows.iter().map(|(_, f)| Series::new("".into(), &f.heatmap)).collect();
+pub fn filters_frame(rows: &[FilterRow]) -> Result<DataFrame> {
+    let heatmaps: Vec<Series> = rows.iter().map(|f| Series::new("".into(), &f.stats.heatmap)).collect();
     let mut df = df!(
-        "trial_id" => rows.iter().map(|(t, _)| t.clone()).collect::<Vec<String>>(),
-        "stage" => rows.iter().map(|(_, f)| f.stage.clone()).collect::<Vec<String>>(),
-        "layer" => rows.iter().map(|(_, f)| f.layer.clone()).collect::<Vec<String>>(),
-        "kernel_size" => rows.iter().map(|(_, f)| f.kernel_size).collect::<Vec<u32>>(),
-        "n" => rows.iter().map(|(_, f)| f.filters).collect::<Vec<u64>>(),
-        "fve" => rows.iter().map(|(_, f)| f.fve).collect::<Vec<f64>>(),
-        "fve_norm" => rows.iter().map(|(_, f)| f.fve_norm).collect::<Vec<Option<f64>>>(),
-        "sparsity" => rows.iter().map(|(_, f)| f.sparsity).collect::<Vec<f64>>(),
-        "orthogonality" => rows.iter().map(|(_, f)| f.orthogonality).collect::<Vec<f64>>(),
-        "folded" => rows.iter().map(|(_, f)| f.folded).collect::<Vec<bool>>(),
+        "trial_id" => rows.iter().map(|f| f.trial_id.clone()).collect::<Vec<String>>(),
+        "stage" => rows.iter().map(|f| f.stats.stage.clone()).collect::<Vec<String>>(),
+        "layer" => rows.iter().map(|f| f.stats.layer.clone()).collect::<Vec<String>>(),
+        "kernel_size" => rows.iter().map(|f| f.stats.kernel_size).collect::<Vec<u32>>(),
+        "n" => rows.iter().map(|f| f.stats.filters).collect::<Vec<u64>>(),
+        "fve" => rows.iter().map(|f| f.stats.fve).collect::<Vec<f64>>(),
+        "fve_norm" => rows.iter().map(|f| f.stats.fve_norm).collect::<Vec<Option<f64>>>(),
+        "sparsity" => rows.iter().map(|f| f.stats.sparsity).collect::<Vec<f64>>(),
+        "orthogonality" => rows.iter().map(|f| f.stats.orthogonality).collect::<Vec<f64>>(),
+        "folded" => rows.iter().map(|f| f.stats.folded).collect::<Vec<bool>>(),
     )?;
     let heatmap = if heatmaps.is_empty() {
         Series::new_empty("heatmap".into(), &DataType::List(Box::new(DataType::Float64)))
@@ -168,10 +168,9 @@ pub fn epochs_frame(rows: &[EpochRow]) -> Result<DataFrame> {
 }
 
 impl Frames {
-    /// Reads every table straight from a coordinator's state folder.
-    pub fn from_state_dir(state_dir: &Path) -> Result<Frames> {
-        let store = Store::open_existing(state_dir)?;
-        let robustness = robustness_frame(&store.robustness_rows()?)?;
+    /// The tables of a state's result rows.
+    pub fn from_results(results: &Results) -> Result<Frames> {
+        let robustness = robustness_frame(&results.robustness)?;
         // Each trial's mean accuracy over every corruption and severity it was measured on.
         let mean_corruption = robustness
             .clone()
@@ -179,7 +178,7 @@ impl Frames {
             .filter(col("kind").eq(lit("corruption")))
             .group_by([col("trial_id")])
             .agg([col("accuracy").mean().alias("mean_corruption_acc")]);
-        let trials = trials_frame(&store.trial_rows()?)?
+        let trials = trials_frame(&results.trials)?
             .lazy()
             .join(
                 mean_corruption,
@@ -190,29 +189,30 @@ impl Frames {
             .collect()?;
         Ok(Frames {
             trials,
-            epochs: epochs_frame(&store.epoch_rows()?)?,
+            epochs: epochs_frame(&results.epochs)?,
             robustness,
-            filters: filters_frame(&store.filter_rows()?)?,
+            filters: filters_frame(&results.filters)?,
         })
     }
 
-    /// Reads the tables from a folder: Parquet files of an export, or a coordinator's state.
-    pub fn load(dir: &Path) -> Result<Frames> {
-        if dir.join(TRIALS_FILE).exists() {
-            let read = |name: &str| -> Result<DataFrame> {
-                let path = dir.join(name);
-                let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-                Ok(ParquetReader::new(file).finish()?)
-            };
-            Ok(Frames {
-                trials: read(TRIALS_FILE)?,
-                epochs: read(EPOCHS_FILE)?,
-                robustness: read(ROBUSTNESS_FILE)?,
-                filters: read(FILTERS_FILE)?,
-            })
-        } else {
-            Frames::from_state_dir(dir)
-        }
+    /// Whether `dir` holds an export (its `trials.parquet`).
+    pub fn is_export(dir: &Path) -> bool {
+        dir.join(TRIALS_FILE).exists()
+    }
+
+    /// Reads the tables of an export (the Parquet files [`Frames::write_parquet`] wrote).
+    pub fn read_parquet(dir: &Path) -> Result<Frames> {
+        let read = |name: &str| -> Result<DataFrame> {
+            let path = dir.join(name);
+            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            Ok(ParquetReader::new(file).finish()?)
+        };
+        Ok(Frames {
+            trials: read(TRIALS_FILE)?,
+            epochs: read(EPOCHS_FILE)?,
+            robustness: read(ROBUSTNESS_FILE)?,
+            filters: read(FILTERS_FILE)?,
+        })
     }
 
     /// Keeps one sweep's rows.

@@ -1,7 +1,8 @@
 //! convsweep's analysis: results into Polars frames, aggregates over seeds and reports. The
-//! only crate that links Polars.
+//! only crate that links Polars. It knows result rows ([`convsweep_proto::results`]), not
+//! where they are stored: the CLI reads them and hands them over.
 //!
-//! - [`frames`]: the result tables (from a state folder or Parquet) and their export.
+//! - [`frames`]: the result tables (from result rows or Parquet) and their export.
 //! - [`aggregate`]: count, mean, std and 95% CI over seeds, with flags for thin groups.
 //! - [`report`]: the views of the paper's questions, as HTML, Markdown, CSV and Parquet.
 //! - [`paper`]: the published Tables 1 and 3 and the check against them.
@@ -19,8 +20,3 @@ pub mod tables;
 pub use error::{Error, Result};
 pub use frames::Frames;
 pub use report::Report;
-
-/// Exports a coordinator's state folder to Parquet files in `out`; returns the files written.
-pub fn export(state_dir: &std::path::Path, out: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
-    Frames::from_state_dir(state_dir)?.write_parquet(out)
-}

@@ -30,6 +30,22 @@ pub enum Error {
         /// Ours.
         coordinator: u32,
     },
+    /// Stored data that cannot be what this convsweep wrote (an unknown state, a spec that does
+    /// not parse): nothing is acknowledged on top of it.
+    #[error("corrupt state: {0}")]
+    Corrupt(String),
+    /// The state folder was written by a convsweep of another schema version.
+    #[error(
+        "{path} has schema version {found}; this convsweep reads version {expected} (run this version's coordinator on it once to migrate an older state, or use the convsweep that wrote it)"
+    )]
+    SchemaMismatch {
+        /// The database file.
+        path: String,
+        /// Its version.
+        found: String,
+        /// Ours.
+        expected: i64,
+    },
     /// SQLite failed; nothing was acknowledged.
     #[error("storage: {0}")]
     Storage(#[from] rusqlite::Error),
@@ -53,7 +69,10 @@ impl From<Error> for tonic::Status {
             Error::AlreadyExists(_) => tonic::Status::already_exists(msg),
             Error::StaleLease(_) => tonic::Status::aborted(msg),
             Error::ProtocolMismatch { .. } => tonic::Status::failed_precondition(msg),
-            Error::Storage(_) | Error::Io(_) | Error::Transport(_) => tonic::Status::internal(msg),
+            Error::Corrupt(_) => tonic::Status::data_loss(msg),
+            Error::SchemaMismatch { .. } | Error::Storage(_) | Error::Io(_) | Error::Transport(_) => {
+                tonic::Status::internal(msg)
+            }
         }
     }
 }

@@ -1,12 +1,14 @@
 //! The convsweep protocol and the domain types every other crate shares.
 //!
-//! - [`pb`]: code generated from `proto/convsweep/v1/convsweep.proto` (services `WorkerService`
-//!   and `AdminService`).
+//! - [`pb`]: code generated from `proto/convsweep/v1/convsweep.proto`: the messages, and with
+//!   the `grpc` feature the services `WorkerService` and `AdminService`.
 //! - [`spec`]: [`TrialSpec`], its canonical form and the ids derived from it.
 //! - [`state`]: the trial lifecycle.
+//! - [`results`]: the result rows the coordinator's store hands to the analysis.
 //! - [`convert`]: validated conversions between wire messages and domain types.
 
 pub mod convert;
+pub mod results;
 pub mod spec;
 pub mod state;
 
@@ -14,7 +16,7 @@ pub mod state;
 #[rustfmt::skip]
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod pb {
-    tonic::include_proto!("convsweep.v1");
+    include!(concat!(env!("OUT_DIR"), "/convsweep.v1.rs"));
 }
 
 pub use convert::{Lease, Outcome};

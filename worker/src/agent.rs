@@ -26,7 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
-use crate::trainer::{Signal, TrainEnd, Trainer, TrialControl, TrialEvent, run_guarded};
+use crate::control::{Signal, TrainEnd, Trainer, TrialControl, TrialEvent, run_guarded};
 
 /// Runtime settings of a worker. Tests build it directly.
 #[derive(Debug, Clone)]

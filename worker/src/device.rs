@@ -1,9 +1,50 @@
-//! Device facts a trial reports: peak memory. On CUDA that is the caching allocator's peak
+//! The training device: which one a flag names ([`pick_device`]), the CPU allocator policy, and
+//! the device facts a trial reports: peak memory. On CUDA that is the caching allocator's peak
 //! allocation (`torch.cuda.max_memory_allocated`), read through a small C++ shim compiled
 //! when libtorch has CUDA (cfg `convsweep_cuda_stats`); elsewhere the process's peak
 //! resident memory. With several trials on one GPU (`--slots`), the peak is the device's.
 
 use tch::Device;
+
+/// A device flag that names no usable device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// Not one of the spellings `--device` takes.
+    #[error("unknown device {0:?}: use auto, cpu, cuda or cuda:N")]
+    Unknown(String),
+    /// A CUDA device that libtorch does not see.
+    #[error("{asked} asked for, but libtorch sees {count} CUDA device(s)")]
+    Missing {
+        /// The flag's value.
+        asked: String,
+        /// CUDA devices libtorch sees.
+        count: i64,
+    },
+}
+
+/// Picks the training device: `auto` is CUDA device 0 when libtorch sees one, else the CPU.
+pub fn pick_device(choice: &str) -> Result<Device, DeviceError> {
+    match choice {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        cuda if cuda == "cuda" || cuda.starts_with("cuda:") => {
+            let index = match cuda.strip_prefix("cuda:") {
+                None => 0,
+                Some(i) => i.parse::<usize>().map_err(|_| DeviceError::Unknown(cuda.to_owned()))?,
+            };
+            let count = tch::Cuda::device_count();
+            if (index as i64) < count {
+                Ok(Device::Cuda(index))
+            } else {
+                Err(DeviceError::Missing {
+                    asked: cuda.to_owned(),
+                    count,
+                })
+            }
+        }
+        other => Err(DeviceError::Unknown(other.to_owned())),
+    }
+}
 
 #[cfg(convsweep_cuda_stats)]
 #[allow(unsafe_code)]
@@ -31,12 +72,10 @@ mod cuda {
 /// libtorch allocates activations and gradients anew each step; above glibc's mmap threshold
 /// (at most 32 MiB) every such block is a new mapping whose pages fault in again, which on the
 /// benchmark machine made half of an LC model's step system time. [`release_free_memory`]
-/// returns what a finished trial freed. `CONVSWEEP_MALLOC_TUNING=0` leaves glibc's defaults.
+/// returns what a finished trial freed. The CLI's `--malloc-tuning false`
+/// (`CONVSWEEP_MALLOC_TUNING=0`) leaves glibc's defaults by not calling this.
 #[allow(unsafe_code)]
 pub fn tune_cpu_allocator() {
-    if std::env::var("CONVSWEEP_MALLOC_TUNING").is_ok_and(|v| v == "0") {
-        return;
-    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes glibc's allocation policy; it touches no memory.
     unsafe {

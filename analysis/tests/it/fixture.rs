@@ -1,28 +1,29 @@
-//! A small, fully deterministic sweep written through the coordinator's store as workers would:
-//! CIFAR-10 ResNet-20-16 with the paper's recipe, k in {3, 5} x learned/frozen x 3 seeds; one
-//! trial failed, one left unfinished.
+//! A small, fully deterministic sweep's result rows, as a coordinator's store holds them once
+//! workers reported: CIFAR-10 ResNet-20-16 with the paper's recipe, k in {3, 5} x
+//! learned/frozen x 3 seeds; one trial failed, one left unfinished (leased).
 
-use std::path::Path;
+use convsweep_proto::results::{EpochRow, FilterRow, Results, RobustnessRow, TrialRow};
+use convsweep_proto::{TrialSpec, TrialState, pb};
 
-use convsweep_coordinator::store::{LeasePolicy, Store};
-use convsweep_coordinator::sweep::SweepSpec;
-use convsweep_proto::{Outcome, TrialSpec, pb};
-
-pub const SPEC: &str = r#"
-name = "fixture"
-seeds = 3
-[dataset]
-name = "cifar10"
-root = "/data/cifar10"
-[model]
-arch = "resnet"
-depth = 20
-width = 16
-init = "kaiming-uniform"
-[grid]
-kernel_size = [3, 5]
-train_mode = ["learned", "frozen"]
-"#;
+/// The trials in the order the sweep `fixture` expands them: seeds outermost, then kernel size,
+/// then train mode.
+fn trials() -> Vec<TrialSpec> {
+    let mut out = Vec::new();
+    for seed in 0..3u64 {
+        for k in [3u32, 5] {
+            for mode in ["learned", "frozen"] {
+                let json = format!(
+                    r#"{{"dataset":{{"name":"cifar10","root":"/data/cifar10"}},"model":{{"arch":"resnet","depth":20,"width":16,"kernel_size":{k},"train_mode":"{mode}","init":"kaiming-uniform"}},"seed":{seed}}}"#
+                );
+                let mut spec = TrialSpec::from_json(&json).unwrap();
+                spec.canonicalize();
+                spec.validate().unwrap();
+                out.push(spec);
+            }
+        }
+    }
+    out
+}
 
 /// Final test accuracy of a trial (fraction).
 pub fn accuracy(spec: &TrialSpec) -> f64 {
@@ -117,25 +118,31 @@ fn result(spec: &TrialSpec) -> pb::TrialResult {
     }
 }
 
-/// Writes the fixture sweep into `dir` (a coordinator state folder).
-pub fn write(dir: &Path) {
-    let spec = SweepSpec::from_toml(SPEC).unwrap();
-    let trials = spec.expand().unwrap();
-    let mut store = Store::open(dir, LeasePolicy::default()).unwrap();
-    store.submit_sweep(&spec.id, SPEC, &trials, 1_000).unwrap();
-    let worker = store
-        .register_worker("fixture", "host", &["cuda:0".into()], 1, 1_000)
-        .unwrap();
-    let leases = store.lease(&worker, 100, 2_000).unwrap();
-    for lease in leases {
-        let trial = TrialSpec::from_json(&lease.spec_json).unwrap();
+/// The fixture's rows, ordered as the store reads them out.
+pub fn results() -> Results {
+    let mut r = Results::default();
+    for trial in trials() {
+        let trial_id = trial.id().to_string();
         let (k, mode, seed) = (trial.model.kernel_size, trial.model.train_mode.as_str(), trial.seed);
+        let mut row = TrialRow {
+            sweep_id: "fixture".into(),
+            trial_id: trial_id.clone(),
+            spec: trial.clone(),
+            state: TrialState::Leased,
+            attempts: 1,
+            reason: None,
+            worker_id: None,
+            result: None,
+        };
         if (k, mode, seed) == (5, "frozen", 2) {
-            continue; // unfinished: stays leased
+            r.trials.push(row); // unfinished: stays leased
+            continue;
         }
         let acc = accuracy(&trial);
-        let epochs: Vec<pb::EpochMetrics> = (1..=3)
-            .map(|e| pb::EpochMetrics {
+        r.epochs.extend((1..=3).map(|e| EpochRow {
+            trial_id: trial_id.clone(),
+            attempt: 1,
+            metrics: pb::EpochMetrics {
                 epoch: e,
                 lr: 0.01 / f64::from(e),
                 train_loss: 1.0 / f64::from(e),
@@ -143,21 +150,40 @@ pub fn write(dir: &Path) {
                 test_loss: 1.1 / f64::from(e),
                 test_acc: acc - 0.1 * f64::from(3 - e),
                 seconds: 30.0,
-            })
-            .collect();
-        store
-            .report_epochs(&worker, &lease.trial_id, &lease.lease_token, &epochs, 3_000)
-            .unwrap();
-        let outcome = if (k, mode, seed) == (3, "frozen", 2) {
-            Outcome::Failed {
-                retryable: false,
-                reason: "non-finite training loss (NaN) in epoch 3".into(),
-            }
+            },
+        }));
+        if (k, mode, seed) == (3, "frozen", 2) {
+            row.state = TrialState::Failed;
+            row.reason = Some("attempt 1 failed (not retryable): non-finite training loss (NaN) in epoch 3".into());
         } else {
-            Outcome::Succeeded(result(&trial))
-        };
-        store
-            .complete(&worker, &lease.trial_id, &lease.lease_token, &outcome, 4_000)
-            .unwrap();
+            let mut res = result(&trial);
+            r.robustness
+                .extend(res.robustness.drain(..).map(|result| RobustnessRow {
+                    trial_id: trial_id.clone(),
+                    result,
+                }));
+            r.filters.extend(res.filters.drain(..).map(|stats| FilterRow {
+                trial_id: trial_id.clone(),
+                stats,
+            }));
+            row.state = TrialState::Succeeded;
+            row.worker_id = Some("w-fixture".into());
+            row.result = Some(res);
+        }
+        r.trials.push(row);
     }
+    // The store's orders: epochs by trial and epoch; robustness by trial, kind, name, eps and
+    // severity; filters by trial, stage (init after final) and insertion.
+    r.epochs
+        .sort_by(|a, b| (&a.trial_id, a.metrics.epoch).cmp(&(&b.trial_id, b.metrics.epoch)));
+    r.robustness.sort_by(|a, b| {
+        let key = |x: &RobustnessRow| (x.trial_id.clone(), x.result.kind.clone(), x.result.name.clone());
+        key(a)
+            .cmp(&key(b))
+            .then(a.result.eps.total_cmp(&b.result.eps))
+            .then(a.result.severity.cmp(&b.result.severity))
+    });
+    r.filters
+        .sort_by(|a, b| a.trial_id.cmp(&b.trial_id).then(b.stats.stage.cmp(&a.stats.stage)));
+    r
 }

@@ -1,5 +1,5 @@
-//! Integration tests of the analysis crate (one binary): a fixture sweep stored through the
-//! coordinator's store, its frames, aggregates and report.
+//! Integration tests of the analysis crate (one binary): the result rows of a fixture sweep,
+//! their frames, aggregates and report.
 
 mod fixture;
 mod report;

@@ -6,16 +6,13 @@ use polars::prelude::*;
 
 use crate::fixture;
 
-fn frames() -> (tempfile::TempDir, Frames) {
-    let dir = tempfile::tempdir().unwrap();
-    fixture::write(dir.path());
-    let frames = Frames::from_state_dir(dir.path()).unwrap();
-    (dir, frames)
+fn frames() -> Frames {
+    Frames::from_results(&fixture::results()).unwrap()
 }
 
 #[test]
 fn frames_have_typed_columns_and_every_row() {
-    let (_dir, f) = frames();
+    let f = frames();
     assert_eq!(f.trials.height(), 12);
     assert_eq!(f.trials.column("kernel_size").unwrap().dtype(), &DataType::UInt32);
     assert_eq!(f.trials.column("final_test_acc").unwrap().dtype(), &DataType::Float64);
@@ -37,14 +34,14 @@ fn frames_have_typed_columns_and_every_row() {
     // Parquet round trip keeps the types.
     let out = tempfile::tempdir().unwrap();
     f.write_parquet(out.path()).unwrap();
-    let back = Frames::load(out.path()).unwrap();
+    let back = Frames::read_parquet(out.path()).unwrap();
     assert_eq!(back.trials.schema(), f.trials.schema());
     assert_eq!(back.filters.schema(), f.filters.schema());
 }
 
 #[test]
 fn aggregates_match_hand_computed_values() {
-    let (_dir, f) = frames();
+    let f = frames();
     let agg = aggregate(
         &f.trials,
         Aggregation {
@@ -86,7 +83,7 @@ fn aggregates_match_hand_computed_values() {
 
 #[test]
 fn the_report_has_every_view() {
-    let (_dir, f) = frames();
+    let f = frames();
     let report = Report::build(&f.for_sweep("fixture").unwrap(), "fixture").unwrap();
     let ids: Vec<&str> = report.sections.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(
@@ -131,7 +128,7 @@ fn the_report_has_every_view() {
 
 #[test]
 fn markdown_matches_the_snapshot() {
-    let (_dir, f) = frames();
+    let f = frames();
     let md = Report::build(&f, "fixture").unwrap().markdown();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/snapshots/report.md");
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
@@ -146,7 +143,7 @@ fn markdown_matches_the_snapshot() {
 
 #[test]
 fn html_is_well_formed_with_one_svg_per_plot() {
-    let (_dir, f) = frames();
+    let f = frames();
     let report = Report::build(&f, "fixture").unwrap();
     let html = report.html();
     let body = html.strip_prefix("<!DOCTYPE html>\n").expect("doctype");

@@ -186,7 +186,7 @@ impl Drop for Reference {
 /// PyTorch eager.
 pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     tch::set_num_threads(args.threads.max(1) as i32);
-    let device = convsweep_worker::pick_device(&args.device).map_err(anyhow::Error::msg)?;
+    let device = convsweep_worker::pick_device(&args.device)?;
     let config = BenchConfig {
         batch: args.batch,
         warmup: args.warmup,

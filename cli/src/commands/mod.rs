@@ -63,7 +63,7 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
     if let Some(t) = args.threads {
         tch::set_num_threads(t.max(1) as i32);
     }
-    let device = convsweep_worker::pick_device(&args.device).map_err(anyhow::Error::msg)?;
+    let device = convsweep_worker::pick_device(&args.device)?;
     let checkpoints = match &args.checkpoint_dir {
         Some(dir) => Some(
             convsweep_worker::trainer::CheckpointStore::new(dir, args.checkpoint_every)
@@ -242,10 +242,18 @@ pub async fn status(url: &str, sweep: Option<&str>, json: bool) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+/// The result frames of a state folder, read-only: safe beside a live coordinator, never a
+/// migration.
+#[cfg(feature = "analysis")]
+pub fn state_frames(state_dir: &Path) -> Result<convsweep_analysis::Frames> {
+    let results = convsweep_coordinator::store::StateReader::open(state_dir)?.results()?;
+    Ok(convsweep_analysis::Frames::from_results(&results)?)
+}
+
 /// `convsweep export`.
 #[cfg(feature = "analysis")]
 pub fn export(state_dir: &Path, out: &Path) -> Result<ExitCode> {
-    for path in convsweep_analysis::export(state_dir, out)? {
+    for path in state_frames(state_dir)?.write_parquet(out)? {
         println!("{}", path.display());
     }
     Ok(ExitCode::SUCCESS)
@@ -254,7 +262,11 @@ pub fn export(state_dir: &Path, out: &Path) -> Result<ExitCode> {
 /// `convsweep report`.
 #[cfg(feature = "analysis")]
 pub fn report(dir: &Path, out: &Path, sweep: Option<&str>) -> Result<ExitCode> {
-    let frames = convsweep_analysis::Frames::load(dir)?;
+    let frames = if convsweep_analysis::Frames::is_export(dir) {
+        convsweep_analysis::Frames::read_parquet(dir)?
+    } else {
+        state_frames(dir)?
+    };
     let sweeps: std::collections::BTreeSet<String> = {
         let c = frames.trials.column("sweep")?.str()?.clone();
         (0..c.len()).filter_map(|i| c.get(i).map(str::to_owned)).collect()

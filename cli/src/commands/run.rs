@@ -201,7 +201,7 @@ async fn watch(
 
 #[cfg(feature = "analysis")]
 fn report(run_dir: &std::path::Path, sweep: &str) -> Result<()> {
-    let frames = convsweep_analysis::Frames::from_state_dir(run_dir)?.for_sweep(sweep)?;
+    let frames = super::state_frames(run_dir)?.for_sweep(sweep)?;
     frames.write_parquet(run_dir)?;
     let report = convsweep_analysis::Report::build(&frames, sweep)?;
     let written = report.write(run_dir)?;

@@ -3,3 +3,4 @@
 mod chaos;
 mod common;
 mod processes;
+mod reading;

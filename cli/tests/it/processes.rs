@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use convsweep_analysis::Frames;
-use convsweep_coordinator::store::Store;
+use convsweep_coordinator::store::StateReader;
 use convsweep_coordinator::{Coordinator, CoordinatorConfig};
 use convsweep_proto::TrialState;
 use tokio_util::sync::CancellationToken;
@@ -53,8 +53,8 @@ async fn two_worker_processes_finish_a_sweep_over_loopback() {
     stop.cancel();
     server.await.unwrap().unwrap();
 
-    let store = Store::open_existing(dir.path()).unwrap();
-    let rows = store.trial_rows().unwrap();
+    let results = StateReader::open(dir.path()).unwrap().results().unwrap();
+    let rows = results.trials;
     assert_eq!(rows.len(), 8);
     assert!(rows.iter().all(|r| r.state == TrialState::Succeeded), "{rows:?}");
     let workers_used: HashSet<_> = rows.iter().filter_map(|r| r.worker_id.clone()).collect();
@@ -65,7 +65,7 @@ async fn two_worker_processes_finish_a_sweep_over_loopback() {
         assert!((0.0..=1.0).contains(&result.final_test_acc));
         assert_eq!(result.device, "cpu (1 threads)");
     }
-    let epochs = store.epoch_rows().unwrap();
+    let epochs = results.epochs;
     assert_eq!(epochs.len(), 8, "one epoch per trial, streamed");
 }
 
@@ -106,7 +106,7 @@ fn run_executes_a_sweep_end_to_end() {
     ] {
         assert!(run_dir.join(f).exists(), "{f} missing");
     }
-    let frames = Frames::load(&run_dir).unwrap();
+    let frames = Frames::read_parquet(&run_dir).unwrap();
     assert_eq!(frames.trials.height(), 8);
     assert_eq!(frames.epochs.height(), 8);
     // Default evaluations: FGSM at 1/255 and 7 corruptions x 5 severities per trial; filter
@@ -279,7 +279,7 @@ fn the_commands_work_as_separate_processes() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let frames = Frames::load(&out_dir).unwrap();
+    let frames = Frames::read_parquet(&out_dir).unwrap();
     assert_eq!(frames.trials.height(), 12, "8 done, 4 pending again");
     assert_eq!(frames.epochs.height(), 8);
     assert_eq!(frames.robustness.height(), 8 * 37);

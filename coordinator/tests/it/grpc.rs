@@ -308,24 +308,27 @@ async fn evaluations_are_stored_with_the_result() {
         .await
         .unwrap();
     server.stop().await;
-    let store = convsweep_coordinator::store::Store::open_existing(dir.path()).unwrap();
-    let rows = store.trial_rows().unwrap();
+    let results = convsweep_coordinator::store::StateReader::open(dir.path())
+        .unwrap()
+        .results()
+        .unwrap();
+    let rows = results.trials;
     let done = rows.iter().find(|r| r.trial_id == lease.trial_id).unwrap();
     let r = done.result.as_ref().unwrap();
     assert_eq!(
         (r.eval_error.as_str(), r.eval_seconds),
         ("pgd eps=0.03: out of memory", 2.5)
     );
-    let rob = store.robustness_rows().unwrap();
+    let rob = results.robustness;
     assert_eq!(rob.len(), 2);
     assert!(
         rob.iter()
-            .any(|(t, x)| t == &lease.trial_id && x.name == "contrast" && x.severity == 3)
+            .any(|x| x.trial_id == lease.trial_id && x.result.name == "contrast" && x.result.severity == 3)
     );
-    let fil = store.filter_rows().unwrap();
+    let fil = results.filters;
     assert_eq!(fil.len(), 1);
-    assert_eq!(fil[0].1.heatmap, vec![0.1; 9]);
-    assert_eq!(fil[0].1.fve_norm, Some(0.9));
+    assert_eq!(fil[0].stats.heatmap, vec![0.1; 9]);
+    assert_eq!(fil[0].stats.fve_norm, Some(0.9));
 }
 
 #[test]
@@ -343,13 +346,13 @@ fn a_version_1_state_folder_is_migrated() {
     .unwrap();
     drop(conn);
     let store = convsweep_coordinator::store::Store::open(dir.path(), Default::default()).unwrap();
-    assert!(store.robustness_rows().unwrap().is_empty());
+    assert!(store.results().unwrap().robustness.is_empty());
     drop(store);
     let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
     let version: String = conn
         .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, "3");
+    assert_eq!(version, convsweep_coordinator::store::SCHEMA_VERSION.to_string());
     conn.prepare("SELECT eval_error, eval_seconds FROM results").unwrap();
     conn.prepare("SELECT resume_floor FROM trials").unwrap();
 }

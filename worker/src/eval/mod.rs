@@ -6,17 +6,16 @@ pub mod attacks;
 pub mod corruptions;
 pub mod filters;
 
-use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use convsweep_proto::pb;
 use convsweep_proto::spec::EvalSpec;
 use tch::{Kind, Tensor};
 
+use crate::control::{Signal, TrialControl, catch_panic};
 use crate::data::Split;
 use crate::model::Net;
 use crate::rng::derive_seed;
-use crate::trainer::{Signal, TrialControl};
 
 /// Images per attack batch (attacks keep a backward graph).
 const ATTACK_BATCH: i64 = 250;
@@ -38,16 +37,23 @@ pub struct Evaluation {
 #[derive(Debug)]
 pub struct Interrupted(pub Signal);
 
-fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("unknown panic")
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+/// A measurement that failed (libtorch raised inside it); the trial keeps its other results.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {message}")]
+pub struct MeasurementFailed {
+    /// Which measurement, e.g. `pgd eps=0.03`.
+    pub what: String,
+    /// The first line of what libtorch said.
+    pub message: String,
+}
+
+impl MeasurementFailed {
+    fn new(what: impl Into<String>, message: String) -> MeasurementFailed {
+        MeasurementFailed {
+            what: what.into(),
+            message: message.lines().next().unwrap_or_default().to_owned(),
+        }
+    }
 }
 
 /// Accuracy on the first `n` images of `test` after `transform` (which gets `[0, 1]` images
@@ -89,9 +95,9 @@ pub fn robustness(
             Signal::Run => {}
             other => return Err(Interrupted(other)),
         }
-        match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        match catch_panic(f) {
             Ok(r) => out.robustness.push(r),
-            Err(p) => out.errors.push(format!("{what}: {}", panic_text(p))),
+            Err(msg) => out.errors.push(MeasurementFailed::new(what, msg).to_string()),
         }
         Ok(())
     };
@@ -177,7 +183,7 @@ pub fn robustness(
 }
 
 /// Filter statistics of `net` at `stage`, or why they failed.
-pub fn filter_stats(net: &Net, stage: &str) -> Result<Vec<pb::FilterStats>, String> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| filters::measure(net, stage)))
-        .map_err(|p| format!("filter statistics ({stage}): {}", panic_text(p)))
+pub fn filter_stats(net: &Net, stage: &str) -> Result<Vec<pb::FilterStats>, MeasurementFailed> {
+    catch_panic(|| filters::measure(net, stage))
+        .map_err(|msg| MeasurementFailed::new(format!("filter statistics ({stage})"), msg))
 }

@@ -14,6 +14,46 @@ use convsweep_proto::pb;
 use prost::Message;
 use tch::Tensor;
 
+/// Why a checkpoint could not be read, written or used.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// libtorch could not read or write a tensor file.
+    #[error("{}: {message}", path.display())]
+    Tensors {
+        /// The file.
+        path: PathBuf,
+        /// What libtorch said.
+        message: String,
+    },
+    /// The state file is not a `CheckpointState`.
+    #[error("{}: not a checkpoint state: {source}", path.display())]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// Why it does not decode.
+        source: prost::DecodeError,
+    },
+    /// The checkpoint is another trial's.
+    #[error("checkpoint of {found} found under {trial}")]
+    WrongTrial {
+        /// The trial whose folder entry it is.
+        trial: String,
+        /// The trial it says it belongs to.
+        found: String,
+    },
+    /// The checkpoint does not fit the model or optimiser it is restored into.
+    #[error("checkpoint does not fit: {0}")]
+    Mismatch(String),
+}
+
 /// A trial's state at one moment.
 pub struct Checkpoint {
     /// Scalars.
@@ -52,39 +92,51 @@ impl CheckpointStore {
         self.dir.join(format!("{trial}.{generation}.ot"))
     }
 
-    fn read_state(&self, trial: &str) -> Result<Option<pb::CheckpointState>, String> {
+    fn read_state(&self, trial: &str) -> Result<Option<pb::CheckpointState>, CheckpointError> {
         let path = self.state_path(trial);
         match std::fs::read(&path) {
             Ok(bytes) => pb::CheckpointState::decode(&bytes[..])
                 .map(Some)
-                .map_err(|e| format!("{}: not a checkpoint state: {e}", path.display())),
+                .map_err(|source| CheckpointError::Decode { path, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+            Err(source) => Err(CheckpointError::Io { path, source }),
         }
     }
 
     /// The latest checkpoint of `trial`, if any.
-    pub fn load(&self, trial: &str) -> Result<Option<Checkpoint>, String> {
+    pub fn load(&self, trial: &str) -> Result<Option<Checkpoint>, CheckpointError> {
         let Some(state) = self.read_state(trial)? else {
             return Ok(None);
         };
         if state.trial_id != trial {
-            return Err(format!("checkpoint of {} found under {trial}", state.trial_id));
+            return Err(CheckpointError::WrongTrial {
+                trial: trial.to_owned(),
+                found: state.trial_id,
+            });
         }
         let path = self.tensors_path(trial, state.generation);
-        let tensors = Tensor::load_multi(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let tensors = Tensor::load_multi(&path).map_err(|e| CheckpointError::Tensors {
+            message: e.to_string(),
+            path,
+        })?;
         Ok(Some(Checkpoint { state, tensors }))
     }
 
     /// Writes `ck` as the latest checkpoint of `trial`.
-    pub fn save(&self, trial: &str, mut ck: Checkpoint) -> Result<(), String> {
+    pub fn save(&self, trial: &str, mut ck: Checkpoint) -> Result<(), CheckpointError> {
         let previous = self.read_state(trial).ok().flatten().map(|s| s.generation);
         let generation = previous.map_or(1, |g| g + 1);
         let tensors = self.tensors_path(trial, generation);
         let named: Vec<(&str, &Tensor)> = ck.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let tmp = tensors.with_extension("ot.partial");
-        Tensor::save_multi(&named, &tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &tensors).map_err(|e| format!("{}: {e}", tensors.display()))?;
+        Tensor::save_multi(&named, &tmp).map_err(|e| CheckpointError::Tensors {
+            message: e.to_string(),
+            path: tmp.clone(),
+        })?;
+        std::fs::rename(&tmp, &tensors).map_err(|source| CheckpointError::Io {
+            path: tensors.clone(),
+            source,
+        })?;
         ck.state.trial_id = trial.to_owned();
         ck.state.generation = generation;
         let state_path = self.state_path(trial);
@@ -95,7 +147,10 @@ impl CheckpointStore {
             f.sync_all()?;
             std::fs::rename(&tmp, &state_path)
         };
-        write().map_err(|e| format!("{}: {e}", state_path.display()))?;
+        write().map_err(|source| CheckpointError::Io {
+            path: state_path.clone(),
+            source,
+        })?;
         if let Some(old) = previous {
             let _ = std::fs::remove_file(self.tensors_path(trial, old));
         }

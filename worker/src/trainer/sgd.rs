@@ -21,6 +21,8 @@
 use convsweep_proto::spec::TrainSpec;
 use tch::{Kind, Tensor};
 
+use super::checkpoint::CheckpointError;
+
 /// The optimiser.
 pub struct Sgd {
     /// Name and handle of each parameter; its data is a view of `flat`.
@@ -157,15 +159,17 @@ impl Sgd {
     }
 
     /// Restores momentum buffers saved by [`Sgd::state`]; unknown names are an error.
-    pub fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<(), String> {
+    pub fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<(), CheckpointError> {
         for (name, buf) in state {
-            let i = self
-                .params
-                .iter()
-                .position(|(n, _)| *n == name)
-                .ok_or_else(|| format!("momentum buffer for unknown parameter {name}"))?;
+            let i =
+                self.params.iter().position(|(n, _)| *n == name).ok_or_else(|| {
+                    CheckpointError::Mismatch(format!("momentum buffer for unknown parameter {name}"))
+                })?;
             if buf.size() != self.params[i].1.size() {
-                return Err(format!("momentum buffer {name} has shape {:?}", buf.size()));
+                return Err(CheckpointError::Mismatch(format!(
+                    "momentum buffer {name} has shape {:?}",
+                    buf.size()
+                )));
             }
             let (s, n) = self.slices[i];
             tch::no_grad(|| {

@@ -4,105 +4,20 @@
 
 use std::time::Instant;
 
+use convsweep_proto::pb;
 use convsweep_proto::spec::TrialSpec;
-use convsweep_proto::{Outcome, pb};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use super::checkpoint::{Checkpoint, CheckpointStore};
+use super::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
 use super::schedule::lr_at;
 use super::sgd::Sgd;
-use super::{Signal, TrialControl};
+use crate::control::{Signal, TrainError, TrialControl};
 use crate::data::{Dataset, augment};
 use crate::model::{InputShape, Net};
 use crate::rng::{Rng, derive_seed};
 
 /// Batch size of evaluation passes.
 const EVAL_BATCH: i64 = 1000;
-
-/// Why training stopped without a result.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    /// The loss became NaN or infinite: the same spec would diverge again.
-    #[error("non-finite training loss ({loss}) in epoch {epoch}")]
-    NonFinite {
-        /// Epoch (1-based).
-        epoch: u32,
-        /// The loss.
-        loss: f64,
-    },
-    /// The device ran out of memory: the same spec needs a bigger device.
-    #[error("out of memory: {0}")]
-    OutOfMemory(String),
-    /// The dataset could not be loaded.
-    #[error("dataset: {0}")]
-    Data(String),
-    /// Stopped on the agent's request (cancel or lost lease).
-    #[error("stopped")]
-    Stopped,
-    /// Stopped by the worker's shutdown.
-    #[error("preempted by worker shutdown after epoch {0}")]
-    Preempted(u32),
-    /// libtorch or the trainer failed otherwise.
-    #[error("{0}")]
-    Internal(String),
-}
-
-/// Longest reason kept from a panic message.
-const REASON_CHARS: usize = 600;
-
-/// The first line of a panic message, without the `unwrap` wrapper around a libtorch error:
-/// tch's `Torch("...")` carries the C++ backtrace with escaped newlines, which would otherwise
-/// make the whole backtrace one "line".
-fn concise(msg: &str) -> String {
-    let mut m = msg.trim();
-    if let Some(rest) = m.strip_prefix("called `Result::unwrap()` on an `Err` value: ") {
-        m = rest;
-    }
-    if let Some(rest) = m.strip_prefix("Torch(\"") {
-        m = rest;
-    }
-    let line = m.split("\\n").next().unwrap_or(m);
-    let line = line.lines().next().unwrap_or(line);
-    let line = line.strip_suffix("\")").unwrap_or(line).trim_end();
-    if line.chars().count() > REASON_CHARS {
-        format!("{}...", line.chars().take(REASON_CHARS).collect::<String>())
-    } else {
-        line.to_owned()
-    }
-}
-
-impl TrainError {
-    /// Classifies a panic message from libtorch or the trainer.
-    pub fn from_panic_message(msg: &str) -> TrainError {
-        let first_line = concise(msg);
-        if msg.contains("out of memory") || msg.contains("CUDA_ERROR_OUT_OF_MEMORY") {
-            TrainError::OutOfMemory(first_line)
-        } else {
-            TrainError::Internal(format!("trainer panicked: {first_line}"))
-        }
-    }
-
-    /// Whether another attempt of the same spec could succeed.
-    pub fn retryable(&self) -> bool {
-        match self {
-            TrainError::NonFinite { .. } | TrainError::OutOfMemory(_) => false,
-            TrainError::Data(_) | TrainError::Internal(_) | TrainError::Stopped | TrainError::Preempted(_) => true,
-        }
-    }
-
-    /// The outcome to report.
-    pub fn into_outcome(self) -> Outcome {
-        match self {
-            TrainError::Preempted(_) => Outcome::Preempted {
-                reason: self.to_string(),
-            },
-            other => Outcome::Failed {
-                retryable: other.retryable(),
-                reason: other.to_string(),
-            },
-        }
-    }
-}
 
 /// Loss and accuracy of `net` on a split, in eval mode, without gradients.
 pub fn evaluate(net: &Net, images: &Tensor, labels: &Tensor, label_smoothing: f64) -> (f64, f64) {
@@ -204,7 +119,7 @@ impl<'a> TrialRun<'a> {
         let mut eval_errors = Vec::new();
         let init_filters = if spec.eval.filters {
             crate::eval::filter_stats(&net, "init").unwrap_or_else(|e| {
-                eval_errors.push(e);
+                eval_errors.push(e.to_string());
                 Vec::new()
             })
         } else {
@@ -388,27 +303,25 @@ impl<'a> TrialRun<'a> {
 
     /// Continues from `ck` (taken by [`TrialRun::checkpoint`] of the same spec). On an error
     /// nothing is half-restored that matters: the caller starts the trial afresh.
-    pub fn restore(&mut self, ck: Checkpoint) -> Result<(), String> {
+    pub fn restore(&mut self, ck: Checkpoint) -> Result<(), CheckpointError> {
         let state = ck.state;
-        let rng: [u64; 4] = state
-            .rng
-            .as_slice()
-            .try_into()
-            .map_err(|_| format!("checkpoint rng state has {} words, not 4", state.rng.len()))?;
+        let rng: [u64; 4] = state.rng.as_slice().try_into().map_err(|_| {
+            CheckpointError::Mismatch(format!("checkpoint rng state has {} words, not 4", state.rng.len()))
+        })?;
         let mut tensors: std::collections::HashMap<String, Tensor> = ck.tensors.into_iter().collect();
         let device = self.net.vs.device();
         let vars = self.net.vs.variables();
-        tch::no_grad(|| -> Result<(), String> {
+        tch::no_grad(|| -> Result<(), CheckpointError> {
             for (name, var) in &vars {
                 let saved = tensors
                     .remove(&format!("var/{name}"))
-                    .ok_or_else(|| format!("checkpoint lacks variable {name}"))?;
+                    .ok_or_else(|| CheckpointError::Mismatch(format!("checkpoint lacks variable {name}")))?;
                 if saved.size() != var.size() {
-                    return Err(format!(
+                    return Err(CheckpointError::Mismatch(format!(
                         "variable {name}: checkpoint shape {:?}, model {:?}",
                         saved.size(),
                         var.size()
-                    ));
+                    )));
                 }
                 var.shallow_clone().copy_(&saved);
             }
@@ -424,7 +337,7 @@ impl<'a> TrialRun<'a> {
             Some(c) => {
                 let order = tensors
                     .remove("cursor/order")
-                    .ok_or("checkpoint has a cursor but no order")?;
+                    .ok_or_else(|| CheckpointError::Mismatch("checkpoint has a cursor but no order".into()))?;
                 Some(Cursor {
                     order: order.to_device(device),
                     next_batch: c.next_batch,
@@ -473,7 +386,7 @@ impl<'a> TrialRun<'a> {
         if spec.filters {
             match crate::eval::filter_stats(&self.net, "final") {
                 Ok(f) => self.final_filters = f,
-                Err(e) => self.eval_errors.push(e),
+                Err(e) => self.eval_errors.push(e.to_string()),
             }
         }
         self.eval_seconds = started.elapsed().as_secs_f64();

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use convsweep_coordinator::{Coordinator, CoordinatorConfig};
 use convsweep_proto::spec::{DatasetName, TrainMode};
 use convsweep_proto::{Lease, Outcome, SweepId, pb};
-use convsweep_worker::trainer::{Signal, TchTrainer, TrainEnd, TrainError, Trainer, TrialControl};
+use convsweep_worker::control::{Signal, TrainEnd, TrainError, Trainer, TrialControl};
+use convsweep_worker::trainer::TchTrainer;
 use convsweep_worker::{WorkerConfig, run};
 use tokio_util::sync::CancellationToken;
 

@@ -2,10 +2,11 @@
 //! computation, failures recorded rather than fatal.
 
 use convsweep_proto::spec::{Corruption, Eps, EvalSpec, PgdSpec, TrainMode};
+use convsweep_worker::control::TrialControl;
 use convsweep_worker::data::DataCache;
 use convsweep_worker::eval::{self, attacks, filters};
 use convsweep_worker::model::{InputShape, Net};
-use convsweep_worker::trainer::{TrialControl, TrialRun};
+use convsweep_worker::trainer::TrialRun;
 use tch::{Device, Kind, Tensor};
 
 use crate::common::{model, trial};

@@ -5,8 +5,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use convsweep_proto::spec::{Corruption, EvalSpec, TrainMode};
+use convsweep_worker::control::{Signal, TrainError, TrialControl};
 use convsweep_worker::data::DataCache;
-use convsweep_worker::trainer::{CheckpointStore, Signal, TrainError, TrialControl, train_trial};
+use convsweep_worker::trainer::{CheckpointStore, train_trial};
 use tch::Device;
 
 use crate::common::{model, trial};
@@ -58,7 +59,7 @@ fn a_resumed_trial_ends_exactly_like_an_uninterrupted_one() {
                 let result = train_trial(&spec, Device::Cpu, &data, &ctl, Some((&parts, "t"))).unwrap();
                 // Every epoch is reported again by the resumed run, restored ones included.
                 let mut epochs = Vec::new();
-                while let Ok(convsweep_worker::trainer::TrialEvent::Epoch(m)) = events.try_recv() {
+                while let Ok(convsweep_worker::control::TrialEvent::Epoch(m)) = events.try_recv() {
                     epochs.push(m.epoch);
                 }
                 epochs.dedup();

@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 
 use convsweep_proto::spec::TrainMode;
+use convsweep_worker::control::TrialControl;
 use convsweep_worker::data::DataCache;
-use convsweep_worker::trainer::{TrialControl, TrialRun};
+use convsweep_worker::trainer::TrialRun;
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Reduction, Tensor, nn};
 

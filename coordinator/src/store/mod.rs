@@ -1,17 +1,35 @@
 //! The coordinator's durable state: SQLite in WAL mode with `synchronous = FULL`, so every
 //! transaction that returned is on disk before the RPC that caused it is acknowledged.
 //!
-//! Each public method is one transaction and one step of the lease state machine:
+//! - this module: [`Store`], the writer, whose public methods are each one transaction and one
+//!   step of the lease state machine;
+//! - [`schema`]: the tables, the schema version and its migrations, and how to open a state;
+//! - [`read`]: the result rows, and [`StateReader`], a read-only view for export and report.
+//!
+//! The transitions the store makes:
 //!
 //! ```text
-//! submit  -> pending --lease--> leased --epoch report--> running --complete--> succeeded
-//!               ^  ^                |                        |                 failed
-//!               |  +-- expired / retryable failure ----------+                 preempted (leasable)
-//!               +----------------- preempted <-------------------------------- cancelled
+//! from                               event                                 to
+//! (none)                             submit, extend                        pending
+//! pending, preempted                 lease                                 leased (attempt + 1)
+//! leased                             epoch report                          running
+//! leased, running                    complete: succeeded                   succeeded
+//! leased, running                    complete: failed, not retryable       failed
+//! leased, running                    complete: failed retryably; expiry    pending, or failed once
+//!                                                                          out of attempts
+//! leased, running                    complete: preempted                   preempted
+//! pending, leased, running, preempted cancel                               cancelled
+//! failed, cancelled                  resume                                pending (fresh attempts)
 //! ```
 //!
 //! Fencing: every report names its lease token; only the trial's current token of an active
 //! lease is accepted. A completion whose token already completed is acknowledged as a duplicate.
+
+pub mod read;
+pub mod schema;
+
+pub use read::StateReader;
+pub use schema::SCHEMA_VERSION;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -25,116 +43,6 @@ use crate::error::{Error, Result};
 
 /// File name of the database inside the state folder.
 pub const DB_FILE: &str = "state.db";
-
-const SCHEMA_VERSION: i64 = 3;
-
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sweeps (
-    id TEXT PRIMARY KEY,
-    spec_toml TEXT NOT NULL,
-    created_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS trials (
-    id TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL,
-    spec_json TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 0,
-    lease_token TEXT,
-    worker_id TEXT,
-    lease_deadline_ms INTEGER,
-    reason TEXT,
-    created_ms INTEGER NOT NULL,
-    finished_ms INTEGER,
-    resume_floor INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS trials_by_state ON trials(state, seq);
-CREATE TABLE IF NOT EXISTS sweep_trials (
-    sweep_id TEXT NOT NULL REFERENCES sweeps(id),
-    trial_id TEXT NOT NULL REFERENCES trials(id),
-    position INTEGER NOT NULL,
-    PRIMARY KEY (sweep_id, trial_id)
-);
-CREATE INDEX IF NOT EXISTS sweep_trials_by_trial ON sweep_trials(trial_id);
-CREATE TABLE IF NOT EXISTS attempts (
-    trial_id TEXT NOT NULL REFERENCES trials(id),
-    attempt INTEGER NOT NULL,
-    worker_id TEXT NOT NULL,
-    lease_token TEXT NOT NULL,
-    started_ms INTEGER NOT NULL,
-    ended_ms INTEGER,
-    outcome TEXT,
-    reason TEXT,
-    PRIMARY KEY (trial_id, attempt)
-);
-CREATE UNIQUE INDEX IF NOT EXISTS attempts_by_token ON attempts(lease_token);
-CREATE TABLE IF NOT EXISTS epochs (
-    trial_id TEXT NOT NULL REFERENCES trials(id),
-    epoch INTEGER NOT NULL,
-    attempt INTEGER NOT NULL,
-    lr REAL NOT NULL,
-    train_loss REAL NOT NULL,
-    train_acc REAL NOT NULL,
-    test_loss REAL NOT NULL,
-    test_acc REAL NOT NULL,
-    seconds REAL NOT NULL,
-    PRIMARY KEY (trial_id, epoch)
-);
-CREATE TABLE IF NOT EXISTS results (
-    trial_id TEXT PRIMARY KEY REFERENCES trials(id),
-    attempt INTEGER NOT NULL,
-    worker_id TEXT NOT NULL,
-    final_train_loss REAL NOT NULL,
-    final_train_acc REAL NOT NULL,
-    final_test_loss REAL NOT NULL,
-    final_test_acc REAL NOT NULL,
-    best_test_acc REAL NOT NULL,
-    best_epoch INTEGER NOT NULL,
-    params_total INTEGER NOT NULL,
-    params_learnable INTEGER NOT NULL,
-    flops_per_image INTEGER NOT NULL,
-    wall_seconds REAL NOT NULL,
-    peak_memory_bytes INTEGER NOT NULL,
-    device TEXT NOT NULL,
-    completed_ms INTEGER NOT NULL,
-    eval_error TEXT NOT NULL DEFAULT '',
-    eval_seconds REAL NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS robustness (
-    trial_id TEXT NOT NULL REFERENCES trials(id),
-    kind TEXT NOT NULL,
-    name TEXT NOT NULL,
-    eps REAL NOT NULL,
-    severity INTEGER NOT NULL,
-    accuracy REAL NOT NULL,
-    images INTEGER NOT NULL,
-    PRIMARY KEY (trial_id, kind, name, eps, severity)
-);
-CREATE TABLE IF NOT EXISTS filters (
-    trial_id TEXT NOT NULL REFERENCES trials(id),
-    stage TEXT NOT NULL,
-    layer TEXT NOT NULL,
-    kernel_size INTEGER NOT NULL,
-    filters INTEGER NOT NULL,
-    fve REAL NOT NULL,
-    fve_norm REAL,
-    sparsity REAL NOT NULL,
-    orthogonality REAL NOT NULL,
-    heatmap TEXT NOT NULL,
-    folded INTEGER NOT NULL,
-    PRIMARY KEY (trial_id, stage, layer)
-);
-CREATE TABLE IF NOT EXISTS workers (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    host TEXT NOT NULL,
-    devices TEXT NOT NULL,
-    slots INTEGER NOT NULL,
-    registered_ms INTEGER NOT NULL,
-    last_seen_ms INTEGER NOT NULL
-);
-"#;
 
 /// Lease rules the store enforces.
 #[derive(Debug, Clone, Copy)]
@@ -172,38 +80,6 @@ pub struct Completed {
     pub state: TrialState,
 }
 
-/// One trial of one sweep, as exported.
-#[derive(Debug, Clone)]
-pub struct TrialRow {
-    /// Sweep it belongs to.
-    pub sweep_id: String,
-    /// Trial id.
-    pub trial_id: String,
-    /// Its spec.
-    pub spec: TrialSpec,
-    /// Current state.
-    pub state: TrialState,
-    /// Attempts started.
-    pub attempts: u32,
-    /// Why it failed, when it did.
-    pub reason: Option<String>,
-    /// Worker that produced the result.
-    pub worker_id: Option<String>,
-    /// Final metrics, once succeeded.
-    pub result: Option<pb::TrialResult>,
-}
-
-/// One epoch of one trial, as exported.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EpochRow {
-    /// Trial id.
-    pub trial_id: String,
-    /// Attempt that reported it.
-    pub attempt: u32,
-    /// Metrics.
-    pub metrics: pb::EpochMetrics,
-}
-
 /// The SQLite store. Not `Sync`: the coordinator keeps it behind a mutex.
 pub struct Store {
     conn: Connection,
@@ -228,71 +104,19 @@ fn new_token(prefix: &str) -> String {
     format!("{prefix}{a:016x}{:08x}", h.finish() as u32)
 }
 
+/// A stored state name; anything else is corrupt data.
 fn state_of(s: String) -> Result<TrialState> {
-    s.parse().map_err(|e: convsweep_proto::state::UnknownState| {
-        Error::Storage(rusqlite::Error::InvalidParameterName(e.to_string()))
-    })
+    s.parse()
+        .map_err(|e: convsweep_proto::state::UnknownState| Error::Corrupt(format!("stored trial state: {e}")))
 }
 
 impl Store {
-    /// Opens (creating when needed) the store in `dir`.
+    /// Opens (creating or migrating when needed) the store in `dir`.
     pub fn open(dir: &Path, policy: LeasePolicy) -> Result<Store> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(DB_FILE);
-        let conn = Connection::open(&path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.execute_batch(SCHEMA)?;
-        let version: Option<String> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
-            .optional()?;
-        match version.as_deref() {
-            None => {
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
-                    [SCHEMA_VERSION.to_string()],
-                )?;
-            }
-            Some(v @ ("1" | "2")) => {
-                // v1 -> v2: evaluation columns on results (the new tables came with SCHEMA).
-                // v2 -> v3: attempts before a resume no longer count against max_attempts.
-                let mut steps = String::from("BEGIN;");
-                if v == "1" {
-                    steps.push_str(
-                        "ALTER TABLE results ADD COLUMN eval_error TEXT NOT NULL DEFAULT '';
-                         ALTER TABLE results ADD COLUMN eval_seconds REAL NOT NULL DEFAULT 0;",
-                    );
-                }
-                steps.push_str(
-                    "ALTER TABLE trials ADD COLUMN resume_floor INTEGER NOT NULL DEFAULT 0;
-                     UPDATE meta SET value = '3' WHERE key = 'schema_version';
-                     COMMIT;",
-                );
-                conn.execute_batch(&steps)?;
-            }
-            Some(v) if v == SCHEMA_VERSION.to_string() => {}
-            Some(v) => {
-                return Err(Error::Io(std::io::Error::other(format!(
-                    "{} has schema version {v}; this convsweep understands {SCHEMA_VERSION}",
-                    path.display()
-                ))));
-            }
-        }
+        let conn = schema::open_writable(&path)?;
         Ok(Store { conn, policy, path })
-    }
-
-    /// Opens an existing store for reading (export), failing when there is none.
-    pub fn open_existing(dir: &Path) -> Result<Store> {
-        let path = dir.join(DB_FILE);
-        if !path.exists() {
-            return Err(Error::NotFound(format!(
-                "no coordinator state at {} (expected {DB_FILE} there)",
-                dir.display()
-            )));
-        }
-        Store::open(dir, LeasePolicy::default())
     }
 
     /// The lease rules in force.
@@ -744,7 +568,10 @@ impl Store {
                 params![trial_id, attempt, now, reason],
             )?;
             let state = Self::retry_or_fail(policy, &tx, &trial_id, now)?;
-            touched.push((TrialId::parse(&trial_id).map_err(Error::InvalidArgument)?, state));
+            touched.push((
+                TrialId::parse(&trial_id).map_err(|e| Error::Corrupt(format!("stored trial id: {e}")))?,
+                state,
+            ));
         }
         tx.commit()?;
         Ok(touched)
@@ -957,138 +784,8 @@ impl Store {
         )?)
     }
 
-    /// Every (sweep, trial) pair with its spec, state and result, sweeps oldest first.
-    pub fn trial_rows(&self) -> Result<Vec<TrialRow>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT s.sweep_id, t.id, t.spec_json, t.state, t.attempt, t.reason, \
-                    r.worker_id, r.final_train_loss, r.final_train_acc, r.final_test_loss, r.final_test_acc, \
-                    r.best_test_acc, r.best_epoch, r.params_total, r.params_learnable, r.flops_per_image, \
-                    r.wall_seconds, r.peak_memory_bytes, r.device, r.eval_error, r.eval_seconds \
-             FROM sweep_trials s JOIN sweeps w ON w.id = s.sweep_id JOIN trials t ON t.id = s.trial_id \
-             LEFT JOIN results r ON r.trial_id = t.id \
-             ORDER BY w.created_ms, s.sweep_id, s.position",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            let result = match r.get::<_, Option<String>>(6)? {
-                None => None,
-                Some(_) => Some(pb::TrialResult {
-                    final_train_loss: r.get(7)?,
-                    final_train_acc: r.get(8)?,
-                    final_test_loss: r.get(9)?,
-                    final_test_acc: r.get(10)?,
-                    best_test_acc: r.get(11)?,
-                    best_epoch: r.get(12)?,
-                    params_total: r.get::<_, i64>(13)? as u64,
-                    params_learnable: r.get::<_, i64>(14)? as u64,
-                    flops_per_image: r.get::<_, i64>(15)? as u64,
-                    wall_seconds: r.get(16)?,
-                    peak_memory_bytes: r.get::<_, i64>(17)? as u64,
-                    device: r.get(18)?,
-                    eval_error: r.get(19)?,
-                    eval_seconds: r.get(20)?,
-                    robustness: Vec::new(),
-                    filters: Vec::new(),
-                }),
-            };
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, u32>(4)?,
-                r.get::<_, Option<String>>(5)?,
-                r.get::<_, Option<String>>(6)?,
-                result,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (sweep_id, trial_id, spec_json, state, attempts, reason, worker_id, result) = row?;
-            let spec = TrialSpec::from_json(&spec_json).map_err(Error::InvalidArgument)?;
-            out.push(TrialRow {
-                sweep_id,
-                trial_id,
-                spec,
-                state: state_of(state)?,
-                attempts,
-                reason,
-                worker_id,
-                result,
-            });
-        }
-        Ok(out)
-    }
-
-    /// Every stored robustness measurement.
-    pub fn robustness_rows(&self) -> Result<Vec<(String, pb::RobustnessResult)>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT trial_id, kind, name, eps, severity, accuracy, images FROM robustness \
-             ORDER BY trial_id, kind, name, eps, severity",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                pb::RobustnessResult {
-                    kind: r.get(1)?,
-                    name: r.get(2)?,
-                    eps: r.get(3)?,
-                    severity: r.get(4)?,
-                    accuracy: r.get(5)?,
-                    images: r.get(6)?,
-                },
-            ))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// Every stored filter statistic.
-    pub fn filter_rows(&self) -> Result<Vec<(String, pb::FilterStats)>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT trial_id, stage, layer, kernel_size, filters, fve, fve_norm, sparsity, orthogonality, heatmap, folded \
-             FROM filters ORDER BY trial_id, stage DESC, rowid",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            let heatmap: String = r.get(9)?;
-            Ok((
-                r.get(0)?,
-                pb::FilterStats {
-                    stage: r.get(1)?,
-                    layer: r.get(2)?,
-                    kernel_size: r.get(3)?,
-                    filters: r.get::<_, i64>(4)? as u64,
-                    fve: r.get(5)?,
-                    fve_norm: r.get(6)?,
-                    sparsity: r.get(7)?,
-                    orthogonality: r.get(8)?,
-                    heatmap: serde_json::from_str(&heatmap).unwrap_or_default(),
-                    folded: r.get(10)?,
-                },
-            ))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// Every stored epoch, by trial and epoch.
-    pub fn epoch_rows(&self) -> Result<Vec<EpochRow>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT trial_id, attempt, epoch, lr, train_loss, train_acc, test_loss, test_acc, seconds \
-             FROM epochs ORDER BY trial_id, epoch",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(EpochRow {
-                trial_id: r.get(0)?,
-                attempt: r.get(1)?,
-                metrics: pb::EpochMetrics {
-                    epoch: r.get(2)?,
-                    lr: r.get(3)?,
-                    train_loss: r.get(4)?,
-                    train_acc: r.get(5)?,
-                    test_loss: r.get(6)?,
-                    test_acc: r.get(7)?,
-                    seconds: r.get(8)?,
-                },
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    /// Every result, read in one transaction.
+    pub fn results(&self) -> Result<convsweep_proto::results::Results> {
+        read::results(&self.conn)
     }
 }

@@ -1,0 +1,195 @@
+//! The contract between the async agent and a trainer: what the agent asks of a running trial
+//! ([`Signal`]), what the trainer sends back ([`TrialEvent`]), how a run ends ([`TrainEnd`],
+//! [`TrainError`]), the [`Trainer`] trait and the panic guard around it. No libtorch here: the
+//! agent side knows messages only.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use convsweep_proto::{Lease, Outcome, pb};
+use tokio::sync::mpsc;
+
+/// What the agent asks of a running trial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Signal {
+    /// Keep training.
+    Run = 0,
+    /// Stop and report nothing (cancelled, or the lease was lost).
+    Stop = 1,
+    /// Stop, keep what can be kept, and report the trial preempted (worker shutdown).
+    Preempt = 2,
+}
+
+/// Messages from a trainer thread to the agent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrialEvent {
+    /// One finished epoch.
+    Epoch(pb::EpochMetrics),
+}
+
+/// The trainer's end of the link to the agent.
+#[derive(Debug, Clone)]
+pub struct TrialControl {
+    signal: Arc<AtomicU8>,
+    events: mpsc::UnboundedSender<TrialEvent>,
+}
+
+impl TrialControl {
+    /// A control and the agent's ends: the signal to set and the events to read.
+    pub fn new() -> (TrialControl, Arc<AtomicU8>, mpsc::UnboundedReceiver<TrialEvent>) {
+        let signal = Arc::new(AtomicU8::new(Signal::Run as u8));
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            TrialControl {
+                signal: signal.clone(),
+                events: tx,
+            },
+            signal,
+            rx,
+        )
+    }
+
+    /// The agent's current request.
+    pub fn signal(&self) -> Signal {
+        match self.signal.load(Ordering::Relaxed) {
+            0 => Signal::Run,
+            1 => Signal::Stop,
+            _ => Signal::Preempt,
+        }
+    }
+
+    /// Sends one epoch's metrics (dropped silently when the agent is gone).
+    pub fn epoch(&self, metrics: pb::EpochMetrics) {
+        let _ = self.events.send(TrialEvent::Epoch(metrics));
+    }
+}
+
+/// How a trainer run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainEnd {
+    /// Report this outcome.
+    Finished(Outcome),
+    /// Stopped on request; report nothing.
+    Stopped,
+}
+
+/// Something that trains leased trials. Called on a dedicated thread per trial.
+pub trait Trainer: Send + Sync + 'static {
+    /// The devices trials run on, for `Register` and logs.
+    fn devices(&self) -> Vec<String>;
+    /// Trains one trial to its end.
+    fn run(&self, lease: &Lease, ctl: &TrialControl) -> TrainEnd;
+    /// The coordinator acknowledged `outcome` for `lease`: state kept for a retry (checkpoints)
+    /// can go when the trial will not run again.
+    fn acknowledged(&self, lease: &Lease, outcome: &Outcome) {
+        let _ = (lease, outcome);
+    }
+}
+
+/// The text a panic carried (`panic!` with a message or a format), or "unknown panic".
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic")
+}
+
+/// Runs `f`, turning a panic into `Err` with its message, so that a failing trial or
+/// measurement never takes the worker down.
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| panic_message(p.as_ref()).to_owned())
+}
+
+/// Runs `trainer` on `lease`, turning a panic into a failed trial rather than a dead worker.
+pub fn run_guarded(trainer: &dyn Trainer, lease: &Lease, ctl: &TrialControl) -> TrainEnd {
+    catch_panic(|| trainer.run(lease, ctl))
+        .unwrap_or_else(|msg| TrainEnd::Finished(TrainError::from_panic_message(&msg).into_outcome()))
+}
+
+/// Why training stopped without a result.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The loss became NaN or infinite: the same spec would diverge again.
+    #[error("non-finite training loss ({loss}) in epoch {epoch}")]
+    NonFinite {
+        /// Epoch (1-based).
+        epoch: u32,
+        /// The loss.
+        loss: f64,
+    },
+    /// The device ran out of memory: the same spec needs a bigger device.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    /// The dataset could not be loaded.
+    #[error("dataset: {0}")]
+    Data(String),
+    /// Stopped on the agent's request (cancel or lost lease).
+    #[error("stopped")]
+    Stopped,
+    /// Stopped by the worker's shutdown.
+    #[error("preempted by worker shutdown after epoch {0}")]
+    Preempted(u32),
+    /// libtorch or the trainer failed otherwise.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Longest reason kept from a panic message.
+const REASON_CHARS: usize = 600;
+
+/// The first line of a panic message, without the `unwrap` wrapper around a libtorch error:
+/// tch's `Torch("...")` carries the C++ backtrace with escaped newlines, which would otherwise
+/// make the whole backtrace one "line".
+fn concise(msg: &str) -> String {
+    let mut m = msg.trim();
+    if let Some(rest) = m.strip_prefix("called `Result::unwrap()` on an `Err` value: ") {
+        m = rest;
+    }
+    if let Some(rest) = m.strip_prefix("Torch(\"") {
+        m = rest;
+    }
+    let line = m.split("\\n").next().unwrap_or(m);
+    let line = line.lines().next().unwrap_or(line);
+    let line = line.strip_suffix("\")").unwrap_or(line).trim_end();
+    if line.chars().count() > REASON_CHARS {
+        format!("{}...", line.chars().take(REASON_CHARS).collect::<String>())
+    } else {
+        line.to_owned()
+    }
+}
+
+impl TrainError {
+    /// Classifies a panic message from libtorch or the trainer.
+    pub fn from_panic_message(msg: &str) -> TrainError {
+        let first_line = concise(msg);
+        if msg.contains("out of memory") || msg.contains("CUDA_ERROR_OUT_OF_MEMORY") {
+            TrainError::OutOfMemory(first_line)
+        } else {
+            TrainError::Internal(format!("trainer panicked: {first_line}"))
+        }
+    }
+
+    /// Whether another attempt of the same spec could succeed.
+    pub fn retryable(&self) -> bool {
+        match self {
+            TrainError::NonFinite { .. } | TrainError::OutOfMemory(_) => false,
+            TrainError::Data(_) | TrainError::Internal(_) | TrainError::Stopped | TrainError::Preempted(_) => true,
+        }
+    }
+
+    /// The outcome to report.
+    pub fn into_outcome(self) -> Outcome {
+        match self {
+            TrainError::Preempted(_) => Outcome::Preempted {
+                reason: self.to_string(),
+            },
+            other => Outcome::Failed {
+                retryable: other.retryable(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}
