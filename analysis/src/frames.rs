@@ -85,6 +85,7 @@ pub fn trials_frame(rows: &[TrialRow]) -> Result<DataFrame> {
         "worker" => rows.iter().map(|r| r.worker_id.clone()).collect::<Vec<Option<String>>>(),
         "eval_error" => rows.iter().map(|r| r.result.as_ref().map(|x| x.eval_error.clone())).collect::<Vec<Option<String>>>(),
         "eval_seconds" => opt(rows, |r| r.eval_seconds),
+        "conv_algorithm" => rows.iter().map(|r| r.result.as_ref().map(|x| x.conv_algorithm.clone())).collect::<Vec<Option<String>>>(),
     )?;
     // Overfitting at the end: train minus test accuracy, test minus train loss, and how far the
     // last epoch falls below the best.

@@ -19,6 +19,17 @@ struct Cli {
     /// Log format on stderr: text or json. Filter with RUST_LOG (default: info).
     #[arg(long, global = true, default_value = "text", env = "CONVSWEEP_LOG_FORMAT")]
     log_format: logging::Format,
+    /// Train stride-1 convs with kernel size 9 or more on the CPU through the FFT (same
+    /// function, about twice as fast at k = 9); false keeps every conv on libtorch's conv2d. Each
+    /// result records which ran.
+    #[arg(long, global = true, default_value_t = true, env = "CONVSWEEP_FFT_CONV",
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    fft_conv: bool,
+    /// Tune glibc's allocator for CPU training (no fresh mmap per large tensor); false keeps
+    /// glibc's defaults.
+    #[arg(long, global = true, default_value_t = true, env = "CONVSWEEP_MALLOC_TUNING",
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    malloc_tuning: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -218,8 +229,10 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    convsweep_worker::device::tune_cpu_allocator();
     let cli = Cli::parse();
+    if cli.malloc_tuning {
+        convsweep_worker::device::tune_cpu_allocator();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -242,6 +255,7 @@ fn main() -> std::process::ExitCode {
                     threads,
                     runs_dir,
                     device,
+                    fft_conv: cli.fft_conv,
                     log_format: cli.log_format,
                 })
                 .await
@@ -283,6 +297,7 @@ fn main() -> std::process::ExitCode {
                     grace: Duration::from_secs(grace_secs),
                     checkpoint_dir,
                     checkpoint_every,
+                    fft_conv: cli.fft_conv,
                 })
                 .await
             }
@@ -356,6 +371,7 @@ fn main() -> std::process::ExitCode {
                     python,
                     only,
                     json,
+                    fft_conv: cli.fft_conv,
                 })
             }
             Command::Report { dir, out, sweep } => {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use convsweep_proto::spec::{Arch, InitScheme, InterOp, ModelSpec, TrainMode, TrainSpec};
 use tch::{Device, Kind, Tensor};
 
-use crate::model::{InputShape, Net};
+use crate::model::{Compute, InputShape, Net};
 use crate::trainer::{optimizer, train_step};
 
 /// One configuration to time.
@@ -79,8 +79,8 @@ pub struct BenchConfig {
     pub steps: u32,
     /// Rounds; the median round is reported.
     pub rounds: u32,
-    /// Device.
-    pub device: Device,
+    /// Device and conv algorithms.
+    pub compute: Compute,
 }
 
 fn sync(device: Device) {
@@ -102,13 +102,15 @@ pub struct BenchRun {
 
 impl BenchRun {
     /// Builds `model` with the paper's optimiser and loss and runs `warmup` untimed steps.
-    pub fn new(model: &ModelSpec, batch: i64, warmup: u32, device: Device) -> BenchRun {
+    pub fn new(model: &ModelSpec, batch: i64, warmup: u32, compute: impl Into<Compute>) -> BenchRun {
+        let compute = compute.into();
+        let device = compute.device;
         let input = InputShape {
             channels: 3,
             size: 32,
             classes: 10,
         };
-        let net = Net::new(model, input, 0, device, &[0.49, 0.48, 0.45], &[0.25, 0.24, 0.26]);
+        let net = Net::new(model, input, 0, compute, &[0.49, 0.48, 0.45], &[0.25, 0.24, 0.26]);
         let recipe = TrainSpec::default();
         let opt = optimizer(&net, &recipe);
         let mut run = BenchRun {

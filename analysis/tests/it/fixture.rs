@@ -115,6 +115,7 @@ fn result(spec: &TrialSpec) -> pb::TrialResult {
         filters,
         eval_error: String::new(),
         eval_seconds: 10.0,
+        conv_algorithm: "direct".into(),
     }
 }
 

@@ -123,6 +123,7 @@ pub struct BenchArgs {
     pub python: String,
     pub only: Vec<String>,
     pub json: Option<PathBuf>,
+    pub fft_conv: bool,
 }
 
 /// The PyTorch reference as a subprocess that times one round per request, so that its rounds
@@ -192,7 +193,10 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
         warmup: args.warmup,
         steps: args.steps,
         rounds: args.rounds,
-        device,
+        compute: convsweep_worker::model::Compute {
+            device,
+            fft_conv: args.fft_conv,
+        },
     };
     let cases: Vec<_> = default_cases()
         .into_iter()
@@ -216,7 +220,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     // seconds apart, so ratios between cases (frozen over learned) are paired as well.
     let mut runs = Vec::new();
     for case in &cases {
-        runs.push(BenchRun::new(&case.model, config.batch, config.warmup, config.device));
+        runs.push(BenchRun::new(&case.model, config.batch, config.warmup, config.compute));
         if let Some(r) = reference.as_mut() {
             r.ask(serde_json::json!({ "prepare": case.name, "warmup": config.warmup }))?;
         }

@@ -53,6 +53,7 @@ pub struct WorkerArgs {
     pub grace: Duration,
     pub checkpoint_dir: Option<std::path::PathBuf>,
     pub checkpoint_every: u32,
+    pub fft_conv: bool,
 }
 
 /// `convsweep worker`.
@@ -71,7 +72,11 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
         ),
         None => None,
     };
-    let trainer = Arc::new(convsweep_worker::TchTrainer::new(device, checkpoints));
+    let compute = convsweep_worker::model::Compute {
+        device,
+        fft_conv: args.fft_conv,
+    };
+    let trainer = Arc::new(convsweep_worker::TchTrainer::new(compute, checkpoints));
     let config = convsweep_worker::WorkerConfig {
         coordinator: args.coordinator,
         name: args.name.unwrap_or_else(convsweep_worker::agent::host_name),

@@ -27,16 +27,26 @@ pub struct RunArgs {
     pub threads: Option<u32>,
     pub runs_dir: PathBuf,
     pub device: String,
+    pub fft_conv: bool,
     pub log_format: logging::Format,
 }
 
-fn spawn_worker(i: u32, url: &str, threads: u32, device: &str, run_dir: &std::path::Path) -> Result<Child> {
+fn spawn_worker(i: u32, url: &str, threads: u32, args: &RunArgs, run_dir: &std::path::Path) -> Result<Child> {
     let log_dir = run_dir.join("logs");
     let exe = std::env::current_exe().context("cannot find the convsweep binary to start workers")?;
     let log_path = log_dir.join(format!("worker-{i}.log"));
     let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
     let child = Command::new(exe)
-        .args(["worker", "--coordinator", url, "--device", device, "--grace-secs", "10"])
+        .args([
+            "worker",
+            "--coordinator",
+            url,
+            "--device",
+            &args.device,
+            "--grace-secs",
+            "10",
+        ])
+        .args(["--fft-conv", if args.fft_conv { "true" } else { "false" }])
         .args(["--threads", &threads.to_string(), "--name", &format!("local-{i}")])
         .arg("--checkpoint-dir")
         .arg(run_dir.join("checkpoints"))
@@ -94,7 +104,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let mut workers = Vec::new();
     for i in 0..args.workers {
-        workers.push(spawn_worker(i, &url, threads, &args.device, &run_dir)?);
+        workers.push(spawn_worker(i, &url, threads, &args, &run_dir)?);
     }
 
     let interrupted = super::shutdown_on_signals();

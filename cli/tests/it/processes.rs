@@ -64,6 +64,7 @@ async fn two_worker_processes_finish_a_sweep_over_loopback() {
         assert!(result.params_total > 0 && result.flops_per_image > 0);
         assert!((0.0..=1.0).contains(&result.final_test_acc));
         assert_eq!(result.device, "cpu (1 threads)");
+        assert_eq!(result.conv_algorithm, "direct", "k < 9: no conv through the FFT");
     }
     let epochs = results.epochs;
     assert_eq!(epochs.len(), 8, "one epoch per trial, streamed");

@@ -487,8 +487,9 @@ impl Store {
                 tx.execute(
                     "INSERT OR REPLACE INTO results (trial_id, attempt, worker_id, final_train_loss, final_train_acc, \
                      final_test_loss, final_test_acc, best_test_acc, best_epoch, params_total, params_learnable, \
-                     flops_per_image, wall_seconds, peak_memory_bytes, device, completed_ms, eval_error, eval_seconds) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                     flops_per_image, wall_seconds, peak_memory_bytes, device, completed_ms, eval_error, eval_seconds, \
+                     conv_algorithm) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
                     params![
                         trial_id,
                         attempt,
@@ -507,7 +508,8 @@ impl Store {
                         r.device,
                         now,
                         r.eval_error,
-                        r.eval_seconds
+                        r.eval_seconds,
+                        r.conv_algorithm
                     ],
                 )?;
                 Self::insert_evaluations(&tx, trial_id, r)?;

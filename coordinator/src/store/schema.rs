@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::error::{Error, Result};
 
 /// The schema version this convsweep writes and reads.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -82,7 +82,8 @@ CREATE TABLE IF NOT EXISTS results (
     device TEXT NOT NULL,
     completed_ms INTEGER NOT NULL,
     eval_error TEXT NOT NULL DEFAULT '',
-    eval_seconds REAL NOT NULL DEFAULT 0
+    eval_seconds REAL NOT NULL DEFAULT 0,
+    conv_algorithm TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS robustness (
     trial_id TEXT NOT NULL REFERENCES trials(id),
@@ -149,9 +150,10 @@ pub(super) fn open_writable(path: &Path) -> Result<Connection> {
                 [SCHEMA_VERSION.to_string()],
             )?;
         }
-        Some(v @ ("1" | "2")) => {
+        Some(v @ ("1" | "2" | "3")) => {
             // v1 -> v2: evaluation columns on results (the new tables came with SCHEMA).
             // v2 -> v3: attempts before a resume no longer count against max_attempts.
+            // v3 -> v4: the conv algorithm a result was computed with (empty: not recorded).
             let mut steps = String::from("BEGIN;");
             if v == "1" {
                 steps.push_str(
@@ -159,9 +161,12 @@ pub(super) fn open_writable(path: &Path) -> Result<Connection> {
                      ALTER TABLE results ADD COLUMN eval_seconds REAL NOT NULL DEFAULT 0;",
                 );
             }
+            if v != "3" {
+                steps.push_str("ALTER TABLE trials ADD COLUMN resume_floor INTEGER NOT NULL DEFAULT 0;");
+            }
             steps.push_str(
-                "ALTER TABLE trials ADD COLUMN resume_floor INTEGER NOT NULL DEFAULT 0;
-                 UPDATE meta SET value = '3' WHERE key = 'schema_version';
+                "ALTER TABLE results ADD COLUMN conv_algorithm TEXT NOT NULL DEFAULT '';
+                 UPDATE meta SET value = '4' WHERE key = 'schema_version';
                  COMMIT;",
             );
             conn.execute_batch(&steps)?;

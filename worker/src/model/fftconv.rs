@@ -18,9 +18,9 @@
 //! [`applies`] decides where it is used: on the CPU, for stride-1 convs without groups, with
 //! `k >= 9`, "same" padding, at least 8 input channels and a kernel spectrum of at most
 //! [`MAX_SPECTRUM_BYTES`]. Everything else, and every conv on CUDA (cuDNN picks its own
-//! algorithms), stays on `conv2d`. `CONVSWEEP_FFT_CONV=0` turns it off.
-
-use std::sync::OnceLock;
+//! algorithms), stays on `conv2d`. [`Compute::fft_conv`](super::Compute) turns it off (the CLI's
+//! `--fft-conv false`, `CONVSWEEP_FFT_CONV=0`); which convs took it is recorded with each trial's
+//! results ([`super::Net::conv_algorithm`]).
 
 use tch::{Device, Tensor};
 
@@ -28,12 +28,6 @@ use tch::{Device, Tensor};
 pub const MIN_KERNEL: i64 = 9;
 /// Fewest input channels that go through the FFT (the 3-channel stem is faster direct).
 pub const MIN_CHANNELS: i64 = 8;
-
-/// Whether `CONVSWEEP_FFT_CONV` allows the FFT path (anything but `0` does).
-pub fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("CONVSWEEP_FFT_CONV").map_or(true, |v| v != "0"))
-}
 
 /// Largest kernel spectrum, in bytes, for which the FFT path is taken. The spectrum holds
 /// `(h + 2p) * (w/2 + p + 1) * 2 c_in * 2 c_out` floats, about `2 (h + 2p)^2 / k^2` times the
@@ -56,7 +50,6 @@ pub fn applies(device: Device, input: &[i64], weight: &[i64], stride: i64, paddi
         && device == Device::Cpu
         && stride == 1
         && groups == 1
-        && enabled()
 }
 
 /// The kernel's spectrum as the real matrices that multiply the input spectrum: for each of the

@@ -2,11 +2,46 @@
 //! LC-blocks, BatchNorm and linear heads, created through a [`Builder`] that also counts
 //! parameters and multiply-accumulates.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use convsweep_proto::spec::{InterOp, ModelSpec, TrainMode};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
+use super::Compute;
 use super::init::{self, Correlation};
+
+/// The algorithm a conv's last forward pass used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConvPath {
+    /// Not run yet.
+    NotRun = 0,
+    /// libtorch's `conv2d` (oneDNN on the CPU, cuDNN on CUDA).
+    Direct = 1,
+    /// Through the FFT ([`super::fftconv`]).
+    Fft = 2,
+}
+
+/// Where a conv records the [`ConvPath`] it took; the model reads every conv's.
+#[derive(Debug, Clone, Default)]
+pub struct ConvRecord(Arc<AtomicU8>);
+
+impl ConvRecord {
+    fn set(&self, path: ConvPath) {
+        self.0.store(path as u8, Ordering::Relaxed);
+    }
+
+    /// The path of the conv's last forward pass.
+    pub fn get(&self) -> ConvPath {
+        match self.0.load(Ordering::Relaxed) {
+            1 => ConvPath::Direct,
+            2 => ConvPath::Fft,
+            _ => ConvPath::NotRun,
+        }
+    }
+}
 
 /// Parameters and compute of a model, counted while it is built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,12 +75,15 @@ pub struct Builder<'a> {
     spec: &'a ModelSpec,
     seed: u64,
     device: Device,
+    fft_conv: bool,
     /// Only count: weights are not drawn (empty placeholders), so any size can be costed.
     count_only: bool,
     /// What has been built so far.
     pub cost: Cost,
     /// Every spatial layer built so far.
     pub spatial_layers: Vec<SpatialLayer>,
+    /// Where every conv built so far records its algorithm.
+    pub conv_records: Vec<ConvRecord>,
     /// Random draws the model makes in training (dropout), shared with the [`super::Net`].
     pub draws: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -61,8 +99,12 @@ pub struct Conv2d {
     stride: i64,
     padding: i64,
     groups: i64,
+    /// Whether the FFT may be used where it [applies](super::fftconv::applies).
+    fft: bool,
     /// The frozen weight's spectrum, when the conv runs through the FFT.
     spectrum: super::fftconv::FrozenSpectrum,
+    /// The algorithm the last forward pass used.
+    record: ConvRecord,
 }
 
 impl Conv2d {
@@ -75,10 +117,12 @@ impl Conv2d {
 impl nn::Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Tensor {
         let (weight, input) = (self.weight.size(), xs.size());
-        if super::fftconv::applies(xs.device(), &input, &weight, self.stride, self.padding, self.groups) {
+        if self.fft && super::fftconv::applies(xs.device(), &input, &weight, self.stride, self.padding, self.groups) {
+            self.record.set(ConvPath::Fft);
             let (bias, padding) = (self.bias.as_ref(), self.padding);
             return super::fftconv::conv2d_cached(xs, &self.weight, bias, padding, &self.spectrum);
         }
+        self.record.set(ConvPath::Direct);
         xs.conv2d(
             &self.weight,
             self.bias.as_ref(),
@@ -200,15 +244,18 @@ impl ConvShape {
 }
 
 impl<'a> Builder<'a> {
-    /// A builder for `spec`'s layers, seeded by the trial seed.
-    pub fn new(spec: &'a ModelSpec, seed: u64, device: Device) -> Self {
+    /// A builder for `spec`'s layers on `compute`, seeded by the trial seed.
+    pub fn new(spec: &'a ModelSpec, seed: u64, compute: impl Into<Compute>) -> Self {
+        let compute = compute.into();
         Builder {
             spec,
             seed,
-            device,
+            device: compute.device,
+            fft_conv: compute.fft_conv,
             count_only: false,
             cost: Cost::default(),
             spatial_layers: Vec::new(),
+            conv_records: Vec::new(),
             draws: Default::default(),
         }
     }
@@ -265,6 +312,8 @@ impl<'a> Builder<'a> {
         });
         let out = conv_out(size, s.k, s.stride, s.padding);
         self.cost.macs_per_image += (numel * out * out) as u64;
+        let record = ConvRecord::default();
+        self.conv_records.push(record.clone());
         (
             Conv2d {
                 weight,
@@ -272,7 +321,9 @@ impl<'a> Builder<'a> {
                 stride: s.stride,
                 padding: s.padding,
                 groups: s.groups,
+                fft: self.fft_conv,
                 spectrum: Default::default(),
+                record,
             },
             out,
         )

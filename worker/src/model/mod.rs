@@ -15,7 +15,25 @@ use convsweep_proto::spec::{Arch, ModelSpec, Stem};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
-pub use layers::Cost;
+pub use layers::{ConvPath, Cost};
+
+/// Where and how a model computes: the device, and whether large-kernel convs may go through
+/// the FFT on the CPU. Configuration the CLI passes down; a bare [`Device`] converts with the
+/// FFT allowed (the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compute {
+    /// The device every tensor lives on.
+    pub device: Device,
+    /// Stride-1 convs with `k >= 9` on the CPU go through the FFT where it
+    /// [applies](fftconv::applies).
+    pub fft_conv: bool,
+}
+
+impl From<Device> for Compute {
+    fn from(device: Device) -> Compute {
+        Compute { device, fft_conv: true }
+    }
+}
 
 /// What the model is fed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +57,7 @@ pub struct Net {
     pub cost: Cost,
     /// The spatial layers, for filter statistics.
     pub spatial: Vec<layers::SpatialLayer>,
+    convs: Vec<layers::ConvRecord>,
     draws: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -49,11 +68,21 @@ impl std::fmt::Debug for Net {
 }
 
 impl Net {
-    /// Builds the model of `spec` on `device`, initialised from `seed`. `mean`/`std` are the
-    /// per-channel statistics of `[0, 1]` inputs that the model normalises with.
-    pub fn new(spec: &ModelSpec, input: InputShape, seed: u64, device: Device, mean: &[f64], std: &[f64]) -> Net {
+    /// Builds the model of `spec` on `compute` (a [`Device`] or a [`Compute`]), initialised from
+    /// `seed`. `mean`/`std` are the per-channel statistics of `[0, 1]` inputs that the model
+    /// normalises with.
+    pub fn new(
+        spec: &ModelSpec,
+        input: InputShape,
+        seed: u64,
+        compute: impl Into<Compute>,
+        mean: &[f64],
+        std: &[f64],
+    ) -> Net {
+        let compute = compute.into();
+        let device = compute.device;
         let vs = nn::VarStore::new(device);
-        let mut builder = layers::Builder::new(spec, seed, device);
+        let mut builder = layers::Builder::new(spec, seed, compute);
         let body = build_body(&mut builder, &vs.root(), spec, input, seed);
         let stat = |v: &[f64]| {
             Tensor::from_slice(v)
@@ -64,6 +93,7 @@ impl Net {
         Net {
             cost: builder.cost,
             spatial: std::mem::take(&mut builder.spatial_layers),
+            convs: std::mem::take(&mut builder.conv_records),
             draws: builder.draws.clone(),
             mean: stat(mean),
             std: stat(std),
@@ -80,6 +110,19 @@ impl Net {
     /// Continues the model's random draws from `n` (a checkpoint's [`Net::draws`]).
     pub fn set_draws(&self, n: u64) {
         self.draws.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Which conv algorithm the last forward pass used, for provenance: `direct` when every
+    /// conv went through libtorch's `conv2d`, else `fft:F/N` (F of the N convs that ran went
+    /// through the FFT).
+    pub fn conv_algorithm(&self) -> String {
+        let ran = self.convs.iter().filter(|c| c.get() != ConvPath::NotRun).count();
+        let fft = self.convs.iter().filter(|c| c.get() == ConvPath::Fft).count();
+        if fft == 0 {
+            "direct".to_owned()
+        } else {
+            format!("fft:{fft}/{ran}")
+        }
     }
 
     /// Logits for `[0, 1]` images `[N, C, H, W]`.

@@ -12,6 +12,7 @@ use tch::Device;
 
 use crate::control::{TrainEnd, TrainError, Trainer, TrialControl};
 use crate::data::DataCache;
+use crate::model::Compute;
 
 pub use checkpoint::{Checkpoint, CheckpointStore};
 pub use train::{TrialRun, evaluate, optimizer, train_step, train_trial};
@@ -19,16 +20,17 @@ pub use train::{TrialRun, evaluate, optimizer, train_step, train_trial};
 /// The libtorch trainer: CUDA when present (or as configured), else the CPU.
 #[derive(Debug)]
 pub struct TchTrainer {
-    device: Device,
+    compute: Compute,
     data: DataCache,
     checkpoints: Option<checkpoint::CheckpointStore>,
 }
 
 impl TchTrainer {
-    /// A trainer on `device`, checkpointing into `checkpoints` when given.
-    pub fn new(device: Device, checkpoints: Option<checkpoint::CheckpointStore>) -> TchTrainer {
+    /// A trainer on `compute` (a [`Device`] or a [`Compute`]), checkpointing into `checkpoints`
+    /// when given.
+    pub fn new(compute: impl Into<Compute>, checkpoints: Option<checkpoint::CheckpointStore>) -> TchTrainer {
         TchTrainer {
-            device,
+            compute: compute.into(),
             data: DataCache::default(),
             checkpoints,
         }
@@ -36,7 +38,7 @@ impl TchTrainer {
 
     /// The device it trains on.
     pub fn device(&self) -> Device {
-        self.device
+        self.compute.device
     }
 }
 
@@ -50,19 +52,19 @@ pub fn describe_device(device: Device) -> String {
 
 impl Trainer for TchTrainer {
     fn devices(&self) -> Vec<String> {
-        vec![describe_device(self.device)]
+        vec![describe_device(self.device())]
     }
 
     fn run(&self, lease: &Lease, ctl: &TrialControl) -> TrainEnd {
-        let data = match self.data.get(&lease.spec.dataset, self.device) {
+        let data = match self.data.get(&lease.spec.dataset, self.device()) {
             Ok(d) => d,
             Err(e) => return TrainEnd::Finished(TrainError::Data(e.to_string()).into_outcome()),
         };
         let span = tracing::info_span!("trial", trial = %lease.trial_id, attempt = lease.attempt);
         let _entered = span.enter();
-        tracing::info!(spec = %lease.spec.label(), device = %describe_device(self.device), "training");
+        tracing::info!(spec = %lease.spec.label(), device = %describe_device(self.device()), "training");
         let checkpoints = self.checkpoints.as_ref().map(|c| (c, lease.trial_id.as_str()));
-        let end = match train_trial(&lease.spec, self.device, &data, ctl, checkpoints) {
+        let end = match train_trial(&lease.spec, self.compute, &data, ctl, checkpoints) {
             Ok(result) => TrainEnd::Finished(Outcome::Succeeded(result)),
             Err(TrainError::Stopped) => TrainEnd::Stopped,
             Err(e) => TrainEnd::Finished(e.into_outcome()),

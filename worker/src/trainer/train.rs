@@ -13,7 +13,7 @@ use super::schedule::lr_at;
 use super::sgd::Sgd;
 use crate::control::{Signal, TrainError, TrialControl};
 use crate::data::{Dataset, augment};
-use crate::model::{InputShape, Net};
+use crate::model::{Compute, InputShape, Net};
 use crate::rng::{Rng, derive_seed};
 
 /// Batch size of evaluation passes.
@@ -105,7 +105,13 @@ pub struct TrialRun<'a> {
 
 impl<'a> TrialRun<'a> {
     /// Builds the model (initialised from the trial seed) and its optimiser.
-    pub fn new(spec: &'a TrialSpec, device: Device, data: &'a Dataset) -> Result<TrialRun<'a>, TrainError> {
+    pub fn new(
+        spec: &'a TrialSpec,
+        compute: impl Into<Compute>,
+        data: &'a Dataset,
+    ) -> Result<TrialRun<'a>, TrainError> {
+        let compute = compute.into();
+        let device = compute.device;
         let (channels, size) = data.image_shape();
         let input = InputShape {
             channels,
@@ -113,7 +119,7 @@ impl<'a> TrialRun<'a> {
             classes: data.classes,
         };
         crate::device::reset_peak(device);
-        let net = Net::new(&spec.model, input, spec.seed, device, &data.mean, &data.std);
+        let net = Net::new(&spec.model, input, spec.seed, compute, &data.mean, &data.std);
         let t = &spec.train;
         let opt = optimizer(&net, t);
         let mut eval_errors = Vec::new();
@@ -417,6 +423,7 @@ impl<'a> TrialRun<'a> {
             filters: self.init_filters.iter().chain(&self.final_filters).cloned().collect(),
             eval_error: self.eval_errors.join("; "),
             eval_seconds: self.eval_seconds,
+            conv_algorithm: self.net.conv_algorithm(),
         }
     }
 }
@@ -426,12 +433,13 @@ impl<'a> TrialRun<'a> {
 /// trial's latest checkpoint, writes one every few epochs and one when preempted.
 pub fn train_trial(
     spec: &TrialSpec,
-    device: Device,
+    compute: impl Into<Compute>,
     data: &Dataset,
     ctl: &TrialControl,
     checkpoints: Option<(&CheckpointStore, &str)>,
 ) -> Result<pb::TrialResult, TrainError> {
-    let mut run = TrialRun::new(spec, device, data)?;
+    let compute = compute.into();
+    let mut run = TrialRun::new(spec, compute, data)?;
     if let Some((store, trial)) = checkpoints {
         match store.load(trial) {
             Ok(None) => {}
@@ -445,7 +453,7 @@ pub fn train_trial(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "checkpoint unusable; starting afresh");
-                    run = TrialRun::new(spec, device, data)?;
+                    run = TrialRun::new(spec, compute, data)?;
                 }
             },
             Err(e) => tracing::warn!(error = %e, "checkpoint unreadable; starting afresh"),

@@ -425,3 +425,32 @@ fn large_kernels_run_through_the_fft_on_the_cpu_and_compute_the_same() {
         assert_eq!(y.equal(&direct), k < 9, "k={k}: oneDNN path taken");
     }
 }
+
+#[test]
+fn the_conv_algorithm_is_configuration_and_is_recorded() {
+    use convsweep_worker::model::Compute;
+    let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let m = model(20, 16, 9, TrainMode::Frozen);
+    let stats = ([0.5; 3], [0.25; 3]);
+    let fft = Net::new(&m, CIFAR10, 0, Device::Cpu, &stats.0, &stats.1);
+    let direct = Net::new(
+        &m,
+        CIFAR10,
+        0,
+        Compute {
+            device: Device::Cpu,
+            fft_conv: false,
+        },
+        &stats.0,
+        &stats.1,
+    );
+    assert_eq!(fft.conv_algorithm(), "direct", "nothing ran yet");
+    let (a, b) = tch::no_grad(|| (fft.forward_t(&x, false), direct.forward_t(&x, false)));
+    // 19 k x k convs and 2 1x1 shortcuts ran; the stem (3 input channels) and the two
+    // stride-2 convs stay direct.
+    assert_eq!(fft.conv_algorithm(), "fft:16/21");
+    assert_eq!(direct.conv_algorithm(), "direct");
+    let rel = (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]);
+    assert!(rel < 1e-4, "same function either way: {rel:.1e}");
+    assert!(!a.equal(&b), "but not the same kernels");
+}
