@@ -4,8 +4,9 @@
 //!
 //! - [`frames`]: the result tables (from result rows or Parquet) and their export.
 //! - [`aggregate`]: count, mean, std and 95% CI over seeds, with flags for thin groups.
-//! - [`report`]: the views of the paper's questions, as HTML, Markdown, CSV and Parquet.
-//! - [`paper`]: the published Tables 1 and 3 and the check against them.
+//! - [`report`]: the document and its views of the paper's questions, as HTML, Markdown, CSV
+//!   and Parquet.
+//! - [`paper`]: the published Tables 1 and 3 and the verdict of a reproduced cell.
 //! - [`plot`]: dependency-free SVG charts.
 //! - [`tables`]: Markdown rendering.
 

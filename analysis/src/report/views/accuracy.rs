@@ -1,0 +1,43 @@
+//! Test accuracy by kernel size x train mode x init, over seeds.
+
+use polars::prelude::*;
+
+use crate::aggregate::{Aggregation, aggregate};
+use crate::error::Result;
+use crate::plot::LineChart;
+use crate::report::grouping::*;
+use crate::report::section::Section;
+
+/// The accuracy view: final test accuracy aggregated over seeds, plotted against k.
+pub fn view(trials: &DataFrame, varying: &[&'static str], min_seeds: u32) -> Result<Section> {
+    let g = grouping(&["kernel_size", "train_mode", "init"], varying);
+    let agg = aggregate(
+        trials,
+        Aggregation {
+            factors: &g,
+            metric: "final_test_acc",
+            scale: 100.0,
+            min_seeds,
+        },
+    )?;
+    let mut s = Section::new(
+        "accuracy",
+        "Test accuracy by kernel size x train mode x init",
+        "Final-epoch test accuracy (%) over seeds: mean, sample std, 95% confidence half-width (t). \
+         Flags mark groups with fewer seeds than the sweep or with failed or unfinished trials.",
+    );
+    let series: Vec<&str> = g.iter().copied().filter(|f| *f != "kernel_size").collect();
+    s.plots.push((
+        "accuracy".into(),
+        LineChart {
+            title: "Test accuracy vs kernel size".into(),
+            x_label: "kernel size".into(),
+            y_label: "test accuracy (%)".into(),
+            x_log2: false,
+            lines: lines_by(&agg, "kernel_size", &series, "mean", Some("ci95")),
+        }
+        .svg(),
+    ));
+    s.tables.push(("accuracy".into(), agg));
+    Ok(s)
+}
