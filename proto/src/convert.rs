@@ -197,7 +197,7 @@ pub fn validate_epochs(epochs: &[pb::EpochMetrics]) -> Result<(), FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::tests::demo_spec;
+    use crate::spec::trial::tests::demo_spec;
 
     fn wire_lease() -> pb::TrialLease {
         let mut spec = demo_spec();

@@ -340,6 +340,7 @@ fn a_version_1_state_folder_is_migrated() {
     conn.execute_batch(
         "DROP TABLE robustness; DROP TABLE filters;
          ALTER TABLE results DROP COLUMN eval_error; ALTER TABLE results DROP COLUMN eval_seconds;
+         ALTER TABLE results DROP COLUMN conv_algorithm;
          ALTER TABLE trials DROP COLUMN resume_floor;
          UPDATE meta SET value = '1' WHERE key = 'schema_version';",
     )
@@ -353,6 +354,6 @@ fn a_version_1_state_folder_is_migrated() {
         .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version, convsweep_coordinator::store::SCHEMA_VERSION.to_string());
-    conn.prepare("SELECT eval_error, eval_seconds FROM results").unwrap();
+    conn.prepare("SELECT eval_error, eval_seconds, conv_algorithm FROM results").unwrap();
     conn.prepare("SELECT resume_floor FROM trials").unwrap();
 }

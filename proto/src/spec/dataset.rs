@@ -1,0 +1,134 @@
+//! `[dataset]`: which dataset, where its files are, how much of it, the synthetic set's knobs.
+
+use serde::{Deserialize, Serialize};
+
+use super::error::FieldError;
+
+/// The dataset a trial trains and tests on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetName {
+    /// Deterministic CIFAR-shaped oriented textures (needs no files).
+    Synthetic,
+    /// CIFAR-10, binary version.
+    Cifar10,
+    /// CIFAR-100, binary version.
+    Cifar100,
+    /// Fashion-MNIST, IDX files (upscaled to 32x32).
+    FashionMnist,
+    /// SVHN cropped digits.
+    Svhn,
+    /// A plain tensor file (see the worker's data docs).
+    Tensor,
+}
+
+impl DatasetName {
+    /// Every accepted spelling, for error messages.
+    pub const ALL: &'static str = "synthetic, cifar10, cifar100, fashion-mnist, svhn, tensor";
+
+    /// Channels, side and classes of the images as the models see them (a tensor file declares
+    /// its own).
+    pub fn input_shape(self) -> Option<(u32, u32, u32)> {
+        match self {
+            DatasetName::Synthetic | DatasetName::Cifar10 | DatasetName::Svhn => Some((3, 32, 10)),
+            DatasetName::Cifar100 => Some((3, 32, 100)),
+            DatasetName::FashionMnist => Some((1, 32, 10)),
+            DatasetName::Tensor => None,
+        }
+    }
+
+    /// Whether the dataset is read from files under `dataset.root`.
+    pub fn needs_root(self) -> bool {
+        !matches!(self, DatasetName::Synthetic)
+    }
+}
+
+/// Where a trial's data comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// Which dataset.
+    pub name: DatasetName,
+    /// Folder holding the dataset's files (required for every dataset but `synthetic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    /// Train on the first N training images only (all when absent; synthetic: how many to make).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_size: Option<u32>,
+    /// Test on the first N test images only (all when absent; synthetic: how many to make).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_size: Option<u32>,
+    /// Synthetic only: standard deviation of the pixel noise, in units of the texture amplitude.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<f64>,
+    /// Synthetic only: seed of the generated images (shared by every trial, unlike `seed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_seed: Option<u64>,
+}
+
+/// Synthetic set defaults, applied by [`TrialSpec::canonicalize`].
+pub mod synthetic_defaults {
+    /// Training images.
+    pub const TRAIN_SIZE: u32 = 5000;
+    /// Test images.
+    pub const TEST_SIZE: u32 = 1000;
+    /// Noise standard deviation relative to the texture amplitude.
+    pub const NOISE: f64 = 0.6;
+    /// Seed of the images.
+    pub const DATA_SEED: u64 = 0;
+}
+
+impl DatasetSpec {
+    /// Resolves the synthetic set's defaults. Idempotent.
+    pub fn canonicalize(&mut self) {
+        let d = self;
+        if d.name == DatasetName::Synthetic {
+            use synthetic_defaults as sd;
+            d.train_size.get_or_insert(sd::TRAIN_SIZE);
+            d.test_size.get_or_insert(sd::TEST_SIZE);
+            d.noise.get_or_insert(sd::NOISE);
+            d.data_seed.get_or_insert(sd::DATA_SEED);
+        }
+    }
+}
+
+impl DatasetSpec {
+    /// Checks the data fields. Call on canonical specs.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let d = self;
+        if d.name.needs_root() && d.root.as_deref().is_none_or(str::is_empty) {
+            return Err(FieldError::new(
+                "dataset.root",
+                format!(
+                    "required for dataset {:?}: the folder holding its files (nothing is downloaded)",
+                    d.name
+                ),
+            ));
+        }
+        if d.name != DatasetName::Synthetic {
+            if d.noise.is_some() {
+                return Err(FieldError::new("dataset.noise", "only the synthetic dataset has noise"));
+            }
+            if d.data_seed.is_some() {
+                return Err(FieldError::new(
+                    "dataset.data_seed",
+                    "only the synthetic dataset is generated from a seed",
+                ));
+            }
+        }
+        for (field, v) in [("dataset.train_size", d.train_size), ("dataset.test_size", d.test_size)] {
+            if v == Some(0) {
+                return Err(FieldError::new(field, "must be at least 1"));
+            }
+        }
+        if let Some(noise) = d.noise
+            && !(noise.is_finite() && noise >= 0.0)
+        {
+            return Err(FieldError::new(
+                "dataset.noise",
+                format!("must be a finite number >= 0, got {noise}"),
+            ));
+        }
+        Ok(())
+    }
+}

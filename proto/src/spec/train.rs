@@ -1,0 +1,123 @@
+//! `[train]`: the recipe (optimiser, schedule, augmentation); defaults are the paper's.
+
+use serde::{Deserialize, Serialize};
+
+use super::dataset::DatasetName;
+use super::error::FieldError;
+
+/// Learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrSchedule {
+    /// Cosine annealing from `lr` to 0, stepped every iteration (the paper's).
+    Cosine,
+    /// `lr` throughout.
+    Constant,
+}
+
+/// Data augmentation of training images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Augment {
+    /// The paper's choice for the dataset: crop-flip for CIFAR and synthetic, none otherwise.
+    Auto,
+    /// None.
+    None,
+    /// Pad 4, random 32x32 crop, random horizontal flip.
+    CropFlip,
+}
+
+/// Training hyper-parameters; defaults are the paper's recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSpec {
+    /// Epochs (75).
+    pub epochs: u32,
+    /// Batch size (256).
+    pub batch_size: u32,
+    /// Peak learning rate (1e-2).
+    pub lr: f64,
+    /// SGD momentum (0.9).
+    pub momentum: f64,
+    /// Nesterov momentum (true).
+    pub nesterov: bool,
+    /// Weight decay (1e-2).
+    pub weight_decay: f64,
+    /// Label smoothing of the cross-entropy (0.1).
+    pub label_smoothing: f64,
+    /// Learning-rate schedule (cosine, per iteration).
+    pub schedule: LrSchedule,
+    /// Augmentation (auto).
+    pub augment: Augment,
+}
+
+impl Default for TrainSpec {
+    fn default() -> Self {
+        Self {
+            epochs: 75,
+            batch_size: 256,
+            lr: 1e-2,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-2,
+            label_smoothing: 0.1,
+            schedule: LrSchedule::Cosine,
+            augment: Augment::Auto,
+        }
+    }
+}
+
+impl TrainSpec {
+    /// Resolves `augment = "auto"` for `dataset`, and `nesterov` without momentum (which means
+    /// nothing). Idempotent.
+    pub fn canonicalize(&mut self, dataset: DatasetName) {
+        let t = self;
+        if t.augment == Augment::Auto {
+            t.augment = match dataset {
+                DatasetName::Synthetic | DatasetName::Cifar10 | DatasetName::Cifar100 => Augment::CropFlip,
+                DatasetName::FashionMnist | DatasetName::Svhn | DatasetName::Tensor => Augment::None,
+            };
+        }
+        if t.momentum == 0.0 {
+            t.nesterov = false;
+        }
+    }
+}
+
+impl TrainSpec {
+    /// Checks the recipe. Call on canonical specs.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let t = self;
+        if t.epochs == 0 {
+            return Err(FieldError::new("train.epochs", "must be at least 1"));
+        }
+        if t.batch_size == 0 {
+            return Err(FieldError::new("train.batch_size", "must be at least 1"));
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return Err(FieldError::new(
+                "train.lr",
+                format!("must be a finite number > 0, got {}", t.lr),
+            ));
+        }
+        if !(0.0..1.0).contains(&t.momentum) {
+            return Err(FieldError::new(
+                "train.momentum",
+                format!("must be in [0, 1), got {}", t.momentum),
+            ));
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return Err(FieldError::new(
+                "train.weight_decay",
+                format!("must be a finite number >= 0, got {}", t.weight_decay),
+            ));
+        }
+        if !(0.0..1.0).contains(&t.label_smoothing) {
+            return Err(FieldError::new(
+                "train.label_smoothing",
+                format!("must be in [0, 1), got {}", t.label_smoothing),
+            ));
+        }
+        Ok(())
+    }
+}
