@@ -9,6 +9,7 @@
 //! - [`paper`]: the published Tables 1 and 3 and the verdict of a reproduced cell.
 //! - [`plot`]: dependency-free SVG charts.
 //! - [`tables`]: Markdown rendering.
+//! - [`error`]: [`Error`], what can go wrong while exporting or analysing.
 
 pub mod aggregate;
 pub mod error;

@@ -1,8 +1,10 @@
 //! The coordinator: the store behind a mutex, long-poll leasing and lease expiry.
 //!
-//! SQLite calls run inline on the async threads. Each is one short transaction (a few ms with
-//! its fsync), and keeping them inline keeps the state machine testable under tokio's paused
-//! clock, where `spawn_blocking` would let time jump while a transaction runs.
+//! SQLite calls run inline on the async threads: each is one short transaction (a few ms with
+//! its fsync), taken under one mutex, so a health check or any other RPC can wait behind a
+//! flush. Moving them off the runtime would not break the paused-clock tests: in the pinned
+//! tokio (1.54) a running `spawn_blocking` task inhibits the paused clock's auto-advance
+//! (`runtime/blocking/schedule.rs`), so time does not jump while a transaction runs.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

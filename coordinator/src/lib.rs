@@ -1,10 +1,11 @@
 //! The convsweep coordinator.
 //!
 //! - [`sweep`]: sweep specs (TOML) and their expansion into trials.
-//! - [`store`]: the SQLite state and the lease state machine.
+//! - [`store`]: the SQLite state, the lease state machine and the read-only view of a state.
 //! - [`coordinator`]: long-poll leasing, expiry and status over the store.
 //! - [`service`]: the gRPC services (`WorkerService`, `AdminService`, health) and [`serve`].
 //! - [`error`]: [`Error`] and its mapping onto gRPC statuses.
+//! - [`clock`]: wall-clock milliseconds moved by tokio's clock, which tests pause.
 
 pub mod clock;
 pub mod coordinator;

@@ -12,12 +12,9 @@ pub mod results;
 pub mod spec;
 pub mod state;
 
-/// Generated protobuf and gRPC code for package `convsweep.v1`.
 #[rustfmt::skip]
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
-pub mod pb {
-    include!(concat!(env!("OUT_DIR"), "/convsweep.v1.rs"));
-}
+pub mod pb;
 
 pub use convert::{Lease, Outcome};
 pub use spec::{FieldError, SweepId, TrialId, TrialSpec};

@@ -2,7 +2,9 @@
 //! exported table. The coordinator reads them out of SQLite, the CLI hands them to the analysis
 //! crate, which turns them into Polars frames without knowing where they came from.
 
-use crate::{TrialSpec, TrialState, pb};
+use crate::pb;
+use crate::spec::TrialSpec;
+use crate::state::TrialState;
 
 /// One trial of one sweep (a trial shared by two sweeps is a row in each).
 #[derive(Debug, Clone)]

@@ -124,3 +124,11 @@ pub fn peak_memory_bytes(device: Device) -> u64 {
     let _ = device;
     peak_rss_bytes()
 }
+
+/// Names a device for people: `cuda:0` or `cpu (4 threads)`.
+pub fn describe_device(device: Device) -> String {
+    match device {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        _ => format!("cpu ({} threads)", tch::get_num_threads()),
+    }
+}

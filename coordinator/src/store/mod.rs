@@ -29,7 +29,9 @@ pub mod read;
 pub mod schema;
 
 pub use read::StateReader;
-pub use schema::SCHEMA_VERSION;
+pub use schema::{DB_FILE, SCHEMA_VERSION};
+
+use schema::state_of;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -40,9 +42,6 @@ use convsweep_proto::{Outcome, SweepId, TrialId, TrialSpec, TrialState, pb};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{Error, Result};
-
-/// File name of the database inside the state folder.
-pub const DB_FILE: &str = "state.db";
 
 /// Lease rules the store enforces.
 #[derive(Debug, Clone, Copy)]
@@ -102,12 +101,6 @@ fn new_token(prefix: &str) -> String {
     let mut h = RandomState::new().build_hasher();
     h.write_u64(a ^ n.rotate_left(17));
     format!("{prefix}{a:016x}{:08x}", h.finish() as u32)
-}
-
-/// A stored state name; anything else is corrupt data.
-fn state_of(s: String) -> Result<TrialState> {
-    s.parse()
-        .map_err(|e: convsweep_proto::state::UnknownState| Error::Corrupt(format!("stored trial state: {e}")))
 }
 
 impl Store {

@@ -7,7 +7,7 @@ use convsweep_proto::results::{EpochRow, FilterRow, Results, RobustnessRow, Tria
 use convsweep_proto::{TrialSpec, pb};
 use rusqlite::Connection;
 
-use super::{DB_FILE, schema, state_of};
+use super::schema::{self, DB_FILE, state_of};
 use crate::error::{Error, Result};
 
 /// A read-only view of a coordinator's state folder, safe beside a live coordinator: it

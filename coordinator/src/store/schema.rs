@@ -4,9 +4,13 @@
 
 use std::path::Path;
 
+use convsweep_proto::TrialState;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::error::{Error, Result};
+
+/// File name of the database inside the state folder.
+pub const DB_FILE: &str = "state.db";
 
 /// The schema version this convsweep writes and reads.
 pub const SCHEMA_VERSION: i64 = 4;
@@ -185,7 +189,7 @@ pub(super) fn open_read_only(path: &Path) -> Result<Connection> {
         return Err(Error::NotFound(format!(
             "no coordinator state at {} (expected {} there)",
             path.parent().unwrap_or(path).display(),
-            super::DB_FILE
+            DB_FILE
         )));
     }
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
@@ -212,4 +216,10 @@ pub(super) fn open_read_only(path: &Path) -> Result<Connection> {
             path.display()
         ))),
     }
+}
+
+/// A stored state name; anything else is corrupt data.
+pub(super) fn state_of(s: String) -> Result<TrialState> {
+    s.parse()
+        .map_err(|e: convsweep_proto::state::UnknownState| Error::Corrupt(format!("stored trial state: {e}")))
 }

@@ -354,6 +354,27 @@ fn a_version_1_state_folder_is_migrated() {
         .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version, convsweep_coordinator::store::SCHEMA_VERSION.to_string());
-    conn.prepare("SELECT eval_error, eval_seconds, conv_algorithm FROM results").unwrap();
+    conn.prepare("SELECT eval_error, eval_seconds, conv_algorithm FROM results")
+        .unwrap();
     conn.prepare("SELECT resume_floor FROM trials").unwrap();
+}
+
+#[test]
+fn a_version_3_state_folder_gains_the_conv_algorithm_column() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(convsweep_coordinator::store::Store::open(dir.path(), Default::default()).unwrap());
+    let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE results DROP COLUMN conv_algorithm; UPDATE meta SET value = '3' WHERE key = 'schema_version';",
+    )
+    .unwrap();
+    drop(conn);
+    drop(convsweep_coordinator::store::Store::open(dir.path(), Default::default()).unwrap());
+    let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+    let version: String = conn
+        .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, "4");
+    conn.prepare("SELECT conv_algorithm, resume_floor FROM results JOIN trials ON trials.id = results.trial_id")
+        .unwrap();
 }

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
 
-use super::{DataError, Split};
+use super::error::DataError;
+use super::split::Split;
 
 fn missing(path: &Path, hint: &str) -> DataError {
     DataError::Missing {

@@ -4,8 +4,13 @@
 //! (random crop and flip, on the device, for the whole batch at once) and scaled to `[0, 1]`
 //! there. Normalisation happens inside the model.
 
+pub mod error;
 pub mod files;
+pub mod split;
 pub mod synthetic;
+
+pub use error::DataError;
+pub use split::Split;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,51 +19,6 @@ use convsweep_proto::spec::{Augment, DatasetName, DatasetSpec, synthetic_default
 use tch::{Device, Kind, Tensor};
 
 use crate::rng::Rng;
-
-/// Images and labels of one split.
-#[derive(Debug)]
-pub struct Split {
-    /// `uint8` `[N, C, H, W]`.
-    pub images: Tensor,
-    /// `int64` `[N]`.
-    pub labels: Tensor,
-}
-
-impl Split {
-    /// Number of images.
-    pub fn len(&self) -> i64 {
-        self.labels.size()[0]
-    }
-
-    /// Whether there are no images.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn shallow_clone(&self) -> Split {
-        Split {
-            images: self.images.shallow_clone(),
-            labels: self.labels.shallow_clone(),
-        }
-    }
-
-    fn to_device(&self, device: Device) -> Split {
-        Split {
-            images: self.images.to_device(device),
-            labels: self.labels.to_device(device),
-        }
-    }
-
-    fn first(&self, n: Option<u32>) -> Split {
-        match n {
-            Some(n) if i64::from(n) < self.len() => Split {
-                images: self.images.narrow(0, 0, i64::from(n)),
-                labels: self.labels.narrow(0, 0, i64::from(n)),
-            },
-            _ => self.shallow_clone(),
-        }
-    }
-}
 
 /// A dataset ready for training.
 #[derive(Debug)]
@@ -91,30 +51,6 @@ impl Dataset {
         let s = self.train.images.size();
         (s[1], s[3])
     }
-}
-
-/// Why a dataset could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum DataError {
-    /// A file the format needs is not there.
-    #[error("{path}: missing ({hint})")]
-    Missing {
-        /// The file.
-        path: String,
-        /// What was expected there.
-        hint: String,
-    },
-    /// A file is not in the expected format.
-    #[error("{path}: {problem}")]
-    Malformed {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        problem: String,
-    },
-    /// A dataset spec without the folder its files are in.
-    #[error("dataset {0:?} needs `dataset.root`, the folder holding its files")]
-    Unsupported(DatasetName),
 }
 
 /// Per-channel mean and standard deviation of `uint8` images scaled to `[0, 1]`.

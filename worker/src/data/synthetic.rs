@@ -15,7 +15,7 @@ use std::f64::consts::PI;
 
 use tch::{Device, Kind, Tensor};
 
-use super::Split;
+use super::split::Split;
 use crate::model::init::with_torch_seed;
 use crate::rng::{Rng, derive_seed};
 

@@ -9,8 +9,25 @@ use convsweep_proto::spec::{InterOp, ModelSpec, TrainMode};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
-use super::Compute;
 use super::init::{self, Correlation};
+
+/// Where and how a model computes: the device, and whether large-kernel convs may go through
+/// the FFT on the CPU. Configuration the CLI passes down; a bare [`Device`] converts with the
+/// FFT allowed (the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compute {
+    /// The device every tensor lives on.
+    pub device: Device,
+    /// Stride-1 convs with `k >= 9` on the CPU go through the FFT where it
+    /// [applies](super::fftconv::applies).
+    pub fft_conv: bool,
+}
+
+impl From<Device> for Compute {
+    fn from(device: Device) -> Compute {
+        Compute { device, fft_conv: true }
+    }
+}
 
 /// The algorithm a conv's last forward pass used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

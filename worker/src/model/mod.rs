@@ -15,25 +15,7 @@ use convsweep_proto::spec::{Arch, ModelSpec, Stem};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
-pub use layers::{ConvPath, Cost};
-
-/// Where and how a model computes: the device, and whether large-kernel convs may go through
-/// the FFT on the CPU. Configuration the CLI passes down; a bare [`Device`] converts with the
-/// FFT allowed (the default).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Compute {
-    /// The device every tensor lives on.
-    pub device: Device,
-    /// Stride-1 convs with `k >= 9` on the CPU go through the FFT where it
-    /// [applies](fftconv::applies).
-    pub fft_conv: bool,
-}
-
-impl From<Device> for Compute {
-    fn from(device: Device) -> Compute {
-        Compute { device, fft_conv: true }
-    }
-}
+pub use layers::{Compute, ConvPath, Cost};
 
 /// What the model is fed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -42,17 +42,9 @@ impl TchTrainer {
     }
 }
 
-/// Names a device for people: `cuda:0` or `cpu (4 threads)`.
-pub fn describe_device(device: Device) -> String {
-    match device {
-        Device::Cuda(i) => format!("cuda:{i}"),
-        _ => format!("cpu ({} threads)", tch::get_num_threads()),
-    }
-}
-
 impl Trainer for TchTrainer {
     fn devices(&self) -> Vec<String> {
-        vec![describe_device(self.device())]
+        vec![crate::device::describe_device(self.device())]
     }
 
     fn run(&self, lease: &Lease, ctl: &TrialControl) -> TrainEnd {
@@ -62,7 +54,7 @@ impl Trainer for TchTrainer {
         };
         let span = tracing::info_span!("trial", trial = %lease.trial_id, attempt = lease.attempt);
         let _entered = span.enter();
-        tracing::info!(spec = %lease.spec.label(), device = %describe_device(self.device()), "training");
+        tracing::info!(spec = %lease.spec.label(), device = %crate::device::describe_device(self.device()), "training");
         let checkpoints = self.checkpoints.as_ref().map(|c| (c, lease.trial_id.as_str()));
         let end = match train_trial(&lease.spec, self.compute, &data, ctl, checkpoints) {
             Ok(result) => TrainEnd::Finished(Outcome::Succeeded(result)),

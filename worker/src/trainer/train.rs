@@ -418,7 +418,7 @@ impl<'a> TrialRun<'a> {
             flops_per_image: self.net.cost.macs_per_image,
             wall_seconds: self.seconds_before + self.started.elapsed().as_secs_f64(),
             peak_memory_bytes: crate::device::peak_memory_bytes(self.net.vs.device()),
-            device: super::describe_device(self.net.vs.device()),
+            device: crate::device::describe_device(self.net.vs.device()),
             robustness: self.robustness.clone(),
             filters: self.init_filters.iter().chain(&self.final_filters).cloned().collect(),
             eval_error: self.eval_errors.join("; "),
