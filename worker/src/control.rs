@@ -68,6 +68,7 @@ impl TrialControl {
 
 /// How a trainer run ended.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per trial run: its size does not matter
 pub enum TrainEnd {
     /// Report this outcome.
     Finished(Outcome),

@@ -167,6 +167,7 @@ pub enum Between {
 /// A spatial conv as the spec asks for it: plain, or an LC-block (`k x k conv c_in -> c_out*E`,
 /// optional in-between op, `1x1 conv c_out*E -> c_out`).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per layer, built once
 pub enum Spatial {
     /// One conv.
     Plain(Conv2d),
