@@ -98,16 +98,21 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("unknown panic")
 }
 
+/// A panic caught by [`catch_panic`], with the text it carried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Panicked(pub String);
+
 /// Runs `f`, turning a panic into `Err` with its message, so that a failing trial or
 /// measurement never takes the worker down.
-pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| panic_message(p.as_ref()).to_owned())
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, Panicked> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| Panicked(panic_message(p.as_ref()).to_owned()))
 }
 
 /// Runs `trainer` on `lease`, turning a panic into a failed trial rather than a dead worker.
 pub fn run_guarded(trainer: &dyn Trainer, lease: &Lease, ctl: &TrialControl) -> TrainEnd {
     catch_panic(|| trainer.run(lease, ctl))
-        .unwrap_or_else(|msg| TrainEnd::Finished(TrainError::from_panic_message(&msg).into_outcome()))
+        .unwrap_or_else(|p| TrainEnd::Finished(TrainError::from_panic_message(&p.0).into_outcome()))
 }
 
 /// Why training stopped without a result.

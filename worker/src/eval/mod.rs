@@ -12,7 +12,7 @@ use convsweep_proto::pb;
 use convsweep_proto::spec::EvalSpec;
 use tch::{Kind, Tensor};
 
-use crate::control::{Signal, TrialControl, catch_panic};
+use crate::control::{Panicked, Signal, TrialControl, catch_panic};
 use crate::data::Split;
 use crate::model::Net;
 use crate::rng::derive_seed;
@@ -48,10 +48,10 @@ pub struct MeasurementFailed {
 }
 
 impl MeasurementFailed {
-    fn new(what: impl Into<String>, message: String) -> MeasurementFailed {
+    fn new(what: impl Into<String>, panic: Panicked) -> MeasurementFailed {
         MeasurementFailed {
             what: what.into(),
-            message: message.lines().next().unwrap_or_default().to_owned(),
+            message: panic.0.lines().next().unwrap_or_default().to_owned(),
         }
     }
 }
@@ -97,7 +97,7 @@ pub fn robustness(
         }
         match catch_panic(f) {
             Ok(r) => out.robustness.push(r),
-            Err(msg) => out.errors.push(MeasurementFailed::new(what, msg).to_string()),
+            Err(p) => out.errors.push(MeasurementFailed::new(what, p).to_string()),
         }
         Ok(())
     };
@@ -185,5 +185,5 @@ pub fn robustness(
 /// Filter statistics of `net` at `stage`, or why they failed.
 pub fn filter_stats(net: &Net, stage: &str) -> Result<Vec<pb::FilterStats>, MeasurementFailed> {
     catch_panic(|| filters::measure(net, stage))
-        .map_err(|msg| MeasurementFailed::new(format!("filter statistics ({stage})"), msg))
+        .map_err(|p| MeasurementFailed::new(format!("filter statistics ({stage})"), p))
 }
