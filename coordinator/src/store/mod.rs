@@ -127,11 +127,7 @@ impl Store {
         now: i64,
     ) -> Result<Submitted> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: bool = tx
-            .query_row("SELECT 1 FROM sweeps WHERE id = ?1", [sweep.as_str()], |_| Ok(()))
-            .optional()?
-            .is_some();
-        if exists {
+        if Self::sweep_exists(&tx, sweep.as_str())? {
             let mut stmt = tx.prepare("SELECT trial_id FROM sweep_trials WHERE sweep_id = ?1")?;
             let mut existing: Vec<String> = stmt
                 .query_map([sweep.as_str()], |r| r.get(0))?
@@ -581,11 +577,7 @@ impl Store {
         now: i64,
     ) -> Result<Submitted> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists = tx
-            .query_row("SELECT 1 FROM sweeps WHERE id = ?1", [sweep.as_str()], |_| Ok(()))
-            .optional()?
-            .is_some();
-        if !exists {
+        if !Self::sweep_exists(&tx, sweep.as_str())? {
             return Err(Error::NotFound(format!(
                 "no sweep named {sweep:?} to extend; submit it first"
             )));
@@ -680,12 +672,15 @@ impl Store {
         )?)
     }
 
-    fn require_sweep(tx: &Connection, sweep: &str) -> Result<()> {
-        let exists = tx
+    fn sweep_exists(conn: &Connection, sweep: &str) -> Result<bool> {
+        Ok(conn
             .query_row("SELECT 1 FROM sweeps WHERE id = ?1", [sweep], |_| Ok(()))
             .optional()?
-            .is_some();
-        if exists {
+            .is_some())
+    }
+
+    fn require_sweep(tx: &Connection, sweep: &str) -> Result<()> {
+        if Self::sweep_exists(tx, sweep)? {
             Ok(())
         } else {
             Err(Error::NotFound(format!("no sweep named {sweep:?}")))
@@ -700,14 +695,7 @@ impl Store {
 
     /// Progress of one sweep.
     pub fn sweep_status(&self, sweep_id: &str, now: i64) -> Result<pb::SweepStatus> {
-        let exists = self
-            .conn
-            .query_row("SELECT 1 FROM sweeps WHERE id = ?1", [sweep_id], |_| Ok(()))
-            .optional()?
-            .is_some();
-        if !exists {
-            return Err(Error::NotFound(format!("no sweep named {sweep_id:?}")));
-        }
+        Self::require_sweep(&self.conn, sweep_id)?;
         let mut counts = pb::StateCounts::default();
         let mut total = 0;
         {

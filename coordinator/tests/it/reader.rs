@@ -13,6 +13,16 @@ fn version(dir: &std::path::Path) -> String {
         .unwrap()
 }
 
+/// A store in a fresh folder with the 4 trials of [`SPEC`] submitted.
+fn submitted() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = SweepSpec::from_toml(SPEC).unwrap();
+    let trials = spec.expand().unwrap();
+    let mut store = Store::open(dir.path(), LeasePolicy::default()).unwrap();
+    store.submit_sweep(&spec.id, SPEC, &trials, 1_000).unwrap();
+    (dir, store)
+}
+
 #[test]
 fn an_older_state_is_refused_by_name_and_left_as_it_was() {
     let dir = tempfile::tempdir().unwrap();
@@ -55,11 +65,7 @@ fn a_missing_or_foreign_state_is_named() {
 
 #[test]
 fn reading_beside_a_writer_that_holds_the_write_lock() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = SweepSpec::from_toml(SPEC).unwrap();
-    let trials = spec.expand().unwrap();
-    let mut store = Store::open(dir.path(), LeasePolicy::default()).unwrap();
-    store.submit_sweep(&spec.id, SPEC, &trials, 1_000).unwrap();
+    let (dir, mut store) = submitted();
     // Another writer holds SQLite's write lock with uncommitted rows.
     let writer = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
     writer
@@ -88,11 +94,7 @@ fn reading_beside_a_writer_that_holds_the_write_lock() {
 
 #[test]
 fn corrupt_rows_are_data_loss_not_bad_requests() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = SweepSpec::from_toml(SPEC).unwrap();
-    let trials = spec.expand().unwrap();
-    let mut store = Store::open(dir.path(), LeasePolicy::default()).unwrap();
-    store.submit_sweep(&spec.id, SPEC, &trials, 1_000).unwrap();
+    let (dir, _store) = submitted();
     rusqlite::Connection::open(dir.path().join("state.db"))
         .unwrap()
         .execute_batch("UPDATE trials SET state = 'exploded' WHERE seq = 1;")
