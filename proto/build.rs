@@ -8,6 +8,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(files, ["proto"])?;
     // Service stubs only with the `grpc` feature; without it plain prost messages, and no tonic
     // in the dependency tree.
+    // The descriptor set, for gRPC reflection (grpcurl, grpcui).
+    #[cfg(feature = "grpc")]
+    {
+        use prost::Message;
+        let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+        std::fs::write(out.join("convsweep_descriptor.bin"), fds.encode_to_vec())?;
+    }
     #[cfg(feature = "grpc")]
     tonic_prost_build::configure()
         .build_client(true)

@@ -31,6 +31,9 @@ struct Cli {
           action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     malloc_tuning: bool,
 
+    #[command(flatten)]
+    access: commands::Access,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -71,6 +74,26 @@ enum Command {
         /// Failed or expired attempts before a trial fails for good.
         #[arg(long, default_value_t = 3, env = "CONVSWEEP_MAX_ATTEMPTS")]
         max_attempts: u32,
+        /// Address of the ops port (plaintext, no token): gRPC health, /healthz, /readyz,
+        /// /metrics. Loopback by default; a pod sets 0.0.0.0:9090 for its kubelet.
+        #[arg(long, default_value = "127.0.0.1:9090", env = "CONVSWEEP_OPS_LISTEN")]
+        ops_listen: SocketAddr,
+        /// PEM CA whose certificates clients must present (mTLS; needs --tls-cert/--tls-key).
+        #[arg(long, env = "CONVSWEEP_TLS_CLIENT_CA")]
+        tls_client_ca: Option<PathBuf>,
+        /// Serve without a token on a non-loopback address (anyone who reaches the port can
+        /// submit, cancel and report). Off by default.
+        #[arg(long, env = "CONVSWEEP_INSECURE")]
+        insecure: bool,
+        /// Largest gRPC message, in MiB.
+        #[arg(long, default_value_t = 16, env = "CONVSWEEP_MAX_MESSAGE_MIB")]
+        max_message_mib: usize,
+        /// Longest a request may take, in seconds (a long-polling Lease waits less).
+        #[arg(long, default_value_t = 120, env = "CONVSWEEP_REQUEST_TIMEOUT_SECS")]
+        request_timeout_secs: u64,
+        /// Requests served at once on one connection.
+        #[arg(long, default_value_t = 256, env = "CONVSWEEP_MAX_CONCURRENT_REQUESTS")]
+        max_concurrent_requests: usize,
     },
     /// Train trials leased from a coordinator until it drains or SIGTERM arrives.
     Worker {
@@ -266,6 +289,12 @@ fn main() -> std::process::ExitCode {
                 heartbeat_secs,
                 lease_timeout_secs,
                 max_attempts,
+                ops_listen,
+                tls_client_ca,
+                insecure,
+                max_message_mib,
+                request_timeout_secs,
+                max_concurrent_requests,
             } => {
                 logging::init_stderr(cli.log_format);
                 let config = convsweep_coordinator::CoordinatorConfig {
@@ -275,7 +304,21 @@ fn main() -> std::process::ExitCode {
                     max_attempts,
                     ..Default::default()
                 };
-                commands::serve_coordinator(config, listen).await
+                let limits = convsweep_coordinator::Limits {
+                    max_message_bytes: max_message_mib.max(1) << 20,
+                    request_timeout: Duration::from_secs(request_timeout_secs.max(1)),
+                    concurrency_per_connection: max_concurrent_requests.max(1),
+                };
+                commands::serve_coordinator(commands::ServeArgs {
+                    config,
+                    listen,
+                    ops_listen,
+                    access: cli.access,
+                    tls_client_ca,
+                    insecure,
+                    limits,
+                })
+                .await
             }
             Command::Worker {
                 coordinator,
@@ -289,7 +332,7 @@ fn main() -> std::process::ExitCode {
             } => {
                 logging::init_stderr(cli.log_format);
                 commands::worker(commands::WorkerArgs {
-                    coordinator,
+                    coordinator: cli.access.connection(&coordinator)?,
                     slots,
                     device,
                     threads,
@@ -303,11 +346,11 @@ fn main() -> std::process::ExitCode {
             }
             Command::Submit { spec, coordinator } => {
                 logging::init_stderr(cli.log_format);
-                commands::submit(&spec, &coordinator).await
+                commands::submit(&spec, &cli.access.connection(&coordinator)?).await
             }
             Command::Extend { spec, coordinator } => {
                 logging::init_stderr(cli.log_format);
-                commands::extend(&spec, &coordinator).await
+                commands::extend(&spec, &cli.access.connection(&coordinator)?).await
             }
             Command::Cancel {
                 sweep,
@@ -315,11 +358,11 @@ fn main() -> std::process::ExitCode {
                 coordinator,
             } => {
                 logging::init_stderr(cli.log_format);
-                commands::cancel(&coordinator, &sweep, trials).await
+                commands::cancel(&cli.access.connection(&coordinator)?, &sweep, trials).await
             }
             Command::Resume { sweep, coordinator } => {
                 logging::init_stderr(cli.log_format);
-                commands::resume(&coordinator, &sweep).await
+                commands::resume(&cli.access.connection(&coordinator)?, &sweep).await
             }
             Command::Status {
                 coordinator,
@@ -327,7 +370,7 @@ fn main() -> std::process::ExitCode {
                 json,
             } => {
                 logging::init_stderr(cli.log_format);
-                commands::status(&coordinator, sweep.as_deref(), json).await
+                commands::status(&cli.access.connection(&coordinator)?, sweep.as_deref(), json).await
             }
             Command::ModelInfo {
                 settings,

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use convsweep_proto::{FieldError, Outcome, PROTOCOL_VERSION, SweepId, pb};
+use convsweep_proto::{FieldError, Outcome, PROTOCOL_VERSION, SweepId, TrialState, pb};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::store::{LeasePolicy, Store, Submitted};
 use crate::sweep::SweepSpec;
 
@@ -60,6 +61,8 @@ pub struct Coordinator {
     clock: Clock,
     work_available: Notify,
     drain: AtomicBool,
+    metrics: Arc<Metrics>,
+    expiry_running: AtomicBool,
 }
 
 impl Coordinator {
@@ -79,7 +82,68 @@ impl Coordinator {
             clock,
             work_available: Notify::new(),
             drain: AtomicBool::new(false),
+            metrics: Arc::new(Metrics::new()),
+            expiry_running: AtomicBool::new(false),
         }))
+    }
+
+    /// The metrics it keeps.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Ready to serve: the store is open (it is, once the coordinator exists) and the expiry
+    /// loop runs.
+    pub fn ready(&self) -> bool {
+        self.expiry_running.load(Ordering::SeqCst)
+    }
+
+    /// Runs one store operation under the lock, timing the transaction itself.
+    fn timed<T>(&self, op: &str, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
+        let mut store = self.store();
+        let started = std::time::Instant::now();
+        let out = f(&mut store);
+        self.metrics.store(op, started.elapsed());
+        out
+    }
+
+    /// The metrics in the OpenMetrics text format, with the gauges read from the store now.
+    pub fn scrape(&self) -> Result<String> {
+        let now = self.clock.now_ms();
+        let (counts, last_seen) = self.timed("scrape", |s| Ok((s.state_counts()?, s.worker_last_seen()?)))?;
+        let m = &self.metrics;
+        m.trials.clear();
+        let (mut queued, mut active) = (0i64, 0i64);
+        for (sweep, state, n) in counts {
+            match state.as_str() {
+                "pending" | "preempted" => queued += i64::from(n),
+                "leased" | "running" => active += i64::from(n),
+                _ => {}
+            }
+            m.trials
+                .get_or_create(&crate::metrics::SweepState { sweep, state })
+                .set(i64::from(n));
+        }
+        m.queue_depth.set(queued);
+        m.active_leases.set(active);
+        let alive_since = now - 3 * self.config.heartbeat_interval.as_millis() as i64;
+        m.workers.clear();
+        m.oldest_heartbeat.clear();
+        for (state, alive) in [("alive", true), ("lost", false)] {
+            let seen: Vec<i64> = last_seen
+                .iter()
+                .copied()
+                .filter(|t| (*t >= alive_since) == alive)
+                .collect();
+            let labels = crate::metrics::WorkerState { state: state.into() };
+            m.workers.get_or_create(&labels).set(seen.len() as i64);
+            if let Some(oldest) = seen.iter().min() {
+                m.oldest_heartbeat
+                    .get_or_create(&labels)
+                    .set((now - oldest).max(0) as f64 / 1000.0);
+            }
+        }
+        Ok(m.encode())
     }
 
     /// The settings in force.
@@ -103,9 +167,8 @@ impl Coordinator {
     pub fn submit(&self, spec_toml: &str) -> Result<(SweepId, Submitted)> {
         let spec = SweepSpec::from_toml(spec_toml)?;
         let trials = spec.expand()?;
-        let submitted = self
-            .store()
-            .submit_sweep(&spec.id, spec_toml, &trials, self.clock.now_ms())?;
+        let now = self.clock.now_ms();
+        let submitted = self.timed("submit_sweep", |s| s.submit_sweep(&spec.id, spec_toml, &trials, now))?;
         info!(sweep = %spec.id, trials = submitted.trials, new = submitted.new_trials, "sweep submitted");
         if submitted.new_trials > 0 {
             self.work_available.notify_waiters();
@@ -117,9 +180,8 @@ impl Coordinator {
     pub fn extend(&self, spec_toml: &str) -> Result<(SweepId, Submitted)> {
         let spec = SweepSpec::from_toml(spec_toml)?;
         let trials = spec.expand()?;
-        let submitted = self
-            .store()
-            .extend_sweep(&spec.id, spec_toml, &trials, self.clock.now_ms())?;
+        let now = self.clock.now_ms();
+        let submitted = self.timed("extend_sweep", |s| s.extend_sweep(&spec.id, spec_toml, &trials, now))?;
         info!(sweep = %spec.id, trials = submitted.trials, new = submitted.new_trials, "sweep extended");
         if submitted.new_trials > 0 {
             self.work_available.notify_waiters();
@@ -138,7 +200,8 @@ impl Coordinator {
 
     /// Cancels unfinished trials of a sweep (all, or `trial_ids`).
     pub fn cancel(&self, sweep: &str, trial_ids: &[String]) -> Result<u32> {
-        let n = self.store().cancel(sweep, trial_ids, self.clock.now_ms())?;
+        let now = self.clock.now_ms();
+        let n = self.timed("cancel", |s| s.cancel(sweep, trial_ids, now))?;
         info!(sweep, cancelled = n, "trials cancelled");
         self.work_available.notify_waiters();
         Ok(n)
@@ -146,7 +209,8 @@ impl Coordinator {
 
     /// Re-queues the failed and cancelled trials of a sweep.
     pub fn resume(&self, sweep: &str) -> Result<u32> {
-        let n = self.store().resume(sweep)?;
+        let n = self.timed("resume", |s| s.resume(sweep))?;
+        self.metrics.requeued("resumed", u64::from(n));
         info!(sweep, requeued = n, "sweep resumed");
         if n > 0 {
             self.work_available.notify_waiters();
@@ -165,9 +229,10 @@ impl Coordinator {
         if req.slots == 0 {
             return Err(Error::InvalidArgument(FieldError::new("slots", "must be at least 1")));
         }
-        let worker_id =
-            self.store()
-                .register_worker(&req.name, &req.host, &req.devices, req.slots, self.clock.now_ms())?;
+        let now = self.clock.now_ms();
+        let worker_id = self.timed("register", |s| {
+            s.register_worker(&req.name, &req.host, &req.devices, req.slots, now)
+        })?;
         info!(worker = %worker_id, host = %req.host, name = %req.name, devices = ?req.devices, slots = req.slots, "worker registered");
         Ok(pb::RegisterResponse {
             worker_id,
@@ -186,20 +251,22 @@ impl Coordinator {
         }
         let wait = Duration::from_millis(u64::from(req.wait_ms)).min(self.config.max_lease_wait);
         let deadline = Instant::now() + wait;
+        let started = std::time::Instant::now();
         loop {
             let notified = self.work_available.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if self.drain.load(Ordering::SeqCst) {
+                self.metrics.lease_wait.observe(started.elapsed().as_secs_f64());
                 return Ok(pb::LeaseResponse {
                     leases: vec![],
                     drain: true,
                 });
             }
-            let leases = self
-                .store()
-                .lease(&req.worker_id, req.max_trials, self.clock.now_ms())?;
+            let now = self.clock.now_ms();
+            let leases = self.timed("lease", |s| s.lease(&req.worker_id, req.max_trials, now))?;
             if !leases.is_empty() || Instant::now() >= deadline {
+                self.metrics.lease_wait.observe(started.elapsed().as_secs_f64());
                 for l in &leases {
                     info!(trial = %l.trial_id, sweep = %l.sweep_id, attempt = l.attempt, worker = %req.worker_id, "trial leased");
                 }
@@ -214,9 +281,8 @@ impl Coordinator {
 
     /// Renews leases.
     pub fn heartbeat(&self, req: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse> {
-        let leases = self
-            .store()
-            .heartbeat(&req.worker_id, &req.leases, self.clock.now_ms())?;
+        let now = self.clock.now_ms();
+        let leases = self.timed("heartbeat", |s| s.heartbeat(&req.worker_id, &req.leases, now))?;
         Ok(pb::HeartbeatResponse {
             leases,
             drain: self.drain.load(Ordering::SeqCst),
@@ -226,13 +292,11 @@ impl Coordinator {
     /// Stores epoch metrics.
     pub fn report_epochs(&self, req: pb::ReportEpochsRequest) -> Result<()> {
         convsweep_proto::convert::validate_epochs(&req.epochs).map_err(Error::InvalidArgument)?;
-        self.store().report_epochs(
-            &req.worker_id,
-            &req.trial_id,
-            &req.lease_token,
-            &req.epochs,
-            self.clock.now_ms(),
-        )?;
+        let now = self.clock.now_ms();
+        self.timed("report_epochs", |s| {
+            s.report_epochs(&req.worker_id, &req.trial_id, &req.lease_token, &req.epochs, now)
+        })?;
+        self.metrics.epoch_rows.inc_by(req.epochs.len() as u64);
         for e in &req.epochs {
             debug!(trial = %req.trial_id, epoch = e.epoch, test_acc = e.test_acc, "epoch reported");
         }
@@ -242,13 +306,19 @@ impl Coordinator {
     /// Records a trial's outcome.
     pub fn complete(&self, req: pb::CompleteRequest) -> Result<pb::CompleteResponse> {
         let outcome = Outcome::try_from(req.outcome).map_err(Error::InvalidArgument)?;
-        let done = self.store().complete(
-            &req.worker_id,
-            &req.trial_id,
-            &req.lease_token,
-            &outcome,
-            self.clock.now_ms(),
-        )?;
+        let now = self.clock.now_ms();
+        let done = self.timed("complete", |s| {
+            s.complete(&req.worker_id, &req.trial_id, &req.lease_token, &outcome, now)
+        })?;
+        if !done.duplicate {
+            match (&outcome, done.state) {
+                (Outcome::Failed { retryable: true, .. }, TrialState::Pending) => {
+                    self.metrics.requeued("retryable_failure", 1)
+                }
+                (Outcome::Preempted { .. }, _) => self.metrics.requeued("preempted", 1),
+                _ => {}
+            }
+        }
         match (&outcome, done.duplicate) {
             (_, true) => info!(trial = %req.trial_id, "duplicate completion acknowledged"),
             (Outcome::Succeeded(r), false) => {
@@ -291,7 +361,14 @@ impl Coordinator {
 
     /// Expires overdue leases once; returns how many trials it touched.
     pub fn expire_once(&self) -> Result<usize> {
-        let touched = self.store().expire_leases(self.clock.now_ms())?;
+        let now = self.clock.now_ms();
+        let touched = self.timed("expire_leases", |s| s.expire_leases(now))?;
+        self.metrics.lease_expirations.inc_by(touched.len() as u64);
+        let requeued = touched
+            .iter()
+            .filter(|(_, state)| *state == TrialState::Pending)
+            .count();
+        self.metrics.requeued("expired", requeued as u64);
         for (trial, state) in &touched {
             warn!(trial = %trial, now = %state, "lease expired");
         }
@@ -305,9 +382,13 @@ impl Coordinator {
     pub async fn run_expiry(self: Arc<Self>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(self.config.expiry_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.expiry_running.store(true, Ordering::SeqCst);
         loop {
             tokio::select! {
-                () = cancel.cancelled() => return,
+                () = cancel.cancelled() => {
+                    self.expiry_running.store(false, Ordering::SeqCst);
+                    return;
+                }
                 _ = tick.tick() => {
                     if let Err(e) = self.expire_once() {
                         warn!(error = %e, "lease expiry failed; will retry");

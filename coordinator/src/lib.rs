@@ -4,16 +4,23 @@
 //! - [`store`]: the SQLite state, the lease state machine and the read-only view of a state.
 //! - [`coordinator`]: long-poll leasing, expiry and status over the store.
 //! - [`service`]: the gRPC services (`WorkerService`, `AdminService`, health) and [`serve`].
+//! - [`auth`]: the bearer-token check on the main port.
+//! - [`metrics`]: the Prometheus registry and the RPC metrics layer.
+//! - [`ops`]: the ops port: gRPC health, `/healthz`, `/readyz`, `/metrics`.
 //! - [`error`]: [`Error`] and its mapping onto gRPC statuses.
 //! - [`clock`]: wall-clock milliseconds moved by tokio's clock, which tests pause.
 
+pub mod auth;
 pub mod clock;
 pub mod coordinator;
 pub mod error;
+pub mod metrics;
+pub mod ops;
 pub mod service;
 pub mod store;
 pub mod sweep;
 
 pub use coordinator::{Coordinator, CoordinatorConfig};
 pub use error::{Error, Result};
-pub use service::{bind, serve};
+pub use ops::serve_ops;
+pub use service::{Limits, ServeConfig, TlsFiles, bind, serve, serve_with};

@@ -1,20 +1,83 @@
 //! The gRPC face of the coordinator: both services and the server that hosts them with the
-//! standard health service.
+//! standard health service, behind token auth ([`crate::auth`]) and optional TLS or mTLS.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use convsweep_proto::client::Secret;
 use convsweep_proto::pb;
 use convsweep_proto::pb::admin_service_server::{AdminService, AdminServiceServer};
 use convsweep_proto::pb::worker_service_server::{WorkerService, WorkerServiceServer};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use crate::auth::TokenCheck;
 use crate::coordinator::Coordinator;
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// The coordinator's TLS files (PEM).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Its certificate chain.
+    pub cert: PathBuf,
+    /// The certificate's key.
+    pub key: PathBuf,
+    /// When given, clients must present a certificate signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Limits every request is held to; a request over one is refused with a status that names it.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest message a request or reply may carry, in bytes.
+    pub max_message_bytes: usize,
+    /// Longest a request may take (a long-polling `Lease` waits less than this).
+    pub request_timeout: Duration,
+    /// Requests served at once on one connection.
+    pub concurrency_per_connection: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 16 << 20,
+            request_timeout: Duration::from_secs(120),
+            concurrency_per_connection: 256,
+        }
+    }
+}
+
+/// How the main port is served.
+#[derive(Debug, Clone, Default)]
+pub struct ServeConfig {
+    /// Every `WorkerService` and `AdminService` call must carry this bearer token.
+    pub token: Option<Secret>,
+    /// TLS (and mTLS) when given; plaintext otherwise.
+    pub tls: Option<TlsFiles>,
+    /// Message size, time and concurrency limits.
+    pub limits: Limits,
+}
+
+fn read_pem(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))))
+}
+
+impl TlsFiles {
+    fn server_config(&self) -> Result<ServerTlsConfig> {
+        let identity = Identity::from_pem(read_pem("--tls-cert", &self.cert)?, read_pem("--tls-key", &self.key)?);
+        let mut config = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read_pem("--tls-client-ca", ca)?));
+        }
+        Ok(config)
+    }
+}
 
 /// `WorkerService` over a [`Coordinator`].
 #[derive(Debug, Clone)]
@@ -108,11 +171,22 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// Serves both services, the health service and lease expiry on `listener` until `shutdown`
-/// completes. Bind the listener first (port 0 in tests) so callers know the address.
+/// Serves both services, the health service and lease expiry on `listener`, plaintext and
+/// without a token, until `shutdown` completes (tests on loopback). Bind the listener first
+/// (port 0 in tests) so callers know the address.
 pub async fn serve(
     listener: TcpListener,
     coordinator: Arc<Coordinator>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    serve_with(listener, coordinator, &ServeConfig::default(), shutdown).await
+}
+
+/// [`serve`] with token auth, TLS and limits as `config` says.
+pub async fn serve_with(
+    listener: TcpListener,
+    coordinator: Arc<Coordinator>,
+    config: &ServeConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let addr = listener.local_addr()?;
@@ -120,13 +194,62 @@ pub async fn serve(
     health.set_serving::<WorkerServiceServer<WorkerApi>>().await;
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
 
+    let auth = TokenCheck::new(config.token.as_ref());
+    let limits = config.limits;
+    let mut builder = tonic::transport::Server::builder()
+        .timeout(limits.request_timeout)
+        .concurrency_limit_per_connection(limits.concurrency_per_connection);
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config()?)?;
+    }
+    let mut builder = builder.layer(crate::metrics::RpcMetricsLayer(coordinator.metrics().clone()));
+    let worker = WorkerServiceServer::new(WorkerApi(coordinator.clone()))
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes);
+    let admin = AdminServiceServer::new(AdminApi(coordinator.clone()))
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes);
+
+    // Reflection, so that grpcurl and grpcui work; behind the token like the services it shows.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(convsweep_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+
     let cancel = CancellationToken::new();
     let expiry = tokio::spawn(coordinator.clone().run_expiry(cancel.clone()));
-    info!(%addr, "coordinator listening");
-    let served = tonic::transport::Server::builder()
+    info!(
+        %addr,
+        tls = config.tls.is_some(),
+        mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        token = auth.enabled(),
+        "coordinator listening"
+    );
+    let served = builder
         .add_service(health_service)
-        .add_service(WorkerServiceServer::new(WorkerApi(coordinator.clone())))
-        .add_service(AdminServiceServer::new(AdminApi(coordinator)))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            worker,
+            auth.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            admin,
+            auth.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            reflection_v1,
+            auth.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            reflection_v1alpha,
+            auth,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     cancel.cancel();

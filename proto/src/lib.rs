@@ -6,7 +6,10 @@
 //! - [`state`]: the trial lifecycle.
 //! - [`results`]: the result rows the coordinator's store hands to the analysis.
 //! - [`convert`]: validated conversions between wire messages and domain types.
+//! - `client` (with `grpc`): reaching a coordinator: URL, TLS, client certificate, token.
 
+#[cfg(feature = "grpc")]
+pub mod client;
 pub mod convert;
 pub mod results;
 pub mod spec;
@@ -19,6 +22,10 @@ pub mod pb;
 pub use convert::{Lease, Outcome};
 pub use spec::{FieldError, SweepId, TrialId, TrialSpec};
 pub use state::TrialState;
+
+/// The encoded descriptor set of `convsweep.v1`, for gRPC reflection.
+#[cfg(feature = "grpc")]
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/convsweep_descriptor.bin"));
 
 /// Version of the worker protocol. A worker whose version differs is refused at `Register`.
 pub const PROTOCOL_VERSION: u32 = 1;

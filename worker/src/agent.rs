@@ -17,12 +17,12 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use convsweep_proto::client::{AuthChannel, ClientError, Connection};
 use convsweep_proto::pb::worker_service_client::WorkerServiceClient;
 use convsweep_proto::{Lease, Outcome, PROTOCOL_VERSION, pb};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
@@ -31,8 +31,8 @@ use crate::control::{Signal, TrainEnd, Trainer, TrialControl, TrialEvent, run_gu
 /// Runtime settings of a worker. Tests build it directly.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Coordinator URL, e.g. `http://127.0.0.1:50051`.
-    pub coordinator: String,
+    /// How to reach the coordinator: URL (e.g. `http://127.0.0.1:50051`), TLS, token.
+    pub coordinator: Connection,
     /// A stable name for logs and status (defaults to the host name).
     pub name: String,
     /// Trials run at once.
@@ -48,7 +48,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            coordinator: "http://127.0.0.1:50051".into(),
+            coordinator: Connection::plain("http://127.0.0.1:50051"),
             name: host_name(),
             slots: 1,
             lease_wait: Duration::from_secs(10),
@@ -61,14 +61,9 @@ impl Default for WorkerConfig {
 /// Why the worker stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The coordinator URL is not usable.
-    #[error("coordinator address {url:?}: {source}")]
-    BadAddress {
-        /// The URL.
-        url: String,
-        /// Why.
-        source: tonic::transport::Error,
-    },
+    /// The coordinator's address or credentials are not usable.
+    #[error(transparent)]
+    Connection(#[from] ClientError),
     /// The coordinator refused this worker for good.
     #[error("the coordinator refused this worker: {0}")]
     Refused(Status),
@@ -136,7 +131,7 @@ struct Running {
 
 /// State shared by the agent's tasks.
 struct Shared {
-    client: WorkerServiceClient<Channel>,
+    client: WorkerServiceClient<AuthChannel>,
     worker_id: String,
     config: WorkerConfig,
     running: Mutex<HashMap<String, Running>>,
@@ -181,15 +176,7 @@ pub async fn run(
     trainer: Arc<dyn Trainer>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    let channel = Endpoint::from_shared(config.coordinator.clone())
-        .map_err(|source| AgentError::BadAddress {
-            url: config.coordinator.clone(),
-            source,
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect_lazy();
-    let client = WorkerServiceClient::new(channel);
+    let client = config.coordinator.worker()?;
 
     let devices = trainer.devices();
     let register = pb::RegisterRequest {
@@ -199,7 +186,7 @@ pub async fn run(
         slots: config.slots,
         name: config.name.clone(),
     };
-    info!(coordinator = %config.coordinator, ?devices, slots = config.slots, "worker starting");
+    info!(coordinator = %config.coordinator.url, tls = config.coordinator.url.starts_with("https:"), token = config.coordinator.token.is_some(), ?devices, slots = config.slots, "worker starting");
     let registered = match retry("register", &shutdown, config.max_backoff, || {
         let (mut c, r) = (client.clone(), register.clone());
         async move { c.register(r).await }

@@ -11,9 +11,59 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use convsweep_coordinator::{Coordinator, CoordinatorConfig};
+use convsweep_proto::client::{AuthChannel, Connection, Secret};
 use convsweep_proto::pb;
 use convsweep_proto::pb::admin_service_client::AdminServiceClient;
 use tokio_util::sync::CancellationToken;
+
+/// The credentials every command that talks to a coordinator takes (and the coordinator's own
+/// TLS files): flags shared by every subcommand.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Access {
+    /// File holding the bearer token (e.g. a mounted Secret); CONVSWEEP_TOKEN gives the value
+    /// itself. The coordinator requires it on every call; clients and workers send it.
+    #[arg(long, global = true, env = "CONVSWEEP_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// PEM CA bundle to trust for an https:// coordinator (default: the system's roots).
+    #[arg(long, global = true, env = "CONVSWEEP_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// PEM certificate: the coordinator's own (TLS), or a client's for a coordinator that
+    /// requires one (mTLS).
+    #[arg(long, global = true, env = "CONVSWEEP_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM key of --tls-cert.
+    #[arg(long, global = true, env = "CONVSWEEP_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+/// The environment variable that carries a token's value.
+pub const TOKEN_ENV: &str = "CONVSWEEP_TOKEN";
+
+impl Access {
+    /// The token from --token-file or CONVSWEEP_TOKEN, if any (not both).
+    pub fn token(&self) -> Result<Option<Secret>> {
+        let value = std::env::var(TOKEN_ENV).ok().filter(|v| !v.is_empty());
+        Ok(match (&self.token_file, value) {
+            (Some(_), Some(_)) => {
+                bail!("give the token one way: --token-file (CONVSWEEP_TOKEN_FILE) or {TOKEN_ENV}, not both")
+            }
+            (Some(path), None) => Some(Secret::from_file(path)?),
+            (None, Some(v)) => Some(Secret::new(&v, TOKEN_ENV)?),
+            (None, None) => None,
+        })
+    }
+
+    /// How to reach the coordinator at `url` with these credentials.
+    pub fn connection(&self, url: &str) -> Result<Connection> {
+        Ok(Connection {
+            url: url.to_owned(),
+            token: self.token()?,
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+        })
+    }
+}
 
 /// Cancels the returned token on SIGTERM or SIGINT.
 pub fn shutdown_on_signals() -> CancellationToken {
@@ -33,19 +83,74 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// Flags of `convsweep coordinator`.
+#[derive(Debug)]
+pub struct ServeArgs {
+    pub config: CoordinatorConfig,
+    pub listen: SocketAddr,
+    pub ops_listen: SocketAddr,
+    pub access: Access,
+    pub tls_client_ca: Option<std::path::PathBuf>,
+    pub insecure: bool,
+    pub limits: convsweep_coordinator::Limits,
+}
+
+/// How the main port is served: the token, TLS and limits; refuses a non-loopback address
+/// without a token unless `--insecure` says so.
+pub fn serve_config(args: &ServeArgs) -> Result<convsweep_coordinator::ServeConfig> {
+    let token = args.access.token()?;
+    if token.is_none() && !args.listen.ip().is_loopback() && !args.insecure {
+        bail!(
+            "refusing to serve on {} without a token: anyone who reaches it could submit, cancel and report. \
+             Give a token with --token-file FILE (or CONVSWEEP_TOKEN_FILE / {TOKEN_ENV}), listen on 127.0.0.1, \
+             or pass --insecure to serve without one",
+            args.listen
+        );
+    }
+    let tls = match (&args.access.tls_cert, &args.access.tls_key) {
+        (Some(cert), Some(key)) => Some(convsweep_coordinator::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        }),
+        (None, None) if args.tls_client_ca.is_some() => {
+            bail!("--tls-client-ca (mTLS) needs the coordinator's own --tls-cert and --tls-key")
+        }
+        (None, None) => None,
+        _ => bail!("TLS needs both --tls-cert and --tls-key"),
+    };
+    Ok(convsweep_coordinator::ServeConfig {
+        token,
+        tls,
+        limits: args.limits,
+    })
+}
+
 /// `convsweep coordinator`.
-pub async fn serve_coordinator(config: CoordinatorConfig, listen: SocketAddr) -> Result<ExitCode> {
-    let coordinator = Coordinator::open(config)?;
+pub async fn serve_coordinator(args: ServeArgs) -> Result<ExitCode> {
+    let serve = serve_config(&args)?;
+    let coordinator = Coordinator::open(args.config)?;
+    let listen = args.listen;
     let listener = convsweep_coordinator::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let ops = args.ops_listen;
+    let ops_listener =
+        convsweep_coordinator::bind(ops).with_context(|| format!("cannot listen on {ops} (--ops-listen)"))?;
     let stop = shutdown_on_signals();
-    convsweep_coordinator::serve(listener, coordinator, async move { stop.cancelled().await }).await?;
+    let ops_server = tokio::spawn(convsweep_coordinator::serve_ops(ops_listener, coordinator.clone(), {
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    }));
+    let served =
+        convsweep_coordinator::serve_with(listener, coordinator, &serve, async move { stop.cancelled().await }).await;
+    let _ = ops_server.await;
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Flags of `convsweep worker`.
 #[derive(Debug)]
 pub struct WorkerArgs {
-    pub coordinator: String,
+    pub coordinator: Connection,
     pub slots: u32,
     pub device: String,
     pub threads: Option<u32>,
@@ -88,10 +193,8 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn admin(url: &str) -> Result<AdminServiceClient<tonic::transport::Channel>> {
-    AdminServiceClient::connect(url.to_owned())
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {url}"))
+async fn admin(conn: &Connection) -> Result<AdminServiceClient<AuthChannel>> {
+    Ok(conn.admin().await?)
 }
 
 fn read_spec(spec: &Path) -> Result<String> {
@@ -106,7 +209,7 @@ fn print_sweep(sweep_id: &str, trials: u32, new_trials: u32) -> ExitCode {
 }
 
 /// `convsweep submit`.
-pub async fn submit(spec: &Path, url: &str) -> Result<ExitCode> {
+pub async fn submit(spec: &Path, url: &Connection) -> Result<ExitCode> {
     let resp = admin(url)
         .await?
         .submit_sweep(pb::SubmitSweepRequest {
@@ -119,7 +222,7 @@ pub async fn submit(spec: &Path, url: &str) -> Result<ExitCode> {
 }
 
 /// `convsweep extend`.
-pub async fn extend(spec: &Path, url: &str) -> Result<ExitCode> {
+pub async fn extend(spec: &Path, url: &Connection) -> Result<ExitCode> {
     let resp = admin(url)
         .await?
         .extend_sweep(pb::ExtendSweepRequest {
@@ -132,7 +235,7 @@ pub async fn extend(spec: &Path, url: &str) -> Result<ExitCode> {
 }
 
 /// `convsweep cancel`.
-pub async fn cancel(url: &str, sweep: &str, trial_ids: Vec<String>) -> Result<ExitCode> {
+pub async fn cancel(url: &Connection, sweep: &str, trial_ids: Vec<String>) -> Result<ExitCode> {
     let resp = admin(url)
         .await?
         .cancel(pb::CancelRequest {
@@ -147,7 +250,7 @@ pub async fn cancel(url: &str, sweep: &str, trial_ids: Vec<String>) -> Result<Ex
 }
 
 /// `convsweep resume`.
-pub async fn resume(url: &str, sweep: &str) -> Result<ExitCode> {
+pub async fn resume(url: &Connection, sweep: &str) -> Result<ExitCode> {
     let resp = admin(url)
         .await?
         .resume(pb::ResumeRequest {
@@ -230,7 +333,7 @@ pub fn format_duration(seconds: f64) -> String {
 }
 
 /// `convsweep status`.
-pub async fn status(url: &str, sweep: Option<&str>, json: bool) -> Result<ExitCode> {
+pub async fn status(url: &Connection, sweep: Option<&str>, json: bool) -> Result<ExitCode> {
     let resp = admin(url)
         .await?
         .get_status(pb::GetStatusRequest {

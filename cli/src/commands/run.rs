@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use convsweep_coordinator::sweep::SweepSpec;
-use convsweep_coordinator::{Coordinator, CoordinatorConfig};
+use convsweep_coordinator::{Coordinator, CoordinatorConfig, ServeConfig};
+use convsweep_proto::client::Secret;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -31,7 +32,14 @@ pub struct RunArgs {
     pub log_format: logging::Format,
 }
 
-fn spawn_worker(i: u32, url: &str, threads: u32, args: &RunArgs, run_dir: &std::path::Path) -> Result<Child> {
+fn spawn_worker(
+    i: u32,
+    url: &str,
+    token: &Secret,
+    threads: u32,
+    args: &RunArgs,
+    run_dir: &std::path::Path,
+) -> Result<Child> {
     let log_dir = run_dir.join("logs");
     let exe = std::env::current_exe().context("cannot find the convsweep binary to start workers")?;
     let log_path = log_dir.join(format!("worker-{i}.log"));
@@ -51,6 +59,8 @@ fn spawn_worker(i: u32, url: &str, threads: u32, args: &RunArgs, run_dir: &std::
         .arg("--checkpoint-dir")
         .arg(run_dir.join("checkpoints"))
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .env(super::TOKEN_ENV, token.expose())
+        .env_remove("CONVSWEEP_TOKEN_FILE")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -93,18 +103,24 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
+    // A fresh token for this run's own workers (given to them in their environment, not on
+    // their command line), so nothing else on the machine can drive this coordinator.
+    let token = Secret::random().context("cannot draw a token from /dev/urandom")?;
+    let serve = ServeConfig {
+        token: Some(token.clone()),
+        ..Default::default()
+    };
     let stop_server = CancellationToken::new();
     let server = {
-        let stop = stop_server.clone();
-        tokio::spawn(convsweep_coordinator::serve(
-            listener,
-            coordinator.clone(),
-            async move { stop.cancelled().await },
-        ))
+        let (stop, coordinator) = (stop_server.clone(), coordinator.clone());
+        tokio::spawn(async move {
+            convsweep_coordinator::serve_with(listener, coordinator, &serve, async move { stop.cancelled().await })
+                .await
+        })
     };
     let mut workers = Vec::new();
     for i in 0..args.workers {
-        workers.push(spawn_worker(i, &url, threads, &args, &run_dir)?);
+        workers.push(spawn_worker(i, &url, &token, threads, &args, &run_dir)?);
     }
 
     let interrupted = super::shutdown_on_signals();

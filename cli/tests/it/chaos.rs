@@ -92,6 +92,7 @@ impl Cluster {
         let log = self.log("coordinator.log");
         let child = Command::new(BIN)
             .args(["coordinator", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--ops-listen", "127.0.0.1:0"])
             .args([
                 "--heartbeat-secs",
                 "1",

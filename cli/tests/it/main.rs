@@ -4,3 +4,4 @@ mod chaos;
 mod common;
 mod processes;
 mod reading;
+mod security;

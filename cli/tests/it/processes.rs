@@ -172,6 +172,8 @@ fn the_commands_work_as_separate_processes() {
             "coordinator",
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--ops-listen",
+            "127.0.0.1:0",
             "--heartbeat-secs",
             "1",
         ])

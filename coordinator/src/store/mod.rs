@@ -758,6 +758,23 @@ impl Store {
         })
     }
 
+    /// Trials per sweep and state: `(sweep, state, count)`.
+    pub fn state_counts(&self) -> Result<Vec<(String, String, u32)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT s.sweep_id, t.state, COUNT(*) FROM sweep_trials s JOIN trials t ON t.id = s.trial_id \
+             GROUP BY s.sweep_id, t.state",
+        )?;
+        Ok(stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// When each worker was last heard from (ms since the epoch).
+    pub fn worker_last_seen(&self) -> Result<Vec<i64>> {
+        let mut stmt = self.conn.prepare_cached("SELECT last_seen_ms FROM workers")?;
+        Ok(stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Workers heard from since `since_ms`.
     pub fn workers_seen_since(&self, since_ms: i64) -> Result<u32> {
         Ok(self.conn.query_row(

@@ -5,4 +5,6 @@
 mod common;
 mod grpc;
 mod lease;
+mod ops;
 mod reader;
+mod security;

@@ -130,7 +130,7 @@ impl Setup {
 
 fn config(url: &str, slots: u32) -> WorkerConfig {
     WorkerConfig {
-        coordinator: url.into(),
+        coordinator: convsweep_proto::client::Connection::plain(url),
         name: "test".into(),
         slots,
         lease_wait: Duration::from_millis(300),

@@ -1,0 +1,253 @@
+//! Reaching a coordinator: the URL (`http://` plaintext, `https://` TLS), the CA to trust, a
+//! client certificate for mTLS, and the bearer token every call carries. Shared by the worker
+//! and every client command.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::pb::admin_service_client::AdminServiceClient;
+use crate::pb::worker_service_client::WorkerServiceClient;
+
+/// Why a coordinator could not be reached, or a credential not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The URL does not parse or names another scheme.
+    #[error("coordinator address {url:?}: {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A token that cannot be used (empty, or characters a header cannot carry).
+    #[error("token {origin}: {reason}")]
+    Token {
+        /// Where it came from (a file, or `CONVSWEEP_TOKEN`).
+        origin: String,
+        /// What is wrong (never the token itself).
+        reason: String,
+    },
+    /// A TLS file could not be read.
+    #[error("{what} {}: {source}", path.display())]
+    TlsFile {
+        /// Which file (`--tls-ca`, ...).
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS flags that do not go together.
+    #[error("{0}")]
+    TlsFlags(String),
+    /// The transport could not be set up or connect.
+    #[error("cannot reach the coordinator at {url}: {source}")]
+    Transport {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+}
+
+/// A bearer token. Its `Debug` never shows it, so it cannot leak into a log or an error.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
+impl Secret {
+    /// A token from its value; `origin` names where it came from, for errors. Surrounding
+    /// whitespace (a file's trailing newline) is dropped.
+    pub fn new(value: &str, origin: &str) -> Result<Secret, ClientError> {
+        let value = value.trim();
+        let bad = |reason: &str| ClientError::Token {
+            origin: origin.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if value.is_empty() {
+            return Err(bad("is empty"));
+        }
+        if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad(
+                "has characters other than visible ASCII (a header cannot carry them)",
+            ));
+        }
+        Ok(Secret(value.to_owned()))
+    }
+
+    /// A token read from `path` (a mounted Secret, say).
+    pub fn from_file(path: &Path) -> Result<Secret, ClientError> {
+        let origin = format!("file {}", path.display());
+        let text = std::fs::read_to_string(path).map_err(|e| ClientError::Token {
+            origin: origin.clone(),
+            reason: format!("cannot be read: {e}"),
+        })?;
+        Secret::new(&text, &origin)
+    }
+
+    /// 32 random bytes from the operating system, hex: a token for one `convsweep run`.
+    pub fn random() -> std::io::Result<Secret> {
+        use std::io::Read;
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        Ok(Secret(bytes.iter().map(|b| format!("{b:02x}")).collect()))
+    }
+
+    /// The value, for the one place that needs it (a header, a child's environment).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How to reach a coordinator.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    /// `http://host:port` or `https://host:port`.
+    pub url: String,
+    /// Sent as `authorization: Bearer <token>` on every call.
+    pub token: Option<Secret>,
+    /// PEM CA bundle to trust (`https://` only; the system's roots otherwise).
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for a coordinator that requires one (mTLS).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|source| ClientError::TlsFile {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl Connection {
+    /// A plaintext connection to `url` without a token (tests on loopback).
+    pub fn plain(url: impl Into<String>) -> Connection {
+        Connection {
+            url: url.into(),
+            ..Default::default()
+        }
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, ClientError> {
+        let bad = |reason: String| ClientError::BadUrl {
+            url: self.url.clone(),
+            reason,
+        };
+        let tls = if self.url.starts_with("https://") {
+            true
+        } else if self.url.starts_with("http://") {
+            false
+        } else {
+            return Err(bad("use http://HOST:PORT, or https://HOST:PORT for TLS".into()));
+        };
+        let mut endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        if !tls {
+            if self.tls_ca.is_some() || self.tls_cert.is_some() {
+                return Err(ClientError::TlsFlags(format!(
+                    "--tls-ca and --tls-cert are for TLS; use an https:// URL instead of {}",
+                    self.url
+                )));
+            }
+            return Ok(endpoint);
+        }
+        let mut config = ClientTlsConfig::new();
+        config = match &self.tls_ca {
+            Some(ca) => config.ca_certificate(Certificate::from_pem(read("--tls-ca", ca)?)),
+            None => config.with_native_roots(),
+        };
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                config = config.identity(Identity::from_pem(read("--tls-cert", cert)?, read("--tls-key", key)?));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ClientError::TlsFlags(
+                    "a client certificate needs both --tls-cert and --tls-key".into(),
+                ));
+            }
+        }
+        endpoint = endpoint.tls_config(config).map_err(|source| ClientError::Transport {
+            url: self.url.clone(),
+            source,
+        })?;
+        Ok(endpoint)
+    }
+
+    fn bearer(&self) -> Bearer {
+        Bearer(self.token.as_ref().map(|t| {
+            format!("Bearer {}", t.expose())
+                .parse()
+                .expect("a token of visible ASCII makes a valid header")
+        }))
+    }
+
+    /// A channel that connects on first use (and reconnects), carrying the token.
+    pub fn lazy(&self) -> Result<AuthChannel, ClientError> {
+        Ok(InterceptedService::new(self.endpoint()?.connect_lazy(), self.bearer()))
+    }
+
+    /// A channel connected now, carrying the token.
+    pub async fn connect(&self) -> Result<AuthChannel, ClientError> {
+        let channel = self
+            .endpoint()?
+            .connect()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: self.url.clone(),
+                source,
+            })?;
+        Ok(InterceptedService::new(channel, self.bearer()))
+    }
+
+    /// An `AdminService` client, connected now.
+    pub async fn admin(&self) -> Result<AdminServiceClient<AuthChannel>, ClientError> {
+        Ok(AdminServiceClient::new(self.connect().await?))
+    }
+
+    /// A `WorkerService` client that connects on first use.
+    pub fn worker(&self) -> Result<WorkerServiceClient<AuthChannel>, ClientError> {
+        Ok(WorkerServiceClient::new(self.lazy()?))
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every request (nothing without a token).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Bearer(redacted)"
+        } else {
+            "Bearer(none)"
+        })
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose calls carry the bearer token.
+pub type AuthChannel = InterceptedService<Channel, Bearer>;
