@@ -231,23 +231,49 @@ enum Command {
     },
     /// Write a sweep's report: HTML (plots inline), Markdown, and every table as CSV and Parquet.
     Report {
-        /// An export folder (Parquet files) or a coordinator's state folder.
-        dir: PathBuf,
+        /// An export folder (Parquet files) or a coordinator's state folder (read-only).
+        #[arg(required_unless_present = "coordinator", conflicts_with = "coordinator")]
+        dir: Option<PathBuf>,
+        /// Report from a running coordinator instead (its Export stream).
+        #[arg(long)]
+        coordinator: Option<String>,
         /// Folder to write the report into.
         #[arg(long)]
         out: PathBuf,
-        /// The sweep to report on (needed when the folder holds several).
+        /// The sweep to report on (needed when the source holds several).
         #[arg(long)]
         sweep: Option<String>,
     },
-    /// Export a coordinator's results as Parquet (trials, epochs, robustness, filters).
+    /// Export results as Parquet (trials, epochs, robustness, filters), from a state folder
+    /// (read-only) or from a running coordinator.
     Export {
         /// The coordinator's state folder.
-        #[arg(long, env = "CONVSWEEP_STATE_DIR")]
-        state_dir: PathBuf,
+        #[arg(
+            long,
+            env = "CONVSWEEP_STATE_DIR",
+            required_unless_present = "coordinator",
+            conflicts_with = "coordinator"
+        )]
+        state_dir: Option<PathBuf>,
+        /// Export from a running coordinator instead (its Export stream, in chunks).
+        #[arg(long)]
+        coordinator: Option<String>,
         /// Folder to write the Parquet files into.
         #[arg(long)]
         out: PathBuf,
+        /// Only this sweep.
+        #[arg(long)]
+        sweep: Option<String>,
+    },
+    /// Follow sweeps live: a bar per sweep with ETA, the running trials, the last failures;
+    /// exits when the sweep (or, without --sweep, every sweep) is done.
+    Watch {
+        /// Coordinator URL.
+        #[arg(long, env = "CONVSWEEP_COORDINATOR")]
+        coordinator: String,
+        /// Only this sweep.
+        #[arg(long)]
+        sweep: Option<String>,
     },
 }
 
@@ -417,13 +443,29 @@ fn main() -> std::process::ExitCode {
                     fft_conv: cli.fft_conv,
                 })
             }
-            Command::Report { dir, out, sweep } => {
+            Command::Report {
+                dir,
+                coordinator,
+                out,
+                sweep,
+            } => {
                 logging::init_stderr(cli.log_format);
-                commands::report(&dir, &out, sweep.as_deref())
+                let source = commands::Source::of(dir, coordinator.as_deref(), &cli.access)?;
+                commands::report(&source, &out, sweep.as_deref()).await
             }
-            Command::Export { state_dir, out } => {
+            Command::Export {
+                state_dir,
+                coordinator,
+                out,
+                sweep,
+            } => {
                 logging::init_stderr(cli.log_format);
-                commands::export(&state_dir, &out)
+                let source = commands::Source::of(state_dir, coordinator.as_deref(), &cli.access)?;
+                commands::export(&source, &out, sweep.as_deref()).await
+            }
+            Command::Watch { coordinator, sweep } => {
+                logging::init_stderr(cli.log_format);
+                commands::watch::watch(&cli.access.connection(&coordinator)?, sweep.as_deref()).await
             }
         }
     });

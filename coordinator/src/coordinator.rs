@@ -38,6 +38,8 @@ pub struct CoordinatorConfig {
     pub max_lease_wait: Duration,
     /// How often expired leases are looked for.
     pub expiry_interval: Duration,
+    /// How often a `Watch` stream gets a fresh snapshot.
+    pub watch_interval: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -49,6 +51,7 @@ impl Default for CoordinatorConfig {
             max_attempts: 3,
             max_lease_wait: Duration::from_secs(20),
             expiry_interval: Duration::from_secs(1),
+            watch_interval: Duration::from_secs(1),
         }
     }
 }
@@ -63,6 +66,9 @@ pub struct Coordinator {
     drain: AtomicBool,
     metrics: Arc<Metrics>,
     expiry_running: AtomicBool,
+    events: tokio::sync::broadcast::Sender<pb::WatchEvent>,
+    /// Workers heard from lately, by id (for "worker lost" events).
+    alive: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl Coordinator {
@@ -84,7 +90,107 @@ impl Coordinator {
             drain: AtomicBool::new(false),
             metrics: Arc::new(Metrics::new()),
             expiry_running: AtomicBool::new(false),
+            events: tokio::sync::broadcast::channel(4096).0,
+            alive: Mutex::new(Default::default()),
         }))
+    }
+
+    /// Live events (trial state changes, epochs, workers); a subscriber that falls behind
+    /// skips ahead (the next snapshot catches it up).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<pb::WatchEvent> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, event: pb::watch_event::Event) {
+        // No subscriber is not an error.
+        let _ = self.events.send(pb::WatchEvent {
+            time_ms: self.clock.now_ms(),
+            event: Some(event),
+        });
+    }
+
+    fn trial_changed(
+        &self,
+        sweep_id: String,
+        trial_id: &str,
+        state: TrialState,
+        attempt: u32,
+        worker: &str,
+        reason: &str,
+    ) {
+        self.emit(pb::watch_event::Event::Trial(pb::TrialChanged {
+            sweep_id,
+            trial_id: trial_id.to_owned(),
+            state: state.to_string(),
+            attempt,
+            worker_id: worker.to_owned(),
+            reason: reason.to_owned(),
+        }));
+    }
+
+    /// What a `Watch` stream shows: status, active trials and accuracy so far, of one sweep
+    /// (every sweep when `sweep_id` is empty).
+    pub fn snapshot(&self, sweep_id: &str) -> Result<pb::WatchSnapshot> {
+        let status = self.status(sweep_id)?;
+        let (active, accuracy) = self.timed("snapshot", |s| {
+            Ok((s.active_trials(sweep_id)?, s.accuracy_so_far(sweep_id)?))
+        })?;
+        Ok(pb::WatchSnapshot {
+            status: Some(status),
+            active,
+            accuracy,
+        })
+    }
+
+    /// Every result row of one sweep (every sweep when `sweep_id` is empty), read through a
+    /// read-only connection of its own, off the async threads: the store is not locked while
+    /// a large export reads.
+    pub async fn export(&self, sweep_id: &str) -> Result<convsweep_proto::results::Results> {
+        let dir = self.config.state_dir.clone();
+        let sweep = sweep_id.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            let mut all = crate::store::StateReader::open(&dir)?.results()?;
+            if sweep.is_empty() {
+                return Ok(all);
+            }
+            all.trials.retain(|t| t.sweep_id == sweep);
+            if all.trials.is_empty() {
+                return Err(Error::NotFound(format!("no sweep named {sweep:?}")));
+            }
+            let ids: std::collections::HashSet<String> = all.trials.iter().map(|t| t.trial_id.clone()).collect();
+            all.epochs.retain(|e| ids.contains(&e.trial_id));
+            all.robustness.retain(|r| ids.contains(&r.trial_id));
+            all.filters.retain(|f| ids.contains(&f.trial_id));
+            Ok(all)
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(format!("export task: {e}"))))?
+    }
+
+    /// Emits "worker lost" for workers not heard from within three heartbeat intervals, and
+    /// "joined" for ones heard from again.
+    fn watch_workers(&self) -> Result<()> {
+        let now = self.clock.now_ms();
+        let alive_since = now - 3 * self.config.heartbeat_interval.as_millis() as i64;
+        let workers = self.timed("workers", |s| s.workers())?;
+        let mut alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, name, seen) in workers {
+            let was = alive.contains_key(&id);
+            let is = seen >= alive_since;
+            if was != is {
+                if is {
+                    alive.insert(id.clone(), name.clone());
+                } else {
+                    alive.remove(&id);
+                }
+                self.emit(pb::watch_event::Event::Worker(pb::WorkerChanged {
+                    worker_id: id,
+                    name,
+                    joined: is,
+                }));
+            }
+        }
+        Ok(())
     }
 
     /// The metrics it keeps.
@@ -234,6 +340,15 @@ impl Coordinator {
             s.register_worker(&req.name, &req.host, &req.devices, req.slots, now)
         })?;
         info!(worker = %worker_id, host = %req.host, name = %req.name, devices = ?req.devices, slots = req.slots, "worker registered");
+        self.alive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(worker_id.clone(), req.name.clone());
+        self.emit(pb::watch_event::Event::Worker(pb::WorkerChanged {
+            worker_id: worker_id.clone(),
+            name: req.name.clone(),
+            joined: true,
+        }));
         Ok(pb::RegisterResponse {
             worker_id,
             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
@@ -269,6 +384,14 @@ impl Coordinator {
                 self.metrics.lease_wait.observe(started.elapsed().as_secs_f64());
                 for l in &leases {
                     info!(trial = %l.trial_id, sweep = %l.sweep_id, attempt = l.attempt, worker = %req.worker_id, "trial leased");
+                    self.trial_changed(
+                        l.sweep_id.clone(),
+                        &l.trial_id,
+                        TrialState::Leased,
+                        l.attempt,
+                        &req.worker_id,
+                        "",
+                    );
                 }
                 return Ok(pb::LeaseResponse { leases, drain: false });
             }
@@ -299,6 +422,11 @@ impl Coordinator {
         self.metrics.epoch_rows.inc_by(req.epochs.len() as u64);
         for e in &req.epochs {
             debug!(trial = %req.trial_id, epoch = e.epoch, test_acc = e.test_acc, "epoch reported");
+            self.emit(pb::watch_event::Event::Epoch(pb::EpochReported {
+                trial_id: req.trial_id.clone(),
+                attempt: 0,
+                metrics: Some(*e),
+            }));
         }
         Ok(())
     }
@@ -311,6 +439,14 @@ impl Coordinator {
             s.complete(&req.worker_id, &req.trial_id, &req.lease_token, &outcome, now)
         })?;
         if !done.duplicate {
+            let sweep = self
+                .timed("sweep_of", |s| s.sweep_of(&req.trial_id))?
+                .unwrap_or_default();
+            let reason = match &outcome {
+                Outcome::Failed { reason, .. } | Outcome::Preempted { reason } => reason.as_str(),
+                Outcome::Succeeded(_) => "",
+            };
+            self.trial_changed(sweep, &req.trial_id, done.state, 0, &req.worker_id, reason);
             match (&outcome, done.state) {
                 (Outcome::Failed { retryable: true, .. }, TrialState::Pending) => {
                     self.metrics.requeued("retryable_failure", 1)
@@ -371,6 +507,10 @@ impl Coordinator {
         self.metrics.requeued("expired", requeued as u64);
         for (trial, state) in &touched {
             warn!(trial = %trial, now = %state, "lease expired");
+            let sweep = self
+                .timed("sweep_of", |s| s.sweep_of(trial.as_str()))?
+                .unwrap_or_default();
+            self.trial_changed(sweep, trial.as_str(), *state, 0, "", "lease expired");
         }
         if !touched.is_empty() {
             self.work_available.notify_waiters();
@@ -392,6 +532,9 @@ impl Coordinator {
                 _ = tick.tick() => {
                     if let Err(e) = self.expire_once() {
                         warn!(error = %e, "lease expiry failed; will retry");
+                    }
+                    if let Err(e) = self.watch_workers() {
+                        warn!(error = %e, "worker liveness check failed; will retry");
                     }
                 }
             }

@@ -83,9 +83,28 @@ impl TlsFiles {
 #[derive(Debug, Clone)]
 pub struct WorkerApi(pub Arc<Coordinator>);
 
-/// `AdminService` over a [`Coordinator`].
+/// `AdminService` over a [`Coordinator`]; export chunks stay under `chunk_bytes`.
 #[derive(Debug, Clone)]
-pub struct AdminApi(pub Arc<Coordinator>);
+pub struct AdminApi {
+    /// The coordinator.
+    pub coordinator: Arc<Coordinator>,
+    /// Largest export chunk, in encoded bytes.
+    pub chunk_bytes: usize,
+}
+
+/// A stream of replies of a server-streaming RPC.
+pub type ReplyStream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+/// Does `event` concern `sweep` (every event does when `sweep` is empty)? Events whose sweep
+/// is unknown pass too: a watcher ignores trials it does not show.
+fn concerns(event: &pb::WatchEvent, sweep: &str) -> bool {
+    use pb::watch_event::Event;
+    match &event.event {
+        _ if sweep.is_empty() => true,
+        Some(Event::Trial(t)) => t.sweep_id.is_empty() || t.sweep_id == sweep,
+        Some(Event::Snapshot(_)) | Some(Event::Epoch(_)) | Some(Event::Worker(_)) | None => true,
+    }
+}
 
 #[tonic::async_trait]
 impl WorkerService for WorkerApi {
@@ -116,11 +135,56 @@ impl WorkerService for WorkerApi {
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
+    type ExportStream = ReplyStream<pb::ExportChunk>;
+    type WatchStream = ReplyStream<pb::WatchEvent>;
+
+    async fn export(&self, req: Request<pb::ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
+        let results = self.coordinator.export(&req.into_inner().sweep_id).await?;
+        let chunks = convsweep_proto::convert::export_chunks(results, self.chunk_bytes);
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
+    }
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let sweep = req.into_inner().sweep_id;
+        let coordinator = self.coordinator.clone();
+        // Subscribe before the first snapshot, so that nothing between the two is missed.
+        let mut events = coordinator.subscribe();
+        let first = coordinator.snapshot(&sweep)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let snapshot = |s: pb::WatchSnapshot| pb::WatchEvent {
+                time_ms: 0,
+                event: Some(pb::watch_event::Event::Snapshot(s)),
+            };
+            if tx.send(Ok(snapshot(first))).await.is_err() {
+                return;
+            }
+            let mut tick = tokio::time::interval(coordinator.config().watch_interval);
+            tick.tick().await;
+            loop {
+                let next = tokio::select! {
+                    () = tx.closed() => return,
+                    _ = tick.tick() => coordinator.snapshot(&sweep).map(snapshot).map_err(Status::from),
+                    event = events.recv() => match event {
+                        Ok(e) if concerns(&e, &sweep) => Ok(e),
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                };
+                let failed = next.is_err();
+                if tx.send(next).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
     async fn submit_sweep(
         &self,
         req: Request<pb::SubmitSweepRequest>,
     ) -> Result<Response<pb::SubmitSweepResponse>, Status> {
-        let (id, submitted) = self.0.submit(&req.into_inner().spec_toml)?;
+        let (id, submitted) = self.coordinator.submit(&req.into_inner().spec_toml)?;
         Ok(Response::new(pb::SubmitSweepResponse {
             sweep_id: id.to_string(),
             trials: submitted.trials,
@@ -129,19 +193,19 @@ impl AdminService for AdminApi {
     }
 
     async fn get_status(&self, req: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
-        Ok(Response::new(self.0.status(&req.into_inner().sweep_id)?))
+        Ok(Response::new(self.coordinator.status(&req.into_inner().sweep_id)?))
     }
 
     async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
         let req = req.into_inner();
         Ok(Response::new(pb::CancelResponse {
-            cancelled: self.0.cancel(&req.sweep_id, &req.trial_ids)?,
+            cancelled: self.coordinator.cancel(&req.sweep_id, &req.trial_ids)?,
         }))
     }
 
     async fn resume(&self, req: Request<pb::ResumeRequest>) -> Result<Response<pb::ResumeResponse>, Status> {
         Ok(Response::new(pb::ResumeResponse {
-            requeued: self.0.resume(&req.into_inner().sweep_id)?,
+            requeued: self.coordinator.resume(&req.into_inner().sweep_id)?,
         }))
     }
 
@@ -149,7 +213,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::ExtendSweepRequest>,
     ) -> Result<Response<pb::ExtendSweepResponse>, Status> {
-        let (id, submitted) = self.0.extend(&req.into_inner().spec_toml)?;
+        let (id, submitted) = self.coordinator.extend(&req.into_inner().spec_toml)?;
         Ok(Response::new(pb::ExtendSweepResponse {
             sweep_id: id.to_string(),
             trials: submitted.trials,
@@ -206,9 +270,14 @@ pub async fn serve_with(
     let worker = WorkerServiceServer::new(WorkerApi(coordinator.clone()))
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(limits.max_message_bytes);
-    let admin = AdminServiceServer::new(AdminApi(coordinator.clone()))
-        .max_decoding_message_size(limits.max_message_bytes)
-        .max_encoding_message_size(limits.max_message_bytes);
+    // Export chunks fit the default 4 MiB limit of any client, whatever the server allows.
+    let chunk_bytes = limits.max_message_bytes.min(4 << 20) / 2;
+    let admin = AdminServiceServer::new(AdminApi {
+        coordinator: coordinator.clone(),
+        chunk_bytes,
+    })
+    .max_decoding_message_size(limits.max_message_bytes)
+    .max_encoding_message_size(limits.max_message_bytes);
 
     // Reflection, so that grpcurl and grpcui work; behind the token like the services it shows.
     let reflection = || {

@@ -2,6 +2,7 @@
 //! where a malformed message is turned into an error that names the field.
 
 use crate::pb;
+use crate::results::{EpochRow, FilterRow, Results, RobustnessRow, TrialRow};
 use crate::spec::{FieldError, SweepId, TrialId, TrialSpec};
 
 /// A trial handed to a worker, with its spec parsed and checked against its id.
@@ -190,6 +191,130 @@ pub fn validate_epochs(epochs: &[pb::EpochMetrics]) -> Result<(), FieldError> {
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// An export row of a trial on the wire.
+impl From<TrialRow> for pb::ExportTrial {
+    fn from(r: TrialRow) -> Self {
+        pb::ExportTrial {
+            sweep_id: r.sweep_id,
+            trial_id: r.trial_id,
+            spec_json: r.spec.canonical_json(),
+            state: r.state.to_string(),
+            attempts: r.attempts,
+            reason: r.reason,
+            worker_id: r.worker_id,
+            result: r.result,
+        }
+    }
+}
+
+impl TryFrom<pb::ExportTrial> for TrialRow {
+    type Error = FieldError;
+
+    fn try_from(m: pb::ExportTrial) -> Result<Self, Self::Error> {
+        Ok(TrialRow {
+            spec: TrialSpec::from_json(&m.spec_json)
+                .map_err(|e| FieldError::new(format!("trials.spec_json.{}", e.field), e.message))?,
+            state: m
+                .state
+                .parse()
+                .map_err(|e: crate::state::UnknownState| FieldError::new("trials.state", e.to_string()))?,
+            sweep_id: m.sweep_id,
+            trial_id: m.trial_id,
+            attempts: m.attempts,
+            reason: m.reason,
+            worker_id: m.worker_id,
+            result: m.result,
+        })
+    }
+}
+
+fn required<T>(v: Option<T>, field: &str) -> Result<T, FieldError> {
+    v.ok_or_else(|| FieldError::new(field, "missing"))
+}
+
+/// Splits `results` into export chunks of about `budget` encoded bytes each (at least one row
+/// per chunk): all trials first, then epochs, robustness and filter rows.
+pub fn export_chunks(results: Results, budget: usize) -> Vec<pb::ExportChunk> {
+    use prost::Message;
+    let mut chunks = Vec::new();
+    let mut chunk = pb::ExportChunk::default();
+    let mut size = 0usize;
+    let mut push =
+        |chunk: &mut pb::ExportChunk, size: &mut usize, len: usize, add: &mut dyn FnMut(&mut pb::ExportChunk)| {
+            if *size > 0 && *size + len > budget {
+                chunks.push(std::mem::take(chunk));
+                *size = 0;
+            }
+            add(chunk);
+            *size += len + 8;
+        };
+    for t in results.trials {
+        let t = pb::ExportTrial::from(t);
+        let len = t.encoded_len();
+        let mut t = Some(t);
+        push(&mut chunk, &mut size, len, &mut |c| c.trials.extend(t.take()));
+    }
+    for e in results.epochs {
+        let e = pb::ExportEpoch {
+            trial_id: e.trial_id,
+            attempt: e.attempt,
+            metrics: Some(e.metrics),
+        };
+        let len = e.encoded_len();
+        let mut e = Some(e);
+        push(&mut chunk, &mut size, len, &mut |c| c.epochs.extend(e.take()));
+    }
+    for r in results.robustness {
+        let r = pb::ExportRobustness {
+            trial_id: r.trial_id,
+            result: Some(r.result),
+        };
+        let len = r.encoded_len();
+        let mut r = Some(r);
+        push(&mut chunk, &mut size, len, &mut |c| c.robustness.extend(r.take()));
+    }
+    for f in results.filters {
+        let f = pb::ExportFilter {
+            trial_id: f.trial_id,
+            stats: Some(f.stats),
+        };
+        let len = f.encoded_len();
+        let mut f = Some(f);
+        push(&mut chunk, &mut size, len, &mut |c| c.filters.extend(f.take()));
+    }
+    if size > 0 || chunks.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+/// Adds the rows of one export chunk to `results`, naming what does not fit.
+pub fn add_export_chunk(results: &mut Results, chunk: pb::ExportChunk) -> Result<(), FieldError> {
+    for t in chunk.trials {
+        results.trials.push(TrialRow::try_from(t)?);
+    }
+    for e in chunk.epochs {
+        results.epochs.push(EpochRow {
+            trial_id: e.trial_id,
+            attempt: e.attempt,
+            metrics: required(e.metrics, "epochs.metrics")?,
+        });
+    }
+    for r in chunk.robustness {
+        results.robustness.push(RobustnessRow {
+            trial_id: r.trial_id,
+            result: required(r.result, "robustness.result")?,
+        });
+    }
+    for f in chunk.filters {
+        results.filters.push(FilterRow {
+            trial_id: f.trial_id,
+            stats: required(f.stats, "filters.stats")?,
+        });
     }
     Ok(())
 }

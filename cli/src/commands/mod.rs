@@ -2,6 +2,7 @@
 
 pub mod info;
 pub mod run;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -350,73 +351,143 @@ pub async fn status(url: &Connection, sweep: Option<&str>, json: bool) -> Result
     Ok(ExitCode::SUCCESS)
 }
 
-/// The result frames of a state folder, read-only: safe beside a live coordinator, never a
-/// migration.
-#[cfg(feature = "analysis")]
-pub fn state_frames(state_dir: &Path) -> Result<convsweep_analysis::Frames> {
-    let results = convsweep_coordinator::store::StateReader::open(state_dir)?.results()?;
-    Ok(convsweep_analysis::Frames::from_results(&results)?)
+/// Where results come from: a folder (an export or a state) or a running coordinator.
+#[derive(Debug)]
+pub enum Source {
+    /// An export folder (Parquet) or a coordinator's state folder (read read-only).
+    Dir(std::path::PathBuf),
+    /// A coordinator's Export stream.
+    Remote(Connection),
 }
 
-/// `convsweep export`.
-#[cfg(feature = "analysis")]
-pub fn export(state_dir: &Path, out: &Path) -> Result<ExitCode> {
-    for path in state_frames(state_dir)?.write_parquet(out)? {
-        println!("{}", path.display());
+impl Source {
+    /// The source the flags name (clap makes sure exactly one is given).
+    pub fn of(dir: Option<std::path::PathBuf>, coordinator: Option<&str>, access: &Access) -> Result<Source> {
+        match (dir, coordinator) {
+            (Some(d), None) => Ok(Source::Dir(d)),
+            (None, Some(url)) => Ok(Source::Remote(access.connection(url)?)),
+            _ => bail!("give either a folder or --coordinator URL"),
+        }
     }
-    Ok(ExitCode::SUCCESS)
+
+    fn describe(&self) -> String {
+        match self {
+            Source::Dir(d) => d.display().to_string(),
+            Source::Remote(c) => c.url.clone(),
+        }
+    }
 }
 
-/// `convsweep report`.
-#[cfg(feature = "analysis")]
-pub fn report(dir: &Path, out: &Path, sweep: Option<&str>) -> Result<ExitCode> {
-    let frames = if convsweep_analysis::Frames::is_export(dir) {
-        convsweep_analysis::Frames::read_parquet(dir)?
-    } else {
-        state_frames(dir)?
-    };
-    let sweeps: std::collections::BTreeSet<String> = {
-        let c = frames.trials.column("sweep")?.str()?.clone();
-        (0..c.len()).filter_map(|i| c.get(i).map(str::to_owned)).collect()
-    };
-    let name = match (sweep, sweeps.len()) {
-        (Some(s), _) if sweeps.contains(s) => s.to_owned(),
-        (Some(s), _) => bail!(
-            "no sweep {s:?} in {}; it holds: {}",
-            dir.display(),
-            sweeps.into_iter().collect::<Vec<_>>().join(", ")
-        ),
-        (None, 1) => sweeps.into_iter().next().expect("one sweep"),
-        (None, 0) => bail!("{} holds no trials", dir.display()),
-        (None, _) => bail!(
-            "{} holds several sweeps ({}); choose one with --sweep",
-            dir.display(),
-            sweeps.into_iter().collect::<Vec<_>>().join(", ")
-        ),
-    };
-    let frames = frames.for_sweep(&name)?;
-    let report = convsweep_analysis::Report::build(&frames, &name)?;
-    let written = report.write(out)?;
-    println!("{}", written.html.display());
-    println!("{}", written.markdown.display());
-    eprintln!(
-        "{} tables (CSV and Parquet) and {} plots in {}",
-        written.tables.len() / 2,
-        written.plots.len(),
-        out.display()
-    );
-    Ok(ExitCode::SUCCESS)
+/// Every result row a coordinator's Export stream sends (one sweep's, or all).
+pub async fn remote_results(conn: &Connection, sweep: Option<&str>) -> Result<convsweep_proto::results::Results> {
+    let mut stream = admin(conn)
+        .await?
+        .export(pb::ExportRequest {
+            sweep_id: sweep.unwrap_or_default().to_owned(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("export from {}: {}", conn.url, s.message()))?
+        .into_inner();
+    let mut results = convsweep_proto::results::Results::default();
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("export from {} stopped: {}", conn.url, s.message()))?
+    {
+        convsweep_proto::convert::add_export_chunk(&mut results, chunk)
+            .with_context(|| format!("export from {} sent a row that does not fit", conn.url))?;
+    }
+    Ok(results)
 }
+
+#[cfg(feature = "analysis")]
+mod results {
+    use super::*;
+
+    /// The result frames of a state folder, read-only: safe beside a live coordinator, never
+    /// a migration.
+    pub fn state_frames(state_dir: &Path) -> Result<convsweep_analysis::Frames> {
+        let results = convsweep_coordinator::store::StateReader::open(state_dir)?.results()?;
+        Ok(convsweep_analysis::Frames::from_results(&results)?)
+    }
+
+    /// The frames of `source`, all sweeps.
+    async fn frames(source: &Source) -> Result<convsweep_analysis::Frames> {
+        Ok(match source {
+            Source::Dir(dir) if convsweep_analysis::Frames::is_export(dir) => {
+                convsweep_analysis::Frames::read_parquet(dir)?
+            }
+            Source::Dir(dir) => state_frames(dir)?,
+            Source::Remote(conn) => convsweep_analysis::Frames::from_results(&remote_results(conn, None).await?)?,
+        })
+    }
+
+    /// The sweeps of `frames`, and the one asked for (or the only one).
+    fn pick_sweep(frames: &convsweep_analysis::Frames, sweep: Option<&str>, source: &Source) -> Result<String> {
+        let sweeps: std::collections::BTreeSet<String> = {
+            let c = frames.trials.column("sweep")?.str()?.clone();
+            (0..c.len()).filter_map(|i| c.get(i).map(str::to_owned)).collect()
+        };
+        let from = source.describe();
+        Ok(match (sweep, sweeps.len()) {
+            (Some(s), _) if sweeps.contains(s) => s.to_owned(),
+            (Some(s), _) => bail!(
+                "no sweep {s:?} in {from}; it holds: {}",
+                sweeps.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+            (None, 1) => sweeps.into_iter().next().expect("one sweep"),
+            (None, 0) => bail!("{from} holds no trials"),
+            (None, _) => bail!(
+                "{from} holds several sweeps ({}); choose one with --sweep",
+                sweeps.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        })
+    }
+
+    /// `convsweep export`.
+    pub async fn export(source: &Source, out: &Path, sweep: Option<&str>) -> Result<ExitCode> {
+        let mut frames = frames(source).await?;
+        if let Some(s) = sweep {
+            let name = pick_sweep(&frames, Some(s), source)?;
+            frames = frames.for_sweep(&name)?;
+        }
+        for path in frames.write_parquet(out)? {
+            println!("{}", path.display());
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// `convsweep report`.
+    pub async fn report(source: &Source, out: &Path, sweep: Option<&str>) -> Result<ExitCode> {
+        let frames = frames(source).await?;
+        let name = pick_sweep(&frames, sweep, source)?;
+        let frames = frames.for_sweep(&name)?;
+        let report = convsweep_analysis::Report::build(&frames, &name)?;
+        let written = report.write(out)?;
+        println!("{}", written.html.display());
+        println!("{}", written.markdown.display());
+        eprintln!(
+            "{} tables (CSV and Parquet) and {} plots in {}",
+            written.tables.len() / 2,
+            written.plots.len(),
+            out.display()
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[cfg(feature = "analysis")]
+pub use results::{export, report, state_frames};
 
 /// `convsweep report` in a worker-only build.
 #[cfg(not(feature = "analysis"))]
-pub fn report(_dir: &Path, _out: &Path, _sweep: Option<&str>) -> Result<ExitCode> {
+pub async fn report(_source: &Source, _out: &Path, _sweep: Option<&str>) -> Result<ExitCode> {
     bail!("this convsweep was built without the `analysis` feature (a worker-only build); report from a full build")
 }
 
 /// `convsweep export` in a worker-only build.
 #[cfg(not(feature = "analysis"))]
-pub fn export(_state_dir: &Path, _out: &Path) -> Result<ExitCode> {
+pub async fn export(_source: &Source, _out: &Path, _sweep: Option<&str>) -> Result<ExitCode> {
     bail!("this convsweep was built without the `analysis` feature (a worker-only build); export from a full build")
 }
 

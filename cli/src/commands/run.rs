@@ -7,13 +7,12 @@
 
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use convsweep_coordinator::sweep::SweepSpec;
 use convsweep_coordinator::{Coordinator, CoordinatorConfig, ServeConfig};
-use convsweep_proto::client::Secret;
+use convsweep_proto::client::{Connection, Secret};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -124,7 +123,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     }
 
     let interrupted = super::shutdown_on_signals();
-    let outcome = watch(&coordinator, sweep_id.as_str(), &mut workers, &interrupted, &log_dir).await;
+    let conn = Connection {
+        token: Some(token.clone()),
+        ..Connection::plain(&url)
+    };
+    let outcome = watch(&conn, sweep_id.as_str(), &mut workers, &interrupted, &log_dir).await;
 
     // Let workers finish and exit on their own, then stop the server.
     coordinator.set_drain(true);
@@ -175,9 +178,25 @@ fn terminate(pid: u32) {
     }
 }
 
-/// Shows progress until every trial is done, the run is interrupted, or all workers died.
+/// Returns once every worker process has exited.
+async fn all_exited(workers: &mut [Child]) {
+    loop {
+        let alive = workers
+            .iter_mut()
+            .map(|w| w.try_wait())
+            .filter(|status| matches!(status, Ok(None)))
+            .count();
+        if alive == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Shows progress (from the coordinator's `Watch` stream, as `convsweep watch` does) until every
+/// trial is done, the run is interrupted, or all workers died.
 async fn watch(
-    coordinator: &Arc<Coordinator>,
+    conn: &Connection,
     sweep: &str,
     workers: &mut [Child],
     interrupted: &CancellationToken,
@@ -189,37 +208,51 @@ async fn watch(
             .expect("valid template"),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
-    let result = loop {
-        let status = coordinator.status(sweep)?;
-        let s = &status.sweeps[0];
-        let c = s.counts.unwrap_or_default();
-        let done = c.succeeded + c.failed + c.cancelled;
-        bar.set_length(u64::from(s.total));
-        bar.set_position(u64::from(done));
-        let eta = if s.eta_seconds >= 0.0 {
-            format!(", ETA {}", super::format_duration(s.eta_seconds))
-        } else {
-            String::new()
-        };
-        bar.set_message(format!("(running {}, failed {}{eta})", c.leased + c.running, c.failed));
-        if done == s.total {
-            break Ok(());
-        }
-        let alive = workers
-            .iter_mut()
-            .filter_map(|w| w.try_wait().ok())
-            .filter(Option::is_none)
-            .count();
-        if alive == 0 {
-            break Err(anyhow::anyhow!(
-                "every worker process exited with trials left; see the logs in {}",
-                log_dir.display()
+    let follow = super::watch::follow(
+        conn,
+        Some(sweep),
+        |snapshot| {
+            let Some(s) = snapshot.status.as_ref().and_then(|st| st.sweeps.first()) else {
+                return;
+            };
+            let c = s.counts.unwrap_or_default();
+            bar.set_length(u64::from(s.total));
+            bar.set_position(u64::from(super::watch::done(s)));
+            let eta = if s.eta_seconds >= 0.0 {
+                format!(", ETA {}", super::format_duration(s.eta_seconds))
+            } else {
+                String::new()
+            };
+            let best = snapshot
+                .active
+                .iter()
+                .filter(|a| a.epoch > 0)
+                .map(|a| a.test_acc)
+                .fold(f64::NAN, f64::max);
+            let best = if best.is_nan() {
+                String::new()
+            } else {
+                format!(", best running {:.1}%", best * 100.0)
+            };
+            bar.set_message(format!(
+                "(running {}, failed {}{eta}{best})",
+                c.leased + c.running,
+                c.failed
             ));
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(300)) => {}
-            () = interrupted.cancelled() => break Ok(()),
-        }
+        },
+        |event| {
+            if let Some(line) = super::watch::event_line(event) {
+                bar.println(line);
+            }
+        },
+    );
+    let result = tokio::select! {
+        r = follow => r.map(|_| ()),
+        () = interrupted.cancelled() => Ok(()),
+        () = all_exited(workers) => Err(anyhow::anyhow!(
+            "every worker process exited with trials left; see the logs in {}",
+            log_dir.display()
+        )),
     };
     bar.finish();
     result

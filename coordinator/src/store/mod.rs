@@ -769,6 +769,89 @@ impl Store {
             .collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The leased and running trials of `sweep` (every sweep when empty), with their last
+    /// epoch, in sweep order.
+    pub fn active_trials(&self, sweep: &str) -> Result<Vec<pb::ActiveTrial>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT s.sweep_id, t.id, t.spec_json, t.state, t.attempt, COALESCE(t.worker_id, ''), \
+                    (SELECT e.epoch FROM epochs e WHERE e.trial_id = t.id ORDER BY e.epoch DESC LIMIT 1), \
+                    (SELECT e.test_acc FROM epochs e WHERE e.trial_id = t.id ORDER BY e.epoch DESC LIMIT 1) \
+             FROM sweep_trials s JOIN trials t ON t.id = s.trial_id \
+             WHERE t.state IN ('leased', 'running') AND (?1 = '' OR s.sweep_id = ?1) \
+             ORDER BY s.sweep_id, s.position",
+        )?;
+        let rows = stmt.query_map([sweep], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, u32>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, Option<u32>>(6)?,
+                r.get::<_, Option<f64>>(7)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (sweep_id, trial_id, spec_json, state, attempt, worker_id, epoch, test_acc) = row?;
+            let spec = TrialSpec::from_json(&spec_json)
+                .map_err(|e| Error::Corrupt(format!("stored spec of trial {trial_id}: {e}")))?;
+            out.push(pb::ActiveTrial {
+                sweep_id,
+                trial_id,
+                label: spec.label(),
+                state,
+                attempt,
+                worker_id,
+                epoch: epoch.unwrap_or(0),
+                epochs: spec.train.epochs,
+                test_acc: test_acc.unwrap_or(0.0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Mean final test accuracy so far of the succeeded trials of `sweep` (every sweep when
+    /// empty), by kernel size and train mode.
+    pub fn accuracy_so_far(&self, sweep: &str) -> Result<Vec<pb::AccuracyCell>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT s.sweep_id, json_extract(t.spec_json, '$.model.kernel_size'), \
+                    json_extract(t.spec_json, '$.model.train_mode'), AVG(r.final_test_acc), COUNT(*) \
+             FROM sweep_trials s JOIN trials t ON t.id = s.trial_id JOIN results r ON r.trial_id = t.id \
+             WHERE t.state = 'succeeded' AND (?1 = '' OR s.sweep_id = ?1) \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )?;
+        Ok(stmt
+            .query_map([sweep], |r| {
+                Ok(pb::AccuracyCell {
+                    sweep_id: r.get(0)?,
+                    kernel_size: r.get(1)?,
+                    train_mode: r.get(2)?,
+                    mean_test_acc: r.get(3)?,
+                    trials: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The first sweep `trial` belongs to.
+    pub fn sweep_of(&self, trial: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT sweep_id FROM sweep_trials WHERE trial_id = ?1 ORDER BY rowid LIMIT 1")?
+            .query_row([trial], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Every worker: `(id, name, last heard from in ms since the epoch)`.
+    pub fn workers(&self) -> Result<Vec<(String, String, i64)>> {
+        let mut stmt = self.conn.prepare_cached("SELECT id, name, last_seen_ms FROM workers")?;
+        Ok(stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
     /// When each worker was last heard from (ms since the epoch).
     pub fn worker_last_seen(&self) -> Result<Vec<i64>> {
         let mut stmt = self.conn.prepare_cached("SELECT last_seen_ms FROM workers")?;

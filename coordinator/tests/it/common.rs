@@ -36,6 +36,7 @@ pub fn config(dir: &std::path::Path) -> CoordinatorConfig {
         max_attempts: 2,
         max_lease_wait: Duration::from_secs(5),
         expiry_interval: Duration::from_millis(100),
+        watch_interval: Duration::from_millis(100),
     }
 }
 

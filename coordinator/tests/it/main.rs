@@ -8,3 +8,4 @@ mod lease;
 mod ops;
 mod reader;
 mod security;
+mod streams;

@@ -98,6 +98,7 @@ async fn coordinator() -> Setup {
         max_attempts: 2,
         max_lease_wait: Duration::from_millis(500),
         expiry_interval: Duration::from_millis(50),
+        watch_interval: Duration::from_millis(100),
     })
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,0 +1,308 @@
+//! `convsweep watch`: a coordinator's `Watch` stream as a live view, as a Ray Tune user gets
+//! from its status table: a bar per sweep with ETA, the running trials with attempt, epoch and
+//! current test accuracy, and the last failures with their reasons. `convsweep run` follows
+//! its sweep through the same stream.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use convsweep_proto::client::Connection;
+use convsweep_proto::pb;
+use convsweep_proto::pb::watch_event::Event;
+
+/// Failures shown under each sweep.
+const LAST_FAILURES: usize = 5;
+/// Running trials shown.
+const RUNNING_SHOWN: usize = 12;
+
+fn bar(done: u32, total: u32, width: usize) -> String {
+    let filled = if total == 0 {
+        0
+    } else {
+        (done as usize * width).div_ceil(total as usize).min(width)
+    };
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
+}
+
+fn shorten(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        format!("{}...", s.chars().take(n).collect::<String>())
+    }
+}
+
+/// Trials of a sweep that are finished (succeeded, failed or cancelled).
+pub fn done(s: &pb::SweepStatus) -> u32 {
+    let c = s.counts.unwrap_or_default();
+    c.succeeded + c.failed + c.cancelled
+}
+
+/// Whether the sweeps of `snapshot` are all done (and there is at least one).
+pub fn finished(snapshot: &pb::WatchSnapshot) -> bool {
+    let sweeps = snapshot
+        .status
+        .as_ref()
+        .map(|s| s.sweeps.as_slice())
+        .unwrap_or_default();
+    !sweeps.is_empty() && sweeps.iter().all(|s| s.total > 0 && done(s) == s.total)
+}
+
+/// The view of one snapshot, as lines of text.
+pub fn render(snapshot: &pb::WatchSnapshot) -> String {
+    let mut out = String::new();
+    let status = snapshot.status.clone().unwrap_or_default();
+    out.push_str(&format!("workers alive: {}\n", status.workers_alive));
+    if status.sweeps.is_empty() {
+        out.push_str("no sweeps yet\n");
+    }
+    for s in &status.sweeps {
+        let c = s.counts.unwrap_or_default();
+        let eta = if s.eta_seconds >= 0.0 && done(s) < s.total {
+            format!(", ETA {}", super::format_duration(s.eta_seconds))
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "{} {} {}/{} done | running {} pending {} failed {}{eta}\n",
+            s.sweep_id,
+            bar(done(s), s.total, 30),
+            done(s),
+            s.total,
+            c.leased + c.running,
+            c.pending + c.preempted,
+            c.failed,
+        ));
+        let running: Vec<&pb::ActiveTrial> = snapshot.active.iter().filter(|a| a.sweep_id == s.sweep_id).collect();
+        for a in running.iter().take(RUNNING_SHOWN) {
+            let acc = if a.epoch > 0 {
+                format!("test acc {:5.1}%", a.test_acc * 100.0)
+            } else {
+                "starting".to_owned()
+            };
+            out.push_str(&format!(
+                "  {} {:<44} attempt {} epoch {:>3}/{:<3} {acc}\n",
+                &a.trial_id[..a.trial_id.len().min(8)],
+                shorten(&a.label, 44),
+                a.attempt,
+                a.epoch,
+                a.epochs,
+            ));
+        }
+        if running.len() > RUNNING_SHOWN {
+            out.push_str(&format!("  ... and {} more running\n", running.len() - RUNNING_SHOWN));
+        }
+        for f in s.failures.iter().rev().take(LAST_FAILURES) {
+            out.push_str(&format!(
+                "  failed {} (attempt {}): {}\n",
+                &f.trial_id[..f.trial_id.len().min(8)],
+                f.attempt,
+                shorten(&f.reason, 120)
+            ));
+        }
+    }
+    out
+}
+
+/// A line for the events worth a line of their own (finished trials, workers joining or lost).
+pub fn event_line(event: &Event) -> Option<String> {
+    match event {
+        Event::Trial(t) if matches!(t.state.as_str(), "succeeded" | "failed" | "cancelled") => Some(format!(
+            "trial {} {}{}",
+            &t.trial_id[..t.trial_id.len().min(8)],
+            t.state,
+            if t.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", shorten(&t.reason, 120))
+            }
+        )),
+        Event::Worker(w) => Some(format!(
+            "worker {} ({}) {}",
+            w.name,
+            &w.worker_id[..w.worker_id.len().min(10)],
+            if w.joined { "joined" } else { "lost" }
+        )),
+        _ => None,
+    }
+}
+
+/// Follows the `Watch` stream of `sweep` (every sweep when `None`), calling `on_snapshot` with
+/// each snapshot and `on_event` with the other events, until every sweep shown is done; returns
+/// the last snapshot.
+pub async fn follow(
+    conn: &Connection,
+    sweep: Option<&str>,
+    mut on_snapshot: impl FnMut(&pb::WatchSnapshot),
+    mut on_event: impl FnMut(&Event),
+) -> Result<pb::WatchSnapshot> {
+    let mut stream = conn
+        .admin()
+        .await?
+        .watch(pb::WatchRequest {
+            sweep_id: sweep.unwrap_or_default().to_owned(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("watch {}: {}", conn.url, s.message()))?
+        .into_inner();
+    loop {
+        let Some(event) = stream
+            .message()
+            .await
+            .map_err(|s| anyhow::anyhow!("the watch stream from {} broke: {}", conn.url, s.message()))?
+        else {
+            anyhow::bail!("the coordinator at {} ended the watch stream", conn.url);
+        };
+        match event.event {
+            Some(Event::Snapshot(s)) => {
+                on_snapshot(&s);
+                if finished(&s) {
+                    return Ok(s);
+                }
+            }
+            Some(other) => on_event(&other),
+            None => {}
+        }
+    }
+}
+
+/// `convsweep watch`.
+pub async fn watch(conn: &Connection, sweep: Option<&str>) -> Result<ExitCode> {
+    let tty = std::io::stdout().is_terminal();
+    let drawn = std::cell::Cell::new(0usize);
+    let mut last_counts: Option<Vec<(u32, u32)>> = None;
+    let last = follow(
+        conn,
+        sweep,
+        |s| {
+            let view = render(s);
+            let mut out = std::io::stdout().lock();
+            if tty {
+                // Redraw in place.
+                if drawn.get() > 0 {
+                    let _ = write!(out, "\x1b[{}A\x1b[J", drawn.get());
+                }
+                let _ = write!(out, "{view}");
+                drawn.set(view.lines().count());
+            } else {
+                // Without a terminal, print a view only when the counts moved.
+                let counts: Vec<(u32, u32)> = s
+                    .status
+                    .as_ref()
+                    .map(|st| st.sweeps.iter().map(|x| (done(x), x.total)).collect())
+                    .unwrap_or_default();
+                if last_counts.as_ref() != Some(&counts) {
+                    let _ = write!(out, "{view}");
+                    last_counts = Some(counts);
+                }
+            }
+            let _ = out.flush();
+        },
+        |e| {
+            if let Some(line) = event_line(e) {
+                let mut out = std::io::stdout().lock();
+                if tty && drawn.get() > 0 {
+                    let _ = write!(out, "\x1b[{}A\x1b[J", drawn.get());
+                    drawn.set(0);
+                }
+                let _ = writeln!(out, "{line}");
+            }
+        },
+    )
+    .await?;
+    let failed: u32 = last
+        .status
+        .as_ref()
+        .map(|s| s.sweeps.iter().map(|x| x.counts.unwrap_or_default().failed).sum())
+        .unwrap_or(0);
+    println!(
+        "done{}",
+        if failed > 0 {
+            format!(" ({failed} failed)")
+        } else {
+            String::new()
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sweep(total: u32, succeeded: u32, failed: u32) -> pb::SweepStatus {
+        pb::SweepStatus {
+            sweep_id: "demo".into(),
+            total,
+            counts: Some(pb::StateCounts {
+                succeeded,
+                failed,
+                running: 1,
+                pending: total - succeeded - failed - 1,
+                ..Default::default()
+            }),
+            trials_per_hour: 60.0,
+            eta_seconds: 125.0,
+            failures: vec![pb::TrialFailure {
+                trial_id: "0123456789abcdef".into(),
+                attempt: 2,
+                reason: "non-finite training loss (NaN) in epoch 3".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn the_view_shows_bar_eta_running_trials_and_failures() {
+        let snapshot = pb::WatchSnapshot {
+            status: Some(pb::GetStatusResponse {
+                sweeps: vec![sweep(8, 3, 1)],
+                workers_alive: 2,
+            }),
+            active: vec![pb::ActiveTrial {
+                sweep_id: "demo".into(),
+                trial_id: "fedcba9876543210".into(),
+                label: "resnet-8-16 k=5 frozen kaiming-normal seed=0".into(),
+                state: "running".into(),
+                attempt: 1,
+                worker_id: "w-1".into(),
+                epoch: 3,
+                epochs: 5,
+                test_acc: 0.4217,
+            }],
+            accuracy: vec![],
+        };
+        let view = render(&snapshot);
+        assert!(
+            view.contains("demo [###############---------------] 4/8 done"),
+            "{view}"
+        );
+        assert!(view.contains("ETA 2m05s"), "{view}");
+        assert!(
+            view.contains("fedcba98 resnet-8-16 k=5 frozen kaiming-normal seed=0 attempt 1"),
+            "{view}"
+        );
+        assert!(view.contains("attempt 1 epoch   3/5   test acc  42.2%"), "{view}");
+        assert!(
+            view.contains("failed 01234567 (attempt 2): non-finite training loss (NaN) in epoch 3"),
+            "{view}"
+        );
+        assert!(!finished(&snapshot));
+        let done = pb::WatchSnapshot {
+            status: Some(pb::GetStatusResponse {
+                sweeps: vec![pb::SweepStatus {
+                    counts: Some(pb::StateCounts {
+                        succeeded: 7,
+                        failed: 1,
+                        ..Default::default()
+                    }),
+                    ..sweep(8, 7, 0)
+                }],
+                workers_alive: 0,
+            }),
+            ..Default::default()
+        };
+        assert!(finished(&done));
+        assert!(!finished(&pb::WatchSnapshot::default()), "no sweep yet: keep watching");
+    }
+}

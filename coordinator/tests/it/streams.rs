@@ -1,0 +1,187 @@
+//! The server-streaming RPCs: `Export` in chunks, `Watch` with its snapshots and events.
+
+use std::time::Duration;
+
+use convsweep_coordinator::{Coordinator, Limits, ServeConfig};
+use convsweep_proto::client::Connection;
+use convsweep_proto::pb;
+use convsweep_proto::pb::watch_event::Event;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{SPEC, Server, config, epoch};
+
+async fn serve(
+    dir: &std::path::Path,
+    serve: ServeConfig,
+) -> (std::sync::Arc<Coordinator>, Connection, CancellationToken) {
+    let coordinator = Coordinator::open(config(dir)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let (c, s) = (coordinator.clone(), stop.clone());
+        async move { convsweep_coordinator::serve_with(listener, c, &serve, async move { s.cancelled().await }).await }
+    });
+    (coordinator, Connection::plain(url), stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_streams_every_row_in_chunks_under_the_message_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_message_bytes: 64 << 10,
+        ..Default::default()
+    };
+    let (coordinator, conn, stop) = serve(
+        dir.path(),
+        ServeConfig {
+            limits,
+            ..Default::default()
+        },
+    )
+    .await;
+    coordinator.submit(SPEC).unwrap();
+    let mut worker = conn.worker().unwrap();
+    let id = worker
+        .register(pb::RegisterRequest {
+            protocol_version: convsweep_proto::PROTOCOL_VERSION,
+            slots: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    let leases = worker
+        .lease(pb::LeaseRequest {
+            worker_id: id.clone(),
+            max_trials: 4,
+            wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leases;
+    // 4 trials x 1,000 epochs: several chunks of at most 32 KiB.
+    for l in &leases {
+        for start in (1..=1000).step_by(250) {
+            worker
+                .report_epochs(pb::ReportEpochsRequest {
+                    worker_id: id.clone(),
+                    trial_id: l.trial_id.clone(),
+                    lease_token: l.lease_token.clone(),
+                    epochs: (start..start + 250).map(|e| epoch(e, 0.5)).collect(),
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let mut stream = conn
+        .admin()
+        .await
+        .unwrap()
+        .export(pb::ExportRequest {
+            sweep_id: "small".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut results = convsweep_proto::results::Results::default();
+    let mut chunks = 0;
+    while let Some(chunk) = stream.message().await.unwrap() {
+        assert!(
+            prost::Message::encoded_len(&chunk) <= 32 << 10,
+            "chunk under half the limit"
+        );
+        convsweep_proto::convert::add_export_chunk(&mut results, chunk).unwrap();
+        chunks += 1;
+    }
+    assert!(chunks >= 4, "{chunks} chunks");
+    assert_eq!(results.trials.len(), 4);
+    assert_eq!(results.epochs.len(), 4000);
+    let direct = convsweep_coordinator::store::StateReader::open(dir.path())
+        .unwrap()
+        .results()
+        .unwrap();
+    assert_eq!(results.epochs, direct.epochs, "the same rows as the state folder gives");
+    let err = conn
+        .admin()
+        .await
+        .unwrap()
+        .export(pb::ExportRequest {
+            sweep_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().contains("nope"));
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_sends_snapshots_and_the_events_between_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(config(dir.path())).await;
+    server.coordinator.submit(SPEC).unwrap();
+    let mut admin = server.admin().await;
+    let mut stream = admin
+        .watch(pb::WatchRequest {
+            sweep_id: "small".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let Some(Event::Snapshot(s)) = first.event else {
+        panic!("a snapshot first, got {first:?}")
+    };
+    assert_eq!(s.status.unwrap().sweeps[0].total, 4);
+
+    let mut worker = server.worker().await;
+    let lease = worker.lease(1, 0).await.remove(0);
+    worker.report(&lease, vec![epoch(1, 0.42)]).await.unwrap();
+    let running = server.coordinator.snapshot("small").unwrap();
+    let a = running
+        .active
+        .iter()
+        .find(|a| a.trial_id == lease.trial_id)
+        .expect("an active trial");
+    assert_eq!((a.epoch, a.epochs, a.attempt, a.state.as_str()), (1, 2, 1, "running"));
+    assert!(a.label.contains("seed=0") && (a.test_acc - 0.42).abs() < 1e-12, "{a:?}");
+    worker.succeed(&lease, 0.9).await.unwrap();
+
+    let (mut joined, mut leased, mut epoch_seen, mut succeeded, mut accuracy_seen) =
+        (false, false, false, false, false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !(joined && leased && epoch_seen && succeeded && accuracy_seen) {
+        let e = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("every event within the time limit")
+            .unwrap()
+            .unwrap();
+        match e.event.unwrap() {
+            Event::Worker(w) => joined |= w.joined && w.worker_id == worker.id,
+            Event::Trial(t) if t.trial_id == lease.trial_id => {
+                leased |= t.state == "leased";
+                succeeded |= t.state == "succeeded" && t.sweep_id == "small";
+            }
+            Event::Epoch(ep) => epoch_seen |= ep.trial_id == lease.trial_id && ep.metrics.unwrap().test_acc == 0.42,
+            Event::Snapshot(s) => {
+                accuracy_seen |= s
+                    .accuracy
+                    .iter()
+                    .any(|c| c.kernel_size > 0 && c.trials == 1 && (c.mean_test_acc - 0.9).abs() < 1e-12);
+            }
+            Event::Trial(_) => {}
+        }
+    }
+    let err = admin
+        .watch(pb::WatchRequest {
+            sweep_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    drop((stream, admin));
+    server.stop().await;
+}
