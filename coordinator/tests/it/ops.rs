@@ -175,3 +175,139 @@ async fn the_ops_port_serves_health_readiness_and_metrics_without_the_token() {
     );
     stop.cancel();
 }
+
+/// The workspace folder (where `.deps/` is).
+fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_in_a_real_browser_sees_trials_finish() {
+    use std::io::BufRead;
+    let modules = workspace().join(".deps/node/node_modules");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        modules.join("playwright-core").exists() && std::path::Path::new(&chromium).exists(),
+        "this test drives headless Chromium with playwright-core: run scripts/browser-deps.sh (scripts/test.sh does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::open(config(dir.path())).unwrap();
+    coordinator.submit(&format!("seeds = 8\n{SPEC}")).unwrap();
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = ops.local_addr().unwrap().port();
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let (c, s) = (coordinator.clone(), stop.clone());
+        async move { convsweep_coordinator::serve_ops(ops, c, async move { s.cancelled().await }).await }
+    });
+    let worker = coordinator
+        .register(pb::RegisterRequest {
+            protocol_version: convsweep_proto::PROTOCOL_VERSION,
+            slots: 1,
+            name: "scripted".into(),
+            ..Default::default()
+        })
+        .unwrap()
+        .worker_id;
+
+    /// Kills the browser script (and so its Chromium) when the test ends, also on a failure.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let screenshot = dir.path().join("status.png");
+    let browser = std::process::Command::new("node")
+        .arg(workspace().join("coordinator/tests/browser/status_page.cjs"))
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg(&screenshot)
+        .env("NODE_PATH", &modules)
+        .env("CHROMIUM", &chromium)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let mut browser = KillOnDrop(browser);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = browser.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv())
+        .await
+        .expect("the page loaded within a minute")
+        .expect("the browser script printed");
+    assert!(ready.starts_with("ready "), "{ready}");
+    // Finish trials one by one until the browser saw the count grow (at most all 32).
+    let mut report = None;
+    for _ in 0..32 {
+        let lease = coordinator
+            .lease(pb::LeaseRequest {
+                worker_id: worker.clone(),
+                max_trials: 1,
+                wait_ms: 0,
+            })
+            .await
+            .unwrap()
+            .leases
+            .remove(0);
+        let spec = convsweep_proto::TrialSpec::from_json(&lease.spec_json).unwrap();
+        let acc = if spec.model.train_mode.as_str() == "frozen" {
+            0.4
+        } else {
+            0.8
+        };
+        coordinator
+            .complete(pb::CompleteRequest {
+                worker_id: worker.clone(),
+                trial_id: lease.trial_id.clone(),
+                lease_token: lease.lease_token.clone(),
+                outcome: Some(pb::complete_request::Outcome::Succeeded(pb::Succeeded {
+                    result: Some(crate::common::result(acc)),
+                })),
+            })
+            .unwrap();
+        if let Ok(Some(line)) = tokio::time::timeout(std::time::Duration::from_millis(400), rx.recv()).await {
+            report = Some(line);
+            break;
+        }
+    }
+    let report = match report {
+        Some(r) => r,
+        None => tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv())
+            .await
+            .expect("the browser saw the count grow within a minute")
+            .expect("the browser script reported"),
+    };
+    assert!(browser.0.wait().unwrap().success(), "{report}");
+    let seen: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let (first, later) = (seen["first"].as_u64().unwrap(), seen["later"].as_u64().unwrap());
+    assert!(later > first, "{seen}");
+    let log: Vec<u64> = seen["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(
+        log.len() >= 2 && log.windows(2).all(|w| w[0] < w[1]),
+        "the progress log grows: {log:?}"
+    );
+    assert!(
+        seen["plotted"].as_u64().unwrap() >= 1,
+        "an accuracy line is drawn: {seen}"
+    );
+    assert_eq!(seen["sweeps"][0].as_str().unwrap().split(':').next(), Some("small"));
+    assert_eq!(seen["errors"].as_array().unwrap().len(), 0, "no script errors: {seen}");
+    assert!(screenshot.exists());
+    if let Some(keep) = std::env::var_os("CONVSWEEP_KEEP_SCREENSHOT") {
+        std::fs::copy(&screenshot, keep).unwrap();
+    }
+    stop.cancel();
+}
