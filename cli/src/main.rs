@@ -91,8 +91,9 @@ enum Command {
         /// Longest a request may take, in seconds (a long-polling Lease waits less).
         #[arg(long, default_value_t = 120, env = "CONVSWEEP_REQUEST_TIMEOUT_SECS")]
         request_timeout_secs: u64,
-        /// Requests served at once on one connection.
-        #[arg(long, default_value_t = 256, env = "CONVSWEEP_MAX_CONCURRENT_REQUESTS")]
+        /// Calls served at once over all connections (a waiting Lease counts); one more is
+        /// refused with ResourceExhausted.
+        #[arg(long, default_value_t = 10_000, env = "CONVSWEEP_MAX_CONCURRENT_REQUESTS")]
         max_concurrent_requests: usize,
     },
     /// Train trials leased from a coordinator until it drains or SIGTERM arrives.
@@ -333,7 +334,7 @@ fn main() -> std::process::ExitCode {
                 let limits = convsweep_coordinator::Limits {
                     max_message_bytes: max_message_mib.max(1) << 20,
                     request_timeout: Duration::from_secs(request_timeout_secs.max(1)),
-                    concurrency_per_connection: max_concurrent_requests.max(1),
+                    max_concurrent_requests: max_concurrent_requests.max(1),
                 };
                 commands::serve_coordinator(commands::ServeArgs {
                     config,

@@ -5,6 +5,7 @@
 //! - [`coordinator`]: long-poll leasing, expiry and status over the store.
 //! - [`service`]: the gRPC services (`WorkerService`, `AdminService`, health) and [`serve`].
 //! - [`auth`]: the bearer-token check on the main port.
+//! - [`limits`]: the time and concurrency limits of the main port.
 //! - [`metrics`]: the Prometheus registry and the RPC metrics layer.
 //! - [`ops`]: the ops port: gRPC health, `/healthz`, `/readyz`, `/metrics`.
 //! - [`error`]: [`Error`] and its mapping onto gRPC statuses.
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod clock;
 pub mod coordinator;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod service;

@@ -39,8 +39,8 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Longest a request may take (a long-polling `Lease` waits less than this).
     pub request_timeout: Duration,
-    /// Requests served at once on one connection.
-    pub concurrency_per_connection: usize,
+    /// Calls served at once (over all connections); one more is refused.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for Limits {
@@ -48,7 +48,7 @@ impl Default for Limits {
         Limits {
             max_message_bytes: 16 << 20,
             request_timeout: Duration::from_secs(120),
-            concurrency_per_connection: 256,
+            max_concurrent_requests: 10_000,
         }
     }
 }
@@ -260,13 +260,19 @@ pub async fn serve_with(
 
     let auth = TokenCheck::new(config.token.as_ref());
     let limits = config.limits;
-    let mut builder = tonic::transport::Server::builder()
-        .timeout(limits.request_timeout)
-        .concurrency_limit_per_connection(limits.concurrency_per_connection);
+    let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(tls.server_config()?)?;
     }
-    let mut builder = builder.layer(crate::metrics::RpcMetricsLayer(coordinator.metrics().clone()));
+    // Metrics outermost, so that calls refused by a limit are counted with their code.
+    let mut builder = builder.layer(
+        tower::ServiceBuilder::new()
+            .layer(crate::metrics::RpcMetricsLayer(coordinator.metrics().clone()))
+            .layer(crate::limits::LimitsLayer::new(
+                limits.request_timeout,
+                limits.max_concurrent_requests,
+            )),
+    );
     let worker = WorkerServiceServer::new(WorkerApi(coordinator.clone()))
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(limits.max_message_bytes);

@@ -5,3 +5,4 @@ mod common;
 mod processes;
 mod reading;
 mod security;
+mod watch;

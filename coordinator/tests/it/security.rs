@@ -282,3 +282,113 @@ async fn reflection_lists_the_services_behind_the_token() {
     }
     stop.cancel();
 }
+
+#[tokio::test]
+async fn requests_over_a_limit_are_refused_with_the_limit_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = ServeConfig {
+        limits: convsweep_coordinator::Limits {
+            max_message_bytes: 4096,
+            request_timeout: std::time::Duration::from_millis(300),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (port, stop) = start(dir.path(), serve).await;
+    let conn = Connection::plain(format!("http://127.0.0.1:{port}"));
+    let mut admin = conn.admin().await.unwrap();
+    let big = format!("{}\n# {}", crate::common::SPEC, "x".repeat(8192));
+    let err = admin
+        .submit_sweep(pb::SubmitSweepRequest { spec_toml: big })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+    assert!(
+        err.message().contains("the limit is: 4096 bytes"),
+        "names the limit: {}",
+        err.message()
+    );
+    // A long poll that outlives the request timeout is cut off, by name.
+    let mut worker = conn.worker().unwrap();
+    let id = worker
+        .register(pb::RegisterRequest {
+            protocol_version: convsweep_proto::PROTOCOL_VERSION,
+            slots: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    let err = worker
+        .lease(pb::LeaseRequest {
+            worker_id: id,
+            max_trials: 1,
+            wait_ms: 5_000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert!(
+        err.message().contains("0.3 s") && err.message().contains("--request-timeout-secs"),
+        "{}",
+        err.message()
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn calls_beyond_the_concurrency_limit_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = ServeConfig {
+        limits: convsweep_coordinator::Limits {
+            max_concurrent_requests: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (port, stop) = start(dir.path(), serve).await;
+    let conn = Connection::plain(format!("http://127.0.0.1:{port}"));
+    let mut worker = conn.worker().unwrap();
+    let id = worker
+        .register(pb::RegisterRequest {
+            protocol_version: convsweep_proto::PROTOCOL_VERSION,
+            slots: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    // One long poll holds the only slot (the queue is empty, so it waits).
+    let mut waiting = worker.clone();
+    let poll = tokio::spawn(async move {
+        waiting
+            .lease(pb::LeaseRequest {
+                worker_id: id,
+                max_trials: 1,
+                wait_ms: 3_000,
+            })
+            .await
+    });
+    // Until the long poll holds it, a status call may get through; once it does, refused.
+    let mut refused = None;
+    for _ in 0..100 {
+        match status(&conn).await {
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    let err = refused.expect("a second call is refused while the first holds the slot");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        err.message().contains("limit of 1 calls") && err.message().contains("--max-concurrent-requests"),
+        "{}",
+        err.message()
+    );
+    assert!(poll.await.unwrap().unwrap().into_inner().leases.is_empty());
+    stop.cancel();
+}
