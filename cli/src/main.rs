@@ -195,7 +195,11 @@ enum Command {
         json: bool,
     },
     /// Time training steps of the reference configurations, optionally against PyTorch eager.
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
+        /// What to measure instead of training throughput.
+        #[command(subcommand)]
+        target: Option<BenchTarget>,
         /// libtorch threads (and the reference's); default: every core.
         #[arg(long)]
         threads: Option<u32>,
@@ -229,6 +233,16 @@ enum Command {
         /// Also write the results as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+    /// Make a private CA and the certificates of a TLS/mTLS coordinator and a client, in DIR.
+    Certs {
+        /// Folder to write ca.pem, ca.key, server.pem, server.key, client.pem, client.key into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Names and addresses the coordinator is reached by (localhost and 127.0.0.1 are
+        /// always in), e.g. --host convsweep-coordinator --host 10.0.0.5.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
     },
     /// Write a sweep's report: HTML (plots inline), Markdown, and every table as CSV and Parquet.
     Report {
@@ -275,6 +289,20 @@ enum Command {
         /// Only this sweep.
         #[arg(long)]
         sweep: Option<String>,
+    },
+}
+
+/// `convsweep bench` targets other than training throughput.
+#[derive(Debug, Subcommand)]
+enum BenchTarget {
+    /// GetStatus latency (median, p99) with and without token auth and TLS, side by side.
+    Rpc {
+        /// Calls per configuration and round.
+        #[arg(long, default_value_t = 2000)]
+        calls: usize,
+        /// Rounds (they alternate the configurations; the median round is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
 }
 
@@ -415,6 +443,18 @@ fn main() -> std::process::ExitCode {
                 json,
             }),
             Command::Bench {
+                target: Some(BenchTarget::Rpc { calls, rounds }),
+                ..
+            } => {
+                logging::init_stderr(cli.log_format);
+                commands::bench_rpc::bench_rpc(calls, rounds).await
+            }
+            Command::Certs { out, hosts } => {
+                logging::init_stderr(cli.log_format);
+                commands::certs::certs(&out, &hosts)
+            }
+            Command::Bench {
+                target: None,
                 threads,
                 batch,
                 warmup,

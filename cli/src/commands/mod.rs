@@ -1,5 +1,7 @@
 //! The subcommands, each wiring the libraries together.
 
+pub mod bench_rpc;
+pub mod certs;
 pub mod info;
 pub mod run;
 pub mod watch;

@@ -121,3 +121,78 @@ fn the_token_never_shows_in_help_logs_or_errors() {
     assert!(logs.contains("coordinator listening"), "{logs}");
     assert!(!logs.contains(TOKEN), "the token is not logged");
 }
+
+#[test]
+fn certs_make_a_working_mtls_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let out = Command::new(BIN)
+        .args(["certs", "--host", "convsweep-coordinator", "--out"])
+        .arg(&pki)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in [
+        "ca.pem",
+        "ca.key",
+        "server.pem",
+        "server.key",
+        "client.pem",
+        "client.key",
+    ] {
+        assert!(pki.join(f).exists(), "{f}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(pki.join("server.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "keys are private");
+
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "mtls-process-token\n").unwrap();
+    let port = free_port();
+    let mut server = coordinator(&["--listen", &format!("127.0.0.1:{port}")], &dir.path().join("state"))
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--tls-cert")
+        .arg(pki.join("server.pem"))
+        .arg("--tls-key")
+        .arg(pki.join("server.key"))
+        .arg("--tls-client-ca")
+        .arg(pki.join("ca.pem"))
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let status = |with_cert: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "status",
+            "--coordinator",
+            &format!("https://127.0.0.1:{port}"),
+            "--tls-ca",
+        ])
+        .arg(pki.join("ca.pem"))
+        .arg("--token-file")
+        .arg(&token_file)
+        .env_remove("CONVSWEEP_TOKEN");
+        if with_cert {
+            cmd.arg("--tls-cert").arg(pki.join("client.pem"));
+            cmd.arg("--tls-key").arg(pki.join("client.key"));
+        }
+        cmd.output().unwrap()
+    };
+    let mut answered = false;
+    for _ in 0..100 {
+        if status(true).status.success() {
+            answered = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(answered, "an mTLS client with the token is served");
+    assert!(!status(false).status.success(), "without a client certificate: refused");
+    #[allow(unsafe_code)]
+    // SAFETY: signalling a child we spawned.
+    unsafe {
+        libc::kill(server.id() as libc::pid_t, libc::SIGTERM);
+    }
+    assert!(wait_exit(&mut server, Duration::from_secs(30)).success());
+}
