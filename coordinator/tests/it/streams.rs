@@ -175,6 +175,20 @@ async fn watch_sends_snapshots_and_the_events_between_them() {
             Event::Trial(_) => {}
         }
     }
+    // The worker now goes silent: three heartbeat intervals later it is reported lost.
+    loop {
+        let e = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("the loss within the time limit")
+            .unwrap()
+            .unwrap();
+        if let Some(Event::Worker(w)) = e.event
+            && w.worker_id == worker.id
+            && !w.joined
+        {
+            break;
+        }
+    }
     let err = admin
         .watch(pb::WatchRequest {
             sweep_id: "nope".into(),
