@@ -12,15 +12,12 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use convsweep_proto::pb;
-use convsweep_proto::pb::admin_service_server::AdminServiceServer;
-use convsweep_proto::pb::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
 use crate::coordinator::Coordinator;
 use crate::error::Result;
-use crate::service::{AdminApi, WorkerApi};
 
 /// The content type of the OpenMetrics text format that `/metrics` answers in.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -135,9 +132,7 @@ pub async fn serve_ops(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let addr = listener.local_addr()?;
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<WorkerServiceServer<WorkerApi>>().await;
-    health.set_serving::<AdminServiceServer<AdminApi>>().await;
+    let health_service = crate::service::health().await;
     let http = axum::Router::new()
         .route("/", get(page))
         .route("/status.json", get(status_json))

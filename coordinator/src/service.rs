@@ -222,6 +222,15 @@ impl AdminService for AdminApi {
     }
 }
 
+/// The standard health service, reporting both services (and the server) serving.
+pub(crate) async fn health()
+-> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter.set_serving::<WorkerServiceServer<WorkerApi>>().await;
+    reporter.set_serving::<AdminServiceServer<AdminApi>>().await;
+    service
+}
+
 /// A listener on `addr` with `SO_REUSEADDR`, so that a restarted coordinator can take its port
 /// back at once (connections of the killed one may still be in TIME_WAIT).
 pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
@@ -254,9 +263,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let addr = listener.local_addr()?;
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<WorkerServiceServer<WorkerApi>>().await;
-    health.set_serving::<AdminServiceServer<AdminApi>>().await;
+    let health_service = health().await;
 
     let auth = TokenCheck::new(config.token.as_ref());
     let limits = config.limits;

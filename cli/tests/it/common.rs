@@ -97,3 +97,27 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A scripted worker registered in-process with `slots`; returns its id.
+pub fn scripted_worker(c: &Coordinator, slots: u32) -> String {
+    c.register(convsweep_proto::pb::RegisterRequest {
+        protocol_version: convsweep_proto::PROTOCOL_VERSION,
+        slots,
+        name: "scripted".into(),
+        ..Default::default()
+    })
+    .unwrap()
+    .worker_id
+}
+
+/// Leases up to `n` trials to `worker` in-process, without waiting.
+pub async fn lease_now(c: &Coordinator, worker: &str, n: u32) -> Vec<convsweep_proto::pb::TrialLease> {
+    c.lease(convsweep_proto::pb::LeaseRequest {
+        worker_id: worker.to_owned(),
+        max_trials: n,
+        wait_ms: 0,
+    })
+    .await
+    .unwrap()
+    .leases
+}

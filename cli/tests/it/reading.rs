@@ -13,26 +13,8 @@ use crate::common::*;
 /// A scripted worker that leases one trial and reports epochs until told to stop, counting the
 /// reports the coordinator acknowledged.
 async fn keep_writing(c: Arc<Coordinator>, stop: Arc<AtomicBool>, writes: Arc<AtomicU32>) {
-    let worker = c
-        .register(pb::RegisterRequest {
-            name: "writer".into(),
-            host: "test".into(),
-            devices: vec![],
-            slots: 1,
-            protocol_version: convsweep_proto::PROTOCOL_VERSION,
-        })
-        .unwrap()
-        .worker_id;
-    let lease = c
-        .lease(pb::LeaseRequest {
-            worker_id: worker.clone(),
-            max_trials: 1,
-            wait_ms: 0,
-        })
-        .await
-        .unwrap()
-        .leases
-        .remove(0);
+    let worker = scripted_worker(&c, 1);
+    let lease = lease_now(&c, &worker, 1).await.remove(0);
     let mut epoch = 0;
     while !stop.load(Ordering::Relaxed) {
         epoch += 1;
@@ -182,24 +164,8 @@ async fn remote_export_and_report_match_the_state_folder() {
     })
     .unwrap();
     coordinator.submit(&tiny_spec("remote")).unwrap();
-    let worker = coordinator
-        .register(pb::RegisterRequest {
-            name: "scripted".into(),
-            slots: 8,
-            protocol_version: convsweep_proto::PROTOCOL_VERSION,
-            ..Default::default()
-        })
-        .unwrap()
-        .worker_id;
-    let leases = coordinator
-        .lease(pb::LeaseRequest {
-            worker_id: worker.clone(),
-            max_trials: 8,
-            wait_ms: 0,
-        })
-        .await
-        .unwrap()
-        .leases;
+    let worker = scripted_worker(&coordinator, 8);
+    let leases = lease_now(&coordinator, &worker, 8).await;
     for (i, l) in leases.iter().enumerate() {
         let acc = 0.3 + 0.05 * i as f64;
         coordinator

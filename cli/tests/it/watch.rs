@@ -32,26 +32,9 @@ async fn watch_follows_a_sweep_to_its_end() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let worker = coordinator
-        .register(pb::RegisterRequest {
-            protocol_version: convsweep_proto::PROTOCOL_VERSION,
-            slots: 1,
-            name: "scripted".into(),
-            ..Default::default()
-        })
-        .unwrap()
-        .worker_id;
+    let worker = scripted_worker(&coordinator, 1);
     for i in 0..8 {
-        let lease = coordinator
-            .lease(pb::LeaseRequest {
-                worker_id: worker.clone(),
-                max_trials: 1,
-                wait_ms: 0,
-            })
-            .await
-            .unwrap()
-            .leases
-            .remove(0);
+        let lease = lease_now(&coordinator, &worker, 1).await.remove(0);
         let outcome = if i == 7 {
             pb::complete_request::Outcome::Failed(pb::Failed {
                 retryable: false,

@@ -795,8 +795,7 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (sweep_id, trial_id, spec_json, state, attempt, worker_id, epoch, test_acc) = row?;
-            let spec = TrialSpec::from_json(&spec_json)
-                .map_err(|e| Error::Corrupt(format!("stored spec of trial {trial_id}: {e}")))?;
+            let spec = schema::spec_of(&trial_id, &spec_json)?;
             out.push(pb::ActiveTrial {
                 sweep_id,
                 trial_id,

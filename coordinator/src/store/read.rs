@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use convsweep_proto::pb;
 use convsweep_proto::results::{EpochRow, FilterRow, Results, RobustnessRow, TrialRow};
-use convsweep_proto::{TrialSpec, pb};
 use rusqlite::Connection;
 
 use super::schema::{self, DB_FILE, state_of};
@@ -103,8 +103,7 @@ pub(super) fn trial_rows(conn: &Connection) -> Result<Vec<TrialRow>> {
     let mut out = Vec::new();
     for row in rows {
         let (sweep_id, trial_id, spec_json, state, attempts, reason, worker_id, result) = row?;
-        let spec = TrialSpec::from_json(&spec_json)
-            .map_err(|e| Error::Corrupt(format!("stored spec of trial {trial_id}: {e}")))?;
+        let spec = schema::spec_of(&trial_id, &spec_json)?;
         out.push(TrialRow {
             sweep_id,
             trial_id,

@@ -8,7 +8,7 @@ use convsweep_proto::client::{Connection, Secret};
 use convsweep_proto::pb;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{SPEC, config, epoch};
+use crate::common::{SPEC, config, epoch, lease_now, scripted_worker};
 
 /// `GET path` over HTTP/1.1; returns the status code, the headers and the body.
 fn get(port: u16, path: &str) -> (u16, String, String) {
@@ -69,16 +69,7 @@ async fn the_ops_port_serves_health_readiness_and_metrics_without_the_token() {
         .await
         .unwrap();
     let mut worker = conn.worker().unwrap();
-    let id = worker
-        .register(pb::RegisterRequest {
-            protocol_version: convsweep_proto::PROTOCOL_VERSION,
-            slots: 2,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .worker_id;
+    let id = crate::common::register(&mut worker, 2).await;
     let leases = worker
         .lease(pb::LeaseRequest {
             worker_id: id.clone(),
@@ -203,15 +194,7 @@ async fn the_status_page_in_a_real_browser_sees_trials_finish() {
         let (c, s) = (coordinator.clone(), stop.clone());
         async move { convsweep_coordinator::serve_ops(ops, c, async move { s.cancelled().await }).await }
     });
-    let worker = coordinator
-        .register(pb::RegisterRequest {
-            protocol_version: convsweep_proto::PROTOCOL_VERSION,
-            slots: 1,
-            name: "scripted".into(),
-            ..Default::default()
-        })
-        .unwrap()
-        .worker_id;
+    let worker = scripted_worker(&coordinator, 1);
 
     /// Kills the browser script (and so its Chromium) when the test ends, also on a failure.
     struct KillOnDrop(std::process::Child);
@@ -247,16 +230,7 @@ async fn the_status_page_in_a_real_browser_sees_trials_finish() {
     // Finish trials one by one until the browser saw the count grow (at most all 32).
     let mut report = None;
     for _ in 0..32 {
-        let lease = coordinator
-            .lease(pb::LeaseRequest {
-                worker_id: worker.clone(),
-                max_trials: 1,
-                wait_ms: 0,
-            })
-            .await
-            .unwrap()
-            .leases
-            .remove(0);
+        let lease = lease_now(&coordinator, &worker, 1).await.remove(0);
         let spec = convsweep_proto::TrialSpec::from_json(&lease.spec_json).unwrap();
         let acc = if spec.model.train_mode.as_str() == "frozen" {
             0.4

@@ -310,16 +310,7 @@ async fn requests_over_a_limit_are_refused_with_the_limit_named() {
     );
     // A long poll that outlives the request timeout is cut off, by name.
     let mut worker = conn.worker().unwrap();
-    let id = worker
-        .register(pb::RegisterRequest {
-            protocol_version: convsweep_proto::PROTOCOL_VERSION,
-            slots: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .worker_id;
+    let id = crate::common::register(&mut worker, 1).await;
     let err = worker
         .lease(pb::LeaseRequest {
             worker_id: id,
@@ -350,16 +341,7 @@ async fn calls_beyond_the_concurrency_limit_are_refused_by_name() {
     let (port, stop) = start(dir.path(), serve).await;
     let conn = Connection::plain(format!("http://127.0.0.1:{port}"));
     let mut worker = conn.worker().unwrap();
-    let id = worker
-        .register(pb::RegisterRequest {
-            protocol_version: convsweep_proto::PROTOCOL_VERSION,
-            slots: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .worker_id;
+    let id = crate::common::register(&mut worker, 1).await;
     // One long poll holds the only slot (the queue is empty, so it waits).
     let mut waiting = worker.clone();
     let poll = tokio::spawn(async move {

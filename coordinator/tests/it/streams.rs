@@ -42,16 +42,7 @@ async fn export_streams_every_row_in_chunks_under_the_message_limit() {
     .await;
     coordinator.submit(SPEC).unwrap();
     let mut worker = conn.worker().unwrap();
-    let id = worker
-        .register(pb::RegisterRequest {
-            protocol_version: convsweep_proto::PROTOCOL_VERSION,
-            slots: 4,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .worker_id;
+    let id = crate::common::register(&mut worker, 4).await;
     let leases = worker
         .lease(pb::LeaseRequest {
             worker_id: id.clone(),
