@@ -59,7 +59,12 @@ fn spawn_worker(
         .arg(run_dir.join("checkpoints"))
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .env(super::TOKEN_ENV, token.expose())
+        // The run's own coordinator is plaintext on loopback with this token: credentials meant
+        // for another coordinator must not reach its workers.
         .env_remove("CONVSWEEP_TOKEN_FILE")
+        .env_remove("CONVSWEEP_TLS_CA")
+        .env_remove("CONVSWEEP_TLS_CERT")
+        .env_remove("CONVSWEEP_TLS_KEY")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
