@@ -123,6 +123,13 @@ enum Command {
         /// Epochs between checkpoints (one is also written on preemption and at the end).
         #[arg(long, default_value_t = 1, env = "CONVSWEEP_CHECKPOINT_EVERY")]
         checkpoint_every: u32,
+        /// Exit 0 once a lease call finds no work and nothing runs (an Indexed Job's or a
+        /// Slurm array task's worker ends when the sweep is drained).
+        #[arg(long, env = "CONVSWEEP_EXIT_WHEN_IDLE")]
+        exit_when_idle: bool,
+        /// Seconds to keep trying to reach the coordinator at start-up (it may start later).
+        #[arg(long, default_value_t = 900, env = "CONVSWEEP_CONNECT_TIMEOUT_SECS")]
+        connect_timeout_secs: u64,
     },
     /// Submit a sweep spec to a coordinator; prints the sweep id.
     Submit {
@@ -384,9 +391,13 @@ fn main() -> std::process::ExitCode {
                 grace_secs,
                 checkpoint_dir,
                 checkpoint_every,
+                exit_when_idle,
+                connect_timeout_secs,
             } => {
                 logging::init_stderr(cli.log_format);
                 commands::worker(commands::WorkerArgs {
+                    exit_when_idle,
+                    connect_timeout: Duration::from_secs(connect_timeout_secs.max(1)),
                     coordinator: cli.access.connection(&coordinator)?,
                     slots,
                     device,

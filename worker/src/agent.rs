@@ -43,6 +43,12 @@ pub struct WorkerConfig {
     pub max_backoff: Duration,
     /// On shutdown, how long running trials get to stop and be reported.
     pub grace: Duration,
+    /// How long to keep trying to reach the coordinator at start-up (it may start after the
+    /// worker) before giving up with an error.
+    pub connect_timeout: Duration,
+    /// Exit (successfully) once a lease call finds no work and nothing runs: an Indexed Job's
+    /// or array task's worker ends when the sweep is drained.
+    pub exit_when_idle: bool,
 }
 
 impl Default for WorkerConfig {
@@ -54,6 +60,8 @@ impl Default for WorkerConfig {
             lease_wait: Duration::from_secs(10),
             max_backoff: Duration::from_secs(5),
             grace: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(900),
+            exit_when_idle: false,
         }
     }
 }
@@ -67,6 +75,16 @@ pub enum AgentError {
     /// The coordinator refused this worker for good.
     #[error("the coordinator refused this worker: {0}")]
     Refused(Status),
+    /// The coordinator could not be reached within the start-up limit.
+    #[error(
+        "no coordinator answered at {url} within {waited:?} (--connect-timeout-secs); is it running and is the address right?"
+    )]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// How long the worker tried.
+        waited: Duration,
+    },
 }
 
 /// The host name of this machine.
@@ -187,15 +205,20 @@ pub async fn run(
         name: config.name.clone(),
     };
     info!(coordinator = %config.coordinator.url, tls = config.coordinator.url.starts_with("https:"), token = config.coordinator.token.is_some(), ?devices, slots = config.slots, "worker starting");
-    let registered = match retry("register", &shutdown, config.max_backoff, || {
+    let attempt = retry("register", &shutdown, config.max_backoff, || {
         let (mut c, r) = (client.clone(), register.clone());
         async move { c.register(r).await }
-    })
-    .await
-    {
-        None => return Ok(()),
-        Some(Err(status)) => return Err(AgentError::Refused(status)),
-        Some(Ok(r)) => r,
+    });
+    let registered = match tokio::time::timeout(config.connect_timeout, attempt).await {
+        Err(_) => {
+            return Err(AgentError::Unreachable {
+                url: config.coordinator.url.clone(),
+                waited: config.connect_timeout,
+            });
+        }
+        Ok(None) => return Ok(()),
+        Ok(Some(Err(status))) => return Err(AgentError::Refused(status)),
+        Ok(Some(Ok(r))) => r,
     };
     info!(worker = %registered.worker_id, "registered");
 
@@ -289,6 +312,11 @@ async fn lease_loop(shared: &Arc<Shared>, trainer: &Arc<dyn Trainer>, tracker: &
         };
         if response.drain {
             shared.drain.store(true, Ordering::SeqCst);
+        }
+        if config.exit_when_idle && response.leases.is_empty() && permits.len() == config.slots as usize {
+            info!("no work for this worker and nothing running; exiting (--exit-when-idle)");
+            shared.drain.store(true, Ordering::SeqCst);
+            return;
         }
         if shared.shutdown.is_cancelled() {
             // Leased while shutting down: hand them back at once rather than let them expire.

@@ -162,6 +162,8 @@ pub struct WorkerArgs {
     pub checkpoint_dir: Option<std::path::PathBuf>,
     pub checkpoint_every: u32,
     pub fft_conv: bool,
+    pub exit_when_idle: bool,
+    pub connect_timeout: Duration,
 }
 
 /// `convsweep worker`.
@@ -190,6 +192,8 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
         name: args.name.unwrap_or_else(convsweep_worker::agent::host_name),
         slots: args.slots,
         grace: args.grace,
+        exit_when_idle: args.exit_when_idle,
+        connect_timeout: args.connect_timeout,
         ..Default::default()
     };
     convsweep_worker::run(config, trainer, shutdown_on_signals()).await?;

@@ -137,6 +137,8 @@ fn config(url: &str, slots: u32) -> WorkerConfig {
         lease_wait: Duration::from_millis(300),
         max_backoff: Duration::from_millis(200),
         grace: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(30),
+        exit_when_idle: false,
     }
 }
 
@@ -332,4 +334,85 @@ fn out_of_memory_is_not_retried() {
         TrainError::Internal(m) => assert!(m.len() < 700 && m.ends_with("..."), "{m}"),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_exits_when_asked_to_once_the_sweep_is_drained() {
+    let s = coordinator().await;
+    s.coordinator.submit(SPEC).unwrap();
+    let trainer = Scripted::new(|_, _| success());
+    let config = WorkerConfig {
+        exit_when_idle: true,
+        ..config(&s.url, 2)
+    };
+    let agent = tokio::spawn(run(config, trainer, CancellationToken::new()));
+    tokio::time::timeout(Duration::from_secs(30), agent)
+        .await
+        .expect("the worker exits by itself")
+        .unwrap()
+        .unwrap();
+    let status = s.coordinator.status("agent").unwrap().sweeps.remove(0);
+    assert_eq!(status.counts.unwrap().succeeded, 4, "after every trial ran");
+    s.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_a_coordinator_gives_up_by_name() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let config = WorkerConfig {
+        connect_timeout: Duration::from_secs(1),
+        ..config(&url, 1)
+    };
+    let started = Instant::now();
+    let err = run(config, Scripted::new(|_, _| success()), CancellationToken::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&url) && err.contains("--connect-timeout-secs"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_before_its_coordinator_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let url = format!("http://{addr}");
+    let config = WorkerConfig {
+        exit_when_idle: true,
+        ..config(&url, 1)
+    };
+    let agent = tokio::spawn(run(config, Scripted::new(|_, _| success()), CancellationToken::new()));
+    // The coordinator comes up later on that address, with work.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let coordinator = Coordinator::open(CoordinatorConfig {
+        state_dir: dir.path().to_owned(),
+        heartbeat_interval: Duration::from_millis(100),
+        max_lease_wait: Duration::from_millis(500),
+        ..Default::default()
+    })
+    .unwrap();
+    coordinator.submit(SPEC).unwrap();
+    let listener = convsweep_coordinator::bind(addr).unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(convsweep_coordinator::serve(listener, coordinator.clone(), {
+        let s = stop.clone();
+        async move { s.cancelled().await }
+    }));
+    tokio::time::timeout(Duration::from_secs(30), agent)
+        .await
+        .expect("the worker found the coordinator, ran the sweep and exited")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        coordinator.status("agent").unwrap().sweeps[0].counts.unwrap().succeeded,
+        4
+    );
+    stop.cancel();
 }
