@@ -241,6 +241,59 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Submit a sweep and write (or --submit) the Slurm array job of workers that runs it.
+    Slurm {
+        /// Sweep spec (TOML).
+        spec: PathBuf,
+        /// Coordinator URL, as the compute nodes reach it.
+        #[arg(long, env = "CONVSWEEP_COORDINATOR")]
+        coordinator: String,
+        /// Array tasks, one worker each (default: one per trial, at most 32).
+        #[arg(long)]
+        array: Option<u32>,
+        /// Slurm partition.
+        #[arg(long)]
+        partition: Option<String>,
+        /// GPUs per task (0 for CPU workers).
+        #[arg(long, default_value_t = 1)]
+        gpus_per_task: u32,
+        /// CPUs per task.
+        #[arg(long)]
+        cpus_per_task: Option<u32>,
+        /// Time limit of each task (e.g. 04:00:00).
+        #[arg(long)]
+        time: Option<String>,
+        /// Account to charge.
+        #[arg(long)]
+        account: Option<String>,
+        /// Quality of service.
+        #[arg(long)]
+        qos: Option<String>,
+        /// Node features (--constraint).
+        #[arg(long)]
+        constraint: Option<String>,
+        /// Seconds before the time limit at which workers get SIGUSR1, checkpoint and leave.
+        #[arg(long, default_value_t = 120)]
+        signal_secs: u32,
+        /// Checkpoint folder shared by the nodes (not on the coordinator's state disk).
+        #[arg(long, default_value = "convsweep-checkpoints")]
+        checkpoint_dir: PathBuf,
+        /// Folder of the tasks' logs (convsweep-%A_%a.log).
+        #[arg(long, default_value = "convsweep-logs")]
+        log_dir: PathBuf,
+        /// Trials each worker runs at once.
+        #[arg(long, default_value_t = 1)]
+        slots: u32,
+        /// The convsweep binary on the nodes (default: this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Where to write the job script.
+        #[arg(long, default_value = "convsweep-array.sbatch")]
+        out: PathBuf,
+        /// Also submit it with sbatch (prints the job id).
+        #[arg(long)]
+        submit: bool,
+    },
     /// Make a private CA and the certificates of a TLS/mTLS coordinator and a client, in DIR.
     Certs {
         /// Folder to write ca.pem, ca.key, server.pem, server.key, client.pem, client.key into.
@@ -459,6 +512,51 @@ fn main() -> std::process::ExitCode {
             } => {
                 logging::init_stderr(cli.log_format);
                 commands::bench_rpc::bench_rpc(calls, rounds).await
+            }
+            Command::Slurm {
+                spec,
+                coordinator,
+                array,
+                partition,
+                gpus_per_task,
+                cpus_per_task,
+                time,
+                account,
+                qos,
+                constraint,
+                signal_secs,
+                checkpoint_dir,
+                log_dir,
+                slots,
+                binary,
+                out,
+                submit,
+            } => {
+                logging::init_stderr(cli.log_format);
+                let conn = cli.access.connection(&coordinator)?;
+                commands::slurm::slurm(
+                    commands::slurm::SlurmArgs {
+                        spec,
+                        array,
+                        partition,
+                        gpus_per_task,
+                        cpus_per_task,
+                        time,
+                        account,
+                        qos,
+                        constraint,
+                        signal_secs,
+                        checkpoint_dir,
+                        log_dir,
+                        slots,
+                        binary,
+                        out,
+                        submit,
+                        token_file: cli.access.token_file.clone(),
+                    },
+                    conn,
+                )
+                .await
             }
             Command::Certs { out, hosts } => {
                 logging::init_stderr(cli.log_format);

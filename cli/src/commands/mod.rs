@@ -4,6 +4,7 @@ pub mod bench_rpc;
 pub mod certs;
 pub mod info;
 pub mod run;
+pub mod slurm;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -68,22 +69,43 @@ impl Access {
     }
 }
 
-/// Cancels the returned token on SIGTERM or SIGINT.
+/// Cancels the returned token on SIGTERM, SIGINT or SIGUSR1 (the pre-timeout signal a Slurm
+/// job asks for with `--signal=B:USR1@120`): a worker then checkpoints, reports its trials
+/// preempted and exits, whichever of them came.
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int), Ok(mut usr1)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::user_defined1()),
+        ) else {
             return;
         };
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = usr1.recv() => tracing::info!("SIGUSR1 received (a scheduler's pre-timeout signal)"),
         }
         t.cancel();
     });
     token
+}
+
+/// The worker's name: the flag, else the Slurm array task (`slurm-<job>_<task>`), else the
+/// host name. (On Kubernetes the manifests set the pod name through CONVSWEEP_WORKER_NAME.)
+pub fn worker_name(flag: Option<String>) -> String {
+    flag.filter(|n| !n.is_empty()).unwrap_or_else(|| {
+        match (
+            std::env::var("SLURM_ARRAY_JOB_ID"),
+            std::env::var("SLURM_ARRAY_TASK_ID"),
+        ) {
+            (Ok(job), Ok(task)) => format!("slurm-{job}_{task}"),
+            _ => convsweep_worker::agent::host_name(),
+        }
+    })
 }
 
 /// Flags of `convsweep coordinator`.
@@ -189,7 +211,7 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
     let trainer = Arc::new(convsweep_worker::TchTrainer::new(compute, checkpoints));
     let config = convsweep_worker::WorkerConfig {
         coordinator: args.coordinator,
-        name: args.name.unwrap_or_else(convsweep_worker::agent::host_name),
+        name: worker_name(args.name),
         slots: args.slots,
         grace: args.grace,
         exit_when_idle: args.exit_when_idle,
