@@ -1,6 +1,8 @@
 //! Tracing setup: `RUST_LOG` filters (default `info`, with the RPC stack quiet), text or JSON.
 
+#[cfg(feature = "worker")]
 use std::path::Path;
+#[cfg(feature = "worker")]
 use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
@@ -33,6 +35,7 @@ pub fn init_stderr(format: Format) {
 }
 
 /// Logs to a file (used while a progress bar owns the terminal).
+#[cfg(feature = "worker")]
 pub fn init_file(format: Format, path: &Path) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;

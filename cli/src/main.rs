@@ -368,6 +368,7 @@ enum BenchTarget {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "worker")]
     if cli.malloc_tuning {
         convsweep_worker::device::tune_cpu_allocator();
     }
@@ -380,6 +381,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            #[cfg(feature = "worker")]
             Command::Run {
                 spec,
                 workers,
@@ -435,6 +437,7 @@ fn main() -> std::process::ExitCode {
                 })
                 .await
             }
+            #[cfg(feature = "worker")]
             Command::Worker {
                 coordinator,
                 slots,
@@ -491,6 +494,7 @@ fn main() -> std::process::ExitCode {
                 logging::init_stderr(cli.log_format);
                 commands::status(&cli.access.connection(&coordinator)?, sweep.as_deref(), json).await
             }
+            #[cfg(feature = "worker")]
             Command::ModelInfo {
                 settings,
                 spec,
@@ -562,6 +566,7 @@ fn main() -> std::process::ExitCode {
                 logging::init_stderr(cli.log_format);
                 commands::certs::certs(&out, &hosts)
             }
+            #[cfg(feature = "worker")]
             Command::Bench {
                 target: None,
                 threads,
@@ -593,6 +598,14 @@ fn main() -> std::process::ExitCode {
                     fft_conv: cli.fft_conv,
                 })
             }
+            #[cfg(not(feature = "worker"))]
+            Command::Run { .. }
+            | Command::Worker { .. }
+            | Command::ModelInfo { .. }
+            | Command::Bench { target: None, .. } => Err(anyhow::anyhow!(
+                "this convsweep was built without the `worker` feature (a coordinator-only build): it serves, submits, \
+                 exports and reports; run, worker, model-info and the training bench need a full build"
+            )),
             Command::Report {
                 dir,
                 coordinator,

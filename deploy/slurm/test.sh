@@ -102,12 +102,13 @@ pids+=($!)
 export CONVSWEEP_TOKEN_FILE="$work/token"
 for _ in $(seq 100); do "$bin" status --coordinator "$url" >/dev/null 2>&1 && break; sleep 0.1; done
 
-# 4 trials of 6 epochs each, a few seconds per epoch on one core.
+# 4 trials of 16 epochs of about a second each on one core; the signal comes at epoch 6 at
+# the latest, so the trial it hits has at least 10 s of training left.
 cat > "$work/sweep.toml" <<EOF
 name = "slurm"
 [dataset]
 name = "synthetic"
-train_size = 512
+train_size = 2048
 test_size = 128
 [model]
 arch = "resnet"
@@ -115,7 +116,7 @@ depth = 8
 width = 8
 init = "kaiming-uniform"
 [train]
-epochs = 6
+epochs = 16
 batch_size = 64
 [eval]
 fgsm = []
@@ -135,7 +136,7 @@ cd "$root"
 status() { "$bin" status --coordinator "$url" --json; }
 signalled=""
 for _ in $(seq 600); do
-    running=$(python3 "$root/deploy/slurm/running_trial.py" "$work/coordinator/state.db" "slurm-${job}_0" 2>/dev/null || true)
+    running=$(python3 "$root/deploy/slurm/running_trial.py" "$work/coordinator/state.db" "slurm-${job}_0" 6 2>/dev/null || true)
     if [ -n "$running" ]; then signalled=$running; break; fi
     sleep 0.5
 done

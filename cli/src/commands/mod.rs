@@ -2,7 +2,9 @@
 
 pub mod bench_rpc;
 pub mod certs;
+#[cfg(feature = "worker")]
 pub mod info;
+#[cfg(feature = "worker")]
 pub mod run;
 pub mod slurm;
 pub mod watch;
@@ -10,7 +12,9 @@ pub mod watch;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
+#[cfg(feature = "worker")]
 use std::sync::Arc;
+#[cfg(feature = "worker")]
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -96,6 +100,7 @@ pub fn shutdown_on_signals() -> CancellationToken {
 
 /// The worker's name: the flag, else the Slurm array task (`slurm-<job>_<task>`), else the
 /// host name. (On Kubernetes the manifests set the pod name through CONVSWEEP_WORKER_NAME.)
+#[cfg(feature = "worker")]
 pub fn worker_name(flag: Option<String>) -> String {
     flag.filter(|n| !n.is_empty()).unwrap_or_else(|| {
         match (
@@ -173,6 +178,7 @@ pub async fn serve_coordinator(args: ServeArgs) -> Result<ExitCode> {
 }
 
 /// Flags of `convsweep worker`.
+#[cfg(feature = "worker")]
 #[derive(Debug)]
 pub struct WorkerArgs {
     pub coordinator: Connection,
@@ -189,6 +195,7 @@ pub struct WorkerArgs {
 }
 
 /// `convsweep worker`.
+#[cfg(feature = "worker")]
 pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
     if args.slots == 0 {
         bail!("--slots must be at least 1");
@@ -505,7 +512,9 @@ mod results {
 }
 
 #[cfg(feature = "analysis")]
-pub use results::{export, report, state_frames};
+pub use results::{export, report};
+#[cfg(all(feature = "analysis", feature = "worker"))]
+pub use results::state_frames;
 
 /// `convsweep report` in a worker-only build.
 #[cfg(not(feature = "analysis"))]
