@@ -44,6 +44,19 @@ deploy/docker/base.sh convsweep-base:bookworm
 deploy/docker/build.sh convsweep-base:bookworm "$tag"
 bin="$root/target/debug/convsweep"
 
+# The worker image finds libtorch_cuda with no LD_LIBRARY_PATH, and asked for CUDA on a machine
+# without a GPU it stops at once with a clear error.
+docker run --rm --entrypoint /bin/sh "convsweep-worker:$tag" -c \
+    'ldd /usr/local/bin/convsweep | grep -q "libtorch_cuda.so => /opt/py/torch/lib" && ! ldd /usr/local/bin/convsweep | grep -q "not found"' \
+    || { echo "docker: the worker binary does not find libtorch_cuda in /opt/py"; exit 1; }
+if out=$(docker run --rm --network none "convsweep-worker:$tag" worker --device cuda --coordinator http://127.0.0.1:1 2>&1); then
+    echo "docker: a worker asked for CUDA without a GPU did not fail"; exit 1
+fi
+case "$out" in
+    *"cuda asked for, but libtorch sees 0 CUDA device(s)"*) echo "docker: --device cuda without a GPU fails fast: ${out##*error: }" ;;
+    *) echo "docker: unexpected error for --device cuda without a GPU: $out"; exit 1 ;;
+esac
+
 head -c 32 /dev/urandom | base64 > "$work/token"
 chmod 644 "$work/token"  # read by the containers' user 10001
 export CONVSWEEP_TOKEN_FILE="$work/token"

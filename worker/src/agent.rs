@@ -150,7 +150,10 @@ struct Running {
 /// State shared by the agent's tasks.
 struct Shared {
     client: WorkerServiceClient<AuthChannel>,
-    worker_id: String,
+    /// The id the coordinator gave at `Register` (a new one after it forgot this worker).
+    worker_id: std::sync::RwLock<String>,
+    /// What `Register` sends, for registering again.
+    register: pb::RegisterRequest,
     config: WorkerConfig,
     running: Mutex<HashMap<String, Running>>,
     drain: AtomicBool,
@@ -161,6 +164,33 @@ struct Shared {
 }
 
 impl Shared {
+    /// The worker's current id.
+    fn id(&self) -> String {
+        self.worker_id.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Registers again, after a coordinator that no longer knows this worker (its state was
+    /// reset) refused a call; returns whether it worked.
+    async fn register_again(&self) -> bool {
+        let registered = retry("register", &self.shutdown, self.config.max_backoff, || {
+            let (mut c, r) = (self.client.clone(), self.register.clone());
+            async move { c.register(r).await }
+        })
+        .await;
+        match registered {
+            Some(Ok(r)) => {
+                info!(old = %self.id(), new = %r.worker_id, "registered again with a coordinator that did not know this worker");
+                *self.worker_id.write().unwrap_or_else(|p| p.into_inner()) = r.worker_id;
+                true
+            }
+            Some(Err(status)) => {
+                warn!(code = ?status.code(), message = status.message(), "registering again was refused");
+                false
+            }
+            None => false,
+        }
+    }
+
     fn lease_refs(&self) -> Vec<pb::LeaseRef> {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         running
@@ -221,10 +251,12 @@ pub async fn run(
         Ok(Some(Ok(r))) => r,
     };
     info!(worker = %registered.worker_id, "registered");
+    let register = register.clone();
 
     let shared = Arc::new(Shared {
         client,
-        worker_id: registered.worker_id,
+        worker_id: std::sync::RwLock::new(registered.worker_id),
+        register,
         config: config.clone(),
         running: Mutex::new(HashMap::new()),
         drain: AtomicBool::new(false),
@@ -290,7 +322,7 @@ async fn lease_loop(shared: &Arc<Shared>, trainer: &Arc<dyn Trainer>, tracker: &
             permits.push(p);
         }
         let request = pb::LeaseRequest {
-            worker_id: shared.worker_id.clone(),
+            worker_id: shared.id(),
             max_trials: permits.len() as u32,
             wait_ms: config.lease_wait.as_millis() as u32,
         };
@@ -304,6 +336,16 @@ async fn lease_loop(shared: &Arc<Shared>, trainer: &Arc<dyn Trainer>, tracker: &
         {
             None => return,
             Some(Ok(r)) => r,
+            Some(Err(status)) if status.code() == Code::NotFound => {
+                warn!(
+                    message = status.message(),
+                    "the coordinator does not know this worker; registering again"
+                );
+                if !shared.register_again().await {
+                    tokio::time::sleep(config.max_backoff).await;
+                }
+                continue;
+            }
             Some(Err(status)) => {
                 warn!(code = ?status.code(), message = status.message(), "lease refused; retrying later");
                 tokio::time::sleep(config.max_backoff).await;
@@ -370,7 +412,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration, stop: Cancellat
             _ = tick.tick() => {}
         }
         let request = pb::HeartbeatRequest {
-            worker_id: shared.worker_id.clone(),
+            worker_id: shared.id(),
             leases: shared.lease_refs(),
         };
         // One try per tick: the next tick is the retry.
@@ -479,7 +521,7 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
 /// Sends epochs; false when the coordinator refused them for good (the lease is gone).
 async fn report_epochs(shared: &Shared, trial_id: &str, token: &str, epochs: Vec<pb::EpochMetrics>) -> bool {
     let request = pb::ReportEpochsRequest {
-        worker_id: shared.worker_id.clone(),
+        worker_id: shared.id(),
         trial_id: trial_id.to_owned(),
         lease_token: token.to_owned(),
         epochs,
@@ -510,7 +552,7 @@ async fn complete(shared: &Shared, trial_id: &str, token: &str, outcome: Outcome
         warn!(trial = %trial_id, retryable, reason = %reason, "trial failed");
     }
     let request = pb::CompleteRequest {
-        worker_id: shared.worker_id.clone(),
+        worker_id: shared.id(),
         trial_id: trial_id.to_owned(),
         lease_token: token.to_owned(),
         outcome: Some(outcome.into()),

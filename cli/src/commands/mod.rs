@@ -511,10 +511,10 @@ mod results {
     }
 }
 
-#[cfg(feature = "analysis")]
-pub use results::{export, report};
 #[cfg(all(feature = "analysis", feature = "worker"))]
 pub use results::state_frames;
+#[cfg(feature = "analysis")]
+pub use results::{export, report};
 
 /// `convsweep report` in a worker-only build.
 #[cfg(not(feature = "analysis"))]

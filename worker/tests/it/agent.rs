@@ -416,3 +416,61 @@ async fn a_worker_started_before_its_coordinator_waits_for_it() {
     );
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_registers_again_with_a_coordinator_that_forgot_it() {
+    // A first coordinator knows the worker; a second, on a fresh state folder, takes over the
+    // address: the worker's id means nothing to it, so the worker registers again and works.
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let open = |dir: &std::path::Path| {
+        Coordinator::open(CoordinatorConfig {
+            state_dir: dir.to_owned(),
+            heartbeat_interval: Duration::from_millis(100),
+            max_lease_wait: Duration::from_millis(300),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let first = open(first_dir.path());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop_first = CancellationToken::new();
+    let server = tokio::spawn(convsweep_coordinator::serve(listener, first.clone(), {
+        let s = stop_first.clone();
+        async move { s.cancelled().await }
+    }));
+    let agent = tokio::spawn(run(
+        config(&format!("http://{addr}"), 1),
+        Scripted::new(|_, _| success()),
+        CancellationToken::new(),
+    ));
+    for _ in 0..100 {
+        if first.status("").unwrap().workers_alive == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(first.status("").unwrap().workers_alive, 1);
+    stop_first.cancel();
+    server.await.unwrap().unwrap();
+
+    let second = open(second_dir.path());
+    second.submit(SPEC).unwrap();
+    let listener = convsweep_coordinator::bind(addr).unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(convsweep_coordinator::serve(listener, second.clone(), {
+        let s = stop.clone();
+        async move { s.cancelled().await }
+    }));
+    wait_for(&second, "the sweep ran on the worker that registered again", |c| {
+        c.succeeded == 4
+    })
+    .await;
+    second.set_drain(true);
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    stop.cancel();
+}
