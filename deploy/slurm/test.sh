@@ -30,6 +30,13 @@ job=""
 cleanup() {
     set +e
     [ -n "$job" ] && SLURM_CONF="$work/slurm.conf" scancel "$job" 2>/dev/null
+    # Job steps (slurmstepd) and the workers they started outlive slurmd: find ours by the
+    # SLURM_CONF in their environment.
+    for p in $(pgrep -f '^slurmstepd:|convsweep worker' 2>/dev/null); do
+        if tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qx "SLURM_CONF=$work/slurm.conf"; then
+            pids+=("$p")
+        fi
+    done
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
     for p in "${pids[@]}"; do
         for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -167,4 +174,7 @@ EOF
 grep -h "resumed from checkpoint" "$work"/logs/*.log | grep -q "$signalled" || {
     echo "slurm: the signalled trial did not resume from its checkpoint"; cat "$work"/logs/*.log; exit 1; }
 grep -h "SIGUSR1 received" "$work"/logs/*.log >/dev/null || { echo "slurm: the worker never saw SIGUSR1"; exit 1; }
-echo "slurm: the signalled trial resumed from its checkpoint; test passed"
+# The workers leave by themselves once no work is left (--exit-when-idle).
+for _ in $(seq 120); do [ -z "$(squeue -h -j "$job" 2>/dev/null)" ] && break; sleep 0.5; done
+[ -z "$(squeue -h -j "$job" 2>/dev/null)" ] || { echo "slurm: the array's workers did not exit when idle"; squeue; exit 1; }
+echo "slurm: the signalled trial resumed from its checkpoint; every worker exited when idle; test passed"
