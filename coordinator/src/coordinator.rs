@@ -128,6 +128,21 @@ impl Coordinator {
         }));
     }
 
+    /// [`Coordinator::trial_changed`] for a trial whose sweep the caller does not know: it is
+    /// looked up only while someone watches, and a failed look-up never fails the call that
+    /// committed the change (the event then names no sweep).
+    fn trial_changed_in_its_sweep(&self, trial_id: &str, state: TrialState, worker: &str, reason: &str) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let sweep = self
+            .timed("sweep_of", |s| s.sweep_of(trial_id))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        self.trial_changed(sweep, trial_id, state, 0, worker, reason);
+    }
+
     /// What a `Watch` stream shows: status, active trials and accuracy so far, of one sweep
     /// (every sweep when `sweep_id` is empty).
     pub fn snapshot(&self, sweep_id: &str) -> Result<pb::WatchSnapshot> {
@@ -439,14 +454,11 @@ impl Coordinator {
             s.complete(&req.worker_id, &req.trial_id, &req.lease_token, &outcome, now)
         })?;
         if !done.duplicate {
-            let sweep = self
-                .timed("sweep_of", |s| s.sweep_of(&req.trial_id))?
-                .unwrap_or_default();
             let reason = match &outcome {
                 Outcome::Failed { reason, .. } | Outcome::Preempted { reason } => reason.as_str(),
                 Outcome::Succeeded(_) => "",
             };
-            self.trial_changed(sweep, &req.trial_id, done.state, 0, &req.worker_id, reason);
+            self.trial_changed_in_its_sweep(&req.trial_id, done.state, &req.worker_id, reason);
             match (&outcome, done.state) {
                 (Outcome::Failed { retryable: true, .. }, TrialState::Pending) => {
                     self.metrics.requeued("retryable_failure", 1)
@@ -507,10 +519,7 @@ impl Coordinator {
         self.metrics.requeued("expired", requeued as u64);
         for (trial, state) in &touched {
             warn!(trial = %trial, now = %state, "lease expired");
-            let sweep = self
-                .timed("sweep_of", |s| s.sweep_of(trial.as_str()))?
-                .unwrap_or_default();
-            self.trial_changed(sweep, trial.as_str(), *state, 0, "", "lease expired");
+            self.trial_changed_in_its_sweep(trial.as_str(), *state, "", "lease expired");
         }
         if !touched.is_empty() {
             self.work_available.notify_waiters();
