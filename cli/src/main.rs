@@ -56,6 +56,10 @@ enum Command {
         /// Device for the workers: auto, cpu, cuda or cuda:N.
         #[arg(long, default_value = "auto", env = "CONVSWEEP_DEVICE")]
         device: String,
+        /// Most trials the spec may expand to (grid times seeds); checked before expansion.
+        #[arg(long, default_value_t = convsweep_coordinator::sweep::DEFAULT_MAX_TRIALS_PER_SWEEP,
+              env = "CONVSWEEP_MAX_TRIALS_PER_SWEEP")]
+        max_trials_per_sweep: u64,
     },
     /// Serve the coordinator (gRPC) on ADDR with its state in DIR.
     Coordinator {
@@ -95,6 +99,11 @@ enum Command {
         /// refused with ResourceExhausted.
         #[arg(long, default_value_t = 10_000, env = "CONVSWEEP_MAX_CONCURRENT_REQUESTS")]
         max_concurrent_requests: usize,
+        /// Most trials one sweep may expand to (grid times seeds); a larger spec is refused,
+        /// naming its size, before it is expanded.
+        #[arg(long, default_value_t = convsweep_coordinator::sweep::DEFAULT_MAX_TRIALS_PER_SWEEP,
+              env = "CONVSWEEP_MAX_TRIALS_PER_SWEEP")]
+        max_trials_per_sweep: u64,
     },
     /// Train trials leased from a coordinator until it drains or SIGTERM arrives.
     Worker {
@@ -364,6 +373,41 @@ enum BenchTarget {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// A coordinator process under N simulated workers over loopback gRPC (no training), with
+    /// Ray Tune running the same trials side by side; or, with --sizes, large sweeps.
+    Coordinator {
+        /// Simulated workers, one connection each.
+        #[arg(long, default_value_t = 100)]
+        workers: usize,
+        /// Trials in the sweep.
+        #[arg(long, default_value_t = 2_000)]
+        trials: u64,
+        /// Epoch reports per trial, sent one by one.
+        #[arg(long, default_value_t = 10)]
+        epochs: u32,
+        /// Trials each simulated worker runs at once.
+        #[arg(long, default_value_t = 1)]
+        slots: u32,
+        /// Also write the figures as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Time submitting 100,000 and 1,000,000 trials, GetStatus over them and exporting
+        /// 1,000,000 epoch rows instead.
+        #[arg(long)]
+        sizes: bool,
+        /// Skip Ray Tune.
+        #[arg(long)]
+        no_peer: bool,
+        /// Trials Ray Tune runs (default: --trials).
+        #[arg(long)]
+        peer_trials: Option<u64>,
+        /// Python with Ray Tune (default: installed by the bench into .deps/ray).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Folder for the state folders (default: a temporary one, removed after).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -388,6 +432,7 @@ fn main() -> std::process::ExitCode {
                 threads,
                 runs_dir,
                 device,
+                max_trials_per_sweep,
             } => {
                 commands::run::run(commands::run::RunArgs {
                     spec,
@@ -395,6 +440,7 @@ fn main() -> std::process::ExitCode {
                     threads,
                     runs_dir,
                     device,
+                    max_trials_per_sweep,
                     fft_conv: cli.fft_conv,
                     log_format: cli.log_format,
                 })
@@ -412,6 +458,7 @@ fn main() -> std::process::ExitCode {
                 max_message_mib,
                 request_timeout_secs,
                 max_concurrent_requests,
+                max_trials_per_sweep,
             } => {
                 logging::init_stderr(cli.log_format);
                 let config = convsweep_coordinator::CoordinatorConfig {
@@ -419,6 +466,7 @@ fn main() -> std::process::ExitCode {
                     heartbeat_interval: Duration::from_secs(heartbeat_secs.max(1)),
                     lease_timeout: Duration::from_secs(lease_timeout_secs.max(2)),
                     max_attempts,
+                    max_trials_per_sweep: max_trials_per_sweep.max(1),
                     ..Default::default()
                 };
                 let limits = convsweep_coordinator::Limits {
@@ -510,6 +558,37 @@ fn main() -> std::process::ExitCode {
                 channels,
                 json,
             }),
+            Command::Bench {
+                target:
+                    Some(BenchTarget::Coordinator {
+                        workers,
+                        trials,
+                        epochs,
+                        slots,
+                        json,
+                        sizes,
+                        no_peer,
+                        peer_trials,
+                        python,
+                        dir,
+                    }),
+                ..
+            } => {
+                logging::init_stderr(cli.log_format);
+                commands::bench_coordinator::bench(commands::bench_coordinator::Args {
+                    workers,
+                    trials,
+                    epochs,
+                    slots,
+                    json,
+                    sizes,
+                    no_peer,
+                    peer_trials,
+                    python,
+                    dir,
+                })
+                .await
+            }
             Command::Bench {
                 target: Some(BenchTarget::Rpc { calls, rounds }),
                 ..

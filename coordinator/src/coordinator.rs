@@ -1,13 +1,15 @@
-//! The coordinator: the store behind a mutex, long-poll leasing and lease expiry.
+//! The coordinator: long-poll leasing, lease expiry and status over the store.
 //!
-//! SQLite calls run inline on the async threads: each is one short transaction (a few ms with
-//! its fsync), taken under one mutex, so a health check or any other RPC can wait behind a
-//! flush. Moving them off the runtime would not break the paused-clock tests: in the pinned
-//! tokio (1.54) a running `spawn_blocking` task inhibits the paused clock's auto-advance
-//! (`runtime/blocking/schedule.rs`), so time does not jump while a transaction runs.
+//! - The worker RPCs' writes (lease, heartbeat, epochs, completion) go through group commit
+//!   ([`crate::commit`]): off the async threads, many RPCs per transaction and fsync, each
+//!   answered once its transaction is durable. The same methods without `_batched` write at
+//!   once in a transaction of their own (tests drive the state machine with them).
+//! - Status, snapshots and metrics read through a second, read-only connection: they never
+//!   wait for the writer, nor it for them (WAL).
+//! - A waiting `Lease` is woken only when there may be work for it, one waiter per new trial.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,10 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
+use crate::commit::GroupCommit;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::store::{LeasePolicy, Store, Submitted};
-use crate::sweep::SweepSpec;
+use crate::store::{Completed, LeasePolicy, Store, Submitted, Write, Written};
+use crate::sweep::{DEFAULT_MAX_TRIALS_PER_SWEEP, SweepSpec};
 
 /// Runtime settings of a coordinator. Tests build it directly.
 #[derive(Debug, Clone)]
@@ -40,6 +43,9 @@ pub struct CoordinatorConfig {
     pub expiry_interval: Duration,
     /// How often a `Watch` stream gets a fresh snapshot.
     pub watch_interval: Duration,
+    /// Trials a sweep may expand to (grid times seeds); a larger spec is refused before it is
+    /// expanded.
+    pub max_trials_per_sweep: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -52,17 +58,38 @@ impl Default for CoordinatorConfig {
             max_lease_wait: Duration::from_secs(20),
             expiry_interval: Duration::from_secs(1),
             watch_interval: Duration::from_secs(1),
+            max_trials_per_sweep: DEFAULT_MAX_TRIALS_PER_SWEEP,
         }
+    }
+}
+
+/// Counts a waiting `Lease` call for as long as it lives (a cancelled call included).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// The coordinator's shared state; the gRPC services are thin wrappers around it.
 #[derive(Debug)]
 pub struct Coordinator {
-    store: Mutex<Store>,
+    store: Arc<Mutex<Store>>,
+    reader: Mutex<Store>,
+    commits: Arc<GroupCommit>,
     config: CoordinatorConfig,
     clock: Clock,
     work_available: Notify,
+    /// `Lease` calls waiting for work now.
+    waiting: AtomicUsize,
     drain: AtomicBool,
     metrics: Arc<Metrics>,
     expiry_running: AtomicBool,
@@ -81,14 +108,20 @@ impl Coordinator {
         let mut store = Store::open(&config.state_dir, policy)?;
         let clock = Clock::default();
         let held = store.grant_restart_grace(clock.now_ms())?;
+        let reader = Store::open_reader(&config.state_dir, policy)?;
         info!(state_dir = %config.state_dir.display(), active_leases = held, "coordinator state opened");
+        let store = Arc::new(Mutex::new(store));
+        let metrics = Arc::new(Metrics::new());
         Ok(Arc::new(Coordinator {
-            store: Mutex::new(store),
+            commits: GroupCommit::new(store.clone(), clock.clone(), metrics.clone()),
+            store,
+            reader: Mutex::new(reader),
             config,
             clock,
             work_available: Notify::new(),
+            waiting: AtomicUsize::new(0),
             drain: AtomicBool::new(false),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             expiry_running: AtomicBool::new(false),
             events: tokio::sync::broadcast::channel(4096).0,
             alive: Mutex::new(Default::default()),
@@ -136,7 +169,7 @@ impl Coordinator {
             return;
         }
         let sweep = self
-            .timed("sweep_of", |s| s.sweep_of(trial_id))
+            .read("sweep_of", |s| s.sweep_of(trial_id))
             .ok()
             .flatten()
             .unwrap_or_default();
@@ -147,7 +180,7 @@ impl Coordinator {
     /// (every sweep when `sweep_id` is empty).
     pub fn snapshot(&self, sweep_id: &str) -> Result<pb::WatchSnapshot> {
         let status = self.status(sweep_id)?;
-        let (active, accuracy) = self.timed("snapshot", |s| {
+        let (active, accuracy) = self.read("snapshot", |s| {
             Ok((s.active_trials(sweep_id)?, s.accuracy_so_far(sweep_id)?))
         })?;
         Ok(pb::WatchSnapshot {
@@ -187,7 +220,7 @@ impl Coordinator {
     fn watch_workers(&self) -> Result<()> {
         let now = self.clock.now_ms();
         let alive_since = now - 3 * self.config.heartbeat_interval.as_millis() as i64;
-        let workers = self.timed("workers", |s| s.workers())?;
+        let workers = self.read("workers", |s| s.workers())?;
         let mut alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
         for (id, name, seen) in workers {
             let was = alive.contains_key(&id);
@@ -219,7 +252,7 @@ impl Coordinator {
         self.expiry_running.load(Ordering::SeqCst)
     }
 
-    /// Runs one store operation under the lock, timing the transaction itself.
+    /// Runs one store operation under the writer's lock, timing the transaction itself.
     fn timed<T>(&self, op: &str, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
         let mut store = self.store();
         let started = std::time::Instant::now();
@@ -228,10 +261,32 @@ impl Coordinator {
         out
     }
 
+    /// Runs one read on the read-only connection, timed.
+    fn read<T>(&self, op: &str, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let started = std::time::Instant::now();
+        let out = f(&reader);
+        self.metrics.store(op, started.elapsed());
+        out
+    }
+
+    /// One worker write in a transaction of its own, now.
+    fn write_now(&self, op: &str, write: &Write) -> Result<Written> {
+        let now = self.clock.now_ms();
+        self.timed(op, |s| s.write(write, now))
+    }
+
+    /// Wakes up to `n` waiting `Lease` calls (one more than wait now, in case one is about to).
+    fn wake(&self, n: usize) {
+        for _ in 0..n.min(self.waiting.load(Ordering::SeqCst) + 1) {
+            self.work_available.notify_one();
+        }
+    }
+
     /// The metrics in the OpenMetrics text format, with the gauges read from the store now.
     pub fn scrape(&self) -> Result<String> {
         let now = self.clock.now_ms();
-        let (counts, last_seen) = self.timed("scrape", |s| Ok((s.state_counts()?, s.worker_last_seen()?)))?;
+        let (counts, last_seen) = self.read("scrape", |s| Ok((s.state_counts()?, s.worker_last_seen()?)))?;
         let m = &self.metrics;
         m.trials.clear();
         let (mut queued, mut active) = (0i64, 0i64);
@@ -286,27 +341,23 @@ impl Coordinator {
 
     /// Parses, expands and stores a sweep.
     pub fn submit(&self, spec_toml: &str) -> Result<(SweepId, Submitted)> {
-        let spec = SweepSpec::from_toml(spec_toml)?;
+        let spec = SweepSpec::from_toml_capped(spec_toml, self.config.max_trials_per_sweep)?;
         let trials = spec.expand()?;
         let now = self.clock.now_ms();
         let submitted = self.timed("submit_sweep", |s| s.submit_sweep(&spec.id, spec_toml, &trials, now))?;
         info!(sweep = %spec.id, trials = submitted.trials, new = submitted.new_trials, "sweep submitted");
-        if submitted.new_trials > 0 {
-            self.work_available.notify_waiters();
-        }
+        self.wake(submitted.new_trials as usize);
         Ok((spec.id, submitted))
     }
 
     /// Adds the trials of a grown spec (more seeds or grid values) to its existing sweep.
     pub fn extend(&self, spec_toml: &str) -> Result<(SweepId, Submitted)> {
-        let spec = SweepSpec::from_toml(spec_toml)?;
+        let spec = SweepSpec::from_toml_capped(spec_toml, self.config.max_trials_per_sweep)?;
         let trials = spec.expand()?;
         let now = self.clock.now_ms();
         let submitted = self.timed("extend_sweep", |s| s.extend_sweep(&spec.id, spec_toml, &trials, now))?;
         info!(sweep = %spec.id, trials = submitted.trials, new = submitted.new_trials, "sweep extended");
-        if submitted.new_trials > 0 {
-            self.work_available.notify_waiters();
-        }
+        self.wake(submitted.new_trials as usize);
         Ok((spec.id, submitted))
     }
 
@@ -324,7 +375,6 @@ impl Coordinator {
         let now = self.clock.now_ms();
         let n = self.timed("cancel", |s| s.cancel(sweep, trial_ids, now))?;
         info!(sweep, cancelled = n, "trials cancelled");
-        self.work_available.notify_waiters();
         Ok(n)
     }
 
@@ -333,9 +383,7 @@ impl Coordinator {
         let n = self.timed("resume", |s| s.resume(sweep))?;
         self.metrics.requeued("resumed", u64::from(n));
         info!(sweep, requeued = n, "sweep resumed");
-        if n > 0 {
-            self.work_available.notify_waiters();
-        }
+        self.wake(n as usize);
         Ok(n)
     }
 
@@ -382,6 +430,10 @@ impl Coordinator {
         let wait = Duration::from_millis(u64::from(req.wait_ms)).min(self.config.max_lease_wait);
         let deadline = Instant::now() + wait;
         let started = std::time::Instant::now();
+        let write = Write::Lease {
+            worker_id: req.worker_id.clone(),
+            max: req.max_trials,
+        };
         loop {
             let notified = self.work_available.notified();
             tokio::pin!(notified);
@@ -393,10 +445,15 @@ impl Coordinator {
                     drain: true,
                 });
             }
-            let now = self.clock.now_ms();
-            let leases = self.timed("lease", |s| s.lease(&req.worker_id, req.max_trials, now))?;
+            let Written::Leased(leases) = self.commits.write(write.clone()).await? else {
+                unreachable!("a lease write answers with leases");
+            };
             if !leases.is_empty() || Instant::now() >= deadline {
                 self.metrics.lease_wait.observe(started.elapsed().as_secs_f64());
+                if leases.len() == req.max_trials as usize {
+                    // There may be more: pass the wake-up on to the next waiter.
+                    self.wake(1);
+                }
                 for l in &leases {
                     info!(trial = %l.trial_id, sweep = %l.sweep_id, attempt = l.attempt, worker = %req.worker_id, "trial leased");
                     self.trial_changed(
@@ -410,6 +467,7 @@ impl Coordinator {
                 }
                 return Ok(pb::LeaseResponse { leases, drain: false });
             }
+            let _waiting = Waiting::new(&self.waiting);
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(deadline) => {}
@@ -417,49 +475,121 @@ impl Coordinator {
         }
     }
 
-    /// Renews leases.
-    pub fn heartbeat(&self, req: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse> {
-        let now = self.clock.now_ms();
-        let leases = self.timed("heartbeat", |s| s.heartbeat(&req.worker_id, &req.leases, now))?;
-        Ok(pb::HeartbeatResponse {
+    fn heartbeat_write(req: pb::HeartbeatRequest) -> Write {
+        Write::Heartbeat {
+            worker_id: req.worker_id,
+            leases: req.leases,
+        }
+    }
+
+    fn renewed(&self, written: Written) -> pb::HeartbeatResponse {
+        let Written::Renewed(leases) = written else {
+            unreachable!("a heartbeat write answers with lease statuses");
+        };
+        pb::HeartbeatResponse {
             leases,
             drain: self.drain.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Renews leases, in a transaction of its own.
+    pub fn heartbeat(&self, req: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse> {
+        Ok(self.renewed(self.write_now("heartbeat", &Self::heartbeat_write(req))?))
+    }
+
+    /// Renews leases, committed with other RPCs' writes.
+    pub async fn heartbeat_batched(&self, req: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse> {
+        Ok(self.renewed(self.commits.write(Self::heartbeat_write(req)).await?))
+    }
+
+    fn epochs_write(req: pb::ReportEpochsRequest) -> Result<Write> {
+        convsweep_proto::convert::validate_epochs(&req.epochs).map_err(Error::InvalidArgument)?;
+        Ok(Write::ReportEpochs {
+            worker_id: req.worker_id,
+            trial_id: req.trial_id,
+            token: req.lease_token,
+            epochs: req.epochs,
         })
     }
 
-    /// Stores epoch metrics.
-    pub fn report_epochs(&self, req: pb::ReportEpochsRequest) -> Result<()> {
-        convsweep_proto::convert::validate_epochs(&req.epochs).map_err(Error::InvalidArgument)?;
-        let now = self.clock.now_ms();
-        self.timed("report_epochs", |s| {
-            s.report_epochs(&req.worker_id, &req.trial_id, &req.lease_token, &req.epochs, now)
-        })?;
-        self.metrics.epoch_rows.inc_by(req.epochs.len() as u64);
-        for e in &req.epochs {
-            debug!(trial = %req.trial_id, epoch = e.epoch, test_acc = e.test_acc, "epoch reported");
+    fn reported(&self, write: &Write) {
+        let Write::ReportEpochs { trial_id, epochs, .. } = write else {
+            return;
+        };
+        self.metrics.epoch_rows.inc_by(epochs.len() as u64);
+        for e in epochs {
+            debug!(trial = %trial_id, epoch = e.epoch, test_acc = e.test_acc, "epoch reported");
             self.emit(pb::watch_event::Event::Epoch(pb::EpochReported {
-                trial_id: req.trial_id.clone(),
+                trial_id: trial_id.clone(),
                 attempt: 0,
                 metrics: Some(*e),
             }));
         }
+    }
+
+    /// Stores epoch metrics, in a transaction of its own.
+    pub fn report_epochs(&self, req: pb::ReportEpochsRequest) -> Result<()> {
+        let write = Self::epochs_write(req)?;
+        self.write_now("report_epochs", &write)?;
+        self.reported(&write);
         Ok(())
     }
 
-    /// Records a trial's outcome.
-    pub fn complete(&self, req: pb::CompleteRequest) -> Result<pb::CompleteResponse> {
+    /// Stores epoch metrics, committed with other RPCs' writes.
+    pub async fn report_epochs_batched(&self, req: pb::ReportEpochsRequest) -> Result<()> {
+        let write = Self::epochs_write(req)?;
+        // The events need the epochs after the write took them.
+        self.commits.write(write.clone()).await?;
+        self.reported(&write);
+        Ok(())
+    }
+
+    fn complete_write(req: pb::CompleteRequest) -> Result<Write> {
         let outcome = Outcome::try_from(req.outcome).map_err(Error::InvalidArgument)?;
-        let now = self.clock.now_ms();
-        let done = self.timed("complete", |s| {
-            s.complete(&req.worker_id, &req.trial_id, &req.lease_token, &outcome, now)
-        })?;
-        if !done.duplicate {
-            let reason = match &outcome {
+        Ok(Write::Complete {
+            worker_id: req.worker_id,
+            trial_id: req.trial_id,
+            token: req.lease_token,
+            outcome,
+        })
+    }
+
+    /// Records a trial's outcome, in a transaction of its own.
+    pub fn complete(&self, req: pb::CompleteRequest) -> Result<pb::CompleteResponse> {
+        let write = Self::complete_write(req)?;
+        let written = self.write_now("complete", &write)?;
+        Ok(self.completed(&write, written))
+    }
+
+    /// Records a trial's outcome, committed with other RPCs' writes.
+    pub async fn complete_batched(&self, req: pb::CompleteRequest) -> Result<pb::CompleteResponse> {
+        let write = Self::complete_write(req)?;
+        let written = self.commits.write(write.clone()).await?;
+        Ok(self.completed(&write, written))
+    }
+
+    /// Events, metrics, logs and wake-ups of a committed completion.
+    fn completed(&self, write: &Write, written: Written) -> pb::CompleteResponse {
+        let (
+            Write::Complete {
+                worker_id,
+                trial_id,
+                outcome,
+                ..
+            },
+            Written::Completed(done),
+        ) = (write, written)
+        else {
+            unreachable!("a completion write answers with its completion");
+        };
+        let Completed { duplicate, state } = done;
+        if !duplicate {
+            let reason = match outcome {
                 Outcome::Failed { reason, .. } | Outcome::Preempted { reason } => reason.as_str(),
                 Outcome::Succeeded(_) => "",
             };
-            self.trial_changed_in_its_sweep(&req.trial_id, done.state, &req.worker_id, reason);
-            match (&outcome, done.state) {
+            self.trial_changed_in_its_sweep(trial_id, state, worker_id, reason);
+            match (outcome, state) {
                 (Outcome::Failed { retryable: true, .. }, TrialState::Pending) => {
                     self.metrics.requeued("retryable_failure", 1)
                 }
@@ -467,30 +597,29 @@ impl Coordinator {
                 _ => {}
             }
         }
-        match (&outcome, done.duplicate) {
-            (_, true) => info!(trial = %req.trial_id, "duplicate completion acknowledged"),
+        match (outcome, duplicate) {
+            (_, true) => info!(trial = %trial_id, "duplicate completion acknowledged"),
             (Outcome::Succeeded(r), false) => {
-                info!(trial = %req.trial_id, test_acc = r.final_test_acc, seconds = r.wall_seconds, "trial succeeded")
+                info!(trial = %trial_id, test_acc = r.final_test_acc, seconds = r.wall_seconds, "trial succeeded")
             }
             (Outcome::Failed { reason, retryable }, false) => {
-                warn!(trial = %req.trial_id, retryable, state = %done.state, reason = %reason, "trial attempt failed")
+                warn!(trial = %trial_id, retryable, state = %state, reason = %reason, "trial attempt failed")
             }
             (Outcome::Preempted { reason }, false) => {
-                info!(trial = %req.trial_id, reason = %reason, "trial preempted")
+                info!(trial = %trial_id, reason = %reason, "trial preempted")
             }
         }
-        // A retried or preempted trial is leasable again, and a finished one may let a
-        // draining run end: either way waiting workers should look again.
-        self.work_available.notify_waiters();
-        Ok(pb::CompleteResponse {
-            duplicate: done.duplicate,
-        })
+        // A retried or preempted trial is leasable again: one waiting worker should look.
+        if !duplicate && matches!(state, TrialState::Pending | TrialState::Preempted) {
+            self.wake(1);
+        }
+        pb::CompleteResponse { duplicate }
     }
 
     /// Status of one sweep (or of all when `sweep_id` is empty).
     pub fn status(&self, sweep_id: &str) -> Result<pb::GetStatusResponse> {
         let now = self.clock.now_ms();
-        let store = self.store();
+        let store = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let ids = if sweep_id.is_empty() {
             store.sweep_ids()?
         } else {
@@ -521,9 +650,7 @@ impl Coordinator {
             warn!(trial = %trial, now = %state, "lease expired");
             self.trial_changed_in_its_sweep(trial.as_str(), *state, "", "lease expired");
         }
-        if !touched.is_empty() {
-            self.work_available.notify_waiters();
-        }
+        self.wake(requeued);
         Ok(touched.len())
     }
 

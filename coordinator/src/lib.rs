@@ -3,6 +3,7 @@
 //! - [`sweep`]: sweep specs (TOML) and their expansion into trials.
 //! - [`store`]: the SQLite state, the lease state machine and the read-only view of a state.
 //! - [`coordinator`]: long-poll leasing, expiry and status over the store.
+//! - `commit`: group commit of the worker RPCs' writes, off the async threads.
 //! - [`service`]: the gRPC services (`WorkerService`, `AdminService`, health) and [`serve`].
 //! - [`auth`]: the bearer-token check on the main port.
 //! - [`limits`]: the time and concurrency limits of the main port.
@@ -13,6 +14,7 @@
 
 pub mod auth;
 pub mod clock;
+mod commit;
 pub mod coordinator;
 pub mod error;
 pub mod limits;

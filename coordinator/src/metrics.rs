@@ -116,6 +116,8 @@ pub struct Metrics {
     pub store_seconds: Family<StoreOp, Histogram, fn() -> Histogram>,
     /// Epoch rows the store took in.
     pub epoch_rows: Counter,
+    /// Writes per committed transaction (group commit).
+    pub batch_size: Histogram,
 }
 
 impl Default for Metrics {
@@ -140,6 +142,8 @@ impl Metrics {
             rpc_seconds: Family::new_with_constructor(latency),
             store_seconds: Family::new_with_constructor(latency),
             epoch_rows: Counter::default(),
+            // 1 to 4096 writes.
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             registry: Registry::default(),
         };
         m.registry
@@ -192,6 +196,11 @@ impl Metrics {
             "convsweep_epoch_rows_ingested",
             "Epoch rows the store took in",
             m.epoch_rows.clone(),
+        );
+        m.registry.register(
+            "convsweep_store_batch_writes",
+            "Worker RPC writes committed per store transaction (group commit)",
+            m.batch_size.clone(),
         );
         m
     }

@@ -13,7 +13,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use convsweep_proto::pb;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
 use crate::coordinator::Coordinator;
@@ -147,7 +146,7 @@ pub async fn serve_ops(
     tonic::transport::Server::builder()
         .accept_http1(true)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(crate::service::no_delay(listener), shutdown)
         .await?;
     Ok(())
 }

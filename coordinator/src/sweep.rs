@@ -123,9 +123,20 @@ fn allowed_axes() -> String {
     AXIS_ALIASES.iter().map(|(a, _)| *a).collect::<Vec<_>>().join(", ")
 }
 
+/// Trials one sweep may expand to unless the coordinator is told otherwise
+/// (`--max-trials-per-sweep`).
+pub const DEFAULT_MAX_TRIALS_PER_SWEEP: u64 = 1_000_000;
+
 impl SweepSpec {
-    /// Parses a sweep spec, checking its shape (values are checked by [`SweepSpec::expand`]).
+    /// Parses a sweep spec, checking its shape (values are checked by [`SweepSpec::expand`]),
+    /// with the default size cap ([`DEFAULT_MAX_TRIALS_PER_SWEEP`]).
     pub fn from_toml(text: &str) -> Result<Self> {
+        Self::from_toml_capped(text, DEFAULT_MAX_TRIALS_PER_SWEEP)
+    }
+
+    /// [`SweepSpec::from_toml`] refusing a spec whose grid times its seeds is over
+    /// `max_trials`, before anything is expanded (the seeds included), in checked arithmetic.
+    pub fn from_toml_capped(text: &str, max_trials: u64) -> Result<Self> {
         let de = toml::Deserializer::parse(text).map_err(|e| invalid("spec", format!("not valid TOML: {e}")))?;
         let raw: RawSweep = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -140,6 +151,7 @@ impl SweepSpec {
         })?;
 
         let id = SweepId::parse(&raw.name).map_err(Error::InvalidSpec)?;
+        check_size(raw.grid.as_ref(), raw.seeds.as_ref(), max_trials)?;
         let seeds = match raw.seeds {
             None => vec![0],
             Some(Seeds::Count(0)) => return Err(invalid("seeds", "must be at least 1 (a count) or a non-empty list")),
@@ -271,6 +283,41 @@ pub fn trials_from_settings(settings: &[String]) -> Result<Vec<TrialSpec>> {
          train_mode = \"learned\"\ninit = \"kaiming-uniform\"\n[grid]\n{grid}"
     );
     SweepSpec::from_toml(&text)?.expand()
+}
+
+/// Refuses a grid (times its seeds) of more than `max_trials` trials, from the counts alone.
+fn check_size(grid: Option<&toml::Table>, seeds: Option<&Seeds>, max_trials: u64) -> Result<()> {
+    let mut points: Option<u64> = Some(1);
+    for values in grid.into_iter().flat_map(|g| g.values()) {
+        let n = values.as_array().map_or(1, |a| a.len() as u64);
+        points = points.and_then(|p| p.checked_mul(n));
+    }
+    let Some(points) = points.filter(|&p| p <= max_trials) else {
+        return Err(invalid(
+            "grid",
+            format!(
+                "the grid has {} points, over the limit of {max_trials} trials per sweep \
+                 (the coordinator's --max-trials-per-sweep)",
+                points.map_or_else(|| "more than 2^64".to_owned(), |p| p.to_string())
+            ),
+        ));
+    };
+    let (count, written) = match seeds {
+        None => (1, "1 (the default)".to_owned()),
+        Some(Seeds::Count(n)) => (*n, n.to_string()),
+        Some(Seeds::List(list)) => (list.len() as u64, format!("a list of {}", list.len())),
+    };
+    match points.checked_mul(count) {
+        Some(total) if total <= max_trials => Ok(()),
+        total => Err(invalid(
+            "seeds",
+            format!(
+                "seeds = {written} times the grid's {points} point(s) is {} trials, over the limit of \
+                 {max_trials} per sweep (the coordinator's --max-trials-per-sweep); split the sweep or raise the limit",
+                total.map_or_else(|| "more than 2^64".to_owned(), |t| t.to_string())
+            ),
+        )),
+    }
 }
 
 /// Moves to the next grid point (last axis fastest); false after the last one.
@@ -460,6 +507,33 @@ init = ["kaiming-uniform", "kaiming-normal"]
         assert!(trials.iter().any(|t| t.train.lr == 0.2));
         let four = SweepSpec::from_toml(&DEMO.replace("seeds = 1", "seeds = 4")).unwrap();
         assert_eq!(four.seeds, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn oversized_sweeps_are_refused_before_expansion() {
+        // 8 grid points; ten billion seeds would need 80 GB just to list them.
+        let huge = DEMO.replace("seeds = 1", "seeds = 10000000000");
+        let Err(Error::InvalidSpec(e)) = SweepSpec::from_toml(&huge) else {
+            panic!("a ten-billion-seed sweep was accepted");
+        };
+        assert_eq!(e.field, "seeds");
+        for part in ["10000000000", "8 point(s)", "80000000000 trials", "1000000 per sweep", "--max-trials-per-sweep"] {
+            assert!(e.message.contains(part), "{part:?} missing from {:?}", e.message);
+        }
+        // Products that overflow 64 bits are refused, not wrapped.
+        let overflow = DEMO.replace("seeds = 1", &format!("seeds = {}", u64::MAX / 2));
+        let Err(Error::InvalidSpec(e)) = SweepSpec::from_toml(&overflow) else { panic!() };
+        assert!(e.message.contains("more than 2^64"), "{}", e.message);
+        // A grid too large by itself names the grid.
+        let axes: String = (0..21).map(|i| format!("\"train.x{i}\" = [1, 2]\n")).collect();
+        let wide = DEMO.replace("[grid]\n", &format!("[grid]\n{axes}"));
+        let Err(Error::InvalidSpec(e)) = SweepSpec::from_toml(&wide) else { panic!() };
+        assert_eq!(e.field, "grid");
+        assert!(e.message.contains("16777216 points"), "{}", e.message);
+        // The limit is the caller's: 8 trials pass a cap of 8 and not of 7.
+        assert!(SweepSpec::from_toml_capped(DEMO, 8).is_ok());
+        let Err(Error::InvalidSpec(e)) = SweepSpec::from_toml_capped(DEMO, 7) else { panic!() };
+        assert!(e.message.contains("over the limit of 7"), "{}", e.message);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The subcommands, each wiring the libraries together.
 
+pub mod bench_coordinator;
 pub mod bench_rpc;
 pub mod certs;
 #[cfg(feature = "worker")]

@@ -29,6 +29,7 @@ pub struct RunArgs {
     pub device: String,
     pub fft_conv: bool,
     pub log_format: logging::Format,
+    pub max_trials_per_sweep: u64,
 }
 
 fn spawn_worker(
@@ -77,7 +78,8 @@ fn spawn_worker(
 /// Runs a sweep end to end on this machine.
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.spec).with_context(|| format!("cannot read {}", args.spec.display()))?;
-    let spec = SweepSpec::from_toml(&text).with_context(|| format!("{}", args.spec.display()))?;
+    let spec = SweepSpec::from_toml_capped(&text, args.max_trials_per_sweep)
+        .with_context(|| format!("{}", args.spec.display()))?;
     let run_dir = args.runs_dir.join(spec.id.as_str());
     let log_dir = run_dir.join("logs");
     std::fs::create_dir_all(&log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
@@ -93,6 +95,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         state_dir: run_dir.clone(),
         heartbeat_interval: Duration::from_secs(2),
         lease_timeout: Duration::from_secs(30),
+        max_trials_per_sweep: args.max_trials_per_sweep,
         ..Default::default()
     };
     let coordinator = Coordinator::open(config)?;

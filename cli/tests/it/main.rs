@@ -1,5 +1,6 @@
 //! Integration tests of the `convsweep` binary: real worker processes over loopback gRPC.
 
+mod bench;
 mod chaos;
 mod common;
 mod processes;

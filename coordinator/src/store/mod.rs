@@ -25,9 +25,11 @@
 //! Fencing: every report names its lease token; only the trial's current token of an active
 //! lease is accepted. A completion whose token already completed is acknowledged as a duplicate.
 
+pub mod ops;
 pub mod read;
 pub mod schema;
 
+pub use ops::{Write, Written};
 pub use read::StateReader;
 pub use schema::{DB_FILE, SCHEMA_VERSION};
 
@@ -38,7 +40,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use convsweep_proto::{Outcome, SweepId, TrialId, TrialSpec, TrialState, pb};
+use convsweep_proto::{SweepId, TrialId, TrialSpec, TrialState, pb};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{Error, Result};
@@ -79,6 +81,9 @@ pub struct Completed {
     pub state: TrialState,
 }
 
+/// Failed trials a sweep's status lists (the counts cover all of them).
+pub const MAX_LISTED_FAILURES: u32 = 1_000;
+
 /// The SQLite store. Not `Sync`: the coordinator keeps it behind a mutex.
 pub struct Store {
     conn: Connection,
@@ -109,6 +114,15 @@ impl Store {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(DB_FILE);
         let conn = schema::open_writable(&path)?;
+        Ok(Store { conn, policy, path })
+    }
+
+    /// A second, read-only connection to the store in `dir` that [`Store::open`] opened: status,
+    /// snapshots and metrics read through it without waiting for the writer (WAL). Its write
+    /// methods fail.
+    pub fn open_reader(dir: &Path, policy: LeasePolicy) -> Result<Store> {
+        let path = dir.join(DB_FILE);
+        let conn = schema::open_read_only(&path)?;
         Ok(Store { conn, policy, path })
     }
 
@@ -205,334 +219,18 @@ impl Store {
         Ok(id)
     }
 
-    fn touch_worker(tx: &Connection, worker_id: &str, now: i64) -> Result<()> {
-        let n = tx.execute(
-            "UPDATE workers SET last_seen_ms = ?2 WHERE id = ?1",
-            params![worker_id, now],
-        )?;
-        if n == 0 {
-            return Err(Error::NotFound(format!(
-                "unknown worker {worker_id}: register first (the coordinator may have been reset)"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Leases up to `max` leasable trials (pending or preempted, oldest first) to a worker.
+    /// Leases up to `max` trials to a worker (see [`Write::Lease`]), in a transaction of its own.
     pub fn lease(&mut self, worker_id: &str, max: u32, now: i64) -> Result<Vec<pb::TrialLease>> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Self::touch_worker(&tx, worker_id, now)?;
-        let picked: Vec<(String, String, u32)> = {
-            let mut stmt = tx.prepare(
-                "SELECT id, spec_json, attempt FROM trials WHERE state IN ('pending', 'preempted') ORDER BY seq LIMIT ?1",
-            )?;
-            stmt.query_map([max], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?
+        let write = Write::Lease {
+            worker_id: worker_id.to_owned(),
+            max,
         };
-        let mut leases = Vec::with_capacity(picked.len());
-        for (trial_id, spec_json, attempt) in picked {
-            let attempt = attempt + 1;
-            let token = new_token("l-");
-            let deadline = now + self.policy.lease_timeout_ms;
-            tx.execute(
-                "UPDATE trials SET state = 'leased', attempt = ?2, lease_token = ?3, worker_id = ?4, lease_deadline_ms = ?5 WHERE id = ?1",
-                params![trial_id, attempt, token, worker_id, deadline],
-            )?;
-            tx.execute(
-                "INSERT INTO attempts (trial_id, attempt, worker_id, lease_token, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![trial_id, attempt, worker_id, token, now],
-            )?;
-            let sweep_id: String = tx.query_row(
-                "SELECT sweep_id FROM sweep_trials WHERE trial_id = ?1 ORDER BY rowid LIMIT 1",
-                [&trial_id],
-                |r| r.get(0),
-            )?;
-            leases.push(pb::TrialLease {
-                trial_id,
-                sweep_id,
-                spec_json,
-                attempt,
-                lease_token: token,
-            });
+        match self.write(&write, now)? {
+            Written::Leased(leases) => Ok(leases),
+            other => unreachable!("a lease wrote {other:?}"),
         }
-        tx.commit()?;
-        Ok(leases)
     }
 
-    /// Checks that `token` is the current token of an active lease on `trial_id`.
-    fn check_lease(tx: &Connection, trial_id: &str, token: &str) -> Result<(TrialState, u32)> {
-        let row: Option<(String, Option<String>, u32, Option<String>)> = tx
-            .query_row(
-                "SELECT state, lease_token, attempt, worker_id FROM trials WHERE id = ?1",
-                [trial_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()?;
-        let Some((state, current, attempt, holder)) = row else {
-            return Err(Error::NotFound(format!("unknown trial {trial_id}")));
-        };
-        let state = state_of(state)?;
-        if current.as_deref() != Some(token) || !state.is_active() {
-            return Err(Error::StaleLease(format!(
-                "trial {trial_id} is {state} at attempt {attempt}{}; this report's lease is no longer current",
-                holder.map(|w| format!(" (last leased to {w})")).unwrap_or_default()
-            )));
-        }
-        Ok((state, attempt))
-    }
-
-    /// Renews each lease the worker still holds; says what to do about each.
-    pub fn heartbeat(&mut self, worker_id: &str, leases: &[pb::LeaseRef], now: i64) -> Result<Vec<pb::LeaseStatus>> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Self::touch_worker(&tx, worker_id, now)?;
-        let deadline = now + self.policy.lease_timeout_ms;
-        let mut out = Vec::with_capacity(leases.len());
-        for l in leases {
-            let directive = match Self::check_lease(&tx, &l.trial_id, &l.lease_token) {
-                Ok(_) => {
-                    tx.execute(
-                        "UPDATE trials SET lease_deadline_ms = ?2 WHERE id = ?1",
-                        params![l.trial_id, deadline],
-                    )?;
-                    pb::LeaseDirective::Continue
-                }
-                Err(Error::StaleLease(_) | Error::NotFound(_)) => {
-                    let state: Option<String> = tx
-                        .query_row("SELECT state FROM trials WHERE id = ?1", [&l.trial_id], |r| r.get(0))
-                        .optional()?;
-                    if state.as_deref() == Some("cancelled") {
-                        pb::LeaseDirective::Cancel
-                    } else {
-                        pb::LeaseDirective::Lost
-                    }
-                }
-                Err(e) => return Err(e),
-            };
-            out.push(pb::LeaseStatus {
-                trial_id: l.trial_id.clone(),
-                directive: directive as i32,
-            });
-        }
-        tx.commit()?;
-        Ok(out)
-    }
-
-    /// Stores epoch metrics of an active lease (upsert per epoch) and marks the trial running.
-    pub fn report_epochs(
-        &mut self,
-        worker_id: &str,
-        trial_id: &str,
-        token: &str,
-        epochs: &[pb::EpochMetrics],
-        now: i64,
-    ) -> Result<()> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Self::touch_worker(&tx, worker_id, now)?;
-        let (_, attempt) = Self::check_lease(&tx, trial_id, token)?;
-        {
-            let mut stmt = tx.prepare(
-                "INSERT OR REPLACE INTO epochs (trial_id, epoch, attempt, lr, train_loss, train_acc, test_loss, test_acc, seconds) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?;
-            for e in epochs {
-                stmt.execute(params![
-                    trial_id,
-                    e.epoch,
-                    attempt,
-                    e.lr,
-                    e.train_loss,
-                    e.train_acc,
-                    e.test_loss,
-                    e.test_acc,
-                    e.seconds
-                ])?;
-            }
-        }
-        tx.execute(
-            "UPDATE trials SET state = 'running', lease_deadline_ms = ?2 WHERE id = ?1",
-            params![trial_id, now + self.policy.lease_timeout_ms],
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Counts the attempts of a trial that count against `max_attempts`.
-    fn failed_attempts(tx: &Connection, trial_id: &str) -> Result<u32> {
-        Ok(tx.query_row(
-            "SELECT COUNT(*) FROM attempts a JOIN trials t ON t.id = a.trial_id \
-             WHERE a.trial_id = ?1 AND a.outcome IN ('expired', 'failed') AND a.attempt > t.resume_floor",
-            [trial_id],
-            |r| r.get(0),
-        )?)
-    }
-
-    /// Stores a result's robustness rows and filter statistics (replacing an earlier attempt's).
-    fn insert_evaluations(tx: &Connection, trial_id: &str, r: &pb::TrialResult) -> Result<()> {
-        tx.execute("DELETE FROM robustness WHERE trial_id = ?1", [trial_id])?;
-        tx.execute("DELETE FROM filters WHERE trial_id = ?1", [trial_id])?;
-        let mut rob = tx.prepare(
-            "INSERT OR REPLACE INTO robustness (trial_id, kind, name, eps, severity, accuracy, images) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        for x in &r.robustness {
-            rob.execute(params![
-                trial_id, x.kind, x.name, x.eps, x.severity, x.accuracy, x.images
-            ])?;
-        }
-        let mut fil = tx.prepare(
-            "INSERT OR REPLACE INTO filters (trial_id, stage, layer, kernel_size, filters, fve, fve_norm, sparsity, \
-             orthogonality, heatmap, folded) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?;
-        for f in &r.filters {
-            let heatmap = serde_json::to_string(&f.heatmap).unwrap_or_else(|_| "[]".into());
-            fil.execute(params![
-                trial_id,
-                f.stage,
-                f.layer,
-                f.kernel_size,
-                f.filters as i64,
-                f.fve,
-                f.fve_norm,
-                f.sparsity,
-                f.orthogonality,
-                heatmap,
-                f.folded
-            ])?;
-        }
-        Ok(())
-    }
-
-    /// After an attempt expired or failed retryably: lease again, or give up with every reason.
-    fn retry_or_fail(policy: LeasePolicy, tx: &Connection, trial_id: &str, now: i64) -> Result<TrialState> {
-        let failures = Self::failed_attempts(tx, trial_id)?;
-        if failures < policy.max_attempts {
-            tx.execute(
-                "UPDATE trials SET state = 'pending', lease_token = NULL, lease_deadline_ms = NULL WHERE id = ?1",
-                [trial_id],
-            )?;
-            return Ok(TrialState::Pending);
-        }
-        let reasons: Vec<String> = {
-            let mut stmt = tx.prepare(
-                "SELECT a.attempt, a.outcome, COALESCE(a.reason, '') FROM attempts a JOIN trials t ON t.id = a.trial_id \
-                 WHERE a.trial_id = ?1 AND a.outcome IN ('expired', 'failed') AND a.attempt > t.resume_floor ORDER BY a.attempt",
-            )?;
-            stmt.query_map([trial_id], |r| {
-                let (a, o, why): (u32, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
-                Ok(format!("attempt {a} {o}: {why}"))
-            })?
-            .collect::<rusqlite::Result<_>>()?
-        };
-        let reason = format!("gave up after {failures} failed attempts: {}", reasons.join("; "));
-        tx.execute(
-            "UPDATE trials SET state = 'failed', lease_token = NULL, lease_deadline_ms = NULL, reason = ?2, finished_ms = ?3 WHERE id = ?1",
-            params![trial_id, reason, now],
-        )?;
-        Ok(TrialState::Failed)
-    }
-
-    /// Records how an attempt ended. The same token completing again is a duplicate, not an error.
-    pub fn complete(
-        &mut self,
-        worker_id: &str,
-        trial_id: &str,
-        token: &str,
-        outcome: &Outcome,
-        now: i64,
-    ) -> Result<Completed> {
-        let policy = self.policy;
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Self::touch_worker(&tx, worker_id, now)?;
-        let recorded: Option<Option<String>> = tx
-            .query_row(
-                "SELECT outcome FROM attempts WHERE trial_id = ?1 AND lease_token = ?2",
-                params![trial_id, token],
-                |r| r.get(0),
-            )
-            .optional()?;
-        // Only an outcome that a completion recorded makes this a duplicate; an attempt that
-        // expired was never completed, and its late report is stale (fenced below).
-        if let Some(Some(previous)) = recorded
-            && previous != "expired"
-        {
-            let state: String = tx.query_row("SELECT state FROM trials WHERE id = ?1", [trial_id], |r| r.get(0))?;
-            return Ok(Completed {
-                duplicate: true,
-                state: state_of(state)?,
-            });
-        }
-        let (_, attempt) = Self::check_lease(&tx, trial_id, token)?;
-        let (kind, reason) = match outcome {
-            Outcome::Succeeded(_) => ("succeeded", None),
-            Outcome::Failed { reason, .. } => ("failed", Some(reason.as_str())),
-            Outcome::Preempted { reason } => ("preempted", Some(reason.as_str())),
-        };
-        tx.execute(
-            "UPDATE attempts SET ended_ms = ?3, outcome = ?4, reason = ?5 WHERE trial_id = ?1 AND attempt = ?2",
-            params![trial_id, attempt, now, kind, reason],
-        )?;
-        let state = match outcome {
-            Outcome::Succeeded(r) => {
-                tx.execute(
-                    "INSERT OR REPLACE INTO results (trial_id, attempt, worker_id, final_train_loss, final_train_acc, \
-                     final_test_loss, final_test_acc, best_test_acc, best_epoch, params_total, params_learnable, \
-                     flops_per_image, wall_seconds, peak_memory_bytes, device, completed_ms, eval_error, eval_seconds, \
-                     conv_algorithm) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
-                    params![
-                        trial_id,
-                        attempt,
-                        worker_id,
-                        r.final_train_loss,
-                        r.final_train_acc,
-                        r.final_test_loss,
-                        r.final_test_acc,
-                        r.best_test_acc,
-                        r.best_epoch,
-                        r.params_total as i64,
-                        r.params_learnable as i64,
-                        r.flops_per_image as i64,
-                        r.wall_seconds,
-                        r.peak_memory_bytes as i64,
-                        r.device,
-                        now,
-                        r.eval_error,
-                        r.eval_seconds,
-                        r.conv_algorithm
-                    ],
-                )?;
-                Self::insert_evaluations(&tx, trial_id, r)?;
-                tx.execute(
-                    "UPDATE trials SET state = 'succeeded', lease_token = NULL, lease_deadline_ms = NULL, reason = NULL, finished_ms = ?2 WHERE id = ?1",
-                    params![trial_id, now],
-                )?;
-                TrialState::Succeeded
-            }
-            Outcome::Failed { retryable: true, .. } => Self::retry_or_fail(policy, &tx, trial_id, now)?,
-            Outcome::Failed {
-                retryable: false,
-                reason,
-            } => {
-                tx.execute(
-                    "UPDATE trials SET state = 'failed', lease_token = NULL, lease_deadline_ms = NULL, reason = ?2, finished_ms = ?3 WHERE id = ?1",
-                    params![trial_id, format!("attempt {attempt} failed (not retryable): {reason}"), now],
-                )?;
-                TrialState::Failed
-            }
-            Outcome::Preempted { .. } => {
-                tx.execute(
-                    "UPDATE trials SET state = 'preempted', lease_token = NULL, lease_deadline_ms = NULL WHERE id = ?1",
-                    [trial_id],
-                )?;
-                TrialState::Preempted
-            }
-        };
-        tx.commit()?;
-        Ok(Completed {
-            duplicate: false,
-            state,
-        })
-    }
 
     /// Returns every lease whose deadline passed to the queue (or fails it after too many
     /// attempts). Returns the trials it touched.
@@ -540,7 +238,7 @@ impl Store {
         let policy = self.policy;
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let expired: Vec<(String, u32, Option<String>, i64)> = {
-            let mut stmt = tx.prepare(
+            let mut stmt = tx.prepare_cached(
                 "SELECT id, attempt, worker_id, lease_deadline_ms FROM trials \
                  WHERE state IN ('leased', 'running') AND lease_deadline_ms < ?1",
             )?;
@@ -554,11 +252,11 @@ impl Store {
                 worker.as_deref().unwrap_or("?"),
                 (now - deadline + policy.lease_timeout_ms) as f64 / 1000.0
             );
-            tx.execute(
+            ops::exec(&tx, 
                 "UPDATE attempts SET ended_ms = ?3, outcome = 'expired', reason = ?4 WHERE trial_id = ?1 AND attempt = ?2",
                 params![trial_id, attempt, now, reason],
             )?;
-            let state = Self::retry_or_fail(policy, &tx, &trial_id, now)?;
+            let state = ops::retry_or_fail(policy, &tx, &trial_id, now)?;
             touched.push((
                 TrialId::parse(&trial_id).map_err(|e| Error::Corrupt(format!("stored trial id: {e}")))?,
                 state,
@@ -674,7 +372,8 @@ impl Store {
 
     fn sweep_exists(conn: &Connection, sweep: &str) -> Result<bool> {
         Ok(conn
-            .query_row("SELECT 1 FROM sweeps WHERE id = ?1", [sweep], |_| Ok(()))
+            .prepare_cached("SELECT 1 FROM sweeps WHERE id = ?1")?
+            .query_row([sweep], |_| Ok(()))
             .optional()?
             .is_some())
     }
@@ -699,10 +398,10 @@ impl Store {
         let mut counts = pb::StateCounts::default();
         let mut total = 0;
         {
-            let mut stmt = self.conn.prepare(
-                "SELECT t.state, COUNT(*) FROM sweep_trials s JOIN trials t ON t.id = s.trial_id \
-                 WHERE s.sweep_id = ?1 GROUP BY t.state",
-            )?;
+            // Kept by triggers on every state change: no scan of the sweep's trials.
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT state, n FROM sweep_progress WHERE sweep_id = ?1 AND n > 0")?;
             let rows = stmt.query_map([sweep_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))?;
             for row in rows {
                 let (state, n) = row?;
@@ -719,11 +418,11 @@ impl Store {
                 *slot = n;
             }
         }
-        let first_start: Option<i64> = self.conn.query_row(
-            "SELECT MIN(a.started_ms) FROM attempts a JOIN sweep_trials s ON s.trial_id = a.trial_id WHERE s.sweep_id = ?1",
-            [sweep_id],
-            |r| r.get(0),
-        )?;
+        let first_start: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT first_start_ms FROM sweep_started WHERE sweep_id = ?1")?
+            .query_row([sweep_id], |r| r.get(0))
+            .optional()?;
         let finished = counts.succeeded + counts.failed;
         let remaining = total - finished - counts.cancelled;
         let (trials_per_hour, eta_seconds) = match first_start {
@@ -735,11 +434,11 @@ impl Store {
             _ => (0.0, -1.0),
         };
         let failures = {
-            let mut stmt = self.conn.prepare(
-                "SELECT t.id, t.attempt, COALESCE(t.reason, '') FROM sweep_trials s JOIN trials t ON t.id = s.trial_id \
-                 WHERE s.sweep_id = ?1 AND t.state = 'failed' ORDER BY s.position",
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT t.id, t.attempt, COALESCE(t.reason, '') FROM trials t JOIN sweep_trials s ON s.trial_id = t.id \
+                 WHERE s.sweep_id = ?1 AND t.state = 'failed' ORDER BY s.position LIMIT ?2",
             )?;
-            stmt.query_map([sweep_id], |r| {
+            stmt.query_map(params![sweep_id, MAX_LISTED_FAILURES], |r| {
                 Ok(pb::TrialFailure {
                     trial_id: r.get(0)?,
                     attempt: r.get(1)?,
@@ -760,10 +459,9 @@ impl Store {
 
     /// Trials per sweep and state: `(sweep, state, count)`.
     pub fn state_counts(&self) -> Result<Vec<(String, String, u32)>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT s.sweep_id, t.state, COUNT(*) FROM sweep_trials s JOIN trials t ON t.id = s.trial_id \
-             GROUP BY s.sweep_id, t.state",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT sweep_id, state, n FROM sweep_progress WHERE n > 0 ORDER BY sweep_id, state")?;
         Ok(stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?)
@@ -859,7 +557,8 @@ impl Store {
 
     /// Workers heard from since `since_ms`.
     pub fn workers_seen_since(&self, since_ms: i64) -> Result<u32> {
-        Ok(self.conn.query_row(
+        Ok(ops::row(
+            &self.conn,
             "SELECT COUNT(*) FROM workers WHERE last_seen_ms >= ?1",
             [since_ms],
             |r| r.get(0),

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 pub const DB_FILE: &str = "state.db";
 
 /// The schema version this convsweep writes and reads.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS trials (
     resume_floor INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS trials_by_state ON trials(state, seq);
+-- The lease queue in order, and the active leases by deadline: a lease or an expiry pass reads
+-- the few rows it needs, never the whole queue, nor sorts it.
+CREATE INDEX IF NOT EXISTS trials_leasable ON trials(seq) WHERE state IN ('pending', 'preempted');
+CREATE INDEX IF NOT EXISTS trials_active ON trials(lease_deadline_ms) WHERE state IN ('leased', 'running');
 CREATE TABLE IF NOT EXISTS sweep_trials (
     sweep_id TEXT NOT NULL REFERENCES sweeps(id),
     trial_id TEXT NOT NULL REFERENCES trials(id),
@@ -113,6 +117,35 @@ CREATE TABLE IF NOT EXISTS filters (
     folded INTEGER NOT NULL,
     PRIMARY KEY (trial_id, stage, layer)
 );
+-- Trials per sweep and state, and when each sweep's first attempt started: kept by the
+-- triggers below in the transaction of every change, so that a status needs no scan.
+CREATE TABLE IF NOT EXISTS sweep_progress (
+    sweep_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (sweep_id, state)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sweep_started (
+    sweep_id TEXT PRIMARY KEY,
+    first_start_ms INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS progress_on_link AFTER INSERT ON sweep_trials BEGIN
+    INSERT INTO sweep_progress (sweep_id, state, n)
+        SELECT new.sweep_id, state, 1 FROM trials WHERE id = new.trial_id
+        ON CONFLICT (sweep_id, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS progress_on_state AFTER UPDATE OF state ON trials
+WHEN old.state <> new.state BEGIN
+    UPDATE sweep_progress SET n = n - 1
+        WHERE state = old.state AND sweep_id IN (SELECT sweep_id FROM sweep_trials WHERE trial_id = new.id);
+    INSERT INTO sweep_progress (sweep_id, state, n)
+        SELECT sweep_id, new.state, 1 FROM sweep_trials WHERE trial_id = new.id
+        ON CONFLICT (sweep_id, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS started_on_attempt AFTER INSERT ON attempts BEGIN
+    INSERT OR IGNORE INTO sweep_started (sweep_id, first_start_ms)
+        SELECT sweep_id, new.started_ms FROM sweep_trials WHERE trial_id = new.trial_id;
+END;
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -146,6 +179,7 @@ pub(super) fn open_writable(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(64);
     conn.execute_batch(SCHEMA)?;
     match stored_version(&conn)?.as_deref() {
         None => {
@@ -154,10 +188,12 @@ pub(super) fn open_writable(path: &Path) -> Result<Connection> {
                 [SCHEMA_VERSION.to_string()],
             )?;
         }
-        Some(v @ ("1" | "2" | "3")) => {
+        Some(v @ ("1" | "2" | "3" | "4")) => {
             // v1 -> v2: evaluation columns on results (the new tables came with SCHEMA).
             // v2 -> v3: attempts before a resume no longer count against max_attempts.
             // v3 -> v4: the conv algorithm a result was computed with (empty: not recorded).
+            // v4 -> v5: per-sweep progress counts and start times (tables and triggers came
+            // with SCHEMA), filled from the trials once.
             let mut steps = String::from("BEGIN;");
             if v == "1" {
                 steps.push_str(
@@ -165,12 +201,22 @@ pub(super) fn open_writable(path: &Path) -> Result<Connection> {
                      ALTER TABLE results ADD COLUMN eval_seconds REAL NOT NULL DEFAULT 0;",
                 );
             }
-            if v != "3" {
+            if v == "1" || v == "2" {
                 steps.push_str("ALTER TABLE trials ADD COLUMN resume_floor INTEGER NOT NULL DEFAULT 0;");
             }
+            if v != "4" {
+                steps.push_str("ALTER TABLE results ADD COLUMN conv_algorithm TEXT NOT NULL DEFAULT '';");
+            }
             steps.push_str(
-                "ALTER TABLE results ADD COLUMN conv_algorithm TEXT NOT NULL DEFAULT '';
-                 UPDATE meta SET value = '4' WHERE key = 'schema_version';
+                "DELETE FROM sweep_progress;
+                 INSERT INTO sweep_progress (sweep_id, state, n)
+                     SELECT s.sweep_id, t.state, COUNT(*) FROM sweep_trials s JOIN trials t ON t.id = s.trial_id
+                     GROUP BY s.sweep_id, t.state;
+                 DELETE FROM sweep_started;
+                 INSERT INTO sweep_started (sweep_id, first_start_ms)
+                     SELECT s.sweep_id, MIN(a.started_ms) FROM attempts a JOIN sweep_trials s ON s.trial_id = a.trial_id
+                     GROUP BY s.sweep_id;
+                 UPDATE meta SET value = '5' WHERE key = 'schema_version';
                  COMMIT;",
             );
             conn.execute_batch(&steps)?;
@@ -194,6 +240,7 @@ pub(super) fn open_read_only(path: &Path) -> Result<Connection> {
     }
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(64);
     let has_meta = conn
         .query_row(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",

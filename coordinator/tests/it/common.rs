@@ -37,6 +37,7 @@ pub fn config(dir: &std::path::Path) -> CoordinatorConfig {
         max_lease_wait: Duration::from_secs(5),
         expiry_interval: Duration::from_millis(100),
         watch_interval: Duration::from_millis(100),
+        max_trials_per_sweep: convsweep_coordinator::sweep::DEFAULT_MAX_TRIALS_PER_SWEEP,
     }
 }
 

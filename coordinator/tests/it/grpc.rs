@@ -374,7 +374,7 @@ fn a_version_3_state_folder_gains_the_conv_algorithm_column() {
     let version: String = conn
         .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, "4");
+    assert_eq!(version, convsweep_coordinator::store::SCHEMA_VERSION.to_string());
     conn.prepare("SELECT conv_algorithm, resume_floor FROM results JOIN trials ON trials.id = results.trial_id")
         .unwrap();
 }

@@ -7,5 +7,6 @@ mod grpc;
 mod lease;
 mod ops;
 mod reader;
+mod scale;
 mod security;
 mod streams;

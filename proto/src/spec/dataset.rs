@@ -92,6 +92,11 @@ impl DatasetSpec {
     }
 }
 
+/// Most images a split of a dataset on disk may be cut to (ImageNet-21k has 14 million).
+pub const MAX_DATASET_IMAGES: u32 = 100_000_000;
+/// Most images of a synthetic split: it is generated in memory.
+pub const MAX_SYNTHETIC_IMAGES: u32 = 1_000_000;
+
 impl DatasetSpec {
     /// Checks the data fields. Call on canonical specs.
     pub fn validate(&self) -> Result<(), FieldError> {
@@ -116,9 +121,18 @@ impl DatasetSpec {
                 ));
             }
         }
+        let (limit, what) = if d.name == DatasetName::Synthetic {
+            (MAX_SYNTHETIC_IMAGES, "images for the synthetic set (generated in memory, 12 KiB each)")
+        } else {
+            (MAX_DATASET_IMAGES, "images per split")
+        };
         for (field, v) in [("dataset.train_size", d.train_size), ("dataset.test_size", d.test_size)] {
-            if v == Some(0) {
-                return Err(FieldError::new(field, "must be at least 1"));
+            match v {
+                Some(0) => return Err(FieldError::new(field, "must be at least 1")),
+                Some(n) if n > limit => {
+                    return Err(FieldError::new(field, format!("{n} is over the limit of {limit} {what}")));
+                }
+                _ => {}
             }
         }
         if let Some(noise) = d.noise

@@ -20,12 +20,12 @@ pub mod model;
 pub mod train;
 pub mod trial;
 
-pub use dataset::{DatasetName, DatasetSpec, synthetic_defaults};
+pub use dataset::{DatasetName, DatasetSpec, MAX_DATASET_IMAGES, MAX_SYNTHETIC_IMAGES, synthetic_defaults};
 pub use error::FieldError;
 pub use eval::{Corruption, Eps, EvalSpec, PgdSpec};
 pub use ids::{SweepId, TRIAL_ID_HEX_LEN, TrialId};
 pub use model::{
     Arch, DEFAULT_INIT_LENGTH, InitScheme, InterOp, MAX_KERNEL_SIZE, ModelSpec, Stem, TrainMode, default_init_decay,
 };
-pub use train::{Augment, LrSchedule, TrainSpec};
+pub use train::{Augment, LrSchedule, MAX_EPOCHS, TrainSpec};
 pub use trial::TrialSpec;

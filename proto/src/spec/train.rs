@@ -84,12 +84,21 @@ impl TrainSpec {
     }
 }
 
+/// Most epochs one trial may train for (the paper's longest runs have 300).
+pub const MAX_EPOCHS: u32 = 100_000;
+
 impl TrainSpec {
     /// Checks the recipe. Call on canonical specs.
     pub fn validate(&self) -> Result<(), FieldError> {
         let t = self;
         if t.epochs == 0 {
             return Err(FieldError::new("train.epochs", "must be at least 1"));
+        }
+        if t.epochs > MAX_EPOCHS {
+            return Err(FieldError::new(
+                "train.epochs",
+                format!("{} is over the limit of {MAX_EPOCHS} epochs per trial", t.epochs),
+            ));
         }
         if t.batch_size == 0 {
             return Err(FieldError::new("train.batch_size", "must be at least 1"));

@@ -214,6 +214,16 @@ pub(crate) mod tests {
                 "at least 1",
             ),
             (Box::new(|s| s.train.epochs = 0), "train.epochs", "at least 1"),
+            (
+                Box::new(|s| s.train.epochs = 4_000_000_000),
+                "train.epochs",
+                "4000000000 is over the limit of 100000",
+            ),
+            (
+                Box::new(|s| s.dataset.test_size = Some(50_000_000)),
+                "dataset.test_size",
+                "over the limit of 1000000 images for the synthetic set",
+            ),
             (Box::new(|s| s.train.lr = -1.0), "train.lr", "> 0"),
             (Box::new(|s| s.train.momentum = 1.0), "train.momentum", "[0, 1)"),
             (

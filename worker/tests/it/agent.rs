@@ -99,6 +99,7 @@ async fn coordinator() -> Setup {
         max_lease_wait: Duration::from_millis(500),
         expiry_interval: Duration::from_millis(50),
         watch_interval: Duration::from_millis(100),
+        max_trials_per_sweep: convsweep_coordinator::sweep::DEFAULT_MAX_TRIALS_PER_SWEEP,
     })
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,0 +1,738 @@
+//! `convsweep bench coordinator`: a real coordinator (its own process, a state folder of its own,
+//! `synchronous = FULL`) under N simulated workers over real gRPC on loopback. Each simulated
+//! trial leases, heartbeats, reports its epochs one by one and completes, with no training; a
+//! health check runs beside them on the ops port, as a Kubernetes probe would. At the end every
+//! trial must have succeeded exactly once with all its epochs stored. Ray Tune runs the same
+//! number of trivial trials on the same machine, side by side (`bench/ray_tune_reference.py`).
+//!
+//! `--sizes` measures large sweeps instead: submitting 100,000 and 1,000,000 trials, `GetStatus`
+//! over them, and exporting a state of 1,000,000 epoch rows.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use convsweep_proto::client::{AuthChannel, Connection, Secret};
+use convsweep_proto::pb::worker_service_client::WorkerServiceClient;
+use convsweep_proto::{PROTOCOL_VERSION, pb};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Args {
+    /// Simulated workers (one connection each).
+    pub workers: usize,
+    /// Trials in the sweep.
+    pub trials: u64,
+    /// Epoch reports per trial.
+    pub epochs: u32,
+    /// Trials each worker runs at once.
+    pub slots: u32,
+    /// Also write the figures here.
+    pub json: Option<PathBuf>,
+    /// Measure large sweeps instead.
+    pub sizes: bool,
+    /// Skip Ray Tune.
+    pub no_peer: bool,
+    /// Trials Ray Tune runs (default: as many as convsweep).
+    pub peer_trials: Option<u64>,
+    /// Python for Ray Tune (default: the bench's own install under `.deps/ray`).
+    pub python: Option<PathBuf>,
+    /// Where state folders go (default: a temporary folder).
+    pub dir: Option<PathBuf>,
+}
+
+/// Latencies of one kind of call, in seconds.
+#[derive(Debug, Default)]
+struct Samples(Vec<f64>);
+
+impl Samples {
+    fn summary(&mut self) -> serde_json::Value {
+        self.0.sort_by(f64::total_cmp);
+        let q = |q: f64| {
+            if self.0.is_empty() {
+                0.0
+            } else {
+                self.0[((self.0.len() - 1) as f64 * q).round() as usize] * 1000.0
+            }
+        };
+        json!({"calls": self.0.len(), "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": q(1.0)})
+    }
+}
+
+#[derive(Debug, Default)]
+struct Latencies {
+    /// Leases that brought a trial.
+    lease: Samples,
+    /// Long polls that came back empty.
+    empty_leases: u64,
+    heartbeat: Samples,
+    report: Samples,
+    complete: Samples,
+}
+
+/// A coordinator process of the bench's own.
+struct Served {
+    child: tokio::process::Child,
+    url: String,
+    ops: String,
+    token: Secret,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Lets this process (and the coordinator it starts) hold a connection per simulated worker.
+fn raise_open_files() {
+    // SAFETY: plain calls on a stack value.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+async fn start_coordinator(state: &Path, max_trials: u64) -> Result<Served> {
+    let exe = std::env::current_exe().context("cannot find the convsweep binary")?;
+    let (port, ops_port) = (free_port()?, free_port()?);
+    let token = Secret::random()?;
+    std::fs::create_dir_all(state)?;
+    let log = std::fs::File::create(state.join("coordinator.log"))?;
+    let child = tokio::process::Command::new(exe)
+        .args(["coordinator", "--state-dir"])
+        .arg(state)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--ops-listen", &format!("127.0.0.1:{ops_port}")])
+        .args(["--max-trials-per-sweep", &max_trials.to_string()])
+        .env("CONVSWEEP_TOKEN", token.expose())
+        .env_remove("CONVSWEEP_TOKEN_FILE")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the coordinator")?;
+    let served = Served {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        ops: format!("http://127.0.0.1:{ops_port}"),
+        token,
+    };
+    let started = Instant::now();
+    loop {
+        if health(&served.ops).await.is_ok() && served.connection().admin().await.is_ok() {
+            return Ok(served);
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the coordinator did not come up within 60 s; see {}", state.join("coordinator.log").display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn health(ops: &str) -> Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(ops.to_owned())?.connect().await?;
+    tonic_health_check(channel).await
+}
+
+async fn tonic_health_check(channel: tonic::transport::Channel) -> Result<()> {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let resp = client
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await?
+        .into_inner();
+    if resp.status != tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+        bail!("not serving: {resp:?}");
+    }
+    Ok(())
+}
+
+impl Served {
+    fn connection(&self) -> Connection {
+        Connection {
+            url: self.url.clone(),
+            token: Some(self.token.clone()),
+            ..Default::default()
+        }
+    }
+
+    /// CPU seconds (user + system) and peak RSS in bytes of the coordinator so far.
+    fn usage(&self) -> Result<(f64, u64)> {
+        let pid = self.child.id().context("the coordinator exited")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name (which may hold spaces) start at index 3.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let hwm_kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok((ticks / 100.0, hwm_kb * 1024))
+    }
+
+    async fn metric(&self, name: &str) -> Result<f64> {
+        let addr = self.ops.trim_start_matches("http://");
+        let body = http_get(addr, "/metrics").await?;
+        Ok(body
+            .lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum())
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: signalling our own child.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        Ok(())
+    }
+}
+
+async fn http_get(addr: &str, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+fn sweep_spec(name: &str, trials: u64, epochs: u32) -> String {
+    format!(
+        "name = \"{name}\"\nseeds = {trials}\n[dataset]\nname = \"synthetic\"\ntrain_size = 64\ntest_size = 32\n\
+         [model]\narch = \"resnet\"\ndepth = 8\nwidth = 4\nkernel_size = 3\ntrain_mode = \"learned\"\n\
+         init = \"kaiming-uniform\"\n[train]\nepochs = {epochs}\n"
+    )
+}
+
+fn epoch(n: u32) -> pb::EpochMetrics {
+    pb::EpochMetrics {
+        epoch: n,
+        lr: 0.1,
+        train_loss: 1.0 / f64::from(n),
+        train_acc: 0.5,
+        test_loss: 1.0,
+        test_acc: 0.5,
+        seconds: 0.0,
+    }
+}
+
+fn timed<T>(samples: &mut Samples, started: Instant, r: Result<T, tonic::Status>) -> Result<T> {
+    samples.0.push(started.elapsed().as_secs_f64());
+    Ok(r?)
+}
+
+/// One slot of a simulated worker: trials one after the other until all are done.
+async fn slot(
+    mut client: WorkerServiceClient<AuthChannel>,
+    worker_id: String,
+    epochs: u32,
+    total: u64,
+    done: Arc<AtomicU64>,
+    last_done: Arc<Mutex<Instant>>,
+) -> Result<Latencies> {
+    let mut l = Latencies::default();
+    while done.load(Ordering::SeqCst) < total {
+        let t = Instant::now();
+        let r = client
+            .lease(pb::LeaseRequest {
+                worker_id: worker_id.clone(),
+                max_trials: 1,
+                wait_ms: 500,
+            })
+            .await;
+        let leases = r?.into_inner().leases;
+        if leases.is_empty() {
+            // A long poll that found no work (at the end of the sweep) is not a lease latency.
+            l.empty_leases += 1;
+            continue;
+        }
+        l.lease.0.push(t.elapsed().as_secs_f64());
+        for lease in leases {
+            let t = Instant::now();
+            let r = client
+                .heartbeat(pb::HeartbeatRequest {
+                    worker_id: worker_id.clone(),
+                    leases: vec![pb::LeaseRef {
+                        trial_id: lease.trial_id.clone(),
+                        lease_token: lease.lease_token.clone(),
+                    }],
+                })
+                .await;
+            timed(&mut l.heartbeat, t, r)?;
+            for e in 1..=epochs {
+                let t = Instant::now();
+                let r = client
+                    .report_epochs(pb::ReportEpochsRequest {
+                        worker_id: worker_id.clone(),
+                        trial_id: lease.trial_id.clone(),
+                        lease_token: lease.lease_token.clone(),
+                        epochs: vec![epoch(e)],
+                    })
+                    .await;
+                timed(&mut l.report, t, r)?;
+            }
+            let t = Instant::now();
+            let r = client
+                .complete(pb::CompleteRequest {
+                    worker_id: worker_id.clone(),
+                    trial_id: lease.trial_id.clone(),
+                    lease_token: lease.lease_token.clone(),
+                    outcome: Some(pb::complete_request::Outcome::Succeeded(pb::Succeeded {
+                        result: Some(pb::TrialResult {
+                            final_test_acc: 0.5,
+                            best_test_acc: 0.5,
+                            best_epoch: epochs,
+                            device: "simulated".into(),
+                            ..Default::default()
+                        }),
+                    })),
+                })
+                .await;
+            timed(&mut l.complete, t, r)?;
+            done.fetch_add(1, Ordering::SeqCst);
+            *last_done.lock().await = Instant::now();
+        }
+    }
+    Ok(l)
+}
+
+async fn load(args: &Args, state: &Path) -> Result<serde_json::Value> {
+    if args.trials == 0 || args.workers == 0 || args.epochs == 0 || args.slots == 0 {
+        bail!("--workers, --trials, --epochs and --slots must each be at least 1");
+    }
+    let served = start_coordinator(state, args.trials.max(1_000_000)).await?;
+    let mut admin = served.connection().admin().await?;
+    admin
+        .submit_sweep(pb::SubmitSweepRequest {
+            spec_toml: sweep_spec("bench", args.trials, args.epochs),
+        })
+        .await
+        .context("submitting the bench sweep")?;
+
+    // Every worker on a connection of its own, registered before the clock starts.
+    eprintln!(
+        "bench coordinator: {} workers x {} slots, {} trials of {} epochs",
+        args.workers, args.slots, args.trials, args.epochs
+    );
+    let mut clients = Vec::with_capacity(args.workers);
+    for i in 0..args.workers {
+        let mut client = WorkerServiceClient::new(served.connection().connect().await?);
+        let id = client
+            .register(pb::RegisterRequest {
+                protocol_version: PROTOCOL_VERSION,
+                host: "bench".into(),
+                devices: vec!["simulated".into()],
+                slots: args.slots,
+                name: format!("sim-{i}"),
+            })
+            .await?
+            .into_inner()
+            .worker_id;
+        clients.push((client, id));
+    }
+
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let last_done = Arc::new(Mutex::new(started));
+    let (cpu0, _) = served.usage()?;
+    let probe = {
+        let ops = served.ops.clone();
+        let done = done.clone();
+        let total = args.trials;
+        tokio::spawn(async move {
+            let channel = tonic::transport::Endpoint::from_shared(ops)?.connect().await?;
+            let mut s = Samples::default();
+            loop {
+                let t = Instant::now();
+                tonic_health_check(channel.clone()).await?;
+                s.0.push(t.elapsed().as_secs_f64());
+                if done.load(Ordering::SeqCst) >= total {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            anyhow::Ok(s)
+        })
+    };
+    let progress = {
+        let done = done.clone();
+        let total = args.trials;
+        tokio::spawn(async move {
+            while done.load(Ordering::SeqCst) < total {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                eprintln!(
+                    "  {} / {total} trials, {:.0} s",
+                    done.load(Ordering::SeqCst),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        })
+    };
+    let mut slots = Vec::new();
+    for (client, id) in clients {
+        for _ in 0..args.slots {
+            slots.push(tokio::spawn(slot(
+                client.clone(),
+                id.clone(),
+                args.epochs,
+                args.trials,
+                done.clone(),
+                last_done.clone(),
+            )));
+        }
+    }
+    let mut all = Latencies::default();
+    for s in slots {
+        let l = s.await??;
+        all.lease.0.extend(l.lease.0);
+        all.empty_leases += l.empty_leases;
+        all.heartbeat.0.extend(l.heartbeat.0);
+        all.report.0.extend(l.report.0);
+        all.complete.0.extend(l.complete.0);
+    }
+    let elapsed = last_done.lock().await.duration_since(started).as_secs_f64();
+    let mut health = probe.await??;
+    progress.abort();
+    let (cpu1, peak_rss) = served.usage()?;
+    let expiries = served.metric("convsweep_lease_expirations").await?;
+    let batches = served.metric("convsweep_store_batch_writes_count").await?;
+    let batched = served.metric("convsweep_store_batch_writes_sum").await?;
+    served.stop().await?;
+
+    // Every trial succeeded exactly once, with all its epochs.
+    let dir = state.to_owned();
+    let results = tokio::task::spawn_blocking(move || convsweep_coordinator::store::StateReader::open(&dir)?.results())
+        .await??;
+    let succeeded = results
+        .trials
+        .iter()
+        .filter(|t| t.state == convsweep_proto::TrialState::Succeeded && t.attempts == 1)
+        .count() as u64;
+    let epoch_rows = results.epochs.len() as u64;
+    let complete = succeeded == args.trials && epoch_rows == args.trials * u64::from(args.epochs);
+    let trials_per_s = args.trials as f64 / elapsed;
+    let out = json!({
+        "workers": args.workers,
+        "slots": args.slots,
+        "trials": args.trials,
+        "epochs": args.epochs,
+        "seconds": elapsed,
+        "trials_per_s": trials_per_s,
+        "epoch_rows_per_s": (args.trials * u64::from(args.epochs)) as f64 / elapsed,
+        "lease": all.lease.summary(),
+        "empty_leases": all.empty_leases,
+        "heartbeat": all.heartbeat.summary(),
+        "report_epochs": all.report.summary(),
+        "complete": all.complete.summary(),
+        "health_check": health.summary(),
+        "false_expiries": expiries,
+        "coordinator_cpu_seconds": cpu1 - cpu0,
+        "coordinator_peak_rss_bytes": peak_rss,
+        "writes_per_transaction": if batches > 0.0 { batched / batches } else { 0.0 },
+        "succeeded_once": succeeded,
+        "epoch_rows": epoch_rows,
+        "complete_and_exact": complete,
+    });
+    print_load(&out);
+    if !complete {
+        bail!(
+            "{succeeded} of {} trials succeeded in exactly one attempt and {epoch_rows} of {} epoch rows are stored",
+            args.trials,
+            args.trials * u64::from(args.epochs)
+        );
+    }
+    if expiries > 0.0 {
+        bail!("{expiries} leases expired under load (false expiries)");
+    }
+    Ok(out)
+}
+
+fn print_load(v: &serde_json::Value) {
+    println!(
+        "convsweep: {:.0} trials/s, {:.0} epoch rows/s over {:.1} s ({} workers x {} slots)",
+        v["trials_per_s"].as_f64().unwrap_or(0.0),
+        v["epoch_rows_per_s"].as_f64().unwrap_or(0.0),
+        v["seconds"].as_f64().unwrap_or(0.0),
+        v["workers"],
+        v["slots"]
+    );
+    println!("{:<14} {:>9} {:>9} {:>9} {:>9}", "call", "calls", "p50 ms", "p99 ms", "max ms");
+    for k in ["lease", "heartbeat", "report_epochs", "complete", "health_check"] {
+        let s = &v[k];
+        println!(
+            "{:<14} {:>9} {:>9.2} {:>9.2} {:>9.2}",
+            k,
+            s["calls"],
+            s["p50_ms"].as_f64().unwrap_or(0.0),
+            s["p99_ms"].as_f64().unwrap_or(0.0),
+            s["max_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "false expiries {}, coordinator CPU {:.1} s, peak RSS {:.0} MiB, {:.1} writes per transaction",
+        v["false_expiries"],
+        v["coordinator_cpu_seconds"].as_f64().unwrap_or(0.0),
+        v["coordinator_peak_rss_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 20) as f64,
+        v["writes_per_transaction"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "check: {} trials succeeded exactly once, {} epoch rows stored",
+        v["succeeded_once"], v["epoch_rows"]
+    );
+}
+
+/// The Python that has Ray Tune, installing it into `.deps/ray` when missing.
+fn ray_python(explicit: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = explicit {
+        return Ok(p.to_owned());
+    }
+    let venv = PathBuf::from(".deps/ray");
+    let python = venv.join("bin/python");
+    let has_ray = |p: &Path| {
+        std::process::Command::new(p)
+            .args(["-c", "import ray.tune"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if has_ray(&python) {
+        return Ok(python);
+    }
+    eprintln!("bench coordinator: installing Ray Tune into {} (once)", venv.display());
+    let run = |cmd: &mut std::process::Command| -> Result<(), String> {
+        let out = cmd.output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("").to_owned())
+        }
+    };
+    run(std::process::Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(std::process::Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "ray[tune]==2.52.1",
+    ]))?;
+    if has_ray(&python) {
+        Ok(python)
+    } else {
+        Err("ray installed but `import ray.tune` fails".into())
+    }
+}
+
+fn peer(args: &Args, trials: u64) -> Option<serde_json::Value> {
+    let python = match ray_python(args.python.as_deref()) {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("bench coordinator: Ray Tune skipped: it could not be installed here ({why})");
+            return None;
+        }
+    };
+    let out = tempfile::NamedTempFile::new().ok()?;
+    eprintln!("bench coordinator: Ray Tune, {trials} trials of {} results", args.epochs);
+    let status = std::process::Command::new(&python)
+        .arg("bench/ray_tune_reference.py")
+        .args(["--trials", &trials.to_string(), "--epochs", &args.epochs.to_string(), "--json"])
+        .arg(out.path())
+        .stdout(Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => {
+            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path()).ok()?).ok()?;
+            println!(
+                "Ray Tune: {:.1} trials/s, {:.0} results/s over {:.1} s ({trials} trials)",
+                v["trials_per_s"].as_f64().unwrap_or(0.0),
+                v["results_per_s"].as_f64().unwrap_or(0.0),
+                v["seconds"].as_f64().unwrap_or(0.0)
+            );
+            Some(v)
+        }
+        other => {
+            eprintln!("bench coordinator: Ray Tune skipped: the reference failed ({other:?})");
+            None
+        }
+    }
+}
+
+async fn sizes(dir: &Path) -> Result<serde_json::Value> {
+    let mut rows = Vec::new();
+    for n in [100_000u64, 1_000_000] {
+        let state = dir.join(format!("size-{n}"));
+        let served = start_coordinator(&state, n).await?;
+        let mut admin = served.connection().admin().await?;
+        let t = Instant::now();
+        let submitted = admin
+            .submit_sweep(pb::SubmitSweepRequest {
+                spec_toml: sweep_spec("large", n, 10),
+            })
+            .await?
+            .into_inner();
+        let submit_s = t.elapsed().as_secs_f64();
+        let (_, rss) = served.usage()?;
+        let mut status = Samples::default();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let s = admin
+                .get_status(pb::GetStatusRequest {
+                    sweep_id: "large".into(),
+                })
+                .await?
+                .into_inner();
+            status.0.push(t.elapsed().as_secs_f64());
+            if s.sweeps[0].total as u64 != n {
+                bail!("GetStatus counted {} trials of {n}", s.sweeps[0].total);
+            }
+        }
+        println!(
+            "submit {n} trials: {submit_s:.1} s, coordinator peak RSS {:.0} MiB; GetStatus median {:.1} ms",
+            rss as f64 / (1u64 << 20) as f64,
+            status.summary()["p50_ms"].as_f64().unwrap_or(0.0)
+        );
+        rows.push(json!({"trials": submitted.trials, "submit_s": submit_s, "peak_rss_bytes": rss, "get_status": status.summary()}));
+        served.stop().await?;
+    }
+    let export = export_rows(dir).await?;
+    Ok(json!({"submit": rows, "export": export}))
+}
+
+/// A state of 100,000 succeeded trials with 10 epochs each (1,000,000 epoch rows), written
+/// through the store in large batches, then exported through the `Export` stream of a
+/// coordinator and, where this binary has it, by `convsweep export` and `convsweep report`.
+async fn export_rows(dir: &Path) -> Result<serde_json::Value> {
+    use convsweep_coordinator::store::{LeasePolicy, Store, Write};
+    let state = dir.join("export");
+    let trials = 100_000u64;
+    let epochs = 10u32;
+    let t = Instant::now();
+    {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            std::fs::create_dir_all(&state)?;
+            let mut store = Store::open(&state, LeasePolicy::default())?;
+            let spec = convsweep_coordinator::sweep::SweepSpec::from_toml(&sweep_spec("exported", trials, epochs))?;
+            store.submit_sweep(&spec.id, "", &spec.expand()?, 0)?;
+            let worker = store.register_worker("filler", "bench", &[], 1000, 0)?;
+            loop {
+                let leases = store.lease(&worker, 1000, 1)?;
+                if leases.is_empty() {
+                    return Ok(());
+                }
+                let mut writes = Vec::new();
+                for l in leases {
+                    writes.push(Write::ReportEpochs {
+                        worker_id: worker.clone(),
+                        trial_id: l.trial_id.clone(),
+                        token: l.lease_token.clone(),
+                        epochs: (1..=epochs).map(epoch).collect(),
+                    });
+                    writes.push(Write::Complete {
+                        worker_id: worker.clone(),
+                        trial_id: l.trial_id,
+                        token: l.lease_token,
+                        outcome: convsweep_proto::Outcome::Succeeded(pb::TrialResult::default()),
+                    });
+                }
+                for r in store.write_batch(&writes, 2)? {
+                    r?;
+                }
+            }
+        })
+        .await??;
+    }
+    eprintln!("bench coordinator: wrote {} epoch rows in {:.0} s", trials * u64::from(epochs), t.elapsed().as_secs_f64());
+    let served = start_coordinator(&state, 1_000_000).await?;
+    let mut admin = served.connection().admin().await?;
+    let t = Instant::now();
+    let mut stream = admin
+        .export(pb::ExportRequest { sweep_id: String::new() })
+        .await?
+        .into_inner();
+    let mut rows = 0usize;
+    while let Some(chunk) = stream.message().await? {
+        rows += chunk.epochs.len();
+    }
+    let rpc_s = t.elapsed().as_secs_f64();
+    let (_, rss) = served.usage()?;
+    served.stop().await?;
+    println!(
+        "export of {rows} epoch rows over the Export stream: {rpc_s:.1} s, coordinator peak RSS {:.0} MiB",
+        rss as f64 / (1u64 << 20) as f64
+    );
+    let mut out = json!({"epoch_rows": rows, "export_stream_s": rpc_s, "coordinator_peak_rss_bytes": rss});
+    for (what, args) in [
+        ("export_parquet_s", vec!["export", "--state-dir"]),
+        ("report_s", vec!["report"]),
+    ] {
+        let exe = std::env::current_exe()?;
+        let target = dir.join(what);
+        let t = Instant::now();
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args(&args).arg(&state).arg("--out").arg(&target).stdout(Stdio::null()).stderr(Stdio::piped());
+        let result = cmd.output().await?;
+        if result.status.success() {
+            let s = t.elapsed().as_secs_f64();
+            println!("convsweep {}: {s:.1} s", args[0]);
+            out[what] = json!(s);
+        } else {
+            eprintln!(
+                "bench coordinator: convsweep {} skipped: {}",
+                args[0],
+                String::from_utf8_lossy(&result.stderr).trim()
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// `convsweep bench coordinator`.
+pub async fn bench(args: Args) -> Result<ExitCode> {
+    raise_open_files();
+    let scratch = tempfile::tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| scratch.path().to_owned());
+    let report = if args.sizes {
+        sizes(&dir).await?
+    } else {
+        let mine = load(&args, &dir.join("load")).await?;
+        let theirs = if args.no_peer {
+            None
+        } else {
+            peer(&args, args.peer_trials.unwrap_or(args.trials))
+        };
+        if let Some(t) = &theirs {
+            let ratio = mine["trials_per_s"].as_f64().unwrap_or(0.0) / t["trials_per_s"].as_f64().unwrap_or(f64::NAN);
+            println!("convsweep / Ray Tune trials/s: {ratio:.1}x");
+        }
+        json!({"convsweep": mine, "ray_tune": theirs})
+    };
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
