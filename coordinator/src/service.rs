@@ -215,7 +215,9 @@ impl AdminService for AdminApi {
 
     async fn get_status(&self, req: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
         let sweep = req.into_inner().sweep_id;
-        Ok(Response::new(blocking(&self.coordinator, move |c| c.status(&sweep)).await?))
+        Ok(Response::new(
+            blocking(&self.coordinator, move |c| c.status(&sweep)).await?,
+        ))
     }
 
     async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {

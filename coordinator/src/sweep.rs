@@ -517,22 +517,34 @@ init = ["kaiming-uniform", "kaiming-normal"]
             panic!("a ten-billion-seed sweep was accepted");
         };
         assert_eq!(e.field, "seeds");
-        for part in ["10000000000", "8 point(s)", "80000000000 trials", "1000000 per sweep", "--max-trials-per-sweep"] {
+        for part in [
+            "10000000000",
+            "8 point(s)",
+            "80000000000 trials",
+            "1000000 per sweep",
+            "--max-trials-per-sweep",
+        ] {
             assert!(e.message.contains(part), "{part:?} missing from {:?}", e.message);
         }
         // Products that overflow 64 bits are refused, not wrapped.
         let overflow = DEMO.replace("seeds = 1", &format!("seeds = {}", u64::MAX / 2));
-        let Err(Error::InvalidSpec(e)) = SweepSpec::from_toml(&overflow) else { panic!() };
+        let Err(Error::InvalidSpec(e)) = SweepSpec::from_toml(&overflow) else {
+            panic!()
+        };
         assert!(e.message.contains("more than 2^64"), "{}", e.message);
         // A grid too large by itself names the grid.
         let axes: String = (0..21).map(|i| format!("\"train.x{i}\" = [1, 2]\n")).collect();
         let wide = DEMO.replace("[grid]\n", &format!("[grid]\n{axes}"));
-        let Err(Error::InvalidSpec(e)) = SweepSpec::from_toml(&wide) else { panic!() };
+        let Err(Error::InvalidSpec(e)) = SweepSpec::from_toml(&wide) else {
+            panic!()
+        };
         assert_eq!(e.field, "grid");
         assert!(e.message.contains("16777216 points"), "{}", e.message);
         // The limit is the caller's: 8 trials pass a cap of 8 and not of 7.
         assert!(SweepSpec::from_toml_capped(DEMO, 8).is_ok());
-        let Err(Error::InvalidSpec(e)) = SweepSpec::from_toml_capped(DEMO, 7) else { panic!() };
+        let Err(Error::InvalidSpec(e)) = SweepSpec::from_toml_capped(DEMO, 7) else {
+            panic!()
+        };
         assert!(e.message.contains("over the limit of 7"), "{}", e.message);
     }
 

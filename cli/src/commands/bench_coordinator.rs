@@ -135,14 +135,19 @@ async fn start_coordinator(state: &Path, max_trials: u64) -> Result<Served> {
             return Ok(served);
         }
         if started.elapsed() > Duration::from_secs(60) {
-            bail!("the coordinator did not come up within 60 s; see {}", state.join("coordinator.log").display());
+            bail!(
+                "the coordinator did not come up within 60 s; see {}",
+                state.join("coordinator.log").display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 async fn health(ops: &str) -> Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(ops.to_owned())?.connect().await?;
+    let channel = tonic::transport::Endpoint::from_shared(ops.to_owned())?
+        .connect()
+        .await?;
     tonic_health_check(channel).await
 }
 
@@ -215,7 +220,10 @@ async fn http_get(addr: &str, path: &str) -> Result<String> {
         .await?;
     let mut out = String::new();
     s.read_to_string(&mut out).await?;
-    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
 }
 
 fn sweep_spec(name: &str, trials: u64, epochs: u32) -> String {
@@ -423,8 +431,8 @@ async fn load(args: &Args, state: &Path) -> Result<serde_json::Value> {
 
     // Every trial succeeded exactly once, with all its epochs.
     let dir = state.to_owned();
-    let results = tokio::task::spawn_blocking(move || convsweep_coordinator::store::StateReader::open(&dir)?.results())
-        .await??;
+    let results =
+        tokio::task::spawn_blocking(move || convsweep_coordinator::store::StateReader::open(&dir)?.results()).await??;
     let succeeded = results
         .trials
         .iter()
@@ -478,7 +486,10 @@ fn print_load(v: &serde_json::Value) {
         v["workers"],
         v["slots"]
     );
-    println!("{:<14} {:>9} {:>9} {:>9} {:>9}", "call", "calls", "p50 ms", "p99 ms", "max ms");
+    println!(
+        "{:<14} {:>9} {:>9} {:>9} {:>9}",
+        "call", "calls", "p50 ms", "p99 ms", "max ms"
+    );
     for k in ["lease", "heartbeat", "report_epochs", "complete", "health_check"] {
         let s = &v[k];
         println!(
@@ -527,7 +538,11 @@ fn ray_python(explicit: Option<&Path>) -> Result<PathBuf, String> {
         if out.status.success() {
             Ok(())
         } else {
-            Err(String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("").to_owned())
+            Err(String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .to_owned())
         }
     };
     run(std::process::Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
@@ -537,7 +552,7 @@ fn ray_python(explicit: Option<&Path>) -> Result<PathBuf, String> {
         "install",
         "--quiet",
         "--disable-pip-version-check",
-        "ray[tune]==2.52.1",
+        "ray[tune]==2.60.0",
     ]))?;
     if has_ray(&python) {
         Ok(python)
@@ -555,10 +570,19 @@ fn peer(args: &Args, trials: u64) -> Option<serde_json::Value> {
         }
     };
     let out = tempfile::NamedTempFile::new().ok()?;
-    eprintln!("bench coordinator: Ray Tune, {trials} trials of {} results", args.epochs);
+    eprintln!(
+        "bench coordinator: Ray Tune, {trials} trials of {} results",
+        args.epochs
+    );
     let status = std::process::Command::new(&python)
         .arg("bench/ray_tune_reference.py")
-        .args(["--trials", &trials.to_string(), "--epochs", &args.epochs.to_string(), "--json"])
+        .args([
+            "--trials",
+            &trials.to_string(),
+            "--epochs",
+            &args.epochs.to_string(),
+            "--json",
+        ])
         .arg(out.path())
         .stdout(Stdio::null())
         .status();
@@ -665,12 +689,18 @@ async fn export_rows(dir: &Path) -> Result<serde_json::Value> {
         })
         .await??;
     }
-    eprintln!("bench coordinator: wrote {} epoch rows in {:.0} s", trials * u64::from(epochs), t.elapsed().as_secs_f64());
+    eprintln!(
+        "bench coordinator: wrote {} epoch rows in {:.0} s",
+        trials * u64::from(epochs),
+        t.elapsed().as_secs_f64()
+    );
     let served = start_coordinator(&state, 1_000_000).await?;
     let mut admin = served.connection().admin().await?;
     let t = Instant::now();
     let mut stream = admin
-        .export(pb::ExportRequest { sweep_id: String::new() })
+        .export(pb::ExportRequest {
+            sweep_id: String::new(),
+        })
         .await?
         .into_inner();
     let mut rows = 0usize;
@@ -693,7 +723,12 @@ async fn export_rows(dir: &Path) -> Result<serde_json::Value> {
         let target = dir.join(what);
         let t = Instant::now();
         let mut cmd = tokio::process::Command::new(exe);
-        cmd.args(&args).arg(&state).arg("--out").arg(&target).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(&args)
+            .arg(&state)
+            .arg("--out")
+            .arg(&target)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let result = cmd.output().await?;
         if result.status.success() {
             let s = t.elapsed().as_secs_f64();

@@ -9,7 +9,18 @@ fn the_coordinator_bench_runs_20_workers_through_200_trials() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let out = std::process::Command::new(BIN)
-        .args(["bench", "coordinator", "--workers", "20", "--trials", "200", "--epochs", "5", "--slots", "2"])
+        .args([
+            "bench",
+            "coordinator",
+            "--workers",
+            "20",
+            "--trials",
+            "200",
+            "--epochs",
+            "5",
+            "--slots",
+            "2",
+        ])
         .args(["--no-peer", "--json"])
         .arg(&json)
         .arg("--dir")
@@ -17,8 +28,15 @@ fn the_coordinator_bench_runs_20_workers_through_200_trials() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("trials/s") && stdout.contains("health_check"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("trials/s") && stdout.contains("health_check"),
+        "{stdout}"
+    );
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let c = &v["convsweep"];
     assert_eq!(c["succeeded_once"], 200);

@@ -231,7 +231,6 @@ impl Store {
         }
     }
 
-
     /// Returns every lease whose deadline passed to the queue (or fails it after too many
     /// attempts). Returns the trials it touched.
     pub fn expire_leases(&mut self, now: i64) -> Result<Vec<(TrialId, TrialState)>> {
@@ -252,7 +251,8 @@ impl Store {
                 worker.as_deref().unwrap_or("?"),
                 (now - deadline + policy.lease_timeout_ms) as f64 / 1000.0
             );
-            ops::exec(&tx, 
+            ops::exec(
+                &tx,
                 "UPDATE attempts SET ended_ms = ?3, outcome = 'expired', reason = ?4 WHERE trial_id = ?1 AND attempt = ?2",
                 params![trial_id, attempt, now, reason],
             )?;

@@ -71,7 +71,12 @@ pub(super) fn exec(c: &Connection, sql: &str, p: impl Params) -> rusqlite::Resul
 }
 
 /// One row of a cached statement.
-pub(super) fn row<T>(c: &Connection, sql: &str, p: impl Params, f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+pub(super) fn row<T>(
+    c: &Connection,
+    sql: &str,
+    p: impl Params,
+    f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
     c.prepare_cached(sql)?.query_row(p, f)
 }
 
@@ -138,7 +143,12 @@ fn unknown_worker(worker_id: &str) -> Error {
 }
 
 pub(super) fn touch_worker(tx: &Connection, worker_id: &str, now: i64) -> Result<()> {
-    if exec(tx, "UPDATE workers SET last_seen_ms = ?2 WHERE id = ?1", params![worker_id, now])? == 0 {
+    if exec(
+        tx,
+        "UPDATE workers SET last_seen_ms = ?2 WHERE id = ?1",
+        params![worker_id, now],
+    )? == 0
+    {
         return Err(unknown_worker(worker_id));
     }
     Ok(())
@@ -152,7 +162,13 @@ fn require_worker(tx: &Connection, worker_id: &str) -> Result<()> {
 
 /// Leases up to `max` leasable trials (pending or preempted, oldest first) to a worker. With
 /// nothing to lease it writes nothing (the worker's heartbeats keep it seen).
-pub(super) fn lease(tx: &Connection, policy: LeasePolicy, worker_id: &str, max: u32, now: i64) -> Result<Vec<pb::TrialLease>> {
+pub(super) fn lease(
+    tx: &Connection,
+    policy: LeasePolicy,
+    worker_id: &str,
+    max: u32,
+    now: i64,
+) -> Result<Vec<pb::TrialLease>> {
     let picked: Vec<(String, String, u32)> = {
         let mut stmt = tx.prepare_cached(
             "SELECT id, spec_json, attempt FROM trials WHERE state IN ('pending', 'preempted') ORDER BY seq LIMIT ?1",
@@ -170,15 +186,18 @@ pub(super) fn lease(tx: &Connection, policy: LeasePolicy, worker_id: &str, max: 
         let attempt = attempt + 1;
         let token = new_token("l-");
         let deadline = now + policy.lease_timeout_ms;
-        exec(tx, 
+        exec(
+            tx,
             "UPDATE trials SET state = 'leased', attempt = ?2, lease_token = ?3, worker_id = ?4, lease_deadline_ms = ?5 WHERE id = ?1",
             params![trial_id, attempt, token, worker_id, deadline],
         )?;
-        exec(tx, 
+        exec(
+            tx,
             "INSERT INTO attempts (trial_id, attempt, worker_id, lease_token, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![trial_id, attempt, worker_id, token, now],
         )?;
-        let sweep_id: String = row(tx, 
+        let sweep_id: String = row(
+            tx,
             "SELECT sweep_id FROM sweep_trials WHERE trial_id = ?1 ORDER BY rowid LIMIT 1",
             [&trial_id],
             |r| r.get(0),
@@ -217,14 +236,21 @@ pub(super) fn check_lease(tx: &Connection, trial_id: &str, token: &str) -> Resul
 }
 
 /// Renews each lease the worker still holds; says what to do about each.
-pub(super) fn heartbeat(tx: &Connection, policy: LeasePolicy, worker_id: &str, leases: &[pb::LeaseRef], now: i64) -> Result<Vec<pb::LeaseStatus>> {
+pub(super) fn heartbeat(
+    tx: &Connection,
+    policy: LeasePolicy,
+    worker_id: &str,
+    leases: &[pb::LeaseRef],
+    now: i64,
+) -> Result<Vec<pb::LeaseStatus>> {
     touch_worker(tx, worker_id, now)?;
     let deadline = now + policy.lease_timeout_ms;
     let mut out = Vec::with_capacity(leases.len());
     for l in leases {
         let directive = match check_lease(tx, &l.trial_id, &l.lease_token) {
             Ok(_) => {
-                exec(tx, 
+                exec(
+                    tx,
                     "UPDATE trials SET lease_deadline_ms = ?2 WHERE id = ?1",
                     params![l.trial_id, deadline],
                 )?;
@@ -281,16 +307,22 @@ pub(super) fn report_epochs(
             ])?;
         }
     }
-    exec(tx, 
-        "UPDATE trials SET state = 'running', lease_deadline_ms = ?2 WHERE id = ?1",
-        params![trial_id, now + policy.lease_timeout_ms],
+    // A report renews the lease like a heartbeat, but at most once per tenth of the timeout:
+    // most reports of a busy trial then leave its row (and the deadline index) as it is.
+    let deadline = now + policy.lease_timeout_ms;
+    exec(
+        tx,
+        "UPDATE trials SET state = 'running', lease_deadline_ms = ?2 \
+         WHERE id = ?1 AND (state <> 'running' OR lease_deadline_ms < ?3)",
+        params![trial_id, deadline, deadline - policy.lease_timeout_ms / 10],
     )?;
     Ok(())
 }
 
 /// Counts the attempts of a trial that count against `max_attempts`.
 fn failed_attempts(tx: &Connection, trial_id: &str) -> Result<u32> {
-    Ok(row(tx, 
+    Ok(row(
+        tx,
         "SELECT COUNT(*) FROM attempts a JOIN trials t ON t.id = a.trial_id \
          WHERE a.trial_id = ?1 AND a.outcome IN ('expired', 'failed') AND a.attempt > t.resume_floor",
         [trial_id],
@@ -338,7 +370,8 @@ fn insert_evaluations(tx: &Connection, trial_id: &str, r: &pb::TrialResult) -> R
 pub(super) fn retry_or_fail(policy: LeasePolicy, tx: &Connection, trial_id: &str, now: i64) -> Result<TrialState> {
     let failures = failed_attempts(tx, trial_id)?;
     if failures < policy.max_attempts {
-        exec(tx, 
+        exec(
+            tx,
             "UPDATE trials SET state = 'pending', lease_token = NULL, lease_deadline_ms = NULL WHERE id = ?1",
             [trial_id],
         )?;
@@ -356,7 +389,8 @@ pub(super) fn retry_or_fail(policy: LeasePolicy, tx: &Connection, trial_id: &str
         .collect::<rusqlite::Result<_>>()?
     };
     let reason = format!("gave up after {failures} failed attempts: {}", reasons.join("; "));
-    exec(tx, 
+    exec(
+        tx,
         "UPDATE trials SET state = 'failed', lease_token = NULL, lease_deadline_ms = NULL, reason = ?2, finished_ms = ?3 WHERE id = ?1",
         params![trial_id, reason, now],
     )?;
@@ -398,13 +432,15 @@ pub(super) fn complete(
         Outcome::Failed { reason, .. } => ("failed", Some(reason.as_str())),
         Outcome::Preempted { reason } => ("preempted", Some(reason.as_str())),
     };
-    exec(tx, 
+    exec(
+        tx,
         "UPDATE attempts SET ended_ms = ?3, outcome = ?4, reason = ?5 WHERE trial_id = ?1 AND attempt = ?2",
         params![trial_id, attempt, now, kind, reason],
     )?;
     let state = match outcome {
         Outcome::Succeeded(r) => {
-            exec(tx, 
+            exec(
+                tx,
                 "INSERT OR REPLACE INTO results (trial_id, attempt, worker_id, final_train_loss, final_train_acc, \
                  final_test_loss, final_test_acc, best_test_acc, best_epoch, params_total, params_learnable, \
                  flops_per_image, wall_seconds, peak_memory_bytes, device, completed_ms, eval_error, eval_seconds, \
@@ -433,7 +469,8 @@ pub(super) fn complete(
                 ],
             )?;
             insert_evaluations(tx, trial_id, r)?;
-            exec(tx, 
+            exec(
+                tx,
                 "UPDATE trials SET state = 'succeeded', lease_token = NULL, lease_deadline_ms = NULL, reason = NULL, finished_ms = ?2 WHERE id = ?1",
                 params![trial_id, now],
             )?;
@@ -444,14 +481,20 @@ pub(super) fn complete(
             retryable: false,
             reason,
         } => {
-            exec(tx, 
+            exec(
+                tx,
                 "UPDATE trials SET state = 'failed', lease_token = NULL, lease_deadline_ms = NULL, reason = ?2, finished_ms = ?3 WHERE id = ?1",
-                params![trial_id, format!("attempt {attempt} failed (not retryable): {reason}"), now],
+                params![
+                    trial_id,
+                    format!("attempt {attempt} failed (not retryable): {reason}"),
+                    now
+                ],
             )?;
             TrialState::Failed
         }
         Outcome::Preempted { .. } => {
-            exec(tx, 
+            exec(
+                tx,
                 "UPDATE trials SET state = 'preempted', lease_token = NULL, lease_deadline_ms = NULL WHERE id = ?1",
                 [trial_id],
             )?;

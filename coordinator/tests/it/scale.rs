@@ -32,7 +32,10 @@ async fn a_lease_round_trip_on_loopback_takes_well_under_10_ms() {
     took.sort();
     // Without TCP_NODELAY each of these waits for the client's delayed ACK: about 40 ms.
     let median = took[took.len() / 2];
-    assert!(median < Duration::from_millis(10), "median Lease round trip {median:?}: {took:?}");
+    assert!(
+        median < Duration::from_millis(10),
+        "median Lease round trip {median:?}: {took:?}"
+    );
     server.stop().await;
 }
 
@@ -47,8 +50,18 @@ async fn a_ten_billion_seed_spec_is_refused_by_size_and_the_coordinator_serves_o
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    for part in ["seeds", "10000000000", "4 point(s)", "40000000000 trials", "limit of 1000000"] {
-        assert!(err.message().contains(part), "{part:?} missing from {:?}", err.message());
+    for part in [
+        "seeds",
+        "10000000000",
+        "4 point(s)",
+        "40000000000 trials",
+        "limit of 1000000",
+    ] {
+        assert!(
+            err.message().contains(part),
+            "{part:?} missing from {:?}",
+            err.message()
+        );
     }
     // Absurd epoch counts and dataset sizes are refused by name too.
     for (edit, field) in [
@@ -62,7 +75,11 @@ async fn a_ten_billion_seed_spec_is_refused_by_size_and_the_coordinator_serves_o
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
-        assert!(err.message().contains(field) && err.message().contains("limit"), "{}", err.message());
+        assert!(
+            err.message().contains(field) && err.message().contains("limit"),
+            "{}",
+            err.message()
+        );
     }
     // Still serving, and a sweep of a sensible size goes in.
     let ok = admin
@@ -72,7 +89,9 @@ async fn a_ten_billion_seed_spec_is_refused_by_size_and_the_coordinator_serves_o
         .into_inner();
     assert_eq!(ok.trials, 4);
     let status = admin
-        .get_status(pb::GetStatusRequest { sweep_id: String::new() })
+        .get_status(pb::GetStatusRequest {
+            sweep_id: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -169,7 +188,10 @@ async fn a_new_trial_wakes_one_waiting_worker_not_all() {
     // One woken for the trial, and at most one more it passed the wake-up to (it leased all it
     // asked for, so there might have been more): never all six.
     let woken = lease_writes(&c) - before;
-    assert!((1..=2).contains(&woken), "{woken} waiting calls looked for one new trial");
+    assert!(
+        (1..=2).contains(&woken),
+        "{woken} waiting calls looked for one new trial"
+    );
     let mut leased = 0;
     for task in waiting {
         leased += task.await.unwrap().len();
@@ -202,7 +224,10 @@ fn as_list(c: pb::StateCounts) -> Vec<(String, u32)> {
         ("running", c.running),
         ("succeeded", c.succeeded),
     ];
-    all.into_iter().filter(|(_, n)| *n > 0).map(|(s, n)| (s.to_owned(), n)).collect()
+    all.into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| (s.to_owned(), n))
+        .collect()
 }
 
 #[tokio::test(start_paused = true)]
@@ -219,7 +244,11 @@ async fn progress_counts_agree_with_the_trials_through_every_transition() {
     let check = |when: &str| {
         for sweep in ["small", "other"] {
             let status = c.status(sweep).unwrap();
-            assert_eq!(as_list(counts(&status)), recount(dir.path(), sweep), "{sweep} after {when}");
+            assert_eq!(
+                as_list(counts(&status)),
+                recount(dir.path(), sweep),
+                "{sweep} after {when}"
+            );
             assert_eq!(status.sweeps[0].total, 4);
         }
     };
@@ -258,7 +287,9 @@ async fn progress_counts_agree_with_the_trials_through_every_transition() {
     );
     done(
         &leases[2],
-        pb::complete_request::Outcome::Preempted(pb::Preempted { reason: "SIGTERM".into() }),
+        pb::complete_request::Outcome::Preempted(pb::Preempted {
+            reason: "SIGTERM".into(),
+        }),
     );
     check("completions");
     // The rest expire.

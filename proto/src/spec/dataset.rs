@@ -122,7 +122,10 @@ impl DatasetSpec {
             }
         }
         let (limit, what) = if d.name == DatasetName::Synthetic {
-            (MAX_SYNTHETIC_IMAGES, "images for the synthetic set (generated in memory, 12 KiB each)")
+            (
+                MAX_SYNTHETIC_IMAGES,
+                "images for the synthetic set (generated in memory, 12 KiB each)",
+            )
         } else {
             (MAX_DATASET_IMAGES, "images per split")
         };
@@ -130,7 +133,10 @@ impl DatasetSpec {
             match v {
                 Some(0) => return Err(FieldError::new(field, "must be at least 1")),
                 Some(n) if n > limit => {
-                    return Err(FieldError::new(field, format!("{n} is over the limit of {limit} {what}")));
+                    return Err(FieldError::new(
+                        field,
+                        format!("{n} is over the limit of {limit} {what}"),
+                    ));
                 }
                 _ => {}
             }
