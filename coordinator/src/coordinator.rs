@@ -341,11 +341,22 @@ impl Coordinator {
 
     /// Parses, expands and stores a sweep.
     pub fn submit(&self, spec_toml: &str) -> Result<(SweepId, Submitted)> {
+        let started = std::time::Instant::now();
         let spec = SweepSpec::from_toml_capped(spec_toml, self.config.max_trials_per_sweep)?;
-        let trials = spec.expand()?;
+        let trials = spec.expand_canonical()?;
+        let expanded = started.elapsed();
         let now = self.clock.now_ms();
-        let submitted = self.timed("submit_sweep", |s| s.submit_sweep(&spec.id, spec_toml, &trials, now))?;
-        info!(sweep = %spec.id, trials = submitted.trials, new = submitted.new_trials, "sweep submitted");
+        let submitted = self.timed("submit_sweep", |s| {
+            s.submit_canonical(&spec.id, spec_toml, &trials, now)
+        })?;
+        info!(
+            sweep = %spec.id,
+            trials = submitted.trials,
+            new = submitted.new_trials,
+            expand_s = expanded.as_secs_f64(),
+            store_s = (started.elapsed() - expanded).as_secs_f64(),
+            "sweep submitted"
+        );
         self.wake(submitted.new_trials as usize);
         Ok((spec.id, submitted))
     }
@@ -353,9 +364,11 @@ impl Coordinator {
     /// Adds the trials of a grown spec (more seeds or grid values) to its existing sweep.
     pub fn extend(&self, spec_toml: &str) -> Result<(SweepId, Submitted)> {
         let spec = SweepSpec::from_toml_capped(spec_toml, self.config.max_trials_per_sweep)?;
-        let trials = spec.expand()?;
+        let trials = spec.expand_canonical()?;
         let now = self.clock.now_ms();
-        let submitted = self.timed("extend_sweep", |s| s.extend_sweep(&spec.id, spec_toml, &trials, now))?;
+        let submitted = self.timed("extend_sweep", |s| {
+            s.extend_canonical(&spec.id, spec_toml, &trials, now)
+        })?;
         info!(sweep = %spec.id, trials = submitted.trials, new = submitted.new_trials, "sweep extended");
         self.wake(submitted.new_trials as usize);
         Ok((spec.id, submitted))

@@ -97,6 +97,28 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The canonical JSON of each trial and its id, computed on every core.
+fn canonical_ids(trials: &[TrialSpec]) -> Vec<(TrialId, String)> {
+    let one = |t: &TrialSpec| {
+        let json = t.canonical_json();
+        (TrialId::of_canonical_json(&json), json)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    if threads == 1 || trials.len() < 1024 {
+        return trials.iter().map(one).collect();
+    }
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = trials
+            .chunks(trials.len().div_ceil(threads))
+            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    })
+}
+
 fn new_token(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -140,13 +162,25 @@ impl Store {
         trials: &[TrialSpec],
         now: i64,
     ) -> Result<Submitted> {
+        self.submit_canonical(sweep, spec_toml, &canonical_ids(trials), now)
+    }
+
+    /// [`Store::submit_sweep`] of trials given as id and canonical JSON
+    /// ([`crate::sweep::SweepSpec::expand_canonical`]).
+    pub fn submit_canonical(
+        &mut self,
+        sweep: &SweepId,
+        spec_toml: &str,
+        trials: &[(TrialId, String)],
+        now: i64,
+    ) -> Result<Submitted> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if Self::sweep_exists(&tx, sweep.as_str())? {
             let mut stmt = tx.prepare("SELECT trial_id FROM sweep_trials WHERE sweep_id = ?1")?;
             let mut existing: Vec<String> = stmt
                 .query_map([sweep.as_str()], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
-            let mut wanted: Vec<String> = trials.iter().map(|t| t.id().to_string()).collect();
+            let mut wanted: Vec<String> = trials.iter().map(|(id, _)| id.to_string()).collect();
             existing.sort();
             wanted.sort();
             if existing != wanted {
@@ -175,28 +209,67 @@ impl Store {
     }
 
     /// Creates the trials that do not exist yet (any sweep's) and links those not yet in
-    /// `sweep` after its last position. Returns (trials created, trials linked).
-    fn add_trials(tx: &Connection, sweep: &SweepId, trials: &[TrialSpec], now: i64) -> Result<(u32, u32)> {
+    /// `sweep` after its last position, in expansion order. Returns (trials created, trials
+    /// linked).
+    ///
+    /// Built for a million trials: rows go in chunk by chunk in id order (the id indexes are hashes: sorted inserts walk their pages
+    /// once instead of at random), and the sweep's progress counts are added once at the end.
+    fn add_trials(tx: &Connection, sweep: &SweepId, trials: &[(TrialId, String)], now: i64) -> Result<(u32, u32)> {
+        const CHUNK: usize = 1 << 16;
         let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM trials", [], |r| r.get(0))?;
         let mut position: i64 = tx.query_row(
             "SELECT COALESCE(MAX(position), -1) FROM sweep_trials WHERE sweep_id = ?1",
             [sweep.as_str()],
             |r| r.get(0),
         )?;
-        let (mut created, mut linked) = (0, 0);
+        let linked_before: std::collections::HashSet<String> = {
+            let mut stmt = tx.prepare("SELECT trial_id FROM sweep_trials WHERE sweep_id = ?1")?;
+            stmt.query_map([sweep.as_str()], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let (mut created, mut linked) = (0u32, 0u32);
+        // New links by the state their trial is in (new trials are pending).
+        let mut counts: std::collections::BTreeMap<String, i64> = Default::default();
         let mut insert_trial = tx.prepare(
             "INSERT OR IGNORE INTO trials (id, seq, spec_json, state, created_ms) VALUES (?1, ?2, ?3, 'pending', ?4)",
         )?;
         let mut link =
             tx.prepare("INSERT OR IGNORE INTO sweep_trials (sweep_id, trial_id, position) VALUES (?1, ?2, ?3)")?;
-        for trial in trials {
-            let id = trial.id();
-            seq += 1;
-            created += insert_trial.execute(params![id.as_str(), seq, trial.canonical_json(), now])? as u32;
-            if link.execute(params![sweep.as_str(), id.as_str(), position + 1])? > 0 {
-                position += 1;
+        let mut state_of_trial = tx.prepare("SELECT state FROM trials WHERE id = ?1")?;
+        for chunk in trials.chunks(CHUNK) {
+            // (id, json, seq, position if it is to be linked), seq and position in expansion order.
+            let mut rows: Vec<(&TrialId, &str, i64, Option<i64>)> = chunk
+                .iter()
+                .map(|(id, json)| {
+                    seq += 1;
+                    let at = (!linked_before.contains(id.as_str())).then(|| {
+                        position += 1;
+                        position
+                    });
+                    (id, json.as_str(), seq, at)
+                })
+                .collect();
+            rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (id, json, seq, at) in rows {
+                let new = insert_trial.execute(params![id.as_str(), seq, json, now])? > 0;
+                created += u32::from(new);
+                let Some(at) = at else { continue };
+                link.execute(params![sweep.as_str(), id.as_str(), at])?;
                 linked += 1;
+                let state = if new {
+                    "pending".to_owned()
+                } else {
+                    state_of_trial.query_row([id.as_str()], |r| r.get(0))?
+                };
+                *counts.entry(state).or_default() += 1;
             }
+        }
+        let mut add = tx.prepare(
+            "INSERT INTO sweep_progress (sweep_id, state, n) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (sweep_id, state) DO UPDATE SET n = n + excluded.n",
+        )?;
+        for (state, n) in counts {
+            add.execute(params![sweep.as_str(), state, n])?;
         }
         Ok((created, linked))
     }
@@ -272,6 +345,17 @@ impl Store {
         sweep: &SweepId,
         spec_toml: &str,
         trials: &[TrialSpec],
+        now: i64,
+    ) -> Result<Submitted> {
+        self.extend_canonical(sweep, spec_toml, &canonical_ids(trials), now)
+    }
+
+    /// [`Store::extend_sweep`] of trials given as id and canonical JSON.
+    pub fn extend_canonical(
+        &mut self,
+        sweep: &SweepId,
+        spec_toml: &str,
+        trials: &[(TrialId, String)],
         now: i64,
     ) -> Result<Submitted> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -435,8 +519,10 @@ impl Store {
         };
         let failures = {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT t.id, t.attempt, COALESCE(t.reason, '') FROM trials t JOIN sweep_trials s ON s.trial_id = t.id \
-                 WHERE s.sweep_id = ?1 AND t.state = 'failed' ORDER BY s.position LIMIT ?2",
+                // CROSS JOIN keeps the failed trials (by their state index) the outer loop:
+                // never a walk over every trial of a large sweep.
+                "SELECT t.id, t.attempt, COALESCE(t.reason, '') FROM trials t CROSS JOIN sweep_trials s \
+                 ON s.trial_id = t.id WHERE t.state = 'failed' AND s.sweep_id = ?1 ORDER BY s.position LIMIT ?2",
             )?;
             stmt.query_map(params![sweep_id, MAX_LISTED_FAILURES], |r| {
                 Ok(pb::TrialFailure {

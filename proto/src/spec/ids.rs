@@ -56,10 +56,12 @@ pub struct TrialId(String);
 impl TrialId {
     /// The id of a canonical JSON text.
     pub fn of_canonical_json(json: &str) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let digest = Sha256::digest(json.as_bytes());
-        let mut hex = String::with_capacity(64);
+        let mut hex = String::with_capacity(2 * digest.len());
         for byte in digest {
-            hex.push_str(&format!("{byte:02x}"));
+            hex.push(char::from(HEX[usize::from(byte >> 4)]));
+            hex.push(char::from(HEX[usize::from(byte & 15)]));
         }
         hex.truncate(TRIAL_ID_HEX_LEN);
         TrialId(hex)
