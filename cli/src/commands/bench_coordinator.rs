@@ -427,6 +427,9 @@ async fn load(args: &Args, state: &Path) -> Result<serde_json::Value> {
     let expiries = served.metric("convsweep_lease_expirations").await?;
     let batches = served.metric("convsweep_store_batch_writes_count").await?;
     let batched = served.metric("convsweep_store_batch_writes_sum").await?;
+    let writer_busy = served
+        .metric("convsweep_store_transaction_seconds_sum{op=\"write_batch\"}")
+        .await?;
     served.stop().await?;
 
     // Every trial succeeded exactly once, with all its epochs.
@@ -459,6 +462,7 @@ async fn load(args: &Args, state: &Path) -> Result<serde_json::Value> {
         "coordinator_cpu_seconds": cpu1 - cpu0,
         "coordinator_peak_rss_bytes": peak_rss,
         "writes_per_transaction": if batches > 0.0 { batched / batches } else { 0.0 },
+        "store_writer_busy_fraction": writer_busy / elapsed,
         "succeeded_once": succeeded,
         "epoch_rows": epoch_rows,
         "complete_and_exact": complete,
@@ -507,6 +511,10 @@ fn print_load(v: &serde_json::Value) {
         v["coordinator_cpu_seconds"].as_f64().unwrap_or(0.0),
         v["coordinator_peak_rss_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 20) as f64,
         v["writes_per_transaction"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "store writer (one thread, group commit) busy {:.0}% of the run",
+        v["store_writer_busy_fraction"].as_f64().unwrap_or(0.0) * 100.0
     );
     println!(
         "check: {} trials succeeded exactly once, {} epoch rows stored",

@@ -249,7 +249,7 @@ impl Store {
                     (id, json.as_str(), seq, at)
                 })
                 .collect();
-            rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
             for (id, json, seq, at) in rows {
                 let new = insert_trial.execute(params![id.as_str(), seq, json, now])? > 0;
                 created += u32::from(new);
