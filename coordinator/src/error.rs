@@ -57,6 +57,23 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
 }
 
+impl Error {
+    /// A refusal of what was asked (by its content or the state it met), as opposed to a
+    /// failure of the coordinator itself (storage, I/O, transport).
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            Error::InvalidSpec(_)
+            | Error::InvalidArgument(_)
+            | Error::NotFound(_)
+            | Error::AlreadyExists(_)
+            | Error::StaleLease(_)
+            | Error::ProtocolMismatch { .. }
+            | Error::Corrupt(_) => true,
+            Error::SchemaMismatch { .. } | Error::Storage(_) | Error::Io(_) | Error::Transport(_) => false,
+        }
+    }
+}
+
 /// Results of the coordinator.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

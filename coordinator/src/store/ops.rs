@@ -1,7 +1,11 @@
 //! The writes of the worker RPCs (lease, heartbeat, epoch reports, completion), each a function
 //! over an open transaction, and [`Store::write_batch`]: many RPCs' writes in one transaction
-//! (group commit), each in a savepoint of its own so that one refused write (a stale lease, an
-//! unknown worker) leaves the others of its batch in place.
+//! (group commit).
+//!
+//! The rule every op here keeps: it refuses (a stale lease, an unknown worker or trial, a
+//! corrupt row) before its first write, except for marking its worker seen. So a refused write
+//! needs no savepoint to be undone and leaves the others of its batch in place, while any other
+//! error (SQLite failing mid-op) rolls the whole batch back and none of it is acknowledged.
 
 use rusqlite::{Connection, OptionalExtension, Params, Row, TransactionBehavior, params};
 
@@ -103,23 +107,19 @@ fn apply(c: &Connection, policy: LeasePolicy, write: &Write, now: i64) -> Result
 }
 
 impl Store {
-    /// Runs `writes` in one transaction, each in a savepoint: a write that fails is rolled back
-    /// alone and gets its error, the others are kept. Their results count only once the
-    /// transaction committed: `Err` (and no result) when the commit itself failed, in which case
-    /// nothing of the batch was stored.
+    /// Runs `writes` in one transaction. A refused write gets its error and the others are kept
+    /// (see the module's rule); their results count only once the transaction committed. Any
+    /// other error, or a failed commit, is `Err` for the whole batch: nothing of it was stored.
     pub fn write_batch(&mut self, writes: &[Write], now: i64) -> Result<Vec<Result<Written>>> {
         let policy = self.policy;
-        let mut tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(writes.len());
         for write in writes {
-            let sp = tx.savepoint()?;
-            match apply(&sp, policy, write, now) {
-                Ok(done) => {
-                    sp.commit()?;
-                    out.push(Ok(done));
-                }
-                // Dropping the savepoint rolls its changes back.
-                Err(e) => out.push(Err(e)),
+            match apply(&tx, policy, write, now) {
+                Ok(done) => out.push(Ok(done)),
+                Err(e) if e.is_refusal() => out.push(Err(e)),
+                // Dropping the transaction rolls the batch back.
+                Err(e) => return Err(e),
             }
         }
         tx.commit()?;

@@ -309,3 +309,61 @@ async fn progress_counts_agree_with_the_trials_through_every_transition() {
     assert_eq!(as_list(counts(&status)), recount(dir.path(), "small"), "after extend");
     assert!(status.sweeps[0].trials_per_hour > 0.0, "the sweep's start time is kept");
 }
+
+#[test]
+fn a_refused_write_in_a_batch_leaves_the_others_committed() {
+    use convsweep_coordinator::store::{LeasePolicy, Store, Write, Written};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = convsweep_coordinator::sweep::SweepSpec::from_toml(SPEC).unwrap();
+    let mut store = Store::open(dir.path(), LeasePolicy::default()).unwrap();
+    store.submit_sweep(&spec.id, SPEC, &spec.expand().unwrap(), 1).unwrap();
+    let w = store.register_worker("w", "h", &[], 2, 1).unwrap();
+    let leases = store.lease(&w, 2, 2).unwrap();
+    let report = |l: &pb::TrialLease, token: &str| Write::ReportEpochs {
+        worker_id: w.clone(),
+        trial_id: l.trial_id.clone(),
+        token: token.to_owned(),
+        epochs: vec![crate::common::epoch(1, 0.3)],
+    };
+    let writes = [
+        report(&leases[0], &leases[0].lease_token),
+        report(&leases[1], "l-not-the-token"),
+        Write::Complete {
+            worker_id: w.clone(),
+            trial_id: leases[0].trial_id.clone(),
+            token: leases[0].lease_token.clone(),
+            outcome: convsweep_proto::Outcome::Succeeded(result(0.3)),
+        },
+        Write::Lease {
+            worker_id: "w-unknown".into(),
+            max: 1,
+        },
+    ];
+    let out = store.write_batch(&writes, 3).unwrap();
+    assert!(matches!(out[0], Ok(Written::Reported)));
+    assert!(
+        matches!(out[1], Err(convsweep_coordinator::Error::StaleLease(_))),
+        "{:?}",
+        out[1]
+    );
+    assert!(matches!(out[2], Ok(Written::Completed(_))));
+    assert!(matches!(out[3], Err(convsweep_coordinator::Error::NotFound(_))));
+    drop(store);
+    let results = convsweep_coordinator::store::StateReader::open(dir.path())
+        .unwrap()
+        .results()
+        .unwrap();
+    assert_eq!(
+        results.epochs.len(),
+        1,
+        "the good report is stored, the stale one is not"
+    );
+    assert_eq!(results.epochs[0].trial_id, leases[0].trial_id);
+    let done: Vec<_> = results
+        .trials
+        .iter()
+        .filter(|t| t.state == convsweep_proto::TrialState::Succeeded)
+        .collect();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].trial_id, leases[0].trial_id);
+}
