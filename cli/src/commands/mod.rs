@@ -167,14 +167,29 @@ pub async fn serve_coordinator(args: ServeArgs) -> Result<ExitCode> {
     let ops_listener =
         convsweep_coordinator::bind(ops).with_context(|| format!("cannot listen on {ops} (--ops-listen)"))?;
     let stop = shutdown_on_signals();
-    let ops_server = tokio::spawn(convsweep_coordinator::serve_ops(ops_listener, coordinator.clone(), {
+    // The ops port on a thread and runtime of its own: a health probe is answered at once even
+    // while every thread of the main runtime is busy with worker calls.
+    let ops_listener = ops_listener.into_std()?;
+    let ops_server = std::thread::Builder::new().name("convsweep-ops".into()).spawn({
+        let coordinator = coordinator.clone();
         let stop = stop.clone();
-        async move { stop.cancelled().await }
-    }));
+        move || -> Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(ops_listener)?;
+                convsweep_coordinator::serve_ops(listener, coordinator, async move { stop.cancelled().await }).await?;
+                Ok(())
+            })
+        }
+    })?;
     let served =
         convsweep_coordinator::serve_with(listener, coordinator, &serve, async move { stop.cancelled().await }).await;
-    let _ = ops_server.await;
+    let ops = tokio::task::spawn_blocking(move || ops_server.join()).await?;
     served?;
+    match ops {
+        Ok(result) => result.context("the ops port failed")?,
+        Err(_) => bail!("the ops port's thread panicked"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
