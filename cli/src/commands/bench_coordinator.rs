@@ -723,34 +723,66 @@ async fn export_rows(dir: &Path) -> Result<serde_json::Value> {
         rss as f64 / (1u64 << 20) as f64
     );
     let mut out = json!({"epoch_rows": rows, "export_stream_s": rpc_s, "coordinator_peak_rss_bytes": rss});
-    for (what, args) in [
-        ("export_parquet_s", vec!["export", "--state-dir"]),
-        ("report_s", vec!["report"]),
-    ] {
-        let exe = std::env::current_exe()?;
-        let target = dir.join(what);
-        let t = Instant::now();
-        let mut cmd = tokio::process::Command::new(exe);
-        cmd.args(&args)
-            .arg(&state)
-            .arg("--out")
-            .arg(&target)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let result = cmd.output().await?;
-        if result.status.success() {
-            let s = t.elapsed().as_secs_f64();
-            println!("convsweep {}: {s:.1} s", args[0]);
-            out[what] = json!(s);
-        } else {
-            eprintln!(
-                "bench coordinator: convsweep {} skipped: {}",
-                args[0],
-                String::from_utf8_lossy(&result.stderr).trim()
+    for (what, args) in [("export", vec!["export", "--state-dir"]), ("report", vec!["report"])] {
+        let target = dir.join(format!("{what}-out"));
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.args(&args).arg(&state).arg("--out").arg(&target);
+        let run = tokio::task::spawn_blocking(move || measured(cmd)).await??;
+        if run.ok {
+            println!(
+                "convsweep {what} of {rows} epoch rows: {:.1} s, peak RSS {:.0} MiB",
+                run.seconds,
+                run.max_rss as f64 / (1u64 << 20) as f64
             );
+            out[what] = json!({"seconds": run.seconds, "peak_rss_bytes": run.max_rss});
+        } else {
+            eprintln!("bench coordinator: convsweep {what} skipped: {}", run.stderr.trim());
         }
     }
     Ok(out)
+}
+
+/// How a child process went: its exit, wall time, peak RSS (from `wait4`) and stderr.
+struct Measured {
+    ok: bool,
+    seconds: f64,
+    max_rss: u64,
+    stderr: String,
+}
+
+fn measured(mut cmd: std::process::Command) -> Result<Measured> {
+    let err = tempfile::tempfile()?;
+    let started = Instant::now();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(err.try_clone()?)
+        .spawn()
+        .context("cannot start convsweep")?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: waits for our own child (reaping it) and fills a zeroed rusage; std's `Child` is
+    // not waited for afterwards.
+    #[allow(unsafe_code)]
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::wait4(pid, &mut status, 0, &mut usage) != pid {
+            bail!("wait4 on convsweep failed: {}", std::io::Error::last_os_error());
+        }
+        usage
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    drop(child);
+    use std::io::{Read, Seek};
+    let mut err = err;
+    err.seek(std::io::SeekFrom::Start(0))?;
+    let mut stderr = String::new();
+    err.read_to_string(&mut stderr)?;
+    Ok(Measured {
+        ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        seconds,
+        max_rss: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+        stderr,
+    })
 }
 
 /// `convsweep bench coordinator`.
