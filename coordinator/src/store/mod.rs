@@ -29,39 +29,18 @@ pub mod ops;
 pub mod read;
 pub mod schema;
 
-pub use ops::{Write, Written};
+pub use ops::{Completed, LeasePolicy, Write, Written};
 pub use read::StateReader;
 pub use schema::{DB_FILE, SCHEMA_VERSION};
 
 use schema::state_of;
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use convsweep_proto::{SweepId, TrialId, TrialSpec, TrialState, pb};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{Error, Result};
-
-/// Lease rules the store enforces.
-#[derive(Debug, Clone, Copy)]
-pub struct LeasePolicy {
-    /// A lease not renewed for this long expires.
-    pub lease_timeout_ms: i64,
-    /// A trial fails for good once this many attempts expired or failed retryably.
-    pub max_attempts: u32,
-}
-
-impl Default for LeasePolicy {
-    fn default() -> Self {
-        LeasePolicy {
-            lease_timeout_ms: 60_000,
-            max_attempts: 3,
-        }
-    }
-}
 
 /// What a submission did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,15 +49,6 @@ pub struct Submitted {
     pub trials: u32,
     /// Trials this submission created.
     pub new_trials: u32,
-}
-
-/// A completion's acknowledgement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Completed {
-    /// The same completion had already been recorded.
-    pub duplicate: bool,
-    /// The state the trial is in now.
-    pub state: TrialState,
 }
 
 /// Failed trials a sweep's status lists (the counts cover all of them).
@@ -119,15 +89,34 @@ fn canonical_ids(trials: &[TrialSpec]) -> Vec<(TrialId, String)> {
     })
 }
 
-fn new_token(prefix: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(n);
-    let a = h.finish();
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(a ^ n.rotate_left(17));
-    format!("{prefix}{a:016x}{:08x}", h.finish() as u32)
+impl Store {
+    /// Runs `writes` in one transaction. A refused write gets its error and the others are kept
+    /// (see the module's rule); their results count only once the transaction committed. Any
+    /// other error, or a failed commit, is `Err` for the whole batch: nothing of it was stored.
+    pub fn write_batch(&mut self, writes: &[Write], now: i64) -> Result<Vec<Result<Written>>> {
+        let policy = self.policy;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(writes.len());
+        for write in writes {
+            match ops::apply(&tx, policy, write, now) {
+                Ok(done) => out.push(Ok(done)),
+                Err(e) if e.is_refusal() => out.push(Err(e)),
+                // Dropping the transaction rolls the batch back.
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// One write in a transaction of its own.
+    pub fn write(&mut self, write: &Write, now: i64) -> Result<Written> {
+        let policy = self.policy;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let done = ops::apply(&tx, policy, write, now)?;
+        tx.commit()?;
+        Ok(done)
+    }
 }
 
 impl Store {
@@ -283,7 +272,7 @@ impl Store {
         slots: u32,
         now: i64,
     ) -> Result<String> {
-        let id = new_token("w-");
+        let id = ops::new_token("w-");
         let devices = serde_json::to_string(devices).unwrap_or_default();
         self.conn.execute(
             "INSERT INTO workers (id, name, host, devices, slots, registered_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",

@@ -1,5 +1,5 @@
 //! The writes of the worker RPCs (lease, heartbeat, epoch reports, completion), each a function
-//! over an open transaction, and [`Store::write_batch`]: many RPCs' writes in one transaction
+//! over an open transaction, and `Store::write_batch`: many RPCs' writes in one transaction
 //! (group commit).
 //!
 //! The rule every op here keeps: it refuses (a stale lease, an unknown worker or trial, a
@@ -7,13 +7,55 @@
 //! needs no savepoint to be undone and leaves the others of its batch in place, while any other
 //! error (SQLite failing mid-op) rolls the whole batch back and none of it is acknowledged.
 
-use rusqlite::{Connection, OptionalExtension, Params, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
 use convsweep_proto::{Outcome, TrialState, pb};
 
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::schema::state_of;
-use super::{Completed, LeasePolicy, Store, new_token};
 use crate::error::{Error, Result};
+
+/// Lease rules the store enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct LeasePolicy {
+    /// A lease not renewed for this long expires.
+    pub lease_timeout_ms: i64,
+    /// A trial fails for good once this many attempts expired or failed retryably.
+    pub max_attempts: u32,
+}
+
+impl Default for LeasePolicy {
+    fn default() -> Self {
+        LeasePolicy {
+            lease_timeout_ms: 60_000,
+            max_attempts: 3,
+        }
+    }
+}
+
+/// A completion's acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completed {
+    /// The same completion had already been recorded.
+    pub duplicate: bool,
+    /// The state the trial is in now.
+    pub state: TrialState,
+}
+
+/// A random token with a prefix (`w-` worker ids, `l-` lease tokens).
+pub(super) fn new_token(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(n);
+    let a = h.finish();
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(a ^ n.rotate_left(17));
+    format!("{prefix}{a:016x}{:08x}", h.finish() as u32)
+}
 
 /// One RPC's write, to be committed with others.
 #[derive(Debug, Clone)]
@@ -84,7 +126,7 @@ pub(super) fn row<T>(
     c.prepare_cached(sql)?.query_row(p, f)
 }
 
-fn apply(c: &Connection, policy: LeasePolicy, write: &Write, now: i64) -> Result<Written> {
+pub(super) fn apply(c: &Connection, policy: LeasePolicy, write: &Write, now: i64) -> Result<Written> {
     Ok(match write {
         Write::Lease { worker_id, max } => Written::Leased(lease(c, policy, worker_id, *max, now)?),
         Write::Heartbeat { worker_id, leases } => Written::Renewed(heartbeat(c, policy, worker_id, leases, now)?),
@@ -104,36 +146,6 @@ fn apply(c: &Connection, policy: LeasePolicy, write: &Write, now: i64) -> Result
             outcome,
         } => Written::Completed(complete(c, policy, worker_id, trial_id, token, outcome, now)?),
     })
-}
-
-impl Store {
-    /// Runs `writes` in one transaction. A refused write gets its error and the others are kept
-    /// (see the module's rule); their results count only once the transaction committed. Any
-    /// other error, or a failed commit, is `Err` for the whole batch: nothing of it was stored.
-    pub fn write_batch(&mut self, writes: &[Write], now: i64) -> Result<Vec<Result<Written>>> {
-        let policy = self.policy;
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut out = Vec::with_capacity(writes.len());
-        for write in writes {
-            match apply(&tx, policy, write, now) {
-                Ok(done) => out.push(Ok(done)),
-                Err(e) if e.is_refusal() => out.push(Err(e)),
-                // Dropping the transaction rolls the batch back.
-                Err(e) => return Err(e),
-            }
-        }
-        tx.commit()?;
-        Ok(out)
-    }
-
-    /// One write in a transaction of its own.
-    pub fn write(&mut self, write: &Write, now: i64) -> Result<Written> {
-        let policy = self.policy;
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let done = apply(&tx, policy, write, now)?;
-        tx.commit()?;
-        Ok(done)
-    }
 }
 
 fn unknown_worker(worker_id: &str) -> Error {
