@@ -375,39 +375,7 @@ enum BenchTarget {
     },
     /// A coordinator process under N simulated workers over loopback gRPC (no training), with
     /// Ray Tune running the same trials side by side; or, with --sizes, large sweeps.
-    Coordinator {
-        /// Simulated workers, one connection each.
-        #[arg(long, default_value_t = 100)]
-        workers: usize,
-        /// Trials in the sweep.
-        #[arg(long, default_value_t = 2_000)]
-        trials: u64,
-        /// Epoch reports per trial, sent one by one.
-        #[arg(long, default_value_t = 10)]
-        epochs: u32,
-        /// Trials each simulated worker runs at once.
-        #[arg(long, default_value_t = 1)]
-        slots: u32,
-        /// Also write the figures as JSON.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Time submitting 100,000 and 1,000,000 trials, GetStatus over them and exporting
-        /// 1,000,000 epoch rows instead.
-        #[arg(long)]
-        sizes: bool,
-        /// Skip Ray Tune.
-        #[arg(long)]
-        no_peer: bool,
-        /// Trials Ray Tune runs (default: --trials).
-        #[arg(long)]
-        peer_trials: Option<u64>,
-        /// Python with Ray Tune (default: installed by the bench into .deps/ray).
-        #[arg(long)]
-        python: Option<PathBuf>,
-        /// Folder for the state folders (default: a temporary one, removed after).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-    },
+    Coordinator(commands::bench_coordinator::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -559,35 +527,11 @@ fn main() -> std::process::ExitCode {
                 json,
             }),
             Command::Bench {
-                target:
-                    Some(BenchTarget::Coordinator {
-                        workers,
-                        trials,
-                        epochs,
-                        slots,
-                        json,
-                        sizes,
-                        no_peer,
-                        peer_trials,
-                        python,
-                        dir,
-                    }),
+                target: Some(BenchTarget::Coordinator(args)),
                 ..
             } => {
                 logging::init_stderr(cli.log_format);
-                commands::bench_coordinator::bench(commands::bench_coordinator::Args {
-                    workers,
-                    trials,
-                    epochs,
-                    slots,
-                    json,
-                    sizes,
-                    no_peer,
-                    peer_trials,
-                    python,
-                    dir,
-                })
-                .await
+                commands::bench_coordinator::bench(args).await
             }
             Command::Bench {
                 target: Some(BenchTarget::Rpc { calls, rounds }),

@@ -39,9 +39,10 @@ pub(crate) struct GroupCommit {
     metrics: Arc<Metrics>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic under the lock cannot leave SQLite half-written (transactions roll back on
-    // drop), and the queue is a plain list: both stay usable.
+/// Locks `m` even when a panic poisoned it: what the coordinator keeps under its locks stays
+/// usable after one (a store's transactions roll back on drop; the queue and maps are plain
+/// collections).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
-use crate::commit::GroupCommit;
+use crate::commit::{GroupCommit, lock};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::store::{Completed, LeasePolicy, Store, Submitted, Write, Written};
@@ -221,7 +221,7 @@ impl Coordinator {
         let now = self.clock.now_ms();
         let alive_since = now - 3 * self.config.heartbeat_interval.as_millis() as i64;
         let workers = self.read("workers", |s| s.workers())?;
-        let mut alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
+        let mut alive = lock(&self.alive);
         for (id, name, seen) in workers {
             let was = alive.contains_key(&id);
             let is = seen >= alive_since;
@@ -263,7 +263,7 @@ impl Coordinator {
 
     /// Runs one read on the read-only connection, timed.
     fn read<T>(&self, op: &str, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
-        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let reader = lock(&self.reader);
         let started = std::time::Instant::now();
         let out = f(&reader);
         self.metrics.store(op, started.elapsed());
@@ -328,9 +328,7 @@ impl Coordinator {
     }
 
     fn store(&self) -> MutexGuard<'_, Store> {
-        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
-        // back on drop), so the store stays usable.
-        self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.store)
     }
 
     /// Asks every worker to finish what it holds and exit (used when a local run is done).
@@ -416,10 +414,7 @@ impl Coordinator {
             s.register_worker(&req.name, &req.host, &req.devices, req.slots, now)
         })?;
         info!(worker = %worker_id, host = %req.host, name = %req.name, devices = ?req.devices, slots = req.slots, "worker registered");
-        self.alive
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(worker_id.clone(), req.name.clone());
+        lock(&self.alive).insert(worker_id.clone(), req.name.clone());
         self.emit(pb::watch_event::Event::Worker(pb::WorkerChanged {
             worker_id: worker_id.clone(),
             name: req.name.clone(),
@@ -632,7 +627,7 @@ impl Coordinator {
     /// Status of one sweep (or of all when `sweep_id` is empty).
     pub fn status(&self, sweep_id: &str) -> Result<pb::GetStatusResponse> {
         let now = self.clock.now_ms();
-        let store = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let store = lock(&self.reader);
         let ids = if sweep_id.is_empty() {
             store.sweep_ids()?
         } else {

@@ -229,29 +229,10 @@ impl SweepSpec {
     pub fn expand(&self) -> Result<Vec<TrialSpec>> {
         let mut trials = Vec::with_capacity(self.grid_size());
         let mut seen = std::collections::HashSet::new();
-        let mut index = vec![0usize; self.axes.len()];
-        for &seed in &self.seeds {
-            loop {
-                let mut value = Json::Object(self.base.clone());
-                for (axis, &i) in self.axes.iter().zip(&index) {
-                    set_path(&mut value, &axis.path, axis.values[i].clone());
-                }
-                set_path(&mut value, "seed", Json::from(seed));
-                let spec = trial_from_json(value).map_err(|e| {
-                    let point: BTreeMap<&str, String> = self
-                        .axes
-                        .iter()
-                        .zip(&index)
-                        .map(|(axis, &i)| (axis.name.as_str(), axis.values[i].to_string()))
-                        .collect();
-                    grid_point_error(e, &point, seed)
-                })?;
-                if seen.insert(spec.id()) {
-                    trials.push(spec);
-                }
-                if !advance(&mut index, &self.axes) {
-                    break;
-                }
+        for n in 0..self.grid_size() {
+            let spec = self.point(n)?;
+            if seen.insert(spec.id()) {
+                trials.push(spec);
             }
         }
         Ok(trials)
@@ -389,18 +370,6 @@ fn check_size(grid: Option<&toml::Table>, seeds: Option<&Seeds>, max_trials: u64
             ),
         )),
     }
-}
-
-/// Moves to the next grid point (last axis fastest); false after the last one.
-fn advance(index: &mut [usize], axes: &[Axis]) -> bool {
-    for pos in (0..index.len()).rev() {
-        index[pos] += 1;
-        if index[pos] < axes[pos].values.len() {
-            return true;
-        }
-        index[pos] = 0;
-    }
-    false
 }
 
 fn grid_point_error(e: FieldError, point: &BTreeMap<&str, String>, seed: u64) -> Error {

@@ -21,28 +21,39 @@ use convsweep_proto::{PROTOCOL_VERSION, pb};
 use serde_json::json;
 use tokio::sync::Mutex;
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run: the flags of `convsweep bench coordinator`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Simulated workers (one connection each).
+    /// Simulated workers, one connection each.
+    #[arg(long, default_value_t = 100)]
     pub workers: usize,
     /// Trials in the sweep.
+    #[arg(long, default_value_t = 2_000)]
     pub trials: u64,
-    /// Epoch reports per trial.
+    /// Epoch reports per trial, sent one by one.
+    #[arg(long, default_value_t = 10)]
     pub epochs: u32,
-    /// Trials each worker runs at once.
+    /// Trials each simulated worker runs at once.
+    #[arg(long, default_value_t = 1)]
     pub slots: u32,
-    /// Also write the figures here.
+    /// Also write the figures as JSON.
+    #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Measure large sweeps instead.
+    /// Time submitting 100,000 and 1,000,000 trials, GetStatus over them and exporting
+    /// 1,000,000 epoch rows instead.
+    #[arg(long)]
     pub sizes: bool,
     /// Skip Ray Tune.
+    #[arg(long)]
     pub no_peer: bool,
-    /// Trials Ray Tune runs (default: as many as convsweep).
+    /// Trials Ray Tune runs (default: --trials).
+    #[arg(long)]
     pub peer_trials: Option<u64>,
-    /// Python for Ray Tune (default: the bench's own install under `.deps/ray`).
+    /// Python with Ray Tune (default: installed by the bench into .deps/ray).
+    #[arg(long)]
     pub python: Option<PathBuf>,
-    /// Where state folders go (default: a temporary folder).
+    /// Folder for the state folders (default: a temporary one, removed after).
+    #[arg(long)]
     pub dir: Option<PathBuf>,
 }
 
@@ -57,7 +68,7 @@ impl Samples {
             if self.0.is_empty() {
                 0.0
             } else {
-                self.0[((self.0.len() - 1) as f64 * q).round() as usize] * 1000.0
+                super::bench_rpc::quantile(&self.0, q) * 1000.0
             }
         };
         json!({"calls": self.0.len(), "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": q(1.0)})
@@ -246,7 +257,13 @@ fn epoch(n: u32) -> pb::EpochMetrics {
     }
 }
 
-fn timed<T>(samples: &mut Samples, started: Instant, r: Result<T, tonic::Status>) -> Result<T> {
+/// Awaits one call, adding its latency to `samples`.
+async fn timed<T>(
+    samples: &mut Samples,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T> {
+    let started = Instant::now();
+    let r = call.await;
     samples.0.push(started.elapsed().as_secs_f64());
     Ok(r?)
 }
@@ -278,47 +295,38 @@ async fn slot(
         }
         l.lease.0.push(t.elapsed().as_secs_f64());
         for lease in leases {
-            let t = Instant::now();
-            let r = client
-                .heartbeat(pb::HeartbeatRequest {
-                    worker_id: worker_id.clone(),
-                    leases: vec![pb::LeaseRef {
-                        trial_id: lease.trial_id.clone(),
-                        lease_token: lease.lease_token.clone(),
-                    }],
-                })
-                .await;
-            timed(&mut l.heartbeat, t, r)?;
+            let heartbeat = client.heartbeat(pb::HeartbeatRequest {
+                worker_id: worker_id.clone(),
+                leases: vec![pb::LeaseRef {
+                    trial_id: lease.trial_id.clone(),
+                    lease_token: lease.lease_token.clone(),
+                }],
+            });
+            timed(&mut l.heartbeat, heartbeat).await?;
             for e in 1..=epochs {
-                let t = Instant::now();
-                let r = client
-                    .report_epochs(pb::ReportEpochsRequest {
-                        worker_id: worker_id.clone(),
-                        trial_id: lease.trial_id.clone(),
-                        lease_token: lease.lease_token.clone(),
-                        epochs: vec![epoch(e)],
-                    })
-                    .await;
-                timed(&mut l.report, t, r)?;
-            }
-            let t = Instant::now();
-            let r = client
-                .complete(pb::CompleteRequest {
+                let report = client.report_epochs(pb::ReportEpochsRequest {
                     worker_id: worker_id.clone(),
                     trial_id: lease.trial_id.clone(),
                     lease_token: lease.lease_token.clone(),
-                    outcome: Some(pb::complete_request::Outcome::Succeeded(pb::Succeeded {
-                        result: Some(pb::TrialResult {
-                            final_test_acc: 0.5,
-                            best_test_acc: 0.5,
-                            best_epoch: epochs,
-                            device: "simulated".into(),
-                            ..Default::default()
-                        }),
-                    })),
-                })
-                .await;
-            timed(&mut l.complete, t, r)?;
+                    epochs: vec![epoch(e)],
+                });
+                timed(&mut l.report, report).await?;
+            }
+            let complete = client.complete(pb::CompleteRequest {
+                worker_id: worker_id.clone(),
+                trial_id: lease.trial_id.clone(),
+                lease_token: lease.lease_token.clone(),
+                outcome: Some(pb::complete_request::Outcome::Succeeded(pb::Succeeded {
+                    result: Some(pb::TrialResult {
+                        final_test_acc: 0.5,
+                        best_test_acc: 0.5,
+                        best_epoch: epochs,
+                        device: "simulated".into(),
+                        ..Default::default()
+                    }),
+                })),
+            });
+            timed(&mut l.complete, complete).await?;
             done.fetch_add(1, Ordering::SeqCst);
             *last_done.lock().await = Instant::now();
         }
@@ -668,7 +676,7 @@ async fn export_rows(dir: &Path) -> Result<serde_json::Value> {
             std::fs::create_dir_all(&state)?;
             let mut store = Store::open(&state, LeasePolicy::default())?;
             let spec = convsweep_coordinator::sweep::SweepSpec::from_toml(&sweep_spec("exported", trials, epochs))?;
-            store.submit_sweep(&spec.id, "", &spec.expand()?, 0)?;
+            store.submit_canonical(&spec.id, "", &spec.expand_canonical()?, 0)?;
             let worker = store.register_worker("filler", "bench", &[], 1000, 0)?;
             loop {
                 let leases = store.lease(&worker, 1000, 1)?;

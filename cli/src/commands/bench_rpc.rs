@@ -24,7 +24,8 @@ pub struct Latency {
     pub max: f64,
 }
 
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+/// The `q` quantile of sorted samples (nearest rank).
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 

@@ -67,26 +67,16 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// The canonical JSON of each trial and its id, computed on every core.
+/// The canonical JSON of each trial and its id (a large sweep has them from
+/// [`crate::sweep::SweepSpec::expand_canonical`], computed on every core).
 fn canonical_ids(trials: &[TrialSpec]) -> Vec<(TrialId, String)> {
-    let one = |t: &TrialSpec| {
-        let json = t.canonical_json();
-        (TrialId::of_canonical_json(&json), json)
-    };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    if threads == 1 || trials.len() < 1024 {
-        return trials.iter().map(one).collect();
-    }
-    std::thread::scope(|scope| {
-        let parts: Vec<_> = trials
-            .chunks(trials.len().div_ceil(threads))
-            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|p| p.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-            .collect()
-    })
+    trials
+        .iter()
+        .map(|t| {
+            let json = t.canonical_json();
+            (TrialId::of_canonical_json(&json), json)
+        })
+        .collect()
 }
 
 impl Store {
@@ -201,8 +191,9 @@ impl Store {
     /// `sweep` after its last position, in expansion order. Returns (trials created, trials
     /// linked).
     ///
-    /// Built for a million trials: rows go in chunk by chunk in id order (the id indexes are hashes: sorted inserts walk their pages
-    /// once instead of at random), and the sweep's progress counts are added once at the end.
+    /// Built for a million trials: rows go in chunk by chunk in id order (the id indexes are
+    /// hashes: sorted inserts walk their pages once instead of at random), and the sweep's
+    /// progress counts are added once at the end.
     fn add_trials(tx: &Connection, sweep: &SweepId, trials: &[(TrialId, String)], now: i64) -> Result<(u32, u32)> {
         const CHUNK: usize = 1 << 16;
         let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM trials", [], |r| r.get(0))?;

@@ -7,13 +7,12 @@
 //! needs no savepoint to be undone and leaves the others of its batch in place, while any other
 //! error (SQLite failing mid-op) rolls the whole batch back and none of it is acknowledged.
 
-use rusqlite::{Connection, OptionalExtension, Params, Row, params};
-
-use convsweep_proto::{Outcome, TrialState, pb};
-
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use convsweep_proto::{Outcome, TrialState, pb};
+use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
 use super::schema::state_of;
 use crate::error::{Error, Result};
