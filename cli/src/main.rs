@@ -139,6 +139,34 @@ enum Command {
         /// Seconds to keep trying to reach the coordinator at start-up (it may start later).
         #[arg(long, default_value_t = 900, env = "CONVSWEEP_CONNECT_TIMEOUT_SECS")]
         connect_timeout_secs: u64,
+        /// Seconds a trial may go without progress (a finished batch or evaluation step)
+        /// before its process is killed and the attempt fails (retryable).
+        #[arg(long, default_value_t = 1800, env = "CONVSWEEP_STALL_TIMEOUT")]
+        stall_timeout: u64,
+        /// Most resident memory of one trial process, in MiB; a trial that grows past it is
+        /// killed and fails for good (the same spec would again). None: no limit.
+        #[arg(long, env = "CONVSWEEP_MAX_TRIAL_RSS")]
+        max_trial_rss: Option<u64>,
+        /// Train trials on threads of the worker process instead of a process per trial (a
+        /// crash in libtorch then takes the worker and all its slots down).
+        #[arg(long, env = "CONVSWEEP_IN_PROCESS")]
+        in_process: bool,
+    },
+    /// One trial attempt in a process of its own, driven by a worker over stdin and stdout.
+    #[command(hide = true)]
+    TrialProcess {
+        /// Device.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// libtorch intra-op threads.
+        #[arg(long)]
+        threads: Option<u32>,
+        /// Checkpoint folder.
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
+        /// Epochs between checkpoints.
+        #[arg(long, default_value_t = 1)]
+        checkpoint_every: u32,
     },
     /// Submit a sweep spec to a coordinator; prints the sweep id.
     Submit {
@@ -465,9 +493,18 @@ fn main() -> std::process::ExitCode {
                 checkpoint_every,
                 exit_when_idle,
                 connect_timeout_secs,
+                stall_timeout,
+                max_trial_rss,
+                in_process,
             } => {
                 logging::init_stderr(cli.log_format);
                 commands::worker(commands::WorkerArgs {
+                    isolation: (!in_process).then_some(commands::Isolation {
+                        stall_timeout: Duration::from_secs(stall_timeout.max(1)),
+                        max_trial_rss_mib: max_trial_rss,
+                        log_format: cli.log_format,
+                        malloc_tuning: cli.malloc_tuning,
+                    }),
                     exit_when_idle,
                     connect_timeout: Duration::from_secs(connect_timeout_secs.max(1)),
                     coordinator: cli.access.connection(&coordinator)?,
@@ -481,6 +518,22 @@ fn main() -> std::process::ExitCode {
                     fft_conv: cli.fft_conv,
                 })
                 .await
+            }
+            #[cfg(feature = "worker")]
+            Command::TrialProcess {
+                device,
+                threads,
+                checkpoint_dir,
+                checkpoint_every,
+            } => {
+                logging::init_stderr(cli.log_format);
+                commands::trial_process(commands::TrialProcessArgs {
+                    device,
+                    threads,
+                    checkpoint_dir,
+                    checkpoint_every,
+                    fft_conv: cli.fft_conv,
+                })
             }
             Command::Submit { spec, coordinator } => {
                 logging::init_stderr(cli.log_format);
@@ -624,6 +677,7 @@ fn main() -> std::process::ExitCode {
             #[cfg(not(feature = "worker"))]
             Command::Run { .. }
             | Command::Worker { .. }
+            | Command::TrialProcess { .. }
             | Command::ModelInfo { .. }
             | Command::Bench { target: None, .. } => Err(anyhow::anyhow!(
                 "this convsweep was built without the `worker` feature (a coordinator-only build): it serves, submits, \

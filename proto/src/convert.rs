@@ -52,6 +52,18 @@ impl TryFrom<pb::TrialLease> for Lease {
     }
 }
 
+impl From<&Lease> for pb::TrialLease {
+    fn from(l: &Lease) -> Self {
+        pb::TrialLease {
+            trial_id: l.trial_id.to_string(),
+            sweep_id: l.sweep_id.to_string(),
+            spec_json: l.spec.canonical_json(),
+            attempt: l.attempt,
+            lease_token: l.token.clone(),
+        }
+    }
+}
+
 impl From<&Lease> for pb::LeaseRef {
     fn from(l: &Lease) -> Self {
         pb::LeaseRef {

@@ -141,9 +141,11 @@ where
     }
 }
 
+/// A trial attempt this worker runs, under its lease token (two attempts of one trial may
+/// overlap for a moment: an expired one still stopping and its successor).
 #[derive(Debug)]
 struct Running {
-    token: String,
+    trial_id: String,
     signal: Arc<AtomicU8>,
 }
 
@@ -155,6 +157,7 @@ struct Shared {
     /// What `Register` sends, for registering again.
     register: pb::RegisterRequest,
     config: WorkerConfig,
+    /// Running attempts by lease token.
     running: Mutex<HashMap<String, Running>>,
     drain: AtomicBool,
     /// Cancelled when the worker must stop (signal); trials get `grace` to wrap up.
@@ -195,16 +198,24 @@ impl Shared {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         running
             .iter()
-            .map(|(trial_id, r)| pb::LeaseRef {
-                trial_id: trial_id.clone(),
-                lease_token: r.token.clone(),
+            .map(|(token, r)| pb::LeaseRef {
+                trial_id: r.trial_id.clone(),
+                lease_token: token.clone(),
             })
             .collect()
     }
 
-    fn signal(&self, trial_id: &str, signal: Signal) {
+    /// Signals the attempt a heartbeat status is about: by its lease token, or (from a
+    /// coordinator that does not send tokens) every attempt of its trial.
+    fn signal(&self, status: &pb::LeaseStatus, signal: Signal) {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = running.get(trial_id) {
+        if !status.lease_token.is_empty() {
+            if let Some(r) = running.get(&status.lease_token) {
+                r.signal.store(signal as u8, Ordering::Relaxed);
+            }
+            return;
+        }
+        for r in running.values().filter(|r| r.trial_id == status.trial_id) {
             r.signal.store(signal as u8, Ordering::Relaxed);
         }
     }
@@ -373,8 +384,21 @@ async fn lease_loop(shared: &Arc<Shared>, trainer: &Arc<dyn Trainer>, tracker: &
             }
             return;
         }
+        let asked = request.max_trials as usize;
         for wire in response.leases {
-            let permit = permits.pop().expect("never more leases than asked for");
+            let Some(permit) = permits.pop() else {
+                // More leases than asked for (a misbehaving coordinator): hand the surplus back
+                // rather than overrun the slots.
+                warn!(trial = %wire.trial_id, asked, "the coordinator leased more trials than asked for; handing this one back");
+                let shared = shared.clone();
+                tracker.spawn(async move {
+                    let outcome = Outcome::Preempted {
+                        reason: format!("worker asked for {asked} trials and was leased more; handed back unstarted"),
+                    };
+                    let _ = complete(&shared, &wire.trial_id, &wire.lease_token, outcome).await;
+                });
+                continue;
+            };
             let trial_id = wire.trial_id.clone();
             let token = wire.lease_token.clone();
             match Lease::try_from(wire) {
@@ -426,11 +450,11 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration, stop: Cancellat
                     match pb::LeaseDirective::try_from(status.directive) {
                         Ok(pb::LeaseDirective::Cancel) => {
                             info!(trial = %status.trial_id, "trial cancelled; stopping it");
-                            shared.signal(&status.trial_id, Signal::Stop);
+                            shared.signal(&status, Signal::Stop);
                         }
                         Ok(pb::LeaseDirective::Lost) => {
                             warn!(trial = %status.trial_id, "lease lost; stopping the trial");
-                            shared.signal(&status.trial_id, Signal::Stop);
+                            shared.signal(&status, Signal::Stop);
                         }
                         _ => {}
                     }
@@ -447,9 +471,9 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
     let token = lease.token.clone();
     let (ctl, signal, mut events) = TrialControl::new();
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).insert(
-        trial_id.clone(),
+        token.clone(),
         Running {
-            token: token.clone(),
+            trial_id: trial_id.clone(),
             signal: signal.clone(),
         },
     );
@@ -506,16 +530,16 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
     };
     if let TrainEnd::Finished(outcome) = end {
         if complete(&shared, &trial_id, &token, outcome.clone()).await {
-            trainer_for_ack.acknowledged(&lease_for_ack, &outcome);
+            // Removing checkpoints is file I/O: off the runtime's threads.
+            let acked = tokio::task::spawn_blocking(move || trainer_for_ack.acknowledged(&lease_for_ack, &outcome));
+            if let Err(e) = acked.await {
+                warn!(trial = %trial_id, error = %e, "cleaning up after the trial failed");
+            }
         }
     } else {
         info!(trial = %trial_id, "trial stopped without a report");
     }
-    shared
-        .running
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&trial_id);
+    shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&token);
 }
 
 /// Sends epochs; false when the coordinator refused them for good (the lease is gone).

@@ -5,7 +5,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use convsweep_proto::{Lease, Outcome, pb};
 use tokio::sync::mpsc;
@@ -34,6 +34,9 @@ pub enum TrialEvent {
 pub struct TrialControl {
     signal: Arc<AtomicU8>,
     events: mpsc::UnboundedSender<TrialEvent>,
+    /// How often the trainer looked at the signal: it does so between batches and between
+    /// evaluation passes, so a count that stops growing means a trainer that is stuck.
+    progress: Arc<AtomicU64>,
 }
 
 impl TrialControl {
@@ -45,19 +48,32 @@ impl TrialControl {
             TrialControl {
                 signal: signal.clone(),
                 events: tx,
+                progress: Arc::new(AtomicU64::new(0)),
             },
             signal,
             rx,
         )
     }
 
-    /// The agent's current request.
+    /// The agent's current request. Trainers call it between batches: each call counts as
+    /// progress (see [`TrialControl::progress`]).
     pub fn signal(&self) -> Signal {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+        self.peek_signal()
+    }
+
+    /// The agent's current request, without counting it as progress (for supervisors).
+    pub fn peek_signal(&self) -> Signal {
         match self.signal.load(Ordering::Relaxed) {
             0 => Signal::Run,
             1 => Signal::Stop,
             _ => Signal::Preempt,
         }
+    }
+
+    /// How many times the trainer has checked the signal so far: the watchdog's sign of life.
+    pub fn progress(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
     }
 
     /// Sends one epoch's metrics (dropped silently when the agent is gone).

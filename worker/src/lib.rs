@@ -7,6 +7,8 @@
 //!   its training loop, optimiser, schedule and checkpoints.
 //! - [`model`]: the paper's models built from a spec (init schemes, LC-blocks, freezing).
 //! - [`data`]: datasets, the per-worker cache and the on-device batch pipeline.
+//! - [`isolate`]: a process per trial attempt, its pipe protocol and its watchdog (stall
+//!   timeout, memory limit), and the child's side.
 //! - [`eval`]: robustness (FGSM, PGD, corruptions) and filter statistics after training.
 //! - [`device`]: choosing the device, the CPU allocator policy, peak memory (CUDA allocator or
 //!   process RSS).
@@ -19,6 +21,7 @@ pub mod control;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod isolate;
 pub mod model;
 pub mod rng;
 pub mod trainer;

@@ -208,6 +208,96 @@ pub struct WorkerArgs {
     pub fft_conv: bool,
     pub exit_when_idle: bool,
     pub connect_timeout: Duration,
+    /// A process per trial (None: threads of the worker).
+    pub isolation: Option<Isolation>,
+}
+
+/// How a worker runs its trial processes.
+#[derive(Debug, Clone, Copy)]
+pub struct Isolation {
+    pub stall_timeout: Duration,
+    pub max_trial_rss_mib: Option<u64>,
+    pub log_format: crate::logging::Format,
+    pub malloc_tuning: bool,
+}
+
+/// The flags of the hidden `convsweep trial-process`.
+#[derive(Debug)]
+pub struct TrialProcessArgs {
+    pub device: String,
+    pub threads: Option<u32>,
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    pub checkpoint_every: u32,
+    pub fft_conv: bool,
+}
+
+#[cfg(feature = "worker")]
+fn checkpoint_store(dir: Option<&Path>, every: u32) -> Result<Option<convsweep_worker::trainer::CheckpointStore>> {
+    dir.map(|dir| {
+        convsweep_worker::trainer::CheckpointStore::new(dir, every)
+            .with_context(|| format!("cannot use checkpoint folder {}", dir.display()))
+    })
+    .transpose()
+}
+
+/// `convsweep trial-process`: one trial, its lease on stdin, frames on stdout.
+#[cfg(feature = "worker")]
+pub fn trial_process(args: TrialProcessArgs) -> Result<ExitCode> {
+    if let Some(t) = args.threads {
+        tch::set_num_threads(t.max(1) as i32);
+    }
+    let out = convsweep_worker::isolate::take_stdout().context("cannot take standard output for the worker")?;
+    let device = convsweep_worker::pick_device(&args.device)?;
+    let checkpoints = checkpoint_store(args.checkpoint_dir.as_deref(), args.checkpoint_every)?;
+    let compute = convsweep_worker::model::Compute {
+        device,
+        fft_conv: args.fft_conv,
+    };
+    let trainer = Arc::new(convsweep_worker::TchTrainer::new(compute, checkpoints));
+    let code = convsweep_worker::isolate::serve_trial(trainer, std::io::stdin(), out);
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// The command line of a worker's trial processes: this binary, its global flags, and
+/// `trial-process` with the worker's device, threads and checkpoints.
+#[cfg(feature = "worker")]
+fn child_command(
+    args: &WorkerArgs,
+    iso: &Isolation,
+    device: tch::Device,
+) -> Result<convsweep_worker::isolate::ChildCommand> {
+    let program = std::env::current_exe().context("cannot find this program's path to start trial processes")?;
+    let format = match iso.log_format {
+        crate::logging::Format::Text => "text",
+        crate::logging::Format::Json => "json",
+    };
+    let device = match device {
+        tch::Device::Cuda(n) => format!("cuda:{n}"),
+        _ => "cpu".to_owned(),
+    };
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        "--log-format".into(),
+        format.into(),
+        "--fft-conv".into(),
+        args.fft_conv.to_string().into(),
+        "--malloc-tuning".into(),
+        iso.malloc_tuning.to_string().into(),
+        "trial-process".into(),
+        "--device".into(),
+        device.into(),
+    ];
+    if let Some(t) = args.threads {
+        argv.extend(["--threads".into(), t.to_string().into()]);
+    }
+    if let Some(dir) = &args.checkpoint_dir {
+        argv.extend([
+            "--checkpoint-dir".into(),
+            dir.clone().into_os_string(),
+            "--checkpoint-every".into(),
+            args.checkpoint_every.to_string().into(),
+        ]);
+    }
+    Ok(convsweep_worker::isolate::ChildCommand { program, args: argv })
 }
 
 /// `convsweep worker`.
@@ -220,18 +310,29 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
         tch::set_num_threads(t.max(1) as i32);
     }
     let device = convsweep_worker::pick_device(&args.device)?;
-    let checkpoints = match &args.checkpoint_dir {
-        Some(dir) => Some(
-            convsweep_worker::trainer::CheckpointStore::new(dir, args.checkpoint_every)
-                .with_context(|| format!("cannot use checkpoint folder {}", dir.display()))?,
-        ),
-        None => None,
+    let checkpoints = checkpoint_store(args.checkpoint_dir.as_deref(), args.checkpoint_every)?;
+    let trainer: Arc<dyn convsweep_worker::Trainer> = match &args.isolation {
+        Some(iso) => {
+            let limits = convsweep_worker::isolate::Limits {
+                stall_timeout: iso.stall_timeout,
+                max_rss_bytes: iso.max_trial_rss_mib.map(|m| m.saturating_mul(1 << 20)),
+                ..Default::default()
+            };
+            Arc::new(convsweep_worker::isolate::ProcessTrainer::new(
+                child_command(&args, iso, device)?,
+                limits,
+                vec![convsweep_worker::device::describe_device(device)],
+                checkpoints,
+            ))
+        }
+        None => {
+            let compute = convsweep_worker::model::Compute {
+                device,
+                fft_conv: args.fft_conv,
+            };
+            Arc::new(convsweep_worker::TchTrainer::new(compute, checkpoints))
+        }
     };
-    let compute = convsweep_worker::model::Compute {
-        device,
-        fft_conv: args.fft_conv,
-    };
-    let trainer = Arc::new(convsweep_worker::TchTrainer::new(compute, checkpoints));
     let config = convsweep_worker::WorkerConfig {
         coordinator: args.coordinator,
         name: worker_name(args.name),

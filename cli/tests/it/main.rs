@@ -3,6 +3,7 @@
 mod bench;
 mod chaos;
 mod common;
+mod isolation;
 mod processes;
 mod reading;
 mod security;

@@ -282,6 +282,7 @@ pub(super) fn heartbeat(
         out.push(pb::LeaseStatus {
             trial_id: l.trial_id.clone(),
             directive: directive as i32,
+            lease_token: l.lease_token.clone(),
         });
     }
     Ok(out)

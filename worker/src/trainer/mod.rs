@@ -66,12 +66,19 @@ impl Trainer for TchTrainer {
     }
 
     fn acknowledged(&self, lease: &Lease, outcome: &Outcome) {
-        let done = match outcome {
-            Outcome::Succeeded(_) | Outcome::Failed { retryable: false, .. } => true,
-            Outcome::Failed { retryable: true, .. } | Outcome::Preempted { .. } => false,
-        };
-        if done && let Some(store) = &self.checkpoints {
-            store.remove(lease.trial_id.as_str());
-        }
+        remove_finished(self.checkpoints.as_ref(), lease, outcome);
+    }
+}
+
+/// Deletes the checkpoints of a trial the coordinator acknowledged as done for good (it
+/// succeeded or failed for good); a retryable failure or a preemption keeps them for the next
+/// attempt. Blocking file I/O: call it off the async runtime.
+pub fn remove_finished(checkpoints: Option<&CheckpointStore>, lease: &Lease, outcome: &Outcome) {
+    let done = match outcome {
+        Outcome::Succeeded(_) | Outcome::Failed { retryable: false, .. } => true,
+        Outcome::Failed { retryable: true, .. } | Outcome::Preempted { .. } => false,
+    };
+    if done && let Some(store) = checkpoints {
+        store.remove(lease.trial_id.as_str());
     }
 }

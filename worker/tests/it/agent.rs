@@ -475,3 +475,234 @@ async fn a_worker_registers_again_with_a_coordinator_that_forgot_it() {
         .unwrap();
     stop.cancel();
 }
+
+/// A coordinator in front of the real one that misbehaves on purpose: leases more than asked,
+/// drops heartbeats on request, and records the lease tokens of every heartbeat.
+struct Meddler {
+    inner: Arc<Coordinator>,
+    extra_leases: u32,
+    drop_heartbeats: Arc<std::sync::atomic::AtomicBool>,
+    heartbeats: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+}
+
+#[tonic::async_trait]
+impl pb::worker_service_server::WorkerService for Meddler {
+    async fn register(
+        &self,
+        req: tonic::Request<pb::RegisterRequest>,
+    ) -> Result<tonic::Response<pb::RegisterResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.inner.register(req.into_inner())?))
+    }
+
+    async fn lease(
+        &self,
+        req: tonic::Request<pb::LeaseRequest>,
+    ) -> Result<tonic::Response<pb::LeaseResponse>, tonic::Status> {
+        let mut req = req.into_inner();
+        req.max_trials += self.extra_leases;
+        Ok(tonic::Response::new(self.inner.lease(req).await?))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: tonic::Request<pb::HeartbeatRequest>,
+    ) -> Result<tonic::Response<pb::HeartbeatResponse>, tonic::Status> {
+        if self.drop_heartbeats.load(Ordering::SeqCst) {
+            return Err(tonic::Status::unavailable("heartbeat dropped by the test"));
+        }
+        let req = req.into_inner();
+        let tokens = req.leases.iter().map(|l| l.lease_token.clone()).collect();
+        self.heartbeats.lock().unwrap().push(tokens);
+        Ok(tonic::Response::new(self.inner.heartbeat(req)?))
+    }
+
+    async fn report_epochs(
+        &self,
+        req: tonic::Request<pb::ReportEpochsRequest>,
+    ) -> Result<tonic::Response<pb::ReportEpochsResponse>, tonic::Status> {
+        self.inner.report_epochs(req.into_inner())?;
+        Ok(tonic::Response::new(pb::ReportEpochsResponse {}))
+    }
+
+    async fn complete(
+        &self,
+        req: tonic::Request<pb::CompleteRequest>,
+    ) -> Result<tonic::Response<pb::CompleteResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.inner.complete(req.into_inner())?))
+    }
+}
+
+impl Meddler {
+    fn new(inner: Arc<Coordinator>, extra_leases: u32) -> Meddler {
+        Meddler {
+            inner,
+            extra_leases,
+            drop_heartbeats: Arc::default(),
+            heartbeats: Arc::default(),
+        }
+    }
+
+    /// Serves it on a loopback port; returns the URL.
+    async fn serve(self, stop: CancellationToken) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::worker_service_server::WorkerServiceServer::new(self))
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+                    stop.cancelled().await
+                }),
+        );
+        url
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn surplus_leases_are_handed_back_not_a_panic() {
+    let s = coordinator().await;
+    s.coordinator.submit(SPEC).unwrap();
+    let url = Meddler::new(s.coordinator.clone(), 2).serve(s.stop.clone()).await;
+    let trainer = Scripted::new(|_, _| {
+        std::thread::sleep(Duration::from_millis(50));
+        success()
+    });
+    let agent = tokio::spawn(run(config(&url, 1), trainer.clone(), CancellationToken::new()));
+    let status = wait_for(&s.coordinator, "all done", |c| c.succeeded == 4).await;
+    assert!(status.failures.is_empty(), "{:?}", status.failures);
+    assert_eq!(
+        trainer.max_running.load(Ordering::SeqCst),
+        1,
+        "one slot, one trial at a time"
+    );
+    assert!(!agent.is_finished(), "the worker is still serving");
+    s.drain_and_join(agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_attempt_ending_does_not_stop_the_heartbeats_of_its_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::open(CoordinatorConfig {
+        state_dir: dir.path().to_owned(),
+        heartbeat_interval: Duration::from_millis(100),
+        lease_timeout: Duration::from_millis(1500),
+        max_attempts: 3,
+        max_lease_wait: Duration::from_millis(300),
+        expiry_interval: Duration::from_millis(50),
+        watch_interval: Duration::from_millis(100),
+        max_trials_per_sweep: convsweep_coordinator::sweep::DEFAULT_MAX_TRIALS_PER_SWEEP,
+    })
+    .unwrap();
+    coordinator
+        .submit(&SPEC.replace("kernel_size = [3, 5, 7, 9]", "kernel_size = [3]"))
+        .unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(coordinator.clone().run_expiry(stop.clone()));
+    let meddler = Meddler::new(coordinator.clone(), 0);
+    let (drop_heartbeats, heartbeats) = (meddler.drop_heartbeats.clone(), meddler.heartbeats.clone());
+    let url = meddler.serve(stop.clone()).await;
+
+    let second_started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let first_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trainer = Scripted::new({
+        let (second_started, first_ended) = (second_started.clone(), first_ended.clone());
+        move |lease, _| {
+            let wait = |flag: &std::sync::atomic::AtomicBool, what: &str| {
+                let start = Instant::now();
+                while !flag.load(Ordering::SeqCst) {
+                    assert!(start.elapsed() < Duration::from_secs(30), "{what} never happened");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            };
+            if lease.attempt == 1 {
+                // Heartbeats stop reaching the coordinator: this lease expires and the trial is
+                // leased again, to this worker's other slot.
+                drop_heartbeats.store(true, Ordering::SeqCst);
+                wait(&second_started, "the second attempt");
+                first_ended.store(true, Ordering::SeqCst);
+                return TrainEnd::Stopped;
+            }
+            if lease.attempt > 2 {
+                // Attempt 2's lease expired: its heartbeats stopped.
+                return TrainEnd::Finished(Outcome::Failed {
+                    retryable: false,
+                    reason: format!("attempt {}: the second attempt's lease expired", lease.attempt),
+                });
+            }
+            second_started.store(true, Ordering::SeqCst);
+            drop_heartbeats.store(false, Ordering::SeqCst);
+            wait(&first_ended, "the end of the first attempt");
+            // Once the first attempt is cleaned up, heartbeats must still carry this lease.
+            std::thread::sleep(Duration::from_millis(500));
+            let seen = heartbeats.lock().unwrap().len();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(3) {
+                if heartbeats.lock().unwrap()[seen..]
+                    .iter()
+                    .any(|h| h.contains(&lease.token))
+                {
+                    return success();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            TrainEnd::Finished(Outcome::Failed {
+                retryable: false,
+                reason: "the worker stopped heartbeating this lease".into(),
+            })
+        }
+    });
+    let agent = tokio::spawn(run(config(&url, 2), trainer, CancellationToken::new()));
+    let start = Instant::now();
+    let status = loop {
+        let s = coordinator.status("agent").unwrap().sweeps.remove(0);
+        let c = s.counts.unwrap();
+        if c.succeeded + c.failed == 1 {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{c:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.failures.is_empty(), "{:?}", status.failures);
+    assert_eq!(status.counts.unwrap().succeeded, 1);
+    coordinator.set_drain(true);
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    stop.cancel();
+}
+
+/// Records whether `acknowledged` ran where blocking is allowed: `Handle::block_on` panics on a
+/// runtime thread and works on a blocking-pool thread.
+struct AckProbe {
+    off_runtime: std::sync::Mutex<Vec<bool>>,
+}
+
+impl Trainer for AckProbe {
+    fn devices(&self) -> Vec<String> {
+        vec!["probe".into()]
+    }
+
+    fn run(&self, _: &Lease, _: &TrialControl) -> TrainEnd {
+        success()
+    }
+
+    fn acknowledged(&self, _: &Lease, _: &Outcome) {
+        let handle = tokio::runtime::Handle::current();
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle.block_on(async {}))).is_ok();
+        self.off_runtime.lock().unwrap().push(ok);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_cleanup_runs_off_the_async_runtime() {
+    let s = coordinator().await;
+    s.coordinator.submit(SPEC).unwrap();
+    let probe = Arc::new(AckProbe {
+        off_runtime: std::sync::Mutex::default(),
+    });
+    let agent = tokio::spawn(run(config(&s.url, 2), probe.clone(), CancellationToken::new()));
+    wait_for(&s.coordinator, "all done", |c| c.succeeded == 4).await;
+    s.drain_and_join(agent).await;
+    assert_eq!(*probe.off_runtime.lock().unwrap(), vec![true; 4]);
+}
