@@ -215,7 +215,7 @@ pub struct WorkerArgs {
 /// How a worker runs its trial processes.
 #[derive(Debug, Clone, Copy)]
 pub struct Isolation {
-    pub stall_timeout: Duration,
+    pub stall_timeout: std::time::Duration,
     pub max_trial_rss_mib: Option<u64>,
     pub log_format: crate::logging::Format,
     pub malloc_tuning: bool,
