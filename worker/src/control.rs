@@ -22,6 +22,18 @@ pub enum Signal {
     Preempt = 2,
 }
 
+impl Signal {
+    /// The signal stored or sent as `n` (its discriminant); anything unknown asks for a
+    /// preemption, the stop that keeps the most.
+    pub fn from_number(n: u32) -> Signal {
+        match n {
+            0 => Signal::Run,
+            1 => Signal::Stop,
+            _ => Signal::Preempt,
+        }
+    }
+}
+
 /// Messages from a trainer thread to the agent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrialEvent {
@@ -64,11 +76,7 @@ impl TrialControl {
 
     /// The agent's current request, without counting it as progress (for supervisors).
     pub fn peek_signal(&self) -> Signal {
-        match self.signal.load(Ordering::Relaxed) {
-            0 => Signal::Run,
-            1 => Signal::Stop,
-            _ => Signal::Preempt,
-        }
+        Signal::from_number(u32::from(self.signal.load(Ordering::Relaxed)))
     }
 
     /// How many times the trainer has checked the signal so far: the watchdog's sign of life.

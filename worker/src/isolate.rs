@@ -522,14 +522,14 @@ pub fn serve_trial(trainer: Arc<dyn Trainer>, mut input: impl Read + Send + 'sta
         }
     };
     let (ctl, signal, mut events) = TrialControl::new();
-    signal.store(to_signal(first.signal) as u8, Ordering::Relaxed);
+    signal.store(Signal::from_number(first.signal) as u8, Ordering::Relaxed);
     // Signals from the worker; a closed input means the worker is gone: stop.
     let _ = std::thread::Builder::new().name("signals".into()).spawn({
         let signal: Arc<AtomicU8> = signal.clone();
         move || {
             loop {
                 match read_frame::<ToChild>(&mut input) {
-                    Ok(Some(f)) => signal.store(to_signal(f.signal) as u8, Ordering::Relaxed),
+                    Ok(Some(f)) => signal.store(Signal::from_number(f.signal) as u8, Ordering::Relaxed),
                     _ => {
                         signal.store(Signal::Stop as u8, Ordering::Relaxed);
                         return;
@@ -616,14 +616,6 @@ pub fn serve_trial(trainer: Arc<dyn Trainer>, mut input: impl Read + Send + 'sta
     match write_frame(&mut output, &last) {
         Ok(()) => 0,
         Err(_) => 3,
-    }
-}
-
-fn to_signal(n: u32) -> Signal {
-    match n {
-        0 => Signal::Run,
-        1 => Signal::Stop,
-        _ => Signal::Preempt,
     }
 }
 

@@ -213,6 +213,7 @@ pub struct WorkerArgs {
 }
 
 /// How a worker runs its trial processes.
+#[cfg(feature = "worker")]
 #[derive(Debug, Clone, Copy)]
 pub struct Isolation {
     pub stall_timeout: std::time::Duration,
@@ -222,6 +223,7 @@ pub struct Isolation {
 }
 
 /// The flags of the hidden `convsweep trial-process`.
+#[cfg(feature = "worker")]
 #[derive(Debug)]
 pub struct TrialProcessArgs {
     pub device: String,

@@ -90,8 +90,13 @@ struct Setup {
 }
 
 async fn coordinator() -> Setup {
+    coordinator_with(|_| {}).await
+}
+
+/// A served coordinator with the tests' settings, changed by `adjust`.
+async fn coordinator_with(adjust: impl FnOnce(&mut CoordinatorConfig)) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let coordinator = Coordinator::open(CoordinatorConfig {
+    let mut config = CoordinatorConfig {
         state_dir: dir.path().to_owned(),
         heartbeat_interval: Duration::from_millis(100),
         lease_timeout: Duration::from_secs(5),
@@ -100,8 +105,9 @@ async fn coordinator() -> Setup {
         expiry_interval: Duration::from_millis(50),
         watch_interval: Duration::from_millis(100),
         max_trials_per_sweep: convsweep_coordinator::sweep::DEFAULT_MAX_TRIALS_PER_SWEEP,
-    })
-    .unwrap();
+    };
+    adjust(&mut config);
+    let coordinator = Coordinator::open(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
@@ -580,26 +586,19 @@ async fn surplus_leases_are_handed_back_not_a_panic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_attempt_ending_does_not_stop_the_heartbeats_of_its_successor() {
-    let dir = tempfile::tempdir().unwrap();
-    let coordinator = Coordinator::open(CoordinatorConfig {
-        state_dir: dir.path().to_owned(),
-        heartbeat_interval: Duration::from_millis(100),
-        lease_timeout: Duration::from_millis(1500),
-        max_attempts: 3,
-        max_lease_wait: Duration::from_millis(300),
-        expiry_interval: Duration::from_millis(50),
-        watch_interval: Duration::from_millis(100),
-        max_trials_per_sweep: convsweep_coordinator::sweep::DEFAULT_MAX_TRIALS_PER_SWEEP,
+    // The served coordinator runs the lease expiry; the worker talks to the meddler.
+    let s = coordinator_with(|c| {
+        c.lease_timeout = Duration::from_millis(1500);
+        c.max_attempts = 3;
+        c.max_lease_wait = Duration::from_millis(300);
     })
-    .unwrap();
-    coordinator
+    .await;
+    s.coordinator
         .submit(&SPEC.replace("kernel_size = [3, 5, 7, 9]", "kernel_size = [3]"))
         .unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(coordinator.clone().run_expiry(stop.clone()));
-    let meddler = Meddler::new(coordinator.clone(), 0);
+    let meddler = Meddler::new(s.coordinator.clone(), 0);
     let (drop_heartbeats, heartbeats) = (meddler.drop_heartbeats.clone(), meddler.heartbeats.clone());
-    let url = meddler.serve(stop.clone()).await;
+    let url = meddler.serve(s.stop.clone()).await;
 
     let second_started = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let first_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -651,25 +650,10 @@ async fn an_expired_attempt_ending_does_not_stop_the_heartbeats_of_its_successor
         }
     });
     let agent = tokio::spawn(run(config(&url, 2), trainer, CancellationToken::new()));
-    let start = Instant::now();
-    let status = loop {
-        let s = coordinator.status("agent").unwrap().sweeps.remove(0);
-        let c = s.counts.unwrap();
-        if c.succeeded + c.failed == 1 {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "{c:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = wait_for(&s.coordinator, "the trial done", |c| c.succeeded + c.failed == 1).await;
     assert!(status.failures.is_empty(), "{:?}", status.failures);
     assert_eq!(status.counts.unwrap().succeeded, 1);
-    coordinator.set_drain(true);
-    tokio::time::timeout(Duration::from_secs(10), agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    stop.cancel();
+    s.drain_and_join(agent).await;
 }
 
 /// Records whether `acknowledged` ran where blocking is allowed: `Handle::block_on` panics on a
