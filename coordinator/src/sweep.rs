@@ -341,7 +341,10 @@ pub fn trials_from_settings(settings: &[String]) -> Result<Vec<TrialSpec>> {
 fn check_size(grid: Option<&toml::Table>, seeds: Option<&Seeds>, max_trials: u64) -> Result<()> {
     let mut points: Option<u64> = Some(1);
     for values in grid.into_iter().flat_map(|g| g.values()) {
-        let n = values.as_array().map_or(1, |a| a.len() as u64);
+        // An empty axis is refused later; counted as one value here, so that it cannot hide
+        // a seed count that would not fit in memory (the fuzzer's `seeds = 2^63 - 1` with
+        // `dataset = []`).
+        let n = values.as_array().map_or(1, |a| a.len().max(1) as u64);
         points = points.and_then(|p| p.checked_mul(n));
     }
     let Some(points) = points.filter(|&p| p <= max_trials) else {
@@ -524,6 +527,15 @@ init = ["kaiming-uniform", "kaiming-normal"]
         assert_eq!(trials[1].model.train_mode, TrainMode::Frozen);
         assert_eq!(trials[2].model.kernel_size, 5);
         assert_eq!(trials[4].model.init, InitScheme::KaimingNormal);
+    }
+
+    #[test]
+    fn an_empty_axis_does_not_hide_a_seed_count_too_large_to_hold() {
+        // Found by the spec fuzzer: 0 grid points times 2^63 seeds passed the size check and
+        // the seed list overflowed its allocation.
+        let e = err_of("name = \"x\"\nseeds = 9223372036854775807\n[grid]\ndataset = []\n");
+        assert_eq!(e.field, "seeds");
+        assert!(e.message.contains("over the limit"), "{e}");
     }
 
     #[test]

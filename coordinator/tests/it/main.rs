@@ -3,6 +3,7 @@
 //! stands in for the trainer.
 
 mod common;
+mod fuzz;
 mod grpc;
 mod lease;
 mod ops;

@@ -13,10 +13,18 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::error::DataError;
+use super::npz;
 use super::split::Split;
+
+/// Largest image side a file may hold.
+const MAX_SIDE: usize = 4096;
+/// Most classes a tensor dataset may declare.
+const MAX_CLASSES: i64 = 1_000_000;
+/// Most bytes a compressed file or element may inflate to.
+const MAX_INFLATED: u64 = npz::MAX_ARRAY_BYTES;
 
 fn missing(path: &Path, hint: &str) -> DataError {
     DataError::Missing {
@@ -38,6 +46,19 @@ fn read(path: &Path, hint: &str) -> Result<Vec<u8>, DataError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing(path, hint)),
         Err(e) => Err(malformed(path, format!("cannot be read: {e}"))),
     }
+}
+
+/// All of a compressed stream, refusing one that inflates past [`MAX_INFLATED`] bytes.
+fn inflate(path: &Path, stream: impl Read, what: &str) -> Result<Vec<u8>, DataError> {
+    let mut out = Vec::new();
+    stream
+        .take(MAX_INFLATED + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| malformed(path, format!("{what} does not inflate: {e}")))?;
+    if out.len() as u64 > MAX_INFLATED {
+        return Err(malformed(path, format!("{what} inflates to over {MAX_INFLATED} bytes")));
+    }
+    Ok(out)
 }
 
 /// `root/name`, or `root/sub/name` when only that exists.
@@ -131,11 +152,10 @@ fn idx(root: &Path, name: &str, expected_dims: usize) -> Result<(PathBuf, Vec<us
         (plain.clone(), read(&plain, "")?)
     } else if gz.exists() {
         let compressed = read(&gz, "")?;
-        let mut bytes = Vec::new();
-        flate2::read::GzDecoder::new(&compressed[..])
-            .read_to_end(&mut bytes)
-            .map_err(|e| malformed(&gz, format!("not a valid gzip file: {e}")))?;
-        (gz, bytes)
+        (
+            gz.clone(),
+            inflate(&gz, flate2::read::GzDecoder::new(&compressed[..]), "gzip file")?,
+        )
     } else {
         return Err(missing(
             &plain,
@@ -162,7 +182,18 @@ fn idx(root: &Path, name: &str, expected_dims: usize) -> Result<(PathBuf, Vec<us
     let shape: Vec<usize> = (0..dims)
         .map(|d| u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().expect("4 bytes")) as usize)
         .collect();
-    let expected: usize = shape.iter().product();
+    if let Some(d) = shape.iter().skip(1).find(|&&d| d == 0 || d > MAX_SIDE) {
+        return Err(malformed(
+            &path,
+            format!("its header {shape:?} has a side of {d}; expected 1 to {MAX_SIDE}"),
+        ));
+    }
+    let expected = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| {
+        malformed(
+            &path,
+            format!("its header {shape:?} announces more bytes than fit in memory"),
+        )
+    })?;
     let data = bytes[header..].to_vec();
     if data.len() != expected {
         return Err(malformed(
@@ -189,6 +220,9 @@ fn fashion_split(root: &Path, images: &str, labels: &str) -> Result<Split, DataE
                 ishape[0]
             ),
         ));
+    }
+    if ishape[0] == 0 {
+        return Err(malformed(&ipath, "holds no images"));
     }
     let labels: Vec<i64> = label_bytes.iter().map(|&b| i64::from(b)).collect();
     check_labels(&lpath, &labels, 10)?;
@@ -304,8 +338,8 @@ mod mat {
         let dims: Vec<usize> = dims_el
             .data
             .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as usize)
-            .collect();
+            .map(|c| usize::try_from(i32::from_le_bytes(c.try_into().unwrap())).ok())
+            .collect::<Option<_>>()?;
         let name_el = element(data, dims_el.next)?;
         let name = String::from_utf8_lossy(name_el.data).into_owned();
         let real = element(data, name_el.next)?;
@@ -335,11 +369,11 @@ mod mat {
                 element(bytes, at).ok_or_else(|| malformed(path, format!("truncated data element at byte {at}")))?;
             let decompressed;
             let (kind, data) = if el.kind == MI_COMPRESSED {
-                let mut out = Vec::new();
-                flate2::read::ZlibDecoder::new(el.data)
-                    .read_to_end(&mut out)
-                    .map_err(|e| malformed(path, format!("compressed element at byte {at} does not inflate: {e}")))?;
-                decompressed = out;
+                decompressed = inflate(
+                    path,
+                    flate2::read::ZlibDecoder::new(el.data),
+                    &format!("compressed element at byte {at}"),
+                )?;
                 let inner = element(&decompressed, 0).ok_or_else(|| malformed(path, "truncated compressed element"))?;
                 (inner.kind, inner.data)
             } else {
@@ -381,7 +415,7 @@ fn svhn_split(path: &Path) -> Result<Split, DataError> {
         ));
     }
     let n = x.dims[3];
-    if pixels.len() != n * 3072 {
+    if n.checked_mul(3072) != Some(pixels.len()) {
         return Err(malformed(
             path,
             format!("X holds {} bytes for {n} images (truncated?)", pixels.len()),
@@ -419,60 +453,69 @@ pub fn svhn(root: &Path) -> Result<(Split, Split), DataError> {
 }
 
 fn npz_split(path: &Path) -> Result<(Split, Option<i64>), DataError> {
-    if !path.exists() {
-        return Err(missing(
-            path,
-            "a NumPy .npz with `images` (uint8 NxCxHxW) and `labels` (integers, N)",
-        ));
-    }
-    let entries =
-        Tensor::read_npz(path).map_err(|e| malformed(path, format!("not a readable NumPy .npz archive: {e}")))?;
-    let get = |name: &str| {
-        entries
-            .iter()
-            .find(|(n, _)| n == name || n == &format!("{name}.npy"))
-            .map(|(_, t)| t.shallow_clone())
-    };
+    let bytes = read(
+        path,
+        "a NumPy .npz with `images` (uint8 NxCxHxW) and `labels` (integers, N)",
+    )?;
+    let arrays = npz::read(&bytes).map_err(|e| malformed(path, e))?;
+    let get = |name: &str| arrays.iter().position(|(n, _)| n == name).map(|i| arrays[i].1.clone());
     let images = get("images").ok_or_else(|| malformed(path, "has no `images` array"))?;
     let labels = get("labels").ok_or_else(|| malformed(path, "has no `labels` array"))?;
-    if images.kind() != Kind::Uint8 || images.dim() != 4 {
+    let npz::Values::U8(pixels) = images.values else {
         return Err(malformed(
             path,
             format!(
-                "`images` is {:?} with shape {:?}; expected uint8 N x C x H x W",
-                images.kind(),
-                images.size()
+                "`images` is {} with shape {:?}; expected uint8 N x C x H x W",
+                images.descr, images.shape
             ),
         ));
-    }
-    if !matches!(
-        labels.kind(),
-        Kind::Uint8 | Kind::Int8 | Kind::Int16 | Kind::Int | Kind::Int64
-    ) || labels.dim() != 1
-    {
+    };
+    let [n, c, h, w] = images.shape[..] else {
         return Err(malformed(
             path,
-            format!(
-                "`labels` is {:?} with shape {:?}; expected integers of shape N",
-                labels.kind(),
-                labels.size()
-            ),
+            format!("`images` has shape {:?}; expected N x C x H x W", images.shape),
         ));
-    }
-    if labels.size()[0] != images.size()[0] {
+    };
+    if c == 0 || h == 0 || w == 0 || c > 4 || h > MAX_SIDE || w > MAX_SIDE {
         return Err(malformed(
             path,
-            format!("{} labels for {} images", labels.size()[0], images.size()[0]),
+            format!("`images` are {c} x {h} x {w}; expected 1 to 4 channels and sides of 1 to {MAX_SIDE} pixels"),
         ));
     }
-    let classes = get("classes").map(|c| c.to_kind(Kind::Int64).int64_value(&[]));
-    Ok((
-        Split {
-            images: images.to_device(Device::Cpu),
-            labels: labels.to_kind(Kind::Int64),
+    let labels: Vec<i64> = match (labels.values, &labels.shape[..]) {
+        (npz::Values::U8(v), [_]) => v.into_iter().map(i64::from).collect(),
+        (npz::Values::I64(v), [_]) => v,
+        (_, shape) => {
+            return Err(malformed(
+                path,
+                format!(
+                    "`labels` is {} with shape {shape:?}; expected integers of shape N",
+                    labels.descr
+                ),
+            ));
+        }
+    };
+    if labels.len() != n {
+        return Err(malformed(path, format!("{} labels for {n} images", labels.len())));
+    }
+    if n == 0 {
+        return Err(malformed(path, "holds no images"));
+    }
+    let classes = match get("classes") {
+        None => None,
+        Some(c) => match (&c.values, c.shape.iter().product::<usize>()) {
+            (npz::Values::I64(v), 1) if (1..=MAX_CLASSES).contains(&v[0]) => Some(v[0]),
+            (npz::Values::U8(v), 1) if v[0] >= 1 => Some(i64::from(v[0])),
+            _ => {
+                return Err(malformed(
+                    path,
+                    format!("`classes` must be one integer in 1..={MAX_CLASSES}"),
+                ));
+            }
         },
-        classes,
-    ))
+    };
+    let shape = [c as i64, h as i64, w as i64];
+    Ok((split(pixels, labels, shape), classes))
 }
 
 /// A plain tensor dataset: `train.npz` and `test.npz`. Returns the splits and the classes
@@ -492,17 +535,16 @@ pub fn tensor_file(root: &Path) -> Result<(Split, Split, i64), DataError> {
             ),
         ));
     }
-    let max_label = |s: &Split| {
-        if s.is_empty() {
-            -1
-        } else {
-            s.labels.max().int64_value(&[])
-        }
-    };
-    let classes = c1.or(c2).unwrap_or_else(|| max_label(&train).max(max_label(&test)) + 1);
+    let mut labels = Vec::with_capacity(2);
     for (path, s) in [(&train_path, &train), (&test_path, &test)] {
-        let labels = Vec::<i64>::try_from(&s.labels).map_err(|e| malformed(path, e.to_string()))?;
-        check_labels(path, &labels, classes)?;
+        labels.push(Vec::<i64>::try_from(&s.labels).map_err(|e| malformed(path, e.to_string()))?);
+    }
+    let largest = labels.iter().flatten().copied().max().unwrap_or(-1);
+    let classes = c1
+        .or(c2)
+        .unwrap_or_else(|| largest.saturating_add(1).clamp(0, MAX_CLASSES));
+    for (path, labels) in [&train_path, &test_path].into_iter().zip(&labels) {
+        check_labels(path, labels, classes)?;
     }
     Ok((train, test, classes))
 }

@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod files;
+pub mod npz;
 pub mod split;
 pub mod synthetic;
 

@@ -5,13 +5,16 @@
 //! and `<trial>.<generation>.ot` (model variables, momentum buffers, the interrupted epoch's
 //! data order). A save writes the new generation's tensors, then atomically renames the state
 //! that names them, then deletes the old generation: a crash at any point leaves a consistent
-//! pair.
+//! pair. The state carries a SHA-256 over the tensor file and itself: a checkpoint whose files
+//! were truncated or altered (a full disk, a bad sector, a partial copy) is refused with the
+//! reason, and the trial starts afresh rather than resume from garbage.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use convsweep_proto::pb;
 use prost::Message;
+use sha2::{Digest, Sha256};
 use tch::Tensor;
 
 /// Why a checkpoint could not be read, written or used.
@@ -42,12 +45,22 @@ pub enum CheckpointError {
         source: prost::DecodeError,
     },
     /// The checkpoint is another trial's.
-    #[error("checkpoint of {found} found under {trial}")]
+    #[error("{}: the checkpoint of {found:?} found under {trial}", path.display())]
     WrongTrial {
+        /// The state file.
+        path: PathBuf,
         /// The trial whose folder entry it is.
         trial: String,
         /// The trial it says it belongs to.
         found: String,
+    },
+    /// The files do not match the checksum written with them.
+    #[error("{}: {problem}", path.display())]
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// What does not match.
+        problem: String,
     },
     /// The checkpoint does not fit the model or optimiser it is restored into.
     #[error("checkpoint does not fit: {0}")]
@@ -110,15 +123,37 @@ impl CheckpointStore {
         };
         if state.trial_id != trial {
             return Err(CheckpointError::WrongTrial {
+                path: self.state_path(trial),
                 trial: trial.to_owned(),
                 found: state.trial_id,
             });
         }
         let path = self.tensors_path(trial, state.generation);
-        let tensors = Tensor::load_multi(&path).map_err(|e| CheckpointError::Tensors {
-            message: e.to_string(),
-            path,
+        let bytes = std::fs::read(&path).map_err(|source| CheckpointError::Io {
+            path: path.clone(),
+            source,
         })?;
+        let corrupt = |problem: String| CheckpointError::Corrupt {
+            path: self.state_path(trial),
+            problem,
+        };
+        if state.checksum.is_empty() {
+            return Err(corrupt(
+                "has no checksum (written by an older convsweep); not trusted".into(),
+            ));
+        }
+        if checksum(&bytes, &state) != state.checksum {
+            return Err(corrupt(format!(
+                "checksum does not match {} ({} bytes) and the state: truncated or altered",
+                path.display(),
+                bytes.len()
+            )));
+        }
+        let tensors =
+            Tensor::load_multi_from_stream(std::io::Cursor::new(bytes)).map_err(|e| CheckpointError::Tensors {
+                message: e.to_string(),
+                path,
+            })?;
         Ok(Some(Checkpoint { state, tensors }))
     }
 
@@ -129,16 +164,24 @@ impl CheckpointStore {
         let tensors = self.tensors_path(trial, generation);
         let named: Vec<(&str, &Tensor)> = ck.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let tmp = tensors.with_extension("ot.partial");
-        Tensor::save_multi(&named, &tmp).map_err(|e| CheckpointError::Tensors {
+        let mut bytes = Vec::new();
+        Tensor::save_multi_to_stream(&named, &mut bytes).map_err(|e| CheckpointError::Tensors {
             message: e.to_string(),
             path: tmp.clone(),
         })?;
-        std::fs::rename(&tmp, &tensors).map_err(|source| CheckpointError::Io {
-            path: tensors.clone(),
-            source,
-        })?;
+        let write_tensors = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &tensors)
+        };
+        if let Err(source) = write_tensors() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(CheckpointError::Io { path: tmp, source });
+        }
         ck.state.trial_id = trial.to_owned();
         ck.state.generation = generation;
+        ck.state.checksum = checksum(&bytes, &ck.state);
         let state_path = self.state_path(trial);
         let tmp = state_path.with_extension("state.partial");
         let write = || -> std::io::Result<()> {
@@ -147,10 +190,14 @@ impl CheckpointStore {
             f.sync_all()?;
             std::fs::rename(&tmp, &state_path)
         };
-        write().map_err(|source| CheckpointError::Io {
-            path: state_path.clone(),
-            source,
-        })?;
+        if let Err(source) = write() {
+            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(&tensors);
+            return Err(CheckpointError::Io {
+                path: state_path,
+                source,
+            });
+        }
         if let Some(old) = previous {
             let _ = std::fs::remove_file(self.tensors_path(trial, old));
         }
@@ -164,4 +211,14 @@ impl CheckpointStore {
         }
         let _ = std::fs::remove_file(self.state_path(trial));
     }
+}
+
+/// SHA-256 over the tensor file and the state with its checksum left out.
+fn checksum(tensors: &[u8], state: &pb::CheckpointState) -> Vec<u8> {
+    let mut unsummed = state.clone();
+    unsummed.checksum.clear();
+    let mut hash = Sha256::new();
+    hash.update(tensors);
+    hash.update(unsummed.encode_to_vec());
+    hash.finalize().to_vec()
 }

@@ -301,6 +301,7 @@ impl<'a> TrialRun<'a> {
                     model_draws: self.net.draws(),
                     seconds: self.seconds_before + self.started.elapsed().as_secs_f64(),
                     history: self.history.clone(),
+                    checksum: Vec::new(),
                 },
                 tensors,
             }
@@ -463,7 +464,11 @@ pub fn train_trial(
         if let Some((store, trial)) = checkpoints {
             match store.save(trial, run.checkpoint()) {
                 Ok(()) => tracing::debug!(epoch = run.epochs_done(), "checkpoint written"),
-                Err(e) => tracing::warn!(error = %e, "checkpoint not written"),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    epoch = run.epochs_done(),
+                    "checkpoint not written; training goes on (a restart resumes from the last checkpoint written, or from the start)"
+                ),
             }
         }
     };

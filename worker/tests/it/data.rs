@@ -7,7 +7,7 @@ use convsweep_proto::spec::{DatasetName, DatasetSpec};
 use convsweep_worker::data::{DataCache, DataError, Dataset};
 use tch::{Device, Kind, Tensor};
 
-fn spec(name: DatasetName, root: &Path) -> DatasetSpec {
+pub(crate) fn spec(name: DatasetName, root: &Path) -> DatasetSpec {
     DatasetSpec {
         name,
         root: Some(root.display().to_string()),
@@ -31,7 +31,7 @@ fn px(n: usize, c: usize, r: usize, col: usize) -> u8 {
     ((n * 7 + c * 31 + r * 3 + col * 5) % 251) as u8
 }
 
-fn cifar_record(label_bytes: &[u8], n: usize) -> Vec<u8> {
+pub(crate) fn cifar_record(label_bytes: &[u8], n: usize) -> Vec<u8> {
     let mut rec = label_bytes.to_vec();
     for c in 0..3 {
         for r in 0..32 {
@@ -120,7 +120,7 @@ fn cifar100_uses_fine_labels() {
     assert!(err(DatasetName::Cifar100, dir.path()).contains("label 100"));
 }
 
-fn idx_file(dims: &[u32], data: &[u8]) -> Vec<u8> {
+pub(crate) fn idx_file(dims: &[u32], data: &[u8]) -> Vec<u8> {
     let mut out = vec![0, 0, 0x08, dims.len() as u8];
     for d in dims {
         out.extend(d.to_be_bytes());
@@ -129,7 +129,7 @@ fn idx_file(dims: &[u32], data: &[u8]) -> Vec<u8> {
     out
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     enc.write_all(bytes).unwrap();
     enc.finish().unwrap()
@@ -188,7 +188,7 @@ fn fashion_mnist_idx_plain_and_gzipped_upscaled_to_32() {
 }
 
 /// A MATLAB v5 element: tag, data, padding to 8 bytes.
-fn mat_element(kind: u32, data: &[u8]) -> Vec<u8> {
+pub(crate) fn mat_element(kind: u32, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend(kind.to_le_bytes());
     out.extend((data.len() as u32).to_le_bytes());
@@ -200,7 +200,19 @@ fn mat_element(kind: u32, data: &[u8]) -> Vec<u8> {
 }
 
 /// A compressed numeric matrix as MATLAB's save -v7 writes it.
-fn mat_matrix(name: &str, class: u32, dims: &[i32], data_kind: u32, data: &[u8]) -> Vec<u8> {
+pub(crate) fn mat_matrix(name: &str, class: u32, dims: &[i32], data_kind: u32, data: &[u8]) -> Vec<u8> {
+    let matrix = mat_matrix_plain(name, class, dims, data_kind, data);
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(&matrix).unwrap();
+    let compressed = z.finish().unwrap();
+    let mut out = 15u32.to_le_bytes().to_vec();
+    out.extend((compressed.len() as u32).to_le_bytes());
+    out.extend(compressed);
+    out
+}
+
+/// The same matrix uncompressed, as `save -v6` writes it.
+pub(crate) fn mat_matrix_plain(name: &str, class: u32, dims: &[i32], data_kind: u32, data: &[u8]) -> Vec<u8> {
     let mut m = mat_element(6, &[class.to_le_bytes(), 0u32.to_le_bytes()].concat());
     m.extend(mat_element(
         5,
@@ -214,17 +226,10 @@ fn mat_matrix(name: &str, class: u32, dims: &[i32], data_kind: u32, data: &[u8])
     small.extend(padded);
     m.extend(small);
     m.extend(mat_element(data_kind, data));
-    let matrix = mat_element(14, &m);
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
-    z.write_all(&matrix).unwrap();
-    let compressed = z.finish().unwrap();
-    let mut out = 15u32.to_le_bytes().to_vec();
-    out.extend((compressed.len() as u32).to_le_bytes());
-    out.extend(compressed);
-    out
+    mat_element(14, &m)
 }
 
-fn mat_file(arrays: &[Vec<u8>]) -> Vec<u8> {
+pub(crate) fn mat_file(arrays: &[Vec<u8>]) -> Vec<u8> {
     let mut header = b"MATLAB 5.0 MAT-file, written by convsweep tests".to_vec();
     header.resize(116, b' ');
     header.extend([0u8; 8]);
@@ -236,7 +241,7 @@ fn mat_file(arrays: &[Vec<u8>]) -> Vec<u8> {
     header
 }
 
-fn svhn_mat(labels: &[f64]) -> Vec<u8> {
+pub(crate) fn svhn_mat(labels: &[f64]) -> Vec<u8> {
     let n = labels.len();
     // Column-major 32x32x3xN: index = row + 32*col + 1024*channel + 3072*n.
     let mut x = vec![0u8; 3072 * n];

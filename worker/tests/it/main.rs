@@ -4,6 +4,7 @@ mod agent;
 mod common;
 mod data;
 mod eval;
+mod fuzz;
 mod model;
 mod resume;
 mod training;
