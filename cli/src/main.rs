@@ -419,6 +419,22 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // A write past a file-size limit (`ulimit -f`) must fail with EFBIG and be refused like a
+    // full disk, not kill the coordinator or a worker with SIGXFSZ's default action.
+    match runtime
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ)) })
+    {
+        Ok(mut xfsz) => {
+            runtime.spawn(async move {
+                while xfsz.recv().await.is_some() {
+                    tracing::warn!(
+                        "a write went past the file-size limit (SIGXFSZ); it fails with EFBIG and is reported"
+                    );
+                }
+            });
+        }
+        Err(e) => eprintln!("warning: cannot handle SIGXFSZ ({e}); a file-size limit will end this process"),
+    }
     let result = runtime.block_on(async move {
         match cli.command {
             #[cfg(feature = "worker")]

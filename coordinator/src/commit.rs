@@ -103,10 +103,18 @@ impl GroupCommit {
                 Ok(Err(e)) => {
                     let why = e.to_string();
                     tracing::warn!(error = %why, writes = replies.len(), "a batch of writes failed to commit; none was stored");
+                    // Each caller gets its own error, of the same kind (a full state folder stays
+                    // one, so that workers are told to retry).
+                    let kind = if e.is_out_of_space() {
+                        std::io::ErrorKind::StorageFull
+                    } else {
+                        std::io::ErrorKind::Other
+                    };
                     for reply in replies {
-                        let _ = reply.send(Err(Error::Io(std::io::Error::other(format!(
-                            "not stored: the transaction failed to commit: {why}"
-                        )))));
+                        let _ = reply.send(Err(Error::Io(std::io::Error::new(
+                            kind,
+                            format!("not stored: the transaction failed to commit: {why}"),
+                        ))));
                     }
                 }
                 // The replies are dropped: each caller gets "stopped before answering".

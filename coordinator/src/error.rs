@@ -74,6 +74,24 @@ impl Error {
     }
 }
 
+impl Error {
+    /// A write the state folder had no room for: a full disk, a quota, or a file-size limit
+    /// (`ulimit -f`, under which SQLite sees short writes and then `EFBIG`). Nothing of the
+    /// request was stored; the same request succeeds once there is room.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            Error::Storage(rusqlite::Error::SqliteFailure(f, _)) => {
+                f.code == rusqlite::ErrorCode::DiskFull || f.extended_code == rusqlite::ffi::SQLITE_IOERR_WRITE
+            }
+            Error::Io(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::FileTooLarge | std::io::ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Results of the coordinator.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -87,6 +105,10 @@ impl From<Error> for tonic::Status {
             Error::StaleLease(_) => tonic::Status::aborted(msg),
             Error::ProtocolMismatch { .. } => tonic::Status::failed_precondition(msg),
             Error::Corrupt(_) => tonic::Status::data_loss(msg),
+            _ if e.is_out_of_space() => tonic::Status::resource_exhausted(format!(
+                "the coordinator's state folder is out of space ({msg}): nothing of this request was stored; \
+                 retry once its disk has room (or its file-size limit is raised)"
+            )),
             Error::SchemaMismatch { .. } | Error::Storage(_) | Error::Io(_) | Error::Transport(_) => {
                 tonic::Status::internal(msg)
             }

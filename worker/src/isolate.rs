@@ -165,13 +165,14 @@ impl ProcessTrainer {
             .stderr(Stdio::inherit());
         // The child dies with its supervising thread (a SIGKILLed worker leaves no trainer
         // behind), and ignores the signals a shell, Slurm or a terminal sends the whole group:
-        // the worker asks it to checkpoint and stop over the pipe.
+        // the worker asks it to checkpoint and stop over the pipe. SIGXFSZ too: a checkpoint
+        // written past a file-size limit fails with EFBIG and the trial trains on.
         #[allow(unsafe_code)]
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             command.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1, libc::SIGHUP] {
+                for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1, libc::SIGHUP, libc::SIGXFSZ] {
                     libc::signal(sig, libc::SIG_IGN);
                 }
                 Ok(())

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
 
-fn spec(name: &str, kernels: &str, epochs: u32) -> String {
+pub(crate) fn spec(name: &str, kernels: &str, epochs: u32) -> String {
     format!(
         r#"
 name = "{name}"
@@ -50,14 +50,14 @@ fn kernels(toml: &str) -> HashMap<String, u32> {
         .collect()
 }
 
-struct Served {
-    coordinator: Arc<Coordinator>,
-    url: String,
-    stop: CancellationToken,
+pub(crate) struct Served {
+    pub(crate) coordinator: Arc<Coordinator>,
+    pub(crate) url: String,
+    pub(crate) stop: CancellationToken,
     _dir: tempfile::TempDir,
 }
 
-async fn serve(max_attempts: u32) -> Served {
+pub(crate) async fn serve(max_attempts: u32) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let coordinator = Coordinator::open(CoordinatorConfig {
         state_dir: dir.path().to_owned(),
@@ -83,7 +83,7 @@ async fn serve(max_attempts: u32) -> Served {
 }
 
 /// A worker process, killed when dropped (a failed assertion leaves none behind).
-struct Worker(Child);
+pub(crate) struct Worker(pub(crate) Child);
 
 impl Drop for Worker {
     fn drop(&mut self) {

@@ -3,6 +3,7 @@
 mod bench;
 mod chaos;
 mod common;
+mod disk;
 mod isolation;
 mod processes;
 mod reading;
