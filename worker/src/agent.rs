@@ -470,6 +470,7 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
     let trial_id = lease.trial_id.to_string();
     let token = lease.token.clone();
     let (ctl, signal, mut events) = TrialControl::new();
+    let first_step = ctl.first_step();
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).insert(
         token.clone(),
         Running {
@@ -528,7 +529,14 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
             }
         }
     };
+    let startup_ms = first_step.get().map(|d| d.as_millis() as u64);
     if let TrainEnd::Finished(outcome) = end {
+        let ended = match &outcome {
+            Outcome::Succeeded(_) => "succeeded",
+            Outcome::Failed { .. } => "failed",
+            _ => "preempted",
+        };
+        info!(trial = %trial_id, lease_to_first_step_ms = startup_ms, outcome = ended, "trial ended");
         if complete(&shared, &trial_id, &token, outcome.clone()).await {
             // Removing checkpoints is file I/O: off the runtime's threads.
             let acked = tokio::task::spawn_blocking(move || trainer_for_ack.acknowledged(&lease_for_ack, &outcome));

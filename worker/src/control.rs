@@ -4,8 +4,9 @@
 //! agent side knows messages only.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use convsweep_proto::{Lease, Outcome, pb};
 use tokio::sync::mpsc;
@@ -49,6 +50,11 @@ pub struct TrialControl {
     /// How often the trainer looked at the signal: it does so between batches and between
     /// evaluation passes, so a count that stops growing means a trainer that is stuck.
     progress: Arc<AtomicU64>,
+    /// When the control was made (the agent makes it as the lease arrives) ...
+    started: Instant,
+    /// ... and how long after that the trainer first looked at the signal, before its first
+    /// batch: the trial's start-up (a process, a dataset, a model).
+    first_step: Arc<OnceLock<Duration>>,
 }
 
 impl TrialControl {
@@ -61,6 +67,8 @@ impl TrialControl {
                 signal: signal.clone(),
                 events: tx,
                 progress: Arc::new(AtomicU64::new(0)),
+                started: Instant::now(),
+                first_step: Arc::new(OnceLock::new()),
             },
             signal,
             rx,
@@ -70,8 +78,22 @@ impl TrialControl {
     /// The agent's current request. Trainers call it between batches: each call counts as
     /// progress (see [`TrialControl::progress`]).
     pub fn signal(&self) -> Signal {
-        self.progress.fetch_add(1, Ordering::Relaxed);
+        if self.progress.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.stepped();
+        }
         self.peek_signal()
+    }
+
+    /// Records that the trainer has reached its first step, when that is not seen through
+    /// [`TrialControl::signal`] (a supervisor told so by its child). Only the first call counts.
+    pub fn stepped(&self) {
+        let _ = self.first_step.set(self.started.elapsed());
+    }
+
+    /// Where the time from this control's making to the trainer's first step will be (unset
+    /// until it steps): the agent keeps it to log beside the outcome.
+    pub fn first_step(&self) -> Arc<OnceLock<Duration>> {
+        self.first_step.clone()
     }
 
     /// The agent's current request, without counting it as progress (for supervisors).
@@ -221,5 +243,24 @@ impl TrainError {
                 reason: other.to_string(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_step_is_timed_once_from_the_making_of_the_control() {
+        let (ctl, _signal, _events) = TrialControl::new();
+        let first = ctl.first_step();
+        assert!(first.get().is_none(), "no step yet");
+        std::thread::sleep(Duration::from_millis(20));
+        ctl.signal();
+        let took = *first.get().expect("timed at the first signal");
+        assert!(took >= Duration::from_millis(20), "{took:?}");
+        ctl.signal();
+        ctl.stepped();
+        assert_eq!(*first.get().unwrap(), took, "only the first step counts");
     }
 }

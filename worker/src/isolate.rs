@@ -294,6 +294,9 @@ impl Trainer for ProcessTrainer {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(Heard::Frame(f)) => {
                     if f.progress != progress {
+                        if progress == 0 {
+                            ctl.stepped();
+                        }
                         progress = f.progress;
                         last_progress = Instant::now();
                     }
