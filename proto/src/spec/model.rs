@@ -19,6 +19,10 @@ pub enum Arch {
     Resnet34,
     /// torchvision ResNet-50 (bottlenecks 3-4-6-3).
     Resnet50,
+    /// timm ResNet-18d: ResNet-18 with a deep stem and average-pool shortcuts (Table 2).
+    Resnet18d,
+    /// timm ResNet-50d: ResNet-50 with a deep stem and average-pool shortcuts.
+    Resnet50d,
     /// torchvision Wide-ResNet-50-2 (ResNet-50 with bottlenecks twice as wide).
     #[serde(rename = "wide-resnet50-2")]
     WideResnet50_2,
@@ -31,13 +35,20 @@ pub enum Arch {
 
 impl Arch {
     /// Every accepted spelling, for error messages.
-    pub const ALL: &'static str = "resnet, resnet18, resnet34, resnet50, wide-resnet50-2, mobilenet-v2, convmixer";
+    pub const ALL: &'static str =
+        "resnet, resnet18, resnet34, resnet50, resnet18d, resnet50d, wide-resnet50-2, mobilenet-v2, convmixer";
 
     /// Whether the family has a choice of stem (low-resolution or ImageNet).
     pub fn has_stem_choice(self) -> bool {
         matches!(
             self,
-            Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 | Arch::WideResnet50_2 | Arch::MobilenetV2
+            Arch::Resnet18
+                | Arch::Resnet34
+                | Arch::Resnet50
+                | Arch::Resnet18d
+                | Arch::Resnet50d
+                | Arch::WideResnet50_2
+                | Arch::MobilenetV2
         )
     }
 
@@ -53,6 +64,8 @@ impl Arch {
             Arch::Resnet18 => "resnet18",
             Arch::Resnet34 => "resnet34",
             Arch::Resnet50 => "resnet50",
+            Arch::Resnet18d => "resnet18d",
+            Arch::Resnet50d => "resnet50d",
             Arch::WideResnet50_2 => "wide-resnet50-2",
             Arch::MobilenetV2 => "mobilenet-v2",
             Arch::Convmixer => "convmixer",
@@ -298,7 +311,7 @@ impl ModelSpec {
             return Err(FieldError::new(
                 "model.stem",
                 format!(
-                    "{} has no stem choice; resnet18, resnet34, resnet50, wide-resnet50-2 and mobilenet-v2 do",
+                    "{} has no stem choice; resnet18, resnet34, resnet50, resnet18d, resnet50d, wide-resnet50-2 and mobilenet-v2 do",
                     m.arch.as_str()
                 ),
             ));

@@ -145,9 +145,11 @@ fn build_body(
             classes,
             size,
         )),
-        Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 | Arch::WideResnet50_2 => Box::new(
-            torchvision::TorchvisionResNet::new(b, root, spec.arch, stem, channels, classes, size),
-        ),
+        Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 | Arch::Resnet18d | Arch::Resnet50d | Arch::WideResnet50_2 => {
+            Box::new(torchvision::TorchvisionResNet::new(
+                b, root, spec.arch, stem, channels, classes, size,
+            ))
+        }
         Arch::MobilenetV2 => Box::new(mobilenet::MobileNetV2::new(
             b, root, stem, channels, classes, size, seed,
         )),

@@ -263,6 +263,9 @@ fn torchvision_models_match_the_published_parameter_counts() {
         (Arch::Resnet50, 25_557_032),
         (Arch::WideResnet50_2, 68_883_240),
         (Arch::MobilenetV2, 3_504_872),
+        // timm's model cards (the paper's Table 2 models).
+        (Arch::Resnet18d, 11_708_744),
+        (Arch::Resnet50d, 25_576_264),
     ] {
         let cost = Net::cost_of(&torchvision(arch, Stem::Imagenet), IMAGENET);
         assert_eq!(cost.params_total, params, "{arch:?}");
