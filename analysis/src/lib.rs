@@ -7,11 +7,13 @@
 //! - [`report`]: the document and its views of the paper's questions, as HTML, Markdown, CSV
 //!   and Parquet.
 //! - [`paper`]: the published Tables 1 and 3 and the verdict of a reproduced cell.
+//! - [`claims`]: the paper's directional claims as tests over seeds, with verdicts.
 //! - [`plot`]: dependency-free SVG charts.
 //! - [`tables`]: Markdown rendering.
 //! - [`error`]: [`Error`], what can go wrong while exporting or analysing.
 
 pub mod aggregate;
+pub mod claims;
 pub mod error;
 pub mod frames;
 pub mod paper;

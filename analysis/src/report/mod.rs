@@ -87,6 +87,7 @@ impl Report {
             views::filters::view(frames, &varying, min_seeds)?,
             views::cost::view(trials, &varying)?,
             views::paper::view(trials)?,
+            views::claims::view(frames)?,
         ];
         Ok(Report {
             title: title.into(),

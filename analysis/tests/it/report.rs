@@ -97,7 +97,8 @@ fn the_report_has_every_view() {
             "overfitting",
             "filters",
             "cost",
-            "paper"
+            "paper",
+            "claims"
         ]
     );
     let md = report.markdown();
@@ -107,6 +108,10 @@ fn the_report_has_every_view() {
         "{md}"
     );
     assert!(md.contains("not in this sweep"));
+    // The claims: the fixture's gap grows by 3.9 pp per +1 of k over 2 seeds per cell; it has
+    // no LC-blocks, so the E claims say so.
+    assert!(md.contains("| gap grows with k | holds | 3.90 |"), "{md}");
+    assert!(md.contains("needs LC-blocks with E >= 8"), "{md}");
     // Each attack's curve starts at radius 0 from the clean accuracy on the same images.
     for kind in ["fgsm", "pgd"] {
         assert!(
