@@ -19,7 +19,9 @@
 //! "train.lr" = [0.01, 0.05]  # any field by its dotted path
 //! ```
 //!
-//! Axis names are short aliases ([`AXIS_ALIASES`]) or dotted paths into the trial spec.
+//! Axis names are short aliases ([`AXIS_ALIASES`]) or dotted paths into the trial spec. On an
+//! optional field ([`OPTIONAL_AXES`]) the value `"none"` leaves the field out, so that
+//! `expansion = ["none", 8, 128]` puts the plain baseline beside LC-blocks in one sweep.
 //! Expansion order: seed outermost (so a partly finished sweep covers the whole grid for its
 //! first seeds), then axes in the order of their names. Grid points whose canonical specs are
 //! equal become one trial.
@@ -60,6 +62,23 @@ pub const AXIS_ALIASES: &[(&str, &str)] = &[
 ];
 
 const SECTIONS: [&str; 4] = ["dataset", "model", "train", "eval"];
+
+/// Fields that may be absent, where the grid value `"none"` leaves them out: e.g.
+/// `expansion = ["none", 8, 128]` sweeps the plain baseline beside LC-blocks.
+pub const OPTIONAL_AXES: &[&str] = &[
+    "model.expansion",
+    "model.depth",
+    "model.width",
+    "model.stem",
+    "model.patch_size",
+    "model.init_length",
+    "model.init_decay",
+    "dataset.train_size",
+    "dataset.test_size",
+    "dataset.noise",
+    "dataset.data_seed",
+    "eval.images",
+];
 
 /// Seeds of a sweep: a count (0..n) or an explicit list.
 #[derive(Debug, Clone, Deserialize)]
@@ -193,7 +212,15 @@ impl SweepSpec {
                     "give seeds with the top-level `seeds` key, not as a grid axis",
                 ));
             }
-            let values: Vec<Json> = values.into_iter().map(toml_to_json).collect();
+            let optional = OPTIONAL_AXES.contains(&path.as_str());
+            let values: Vec<Json> = values
+                .into_iter()
+                .map(toml_to_json)
+                .map(|v| match v {
+                    Json::String(s) if optional && s == "none" => Json::Null,
+                    v => v,
+                })
+                .collect();
             for (i, v) in values.iter().enumerate() {
                 if values[..i].contains(v) {
                     return Err(invalid(field, format!("value {v} is listed twice")));
@@ -464,7 +491,7 @@ fn toml_to_json(v: toml::Value) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use convsweep_proto::spec::{InitScheme, TrainMode};
+    use convsweep_proto::spec::{InitScheme, InterOp, TrainMode};
 
     const DEMO: &str = r#"
 name = "demo"
@@ -527,6 +554,61 @@ init = ["kaiming-uniform", "kaiming-normal"]
         assert_eq!(trials[1].model.train_mode, TrainMode::Frozen);
         assert_eq!(trials[2].model.kernel_size, 5);
         assert_eq!(trials[4].model.init, InitScheme::KaimingNormal);
+    }
+
+    #[test]
+    fn none_on_an_optional_axis_leaves_the_field_out() {
+        let base = "name = \"x\"\n[dataset]\nname = \"synthetic\"\n[model]\narch = \"resnet\"\n\
+                    kernel_size = 3\ntrain_mode = \"frozen\"\ninit = \"kaiming-uniform\"\n";
+        let expand = |text: &str| SweepSpec::from_toml(text).unwrap().expand().unwrap();
+        let trials = expand(&format!("{base}[grid]\nexpansion = [\"none\", 8]\n"));
+        let expansions: Vec<_> = trials.iter().map(|t| t.model.expansion).collect();
+        assert_eq!(expansions, [None, Some(8)]);
+        // The baseline is the very trial of a spec that never names the field.
+        assert_eq!(trials[0].id(), expand(base)[0].id());
+        // inter_op's "none" is a value (no op), not an absence.
+        let ops: Vec<_> = expand(&format!(
+            "{base}expansion = 8\n[grid]\ninter_op = [\"none\", \"relu\"]\n"
+        ))
+        .iter()
+        .map(|t| t.model.inter_op)
+        .collect();
+        assert_eq!(ops, [InterOp::None, InterOp::Relu]);
+        // On a field that cannot be absent, "none" is an ordinary value and refused by name.
+        let e = err_of(&format!("{base}[grid]\ntrain_mode = [\"learned\", \"none\"]\n"));
+        assert_eq!(e.field, "model.train_mode", "{e}");
+    }
+
+    #[test]
+    fn the_paper_specs_expand_to_the_papers_cells_with_its_recipe() {
+        let table1 = SweepSpec::from_toml(include_str!("../../examples/paper/table1.toml")).unwrap();
+        let table3 = SweepSpec::from_toml(include_str!("../../examples/paper/table3.toml")).unwrap();
+        let (t1, t3) = (table1.expand().unwrap(), table3.expand().unwrap());
+        assert_eq!((t1.len(), t3.len()), (4 * 2 * 2 * 4, 4 * 2 * 4));
+        for t in t1.iter().chain(&t3) {
+            let (m, r) = (&t.model, &t.train);
+            assert_eq!((m.kernel_size, m.init), (3, InitScheme::KaimingUniform));
+            assert_eq!((m.depth, m.width), (Some(20), Some(16)));
+            assert_eq!(
+                (r.epochs, r.batch_size, r.lr, r.momentum, r.nesterov),
+                (75, 256, 0.01, 0.9, true)
+            );
+            assert_eq!((r.weight_decay, r.label_smoothing), (0.01, 0.1));
+            assert_eq!((t.dataset.train_size, t.dataset.test_size), (None, None));
+        }
+        let mut cells: Vec<_> = t1
+            .iter()
+            .map(|t| (format!("{:?}", t.dataset.name), t.model.expansion, t.model.train_mode))
+            .collect();
+        cells.sort_by_key(|c| format!("{c:?}"));
+        cells.dedup();
+        assert_eq!(
+            cells.len(),
+            4 * 2 * 2,
+            "every dataset x baseline/LC x128 x learned/frozen"
+        );
+        assert!(t1.iter().all(|t| matches!(t.model.expansion, None | Some(128))));
+        assert!(t3.iter().all(|t| t.model.expansion == Some(64)));
     }
 
     #[test]
