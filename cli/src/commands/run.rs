@@ -272,8 +272,10 @@ fn report(run_dir: &std::path::Path, sweep: &str) -> Result<()> {
     frames.write_parquet(run_dir)?;
     let report = convsweep_analysis::Report::build(&frames, sweep)?;
     let written = report.write(run_dir)?;
-    let headline = &report.sections[0].tables[0].1;
-    println!("Test accuracy (%) by kernel size x train mode x init, over seeds:\n{headline}");
+    let headline = convsweep_analysis::tables::to_text(&report.sections[0].tables[0].1);
+    println!(
+        "Test accuracy (%) over seeds, by kernel size x train mode x init and every other factor that varies:\n{headline}"
+    );
     eprintln!("report: {} and {}", written.html.display(), written.markdown.display());
     Ok(())
 }
