@@ -68,6 +68,7 @@ pub fn trials_frame(rows: &[TrialRow]) -> Result<DataFrame> {
         "nesterov" => rows.iter().map(|r| r.spec.train.nesterov).collect::<Vec<bool>>(),
         "weight_decay" => f64s(&|r| r.spec.train.weight_decay),
         "label_smoothing" => f64s(&|r| r.spec.train.label_smoothing),
+        "warmup_epochs" => u(&|r| r.spec.train.warmup_epochs),
         "schedule" => s(&|r| json_name(&r.spec.train.schedule)),
         "augment" => s(&|r| json_name(&r.spec.train.augment)),
         "params_total" => opt(rows, |r| r.params_total),

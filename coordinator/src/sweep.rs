@@ -58,6 +58,7 @@ pub const AXIS_ALIASES: &[(&str, &str)] = &[
     ("label_smoothing", "train.label_smoothing"),
     ("schedule", "train.schedule"),
     ("augment", "train.augment"),
+    ("warmup_epochs", "train.warmup_epochs"),
     ("seed", "seed"),
 ];
 

@@ -27,6 +27,7 @@ pub const FACTORS: &[&str] = &[
     "nesterov",
     "weight_decay",
     "label_smoothing",
+    "warmup_epochs",
     "schedule",
     "augment",
     "train_size",

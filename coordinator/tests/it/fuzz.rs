@@ -77,6 +77,7 @@ const SECTION_KEYS: [(&str, &[&str]); 4] = [
             "label_smoothing",
             "schedule",
             "augment",
+            "warmup_epochs",
         ],
     ),
     (

@@ -49,6 +49,15 @@ pub struct TrainSpec {
     pub schedule: LrSchedule,
     /// Augmentation (auto).
     pub augment: Augment,
+    /// Epochs of linear warm-up at the start (0, none): the learning rate climbs from
+    /// `lr / steps` to `lr` over the warm-up's iterations, and the schedule runs over the rest.
+    /// Left out of the canonical form at 0, so that earlier trials keep their ids.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub warmup_epochs: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 impl Default for TrainSpec {
@@ -63,6 +72,7 @@ impl Default for TrainSpec {
             label_smoothing: 0.1,
             schedule: LrSchedule::Cosine,
             augment: Augment::Auto,
+            warmup_epochs: 0,
         }
     }
 }
@@ -119,6 +129,15 @@ impl TrainSpec {
             return Err(FieldError::new(
                 "train.weight_decay",
                 format!("must be a finite number >= 0, got {}", t.weight_decay),
+            ));
+        }
+        if t.warmup_epochs >= t.epochs {
+            return Err(FieldError::new(
+                "train.warmup_epochs",
+                format!(
+                    "must be fewer than the {} epochs (0 for none), got {}",
+                    t.epochs, t.warmup_epochs
+                ),
             ));
         }
         if !(0.0..1.0).contains(&t.label_smoothing) {

@@ -352,4 +352,21 @@ pub(crate) mod tests {
             assert!(SweepId::parse(bad).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn warmup_is_left_out_at_zero_so_that_earlier_ids_stand() {
+        let mut spec = demo_spec();
+        spec.canonicalize();
+        let before = spec.canonical_json();
+        assert!(!before.contains("warmup"), "{before}");
+        let mut warm = spec.clone();
+        warm.train.warmup_epochs = 1;
+        warm.train.epochs = 5;
+        assert!(warm.canonical_json().contains("\"warmup_epochs\":1"));
+        assert_ne!(warm.id(), spec.id());
+        assert!(warm.validate().is_ok());
+        warm.train.warmup_epochs = 5;
+        let e = warm.validate().unwrap_err();
+        assert_eq!(e.field, "train.warmup_epochs", "{e}");
+    }
 }

@@ -188,7 +188,8 @@ impl<'a> TrialRun<'a> {
             });
         }
         let cursor = self.cursor.as_mut().expect("set above");
-        let mut lr = lr_at(t.schedule, t.lr, self.step.saturating_sub(1), total_steps);
+        let warmup = u64::from(t.warmup_epochs) * self.batches_per_epoch as u64;
+        let mut lr = lr_at(t.schedule, t.lr, self.step.saturating_sub(1), total_steps, warmup);
         for b in cursor.next_batch..self.batches_per_epoch {
             match ctl.signal() {
                 Signal::Run => {}
@@ -203,7 +204,7 @@ impl<'a> TrialRun<'a> {
             let idx = cursor.order.narrow(0, start, len);
             let x = augment(&self.data.train.images.index_select(0, &idx), t.augment, &mut self.rng);
             let y = self.data.train.labels.index_select(0, &idx);
-            lr = lr_at(t.schedule, t.lr, self.step, total_steps);
+            lr = lr_at(t.schedule, t.lr, self.step, total_steps, warmup);
             self.opt.set_lr(lr);
             let (loss, logits) = train_step(&self.net, &mut self.opt, &x, &y, t.label_smoothing);
             tch::no_grad(|| {

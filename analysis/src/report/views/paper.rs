@@ -32,6 +32,7 @@ pub fn view(trials: &DataFrame) -> Result<Section> {
         .and(col("nesterov"))
         .and(col("weight_decay").eq(lit(0.01)))
         .and(col("label_smoothing").eq(lit(0.1)))
+        .and(col("warmup_epochs").eq(lit(0u32)))
         .and(col("schedule").eq(lit("cosine")));
     let candidates = trials
         .clone()
