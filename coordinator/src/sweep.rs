@@ -59,6 +59,9 @@ pub const AXIS_ALIASES: &[(&str, &str)] = &[
     ("schedule", "train.schedule"),
     ("augment", "train.augment"),
     ("warmup_epochs", "train.warmup_epochs"),
+    ("loss", "train.loss"),
+    ("mixup", "train.mixup"),
+    ("cutmix", "train.cutmix"),
     ("seed", "seed"),
 ];
 

@@ -78,6 +78,9 @@ const SECTION_KEYS: [(&str, &[&str]); 4] = [
             "schedule",
             "augment",
             "warmup_epochs",
+            "loss",
+            "mixup",
+            "cutmix",
         ],
     ),
     (
@@ -125,6 +128,8 @@ const WORDS: &[&str] = &[
     "cosine",
     "step",
     "crop-flip",
+    "bce",
+    "ce",
     "gaussian-noise",
     "",
     "/tmp/x",

@@ -27,6 +27,24 @@ pub enum Augment {
     CropFlip,
 }
 
+/// The training loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loss {
+    /// Cross-entropy with `label_smoothing` (the paper's CIFAR recipe).
+    #[default]
+    Ce,
+    /// Binary cross-entropy of each class's logit against the smoothed (and mixed) one-hot
+    /// target, averaged over images and classes (timm's A2 recipe).
+    Bce,
+}
+
+impl Loss {
+    fn is_ce(&self) -> bool {
+        *self == Loss::Ce
+    }
+}
+
 /// Training hyper-parameters; defaults are the paper's recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -54,10 +72,26 @@ pub struct TrainSpec {
     /// Left out of the canonical form at 0, so that earlier trials keep their ids.
     #[serde(skip_serializing_if = "is_zero")]
     pub warmup_epochs: u32,
+    /// The training loss (ce).
+    #[serde(skip_serializing_if = "Loss::is_ce")]
+    pub loss: Loss,
+    /// Mixup: each batch becomes `lam * x + (1 - lam) * x` in mirror order, `lam ~
+    /// Beta(mixup, mixup)`, targets mixed alike (0, off; timm's A2: 0.1).
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    pub mixup: f64,
+    /// CutMix: a box of the mirror-order image pasted in, its area `1 - lam`, `lam ~
+    /// Beta(cutmix, cutmix)` (0, off; timm's A2: 1.0). With mixup too, each batch gets one of
+    /// the two at even odds.
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    pub cutmix: f64,
 }
 
 fn is_zero(v: &u32) -> bool {
     *v == 0
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl Default for TrainSpec {
@@ -73,6 +107,9 @@ impl Default for TrainSpec {
             schedule: LrSchedule::Cosine,
             augment: Augment::Auto,
             warmup_epochs: 0,
+            loss: Loss::Ce,
+            mixup: 0.0,
+            cutmix: 0.0,
         }
     }
 }
@@ -139,6 +176,14 @@ impl TrainSpec {
                     t.epochs, t.warmup_epochs
                 ),
             ));
+        }
+        for (field, v) in [("train.mixup", t.mixup), ("train.cutmix", t.cutmix)] {
+            if !(v.is_finite() && (0.0..=100.0).contains(&v)) {
+                return Err(FieldError::new(
+                    field,
+                    format!("must be a Beta alpha in [0, 100] (0 for off; timm's A2: mixup 0.1, cutmix 1.0), got {v}"),
+                ));
+            }
         }
         if !(0.0..1.0).contains(&t.label_smoothing) {
             return Err(FieldError::new(

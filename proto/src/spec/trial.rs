@@ -354,11 +354,13 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn warmup_is_left_out_at_zero_so_that_earlier_ids_stand() {
+    fn new_recipe_fields_are_left_out_at_their_defaults_so_that_earlier_ids_stand() {
         let mut spec = demo_spec();
         spec.canonicalize();
         let before = spec.canonical_json();
-        assert!(!before.contains("warmup"), "{before}");
+        for field in ["warmup", "\"loss\"", "mixup", "cutmix"] {
+            assert!(!before.contains(field), "{field} at its default is left out: {before}");
+        }
         let mut warm = spec.clone();
         warm.train.warmup_epochs = 1;
         warm.train.epochs = 5;

@@ -5,10 +5,11 @@
 use std::time::Instant;
 
 use convsweep_proto::pb;
-use convsweep_proto::spec::TrialSpec;
+use convsweep_proto::spec::{Loss, TrialSpec};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use super::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
+use super::mix;
 use super::schedule::lr_at;
 use super::sgd::Sgd;
 use crate::control::{Signal, TrainError, TrialControl};
@@ -47,6 +48,14 @@ pub fn evaluate(net: &Net, images: &Tensor, labels: &Tensor, label_smoothing: f6
 pub fn train_step(net: &Net, opt: &mut Sgd, x: &Tensor, y: &Tensor, label_smoothing: f64) -> (Tensor, Tensor) {
     let logits = net.forward_t(x, true);
     let loss = logits.cross_entropy_loss(y, None::<Tensor>, Reduction::Mean, -100, label_smoothing);
+    opt.backward_step(&loss);
+    (loss.detach(), logits.detach())
+}
+
+/// [`train_step`] against soft targets (mixed, or for the binary cross-entropy).
+pub fn soft_train_step(net: &Net, opt: &mut Sgd, x: &Tensor, targets: &Tensor, loss: Loss) -> (Tensor, Tensor) {
+    let logits = net.forward_t(x, true);
+    let loss = mix::soft_loss(&logits, targets, loss);
     opt.backward_step(&loss);
     (loss.detach(), logits.detach())
 }
@@ -206,7 +215,16 @@ impl<'a> TrialRun<'a> {
             let y = self.data.train.labels.index_select(0, &idx);
             lr = lr_at(t.schedule, t.lr, self.step, total_steps, warmup);
             self.opt.set_lr(lr);
-            let (loss, logits) = train_step(&self.net, &mut self.opt, &x, &y, t.label_smoothing);
+            let (h, w) = (x.size()[2], x.size()[3]);
+            let (loss, logits) = match mix::draw(t.mixup, t.cutmix, h, w, &mut self.rng) {
+                // The paper's path, unchanged: hard labels, smoothed cross-entropy.
+                None if t.loss == Loss::Ce => train_step(&self.net, &mut self.opt, &x, &y, t.label_smoothing),
+                drawn => {
+                    let (x, lam) = drawn.map_or((x.shallow_clone(), 1.0), |m| mix::apply(&x, m));
+                    let targets = mix::soft_targets(&y, self.data.classes, t.label_smoothing, lam);
+                    soft_train_step(&self.net, &mut self.opt, &x, &targets, t.loss)
+                }
+            };
             tch::no_grad(|| {
                 cursor.loss_sum += loss.to_kind(Kind::Double) * len as f64;
                 cursor.correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
