@@ -69,6 +69,7 @@ pub fn trials_frame(rows: &[TrialRow]) -> Result<DataFrame> {
         "weight_decay" => f64s(&|r| r.spec.train.weight_decay),
         "label_smoothing" => f64s(&|r| r.spec.train.label_smoothing),
         "warmup_epochs" => u(&|r| r.spec.train.warmup_epochs),
+        "optimizer" => s(&|r| json_name(&r.spec.train.optimizer)),
         "loss" => s(&|r| json_name(&r.spec.train.loss)),
         "mixup" => f64s(&|r| r.spec.train.mixup),
         "cutmix" => f64s(&|r| r.spec.train.cutmix),

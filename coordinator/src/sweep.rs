@@ -59,6 +59,7 @@ pub const AXIS_ALIASES: &[(&str, &str)] = &[
     ("schedule", "train.schedule"),
     ("augment", "train.augment"),
     ("warmup_epochs", "train.warmup_epochs"),
+    ("optimizer", "train.optimizer"),
     ("loss", "train.loss"),
     ("mixup", "train.mixup"),
     ("cutmix", "train.cutmix"),

@@ -28,6 +28,7 @@ pub const FACTORS: &[&str] = &[
     "weight_decay",
     "label_smoothing",
     "warmup_epochs",
+    "optimizer",
     "loss",
     "mixup",
     "cutmix",

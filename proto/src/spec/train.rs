@@ -27,6 +27,24 @@ pub enum Augment {
     CropFlip,
 }
 
+/// The optimiser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Optimizer {
+    /// SGD with `momentum`, `nesterov` and `weight_decay` (the paper's CIFAR recipe).
+    #[default]
+    Sgd,
+    /// AdamW (torch.optim.AdamW: betas 0.9 and 0.999, eps 1e-8, `weight_decay` decoupled);
+    /// `momentum` and `nesterov` do not apply.
+    Adamw,
+}
+
+impl Optimizer {
+    fn is_sgd(&self) -> bool {
+        *self == Optimizer::Sgd
+    }
+}
+
 /// The training loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -72,6 +90,9 @@ pub struct TrainSpec {
     /// Left out of the canonical form at 0, so that earlier trials keep their ids.
     #[serde(skip_serializing_if = "is_zero")]
     pub warmup_epochs: u32,
+    /// The optimiser (sgd).
+    #[serde(skip_serializing_if = "Optimizer::is_sgd")]
+    pub optimizer: Optimizer,
     /// The training loss (ce).
     #[serde(skip_serializing_if = "Loss::is_ce")]
     pub loss: Loss,
@@ -107,6 +128,7 @@ impl Default for TrainSpec {
             schedule: LrSchedule::Cosine,
             augment: Augment::Auto,
             warmup_epochs: 0,
+            optimizer: Optimizer::Sgd,
             loss: Loss::Ce,
             mixup: 0.0,
             cutmix: 0.0,
@@ -124,6 +146,12 @@ impl TrainSpec {
                 DatasetName::Synthetic | DatasetName::Cifar10 | DatasetName::Cifar100 => Augment::CropFlip,
                 DatasetName::FashionMnist | DatasetName::Svhn | DatasetName::Tensor => Augment::None,
             };
+        }
+        if t.optimizer == Optimizer::Adamw {
+            // Momentum and Nesterov are SGD's: whatever was written, one AdamW trial.
+            let sgd = TrainSpec::default();
+            t.momentum = sgd.momentum;
+            t.nesterov = sgd.nesterov;
         }
         if t.momentum == 0.0 {
             t.nesterov = false;

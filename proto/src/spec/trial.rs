@@ -358,7 +358,7 @@ pub(crate) mod tests {
         let mut spec = demo_spec();
         spec.canonicalize();
         let before = spec.canonical_json();
-        for field in ["warmup", "\"loss\"", "mixup", "cutmix"] {
+        for field in ["warmup", "\"loss\"", "mixup", "cutmix", "optimizer"] {
             assert!(!before.contains(field), "{field} at its default is left out: {before}");
         }
         let mut warm = spec.clone();
@@ -370,5 +370,15 @@ pub(crate) mod tests {
         warm.train.warmup_epochs = 5;
         let e = warm.validate().unwrap_err();
         assert_eq!(e.field, "train.warmup_epochs", "{e}");
+        // SGD's momentum means nothing to AdamW: whatever was written, one trial.
+        let adamw = |momentum: f64| {
+            let mut t = demo_spec();
+            t.train.optimizer = Optimizer::Adamw;
+            t.train.momentum = momentum;
+            t.canonicalize();
+            t.id()
+        };
+        assert_eq!(adamw(0.0), adamw(0.5));
+        assert_ne!(adamw(0.9), spec.id());
     }
 }

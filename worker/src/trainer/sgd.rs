@@ -17,9 +17,20 @@
 //! several per parameter: on a GPU, where small models are bound by kernel launches, this is
 //! what kept an LC model's step at 0.7x of PyTorch's (which fuses its update across tensors).
 //! The momentum starts at zero, which makes `momentum * 0 + g` the first step's `g`.
+//!
+//! With `optimizer = "adamw"` the same buffers hold AdamW's moments, updated as
+//! `torch.optim.AdamW` does (betas 0.9 and 0.999, eps 1e-8, bias correction, weight decay
+//! decoupled: `p = p * (1 - lr * weight_decay)` before the Adam step). The step count is global,
+//! where torch keeps one per parameter: they differ only for a parameter that goes without a
+//! gradient for a while, which the trainer's models do not have.
 
-use convsweep_proto::spec::TrainSpec;
+use convsweep_proto::spec::{Optimizer, TrainSpec};
 use tch::{Kind, Tensor};
+
+/// AdamW's constants (torch.optim.AdamW's defaults).
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.999;
+const EPS: f64 = 1e-8;
 
 use super::checkpoint::CheckpointError;
 
@@ -35,6 +46,10 @@ pub struct Sgd {
     momentum_buffer: Tensor,
     /// Whether a step (or a restored state) has filled the momentum buffer.
     has_momentum: bool,
+    /// AdamW instead of SGD: `momentum_buffer` is its first moment, this its second.
+    adamw: Option<Tensor>,
+    /// Steps taken (AdamW's bias correction).
+    steps: u64,
     lr: f64,
     momentum: f64,
     weight_decay: f64,
@@ -79,6 +94,8 @@ impl Sgd {
         }
         Sgd {
             momentum_buffer: flat.zeros_like(),
+            adamw: (recipe.optimizer == Optimizer::Adamw).then(|| flat.zeros_like()),
+            steps: 0,
             flat,
             params,
             slices,
@@ -102,27 +119,51 @@ impl Sgd {
         }
         let inputs: Vec<&Tensor> = self.params.iter().map(|(_, p)| p).collect();
         let grads = Tensor::run_backward(&[loss], &inputs, false, false);
+        self.steps += 1;
         tch::no_grad(|| {
             if grads.iter().all(Tensor::defined) {
                 let flat_grads: Vec<Tensor> = grads.iter().map(|g| g.reshape([-1])).collect();
                 let g = Tensor::cat(&flat_grads, 0);
-                self.update(&self.flat, g, &self.momentum_buffer);
+                self.update(&self.flat, g, &self.momentum_buffer, self.adamw.as_ref());
             } else {
                 // A parameter without a gradient is left alone, as torch.optim.SGD does.
                 for (g, &(s, n)) in grads.iter().zip(&self.slices) {
                     if g.defined() {
                         let p = self.flat.narrow(0, s, n);
                         let buf = self.momentum_buffer.narrow(0, s, n);
-                        self.update(&p, g.reshape([-1]), &buf);
+                        let sq = self.adamw.as_ref().map(|v| v.narrow(0, s, n));
+                        self.update(&p, g.reshape([-1]), &buf, sq.as_ref());
                     }
                 }
             }
         });
-        self.has_momentum = self.momentum != 0.0;
+        self.has_momentum = self.momentum != 0.0 || self.adamw.is_some();
     }
 
-    /// One update of `p` (in place) with gradient `g` and momentum buffer `buf` (in place).
-    fn update(&self, p: &Tensor, mut g: Tensor, buf: &Tensor) {
+    /// One AdamW update of `p` with gradient `g`, first moment `m` and second moment `v` (all
+    /// in place).
+    fn adamw_update(&self, p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) {
+        let mut p = p.shallow_clone();
+        if self.weight_decay != 0.0 {
+            let _ = p.g_mul_scalar_(1.0 - self.lr * self.weight_decay);
+        }
+        let (mut m, mut v) = (m.shallow_clone(), v.shallow_clone());
+        let _ = m.g_mul_scalar_(BETA1);
+        let _ = m.g_add_(&(g * (1.0 - BETA1)));
+        let _ = v.g_mul_scalar_(BETA2);
+        let _ = v.g_add_(&(g * g * (1.0 - BETA2)));
+        let t = self.steps as i32;
+        let (bias1, bias2) = (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t));
+        let denom = v.sqrt() / bias2.sqrt() + EPS;
+        let _ = p.g_sub_(&(&m / denom * (self.lr / bias1)));
+    }
+
+    /// One update of `p` (in place) with gradient `g` and momentum buffer `buf` (in place), or
+    /// AdamW's with `sq`, its second moment.
+    fn update(&self, p: &Tensor, mut g: Tensor, buf: &Tensor, sq: Option<&Tensor>) {
+        if let Some(v) = sq {
+            return self.adamw_update(p, &g, buf, v);
+        }
         if self.weight_decay != 0.0 {
             g = g.g_add(&(p * self.weight_decay));
         }
@@ -140,27 +181,47 @@ impl Sgd {
         let _ = p.g_sub_(&(g * self.lr));
     }
 
-    /// The momentum buffers by parameter name (none before the first step), for checkpoints.
+    /// The momentum buffers by parameter name (none before the first step), for checkpoints;
+    /// with AdamW also each second moment (`adamw:sq:<name>`) and the step count
+    /// (`adamw:steps`).
     pub fn state(&self) -> Vec<(String, Tensor)> {
         if !self.has_momentum {
             return Vec::new();
         }
-        self.params
+        let of = |buffer: &Tensor, p: &Tensor, s: i64, n: i64| buffer.narrow(0, s, n).view(p.size().as_slice()).copy();
+        let mut out: Vec<(String, Tensor)> = self
+            .params
             .iter()
             .zip(&self.slices)
-            .map(|((name, p), &(s, n))| {
-                let size = p.size();
-                (
-                    name.clone(),
-                    self.momentum_buffer.narrow(0, s, n).view(size.as_slice()).copy(),
-                )
-            })
-            .collect()
+            .map(|((name, p), &(s, n))| (name.clone(), of(&self.momentum_buffer, p, s, n)))
+            .collect();
+        if let Some(v) = &self.adamw {
+            for ((name, p), &(s, n)) in self.params.iter().zip(&self.slices) {
+                out.push((format!("adamw:sq:{name}"), of(v, p, s, n)));
+            }
+            out.push(("adamw:steps".into(), Tensor::from(self.steps as i64)));
+        }
+        out
     }
 
     /// Restores momentum buffers saved by [`Sgd::state`]; unknown names are an error.
     pub fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<(), CheckpointError> {
         for (name, buf) in state {
+            if name == "adamw:steps" {
+                self.steps = buf.int64_value(&[]).max(0) as u64;
+                continue;
+            }
+            let (target, name) = match name.strip_prefix("adamw:sq:") {
+                Some(param) => match &self.adamw {
+                    Some(v) => (v.shallow_clone(), param.to_owned()),
+                    None => {
+                        return Err(CheckpointError::Mismatch(format!(
+                            "AdamW state {name} in the checkpoint of an SGD trial"
+                        )));
+                    }
+                },
+                None => (self.momentum_buffer.shallow_clone(), name),
+            };
             let i =
                 self.params.iter().position(|(n, _)| *n == name).ok_or_else(|| {
                     CheckpointError::Mismatch(format!("momentum buffer for unknown parameter {name}"))
@@ -173,7 +234,7 @@ impl Sgd {
             }
             let (s, n) = self.slices[i];
             tch::no_grad(|| {
-                self.momentum_buffer.narrow(0, s, n).copy_(&buf.reshape([-1]));
+                target.narrow(0, s, n).copy_(&buf.reshape([-1]));
             });
             self.has_momentum = true;
         }
@@ -294,5 +355,54 @@ mod tests {
         other.load_state(state).unwrap();
         assert!(other.state()[0].1.equal(&sgd.state()[0].1));
         assert!(other.load_state(vec![("nope".into(), p.detach())]).is_err());
+    }
+
+    /// Three AdamW steps written out by hand, as torch.optim.AdamW documents them.
+    #[test]
+    fn adamw_matches_the_pytorch_update_rule_and_its_state_round_trips() {
+        let recipe = TrainSpec {
+            optimizer: Optimizer::Adamw,
+            lr: 0.01,
+            weight_decay: 0.05,
+            ..TrainSpec::default()
+        };
+        let p = Tensor::from_slice(&[1.0f64, -2.0, 3.0]).set_requires_grad(true);
+        let mut opt = Sgd::new(vec![("p".into(), p.shallow_clone())], &recipe);
+        let mut x = vec![1.0f64, -2.0, 3.0];
+        let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
+        for t in 1..=3 {
+            // loss = sum(p^3) / 3, so the gradient is p^2.
+            let loss = (&p * &p * &p).sum(Kind::Double) / 3.0;
+            opt.backward_step(&loss);
+            for i in 0..3 {
+                let g = x[i] * x[i];
+                x[i] *= 1.0 - 0.01 * 0.05;
+                m[i] = 0.9 * m[i] + 0.1 * g;
+                v[i] = 0.999 * v[i] + 0.001 * g * g;
+                let (b1, b2) = (1.0 - 0.9f64.powi(t), 1.0 - 0.999f64.powi(t));
+                x[i] -= 0.01 / b1 * m[i] / ((v[i] / b2).sqrt() + 1e-8);
+            }
+        }
+        let got = Vec::<f64>::try_from(p.detach()).unwrap();
+        for (a, b) in got.iter().zip(&x) {
+            assert!((a - b).abs() < 1e-12, "{got:?} vs {x:?}");
+        }
+        // The state holds both moments and the step count, and restores them.
+        let state = opt.state();
+        assert_eq!(state.len(), 3, "{:?}", state.iter().map(|s| &s.0).collect::<Vec<_>>());
+        let q = Tensor::from_slice(&got).set_requires_grad(true);
+        let mut restored = Sgd::new(vec![("p".into(), q.shallow_clone())], &recipe);
+        restored.load_state(state).unwrap();
+        assert_eq!(restored.steps, 3);
+        for (a, b) in restored.state().iter().zip(&opt.state()) {
+            assert_eq!(a.0, b.0);
+            assert!(a.1.equal(&b.1), "{}", a.0);
+        }
+        let sgd = TrainSpec::default();
+        let mut plain = Sgd::new(vec![("p".into(), q.shallow_clone())], &sgd);
+        assert!(
+            plain.load_state(opt.state()).is_err(),
+            "AdamW state into SGD is refused"
+        );
     }
 }

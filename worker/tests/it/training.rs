@@ -104,7 +104,7 @@ fn cpu_training_is_deterministic_for_a_seed() {
 }
 
 #[test]
-fn mixup_cutmix_and_bce_train_deterministically_and_resume_exactly() {
+fn adamw_warmup_mixup_cutmix_and_bce_train_deterministically_and_resume_exactly() {
     use convsweep_proto::spec::Loss;
 
     let plain = trial(model(8, 8, 3, TrainMode::Learned), 128, 3);
@@ -112,6 +112,11 @@ fn mixup_cutmix_and_bce_train_deterministically_and_resume_exactly() {
     spec.train.mixup = 0.2;
     spec.train.cutmix = 1.0;
     spec.train.loss = Loss::Bce;
+    // timm-style: AdamW with a warm-up.
+    spec.train.optimizer = convsweep_proto::spec::Optimizer::Adamw;
+    spec.train.lr = 2e-3;
+    spec.train.warmup_epochs = 1;
+    spec.canonicalize();
     spec.validate().unwrap();
     assert_ne!(spec.id(), plain.id());
     let data = DataCache::default().get(&spec.dataset, Device::Cpu).unwrap();
@@ -129,7 +134,8 @@ fn mixup_cutmix_and_bce_train_deterministically_and_resume_exactly() {
         );
     }
     assert!(a.iter().all(|m| m.train_loss.is_finite() && m.train_loss > 0.0));
-    assert_ne!(a[0].train_loss, p[0].train_loss, "mixing and BCE change the run");
+    assert_ne!(a[0].train_loss, p[0].train_loss, "the recipe changes the run");
+    assert!(a[1].train_loss < a[0].train_loss, "it learns: {a:?}");
     // BCE over 10 classes of soft targets starts near ln 2, far below CE's ln 10.
     assert!(a[0].train_loss < 1.0, "{}", a[0].train_loss);
 

@@ -33,6 +33,7 @@ pub fn view(trials: &DataFrame) -> Result<Section> {
         .and(col("weight_decay").eq(lit(0.01)))
         .and(col("label_smoothing").eq(lit(0.1)))
         .and(col("warmup_epochs").eq(lit(0u32)))
+        .and(col("optimizer").eq(lit("sgd")))
         .and(col("loss").eq(lit("ce")))
         .and(col("mixup").eq(lit(0.0)))
         .and(col("cutmix").eq(lit(0.0)))
