@@ -159,13 +159,19 @@ fn slope_ci(points: &[(String, f64, f64)]) -> Option<Estimate> {
     })
 }
 
-/// Fewest pairs in a cell (configuration and x value).
-fn fewest(cells: impl Iterator<Item = String>) -> usize {
-    let mut count: BTreeMap<String, usize> = BTreeMap::new();
-    for c in cells {
-        *count.entry(c).or_default() += 1;
+/// Fewest pairs (seeds) of one configuration among `pairs`: every claim's x value (k or E) is
+/// part of the configuration, so this is the fewest seeds in a cell.
+fn fewest(pairs: &[&Pair]) -> usize {
+    let mut count: BTreeMap<(&str, u32, Option<u32>), usize> = BTreeMap::new();
+    for p in pairs {
+        *count.entry((p.rest.as_str(), p.kernel_size, p.expansion)).or_default() += 1;
     }
     count.values().copied().min().unwrap_or(0)
+}
+
+/// How many distinct values.
+fn distinct<T: Ord>(values: impl Iterator<Item = T>) -> usize {
+    values.collect::<std::collections::BTreeSet<_>>().len()
 }
 
 /// Two decimals, without a negative zero.
@@ -200,15 +206,15 @@ struct Test<'a> {
     claim: &'static str,
     statement: &'static str,
     effect_is: &'static str,
-    /// Pairs used and the cell each belongs to (for the seed count).
-    used: Vec<(&'a Pair, String)>,
+    /// Pairs used.
+    used: Vec<&'a Pair>,
     /// Why nothing could be estimated, when the pairs do not allow it.
     missing: Option<String>,
 }
 
 impl Test<'_> {
     fn finish(self, estimate: Option<Estimate>, threshold: f64, claim_above: bool) -> Checked {
-        let seeds = fewest(self.used.iter().map(|(_, c)| c.clone()));
+        let seeds = fewest(&self.used);
         let (verdict, reason, effect, ci95) = match (&self.missing, estimate) {
             (Some(why), _) => (Verdict::Inconclusive, why.clone(), None, None),
             // The point estimate is still shown; it is not tested.
@@ -248,49 +254,44 @@ pub fn check(pairs: &[Pair]) -> Vec<Checked> {
     let mut out = Vec::new();
 
     // 1. The gap grows with k (within each configuration of the other factors and E).
-    let group = |p: &Pair| format!("{} E={:?}", p.rest, p.expansion);
-    let kernels = |ps: &[&Pair]| {
-        let mut ks: Vec<u32> = ps.iter().map(|p| p.kernel_size).collect();
-        ks.sort_unstable();
-        ks.dedup();
-        ks.len()
-    };
     let all: Vec<&Pair> = pairs.iter().collect();
+    let kernels = distinct(all.iter().map(|p| p.kernel_size));
     let test = Test {
         claim: "gap grows with k",
         statement: "The learned-minus-frozen accuracy gap grows with the kernel size.",
         effect_is: "slope of the gap, pp per +1 of k",
-        used: all
-            .iter()
-            .map(|p| (*p, format!("{} k={}", group(p), p.kernel_size)))
-            .collect(),
-        missing: (kernels(&all) < 2).then(|| format!("needs 2 or more kernel sizes; the sweep has {}", kernels(&all))),
+        used: all.clone(),
+        missing: (kernels < 2).then(|| format!("needs 2 or more kernel sizes; the sweep has {kernels}")),
     };
     let points: Vec<(String, f64, f64)> = all
         .iter()
-        .map(|p| (group(p), f64::from(p.kernel_size), p.gap()))
+        .map(|p| {
+            (
+                format!("{} E={:?}", p.rest, p.expansion),
+                f64::from(p.kernel_size),
+                p.gap(),
+            )
+        })
         .collect();
     out.push(test.finish(slope_ci(&points), 0.0, true));
 
     // 2. The gap shrinks as E grows (LC-blocks only, against log2 E).
     let lc: Vec<&Pair> = pairs.iter().filter(|p| p.expansion.is_some()).collect();
-    let mut es: Vec<u32> = lc.iter().filter_map(|p| p.expansion).collect();
-    es.sort_unstable();
-    es.dedup();
-    let group_k = |p: &Pair| format!("{} k={}", p.rest, p.kernel_size);
+    let expansions = distinct(lc.iter().filter_map(|p| p.expansion));
     let test = Test {
         claim: "gap shrinks with E",
         statement: "The gap shrinks as the LC-block expansion E grows.",
         effect_is: "slope of the gap, pp per doubling of E",
-        used: lc
-            .iter()
-            .map(|p| (*p, format!("{} E={:?}", group_k(p), p.expansion)))
-            .collect(),
-        missing: (es.len() < 2).then(|| format!("needs LC-blocks at 2 or more expansions; the sweep has {}", es.len())),
+        used: lc.clone(),
+        missing: (expansions < 2)
+            .then(|| format!("needs LC-blocks at 2 or more expansions; the sweep has {expansions}")),
     };
     let points: Vec<(String, f64, f64)> = lc
         .iter()
-        .map(|p| (group_k(p), f64::from(p.expansion.unwrap_or(1)).log2(), p.gap()))
+        .map(|p| {
+            let group = format!("{} k={}", p.rest, p.kernel_size);
+            (group, f64::from(p.expansion.unwrap_or(1)).log2(), p.gap())
+        })
         .collect();
     out.push(test.finish(slope_ci(&points), 0.0, false));
 
@@ -300,10 +301,7 @@ pub fn check(pairs: &[Pair]) -> Vec<Checked> {
         claim: "frozen matches learned from E = 8",
         statement: "From E = 8, frozen LC-blocks match (within 1 pp) or beat learned ones.",
         effect_is: "mean gap at E >= 8, pp",
-        used: wide
-            .iter()
-            .map(|p| (*p, format!("{} E={:?}", group_k(p), p.expansion)))
-            .collect(),
+        used: wide.clone(),
         missing: wide.is_empty().then(|| "needs LC-blocks with E >= 8".to_owned()),
     };
     let gaps: Vec<f64> = wide.iter().map(|p| p.gap()).collect();
@@ -318,7 +316,7 @@ pub fn check(pairs: &[Pair]) -> Vec<Checked> {
         claim: "frozen drops less under FGSM",
         statement: "Frozen models lose less of their clean accuracy under FGSM at eps = 1/255.",
         effect_is: "learned minus frozen relative drop, % of clean accuracy",
-        used: measured.iter().map(|p| (*p, group_config(p))).collect(),
+        used: measured.clone(),
         missing: measured
             .is_empty()
             .then(|| "needs FGSM at eps = 1/255 on both sides of a pair".to_owned()),
@@ -334,7 +332,7 @@ pub fn check(pairs: &[Pair]) -> Vec<Checked> {
         claim: "frozen overfits less",
         statement: "Frozen models end with a smaller generalisation gap (train minus test accuracy).",
         effect_is: "learned minus frozen final train-test gap, pp",
-        used: all.iter().map(|p| (*p, group_config(p))).collect(),
+        used: all.clone(),
         missing: all
             .is_empty()
             .then(|| "needs learned and frozen trials of one configuration".to_owned()),
@@ -345,10 +343,6 @@ pub fn check(pairs: &[Pair]) -> Vec<Checked> {
         .collect();
     out.push(test.finish(mean_ci(&overfit), 0.0, true));
     out
-}
-
-fn group_config(p: &Pair) -> String {
-    format!("{} k={} E={:?}", p.rest, p.kernel_size, p.expansion)
 }
 
 #[cfg(test)]

@@ -72,9 +72,7 @@ impl Error {
             Error::SchemaMismatch { .. } | Error::Storage(_) | Error::Io(_) | Error::Transport(_) => false,
         }
     }
-}
 
-impl Error {
     /// A write the state folder had no room for: a full disk, a quota, or a file-size limit
     /// (`ulimit -f`, under which SQLite sees short writes and then `EFBIG`). Nothing of the
     /// request was stored; the same request succeeds once there is room.

@@ -534,7 +534,7 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
         let ended = match &outcome {
             Outcome::Succeeded(_) => "succeeded",
             Outcome::Failed { .. } => "failed",
-            _ => "preempted",
+            Outcome::Preempted { .. } => "preempted",
         };
         info!(trial = %trial_id, lease_to_first_step_ms = startup_ms, outcome = ended, "trial ended");
         if complete(&shared, &trial_id, &token, outcome.clone()).await {

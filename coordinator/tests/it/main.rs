@@ -4,6 +4,8 @@
 
 mod common;
 mod fuzz;
+#[path = "../../../build-support/fuzz_runner.rs"]
+mod fuzz_runner;
 mod grpc;
 mod lease;
 mod ops;

@@ -40,12 +40,17 @@ fn malformed(path: &Path, problem: impl Into<String>) -> DataError {
     }
 }
 
-fn read(path: &Path, hint: &str) -> Result<Vec<u8>, DataError> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing(path, hint)),
-        Err(e) => Err(malformed(path, format!("cannot be read: {e}"))),
+/// What an I/O error on `path` means: missing (`hint` says what belongs there), or unreadable.
+fn io_error(path: &Path, hint: &str, e: std::io::Error) -> DataError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        missing(path, hint)
+    } else {
+        malformed(path, format!("cannot be read: {e}"))
     }
+}
+
+fn read(path: &Path, hint: &str) -> Result<Vec<u8>, DataError> {
+    std::fs::read(path).map_err(|e| io_error(path, hint, e))
 }
 
 /// All of a compressed stream, refusing one that inflates past [`MAX_INFLATED`] bytes.
@@ -188,7 +193,7 @@ fn idx(root: &Path, name: &str, expected_dims: usize) -> Result<(PathBuf, Vec<us
             format!("its header {shape:?} has a side of {d}; expected 1 to {MAX_SIDE}"),
         ));
     }
-    let expected = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| {
+    let expected = npz::element_count(&shape).ok_or_else(|| {
         malformed(
             &path,
             format!("its header {shape:?} announces more bytes than fit in memory"),
@@ -453,14 +458,23 @@ pub fn svhn(root: &Path) -> Result<(Split, Split), DataError> {
 }
 
 fn npz_split(path: &Path) -> Result<(Split, Option<i64>), DataError> {
-    let bytes = read(
-        path,
-        "a NumPy .npz with `images` (uint8 NxCxHxW) and `labels` (integers, N)",
-    )?;
-    let arrays = npz::read(&bytes).map_err(|e| malformed(path, e))?;
-    let get = |name: &str| arrays.iter().position(|(n, _)| n == name).map(|i| arrays[i].1.clone());
-    let images = get("images").ok_or_else(|| malformed(path, "has no `images` array"))?;
-    let labels = get("labels").ok_or_else(|| malformed(path, "has no `labels` array"))?;
+    // Read through the file (not a copy of it in memory), each array taken out of the archive's
+    // list rather than copied: an npz may hold gigabytes of images.
+    let file = std::fs::File::open(path).map(std::io::BufReader::new).map_err(|e| {
+        io_error(
+            path,
+            "a NumPy .npz with `images` (uint8 NxCxHxW) and `labels` (integers, N)",
+            e,
+        )
+    })?;
+    let mut arrays = npz::read(file).map_err(|e| malformed(path, e))?;
+    let mut take = |name: &str| {
+        let i = arrays.iter().position(|(n, _)| n == name)?;
+        Some(arrays.swap_remove(i).1)
+    };
+    let images = take("images").ok_or_else(|| malformed(path, "has no `images` array"))?;
+    let labels = take("labels").ok_or_else(|| malformed(path, "has no `labels` array"))?;
+    let classes = take("classes");
     let npz::Values::U8(pixels) = images.values else {
         return Err(malformed(
             path,
@@ -501,7 +515,7 @@ fn npz_split(path: &Path) -> Result<(Split, Option<i64>), DataError> {
     if n == 0 {
         return Err(malformed(path, "holds no images"));
     }
-    let classes = match get("classes") {
+    let classes = match classes {
         None => None,
         Some(c) => match (&c.values, c.shape.iter().product::<usize>()) {
             (npz::Values::I64(v), 1) if (1..=MAX_CLASSES).contains(&v[0]) => Some(v[0]),

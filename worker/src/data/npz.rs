@@ -6,7 +6,7 @@
 //! its element count checked (in checked arithmetic) against the bytes actually there, and every
 //! entry is read through a bound, so a lying zip header cannot make it allocate without limit.
 
-use std::io::Read;
+use std::io::{Read, Seek};
 
 /// The most bytes one array may hold once decompressed (a whole ImageNet at 32x32 is 3.7 GiB).
 pub const MAX_ARRAY_BYTES: u64 = 16 << 30;
@@ -35,8 +35,8 @@ pub struct Array {
 
 /// Every array of an `.npz` archive, by name (without `.npy`). Errors say what is wrong and
 /// where; the caller names the file.
-pub fn read(bytes: &[u8]) -> Result<Vec<(String, Array)>, String> {
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| format!("not a zip archive: {e}"))?;
+pub fn read(archive: impl Read + Seek) -> Result<Vec<(String, Array)>, String> {
+    let mut zip = zip::ZipArchive::new(archive).map_err(|e| format!("not a zip archive: {e}"))?;
     let mut arrays = Vec::with_capacity(zip.len());
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| format!("entry {i} of the archive: {e}"))?;
@@ -45,6 +45,12 @@ pub fn read(bytes: &[u8]) -> Result<Vec<(String, Array)>, String> {
         arrays.push((name.strip_suffix(".npy").unwrap_or(&name).to_owned(), array));
     }
     Ok(arrays)
+}
+
+/// Elements of an array of `shape`, or None when they would overflow `usize` (a header's
+/// dimensions are the file's word, never trusted).
+pub fn element_count(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
 }
 
 /// One `.npy` stream: magic, version, header, data.
@@ -86,10 +92,7 @@ pub fn read_npy(reader: &mut impl Read) -> Result<Array, String> {
         return Err("is in Fortran order; save it C-contiguous (np.ascontiguousarray)".into());
     }
     let (width, ty) = dtype(&descr)?;
-    let count = shape
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .ok_or_else(|| format!("shape {shape:?} has more elements than fit in memory"))?;
+    let count = element_count(&shape).ok_or_else(|| format!("shape {shape:?} has more elements than fit in memory"))?;
     let expected = count
         .checked_mul(width)
         .filter(|&b| b as u64 <= MAX_ARRAY_BYTES)

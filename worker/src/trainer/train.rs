@@ -46,16 +46,20 @@ pub fn evaluate(net: &Net, images: &Tensor, labels: &Tensor, label_smoothing: f6
 /// One optimisation step on a batch: forward in train mode, label-smoothed cross-entropy,
 /// backward to the trainable parameters, SGD step. Returns the loss and the logits.
 pub fn train_step(net: &Net, opt: &mut Sgd, x: &Tensor, y: &Tensor, label_smoothing: f64) -> (Tensor, Tensor) {
-    let logits = net.forward_t(x, true);
-    let loss = logits.cross_entropy_loss(y, None::<Tensor>, Reduction::Mean, -100, label_smoothing);
-    opt.backward_step(&loss);
-    (loss.detach(), logits.detach())
+    step(net, opt, x, |logits| {
+        logits.cross_entropy_loss(y, None::<Tensor>, Reduction::Mean, -100, label_smoothing)
+    })
 }
 
 /// [`train_step`] against soft targets (mixed, or for the binary cross-entropy).
 pub fn soft_train_step(net: &Net, opt: &mut Sgd, x: &Tensor, targets: &Tensor, loss: Loss) -> (Tensor, Tensor) {
+    step(net, opt, x, |logits| mix::soft_loss(logits, targets, loss))
+}
+
+/// Forward in train mode, `loss_of` the logits, backward and one optimiser step.
+fn step(net: &Net, opt: &mut Sgd, x: &Tensor, loss_of: impl FnOnce(&Tensor) -> Tensor) -> (Tensor, Tensor) {
     let logits = net.forward_t(x, true);
-    let loss = mix::soft_loss(&logits, targets, loss);
+    let loss = loss_of(&logits);
     opt.backward_step(&loss);
     (loss.detach(), logits.detach())
 }

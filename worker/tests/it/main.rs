@@ -5,6 +5,8 @@ mod common;
 mod data;
 mod eval;
 mod fuzz;
+#[path = "../../../build-support/fuzz_runner.rs"]
+mod fuzz_runner;
 mod model;
 mod resume;
 mod training;

@@ -18,7 +18,7 @@ const PAIRED_BY: [&str; 3] = ["train_mode", "kernel_size", "expansion"];
 type Sides = BTreeMap<(String, u32, Option<u32>, u64), [Option<Side>; 2]>;
 
 /// Relative FGSM drop at eps = 1/255 (% of clean accuracy on the same images), by trial.
-fn fgsm_drops(robustness: &DataFrame) -> Result<BTreeMap<String, f64>> {
+fn fgsm_drops(robustness: &DataFrame) -> BTreeMap<String, f64> {
     let mut clean = BTreeMap::new();
     let mut fgsm = BTreeMap::new();
     for i in 0..robustness.height() {
@@ -37,13 +37,12 @@ fn fgsm_drops(robustness: &DataFrame) -> Result<BTreeMap<String, f64>> {
             _ => {}
         }
     }
-    Ok(fgsm
-        .into_iter()
+    fgsm.into_iter()
         .filter_map(|(t, adv)| {
             let c = *clean.get(&t)?;
             (c > 0.0).then(|| (t, 100.0 * (c - adv) / c))
         })
-        .collect())
+        .collect()
 }
 
 /// The learned/frozen pairs of a sweep's succeeded trials.
@@ -54,7 +53,7 @@ pub fn pairs(frames: &Frames) -> Result<Vec<Pair>> {
         .lazy()
         .filter(col("state").eq(lit("succeeded")))
         .collect()?;
-    let drops = fgsm_drops(&frames.robustness)?;
+    let drops = fgsm_drops(&frames.robustness);
     let mut sides = Sides::new();
     for i in 0..trials.height() {
         let (Some(test), Some(train)) = (
