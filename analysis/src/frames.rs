@@ -38,6 +38,16 @@ fn opt<T: Copy>(rows: &[TrialRow], f: impl Fn(&pb::TrialResult) -> T) -> Vec<Opt
     rows.iter().map(|r| r.result.as_ref().map(&f)).collect()
 }
 
+/// How many classes of an image folder a trial keeps (`None`: all of them).
+fn class_subset(d: &convsweep_proto::spec::DatasetSpec) -> Option<u32> {
+    use convsweep_proto::spec::ClassSubset;
+    match &d.classes {
+        None => None,
+        Some(ClassSubset::First(n)) => Some(*n),
+        Some(ClassSubset::Names(names)) => Some(names.len() as u32),
+    }
+}
+
 /// The `trials` table.
 pub fn trials_frame(rows: &[TrialRow]) -> Result<DataFrame> {
     let s = |f: &dyn Fn(&TrialRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
@@ -52,6 +62,8 @@ pub fn trials_frame(rows: &[TrialRow]) -> Result<DataFrame> {
         "dataset" => s(&|r| json_name(&r.spec.dataset.name)),
         "train_size" => rows.iter().map(|r| r.spec.dataset.train_size).collect::<Vec<Option<u32>>>(),
         "test_size" => rows.iter().map(|r| r.spec.dataset.test_size).collect::<Vec<Option<u32>>>(),
+        "image_size" => rows.iter().map(|r| r.spec.dataset.image_size).collect::<Vec<Option<u32>>>(),
+        "class_subset" => rows.iter().map(|r| class_subset(&r.spec.dataset)).collect::<Vec<Option<u32>>>(),
         "arch" => s(&|r| json_name(&r.spec.model.arch)),
         "depth" => rows.iter().map(|r| r.spec.model.depth).collect::<Vec<Option<u32>>>(),
         "width" => rows.iter().map(|r| r.spec.model.width).collect::<Vec<Option<u32>>>(),

@@ -404,6 +404,30 @@ enum BenchTarget {
     /// A coordinator process under N simulated workers over loopback gRPC (no training), with
     /// Ray Tune running the same trials side by side; or, with --sizes, large sweeps.
     Coordinator(commands::bench_coordinator::Args),
+    /// Images per second the imagefolder loader decodes, crops and resizes (training and
+    /// evaluation transforms), with each thread count, on ImageNet-like JPEGs it writes (or a
+    /// real folder's `train/`).
+    Decode {
+        /// An image folder to read instead (its `train/<class>/` files).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Images to decode per measurement.
+        #[arg(long, default_value_t = 512)]
+        images: usize,
+        /// Crop side.
+        #[arg(long, default_value_t = 224)]
+        size: u32,
+        /// Images per batch.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Thread counts to measure (repeatable; default: 1 and every core).
+        #[arg(long)]
+        threads: Vec<usize>,
+        /// Write the sample folder (train/ and val/, 10 classes) here and keep it, e.g. for a
+        /// trial to read.
+        #[arg(long, conflicts_with = "root")]
+        keep: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -660,6 +684,29 @@ fn main() -> std::process::ExitCode {
             }
             #[cfg(feature = "worker")]
             Command::Bench {
+                target:
+                    Some(BenchTarget::Decode {
+                        root,
+                        images,
+                        size,
+                        batch,
+                        threads,
+                        keep,
+                    }),
+                ..
+            } => {
+                logging::init_stderr(cli.log_format);
+                commands::info::bench_decode(commands::info::DecodeArgs {
+                    root,
+                    images,
+                    size,
+                    batch,
+                    threads,
+                    keep,
+                })
+            }
+            #[cfg(feature = "worker")]
+            Command::Bench {
                 target: None,
                 threads,
                 batch,
@@ -695,7 +742,11 @@ fn main() -> std::process::ExitCode {
             | Command::Worker { .. }
             | Command::TrialProcess { .. }
             | Command::ModelInfo { .. }
-            | Command::Bench { target: None, .. } => Err(anyhow::anyhow!(
+            | Command::Bench { target: None, .. }
+            | Command::Bench {
+                target: Some(BenchTarget::Decode { .. }),
+                ..
+            } => Err(anyhow::anyhow!(
                 "this convsweep was built without the `worker` feature (a coordinator-only build): it serves, submits, \
                  exports and reports; run, worker, model-info and the training bench need a full build"
             )),

@@ -77,9 +77,13 @@ impl Report {
                 varying.join(", ")
             }
         );
-        let sections = vec![
+        let mut sections = vec![
             views::accuracy::view(trials, &varying, min_seeds)?,
             views::layouts::table1(trials, &varying)?,
+        ];
+        // Table 2 is ImageNet's: only for sweeps with image-folder trials.
+        sections.extend(views::layouts::table2(trials, &varying)?);
+        sections.extend([
             views::layouts::table3(trials, &varying)?,
             views::gain::view(trials, &varying)?,
             views::robustness::view(frames, &varying, min_seeds)?,
@@ -88,7 +92,7 @@ impl Report {
             views::cost::view(trials, &varying)?,
             views::paper::view(trials)?,
             views::claims::view(frames)?,
-        ];
+        ]);
         Ok(Report {
             title: title.into(),
             summary,

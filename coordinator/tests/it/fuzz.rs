@@ -27,7 +27,17 @@ use crate::fuzz_runner::runner;
 const SECTION_KEYS: [(&str, &[&str]); 4] = [
     (
         "dataset",
-        &["name", "root", "train_size", "test_size", "noise", "data_seed"],
+        &[
+            "name",
+            "root",
+            "train_size",
+            "test_size",
+            "noise",
+            "data_seed",
+            "image_size",
+            "classes",
+            "val_labels",
+        ],
     ),
     (
         "model",

@@ -20,11 +20,14 @@ pub enum DatasetName {
     Svhn,
     /// A plain tensor file (see the worker's data docs).
     Tensor,
+    /// An ImageNet-style folder of JPEG or PNG files, one sub-folder per class, decoded as it
+    /// trains (see the worker's data docs).
+    Imagefolder,
 }
 
 impl DatasetName {
     /// Every accepted spelling, for error messages.
-    pub const ALL: &'static str = "synthetic, cifar10, cifar100, fashion-mnist, svhn, tensor";
+    pub const ALL: &'static str = "synthetic, cifar10, cifar100, fashion-mnist, svhn, tensor, imagefolder";
 
     /// Channels, side and classes of the images as the models see them (a tensor file declares
     /// its own).
@@ -33,7 +36,7 @@ impl DatasetName {
             DatasetName::Synthetic | DatasetName::Cifar10 | DatasetName::Svhn => Some((3, 32, 10)),
             DatasetName::Cifar100 => Some((3, 32, 100)),
             DatasetName::FashionMnist => Some((1, 32, 10)),
-            DatasetName::Tensor => None,
+            DatasetName::Tensor | DatasetName::Imagefolder => None,
         }
     }
 
@@ -64,7 +67,33 @@ pub struct DatasetSpec {
     /// Synthetic only: seed of the generated images (shared by every trial, unlike `seed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_seed: Option<u64>,
+    /// Imagefolder only: side of the square crops the models see (default 224; evaluation
+    /// resizes the shorter side to `image_size / 0.875`, 256 for 224, and crops the centre).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<u32>,
+    /// Imagefolder only: train on some classes (ImageNet-100 style): a list of class folder
+    /// names, or a number N for the first N in sorted order. All when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<ClassSubset>,
+    /// Imagefolder only: a file of `<image file name> <class folder name>` lines (also the
+    /// Kaggle `LOC_val_solution.csv`) labelling a flat `val/` folder, relative to `root` or
+    /// absolute. Without it `val/` has a sub-folder per class, like `train/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_labels: Option<String>,
 }
+
+/// Which classes of an image folder a trial uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ClassSubset {
+    /// The first N class folders in sorted order.
+    First(u32),
+    /// These class folders (index = position in sorted order).
+    Names(Vec<String>),
+}
+
+/// Crop side of imagefolder images when `dataset.image_size` is absent.
+pub const DEFAULT_IMAGE_SIZE: u32 = 224;
 
 /// Synthetic set defaults, applied by [`TrialSpec::canonicalize`].
 pub mod synthetic_defaults {
@@ -88,6 +117,12 @@ impl DatasetSpec {
             d.test_size.get_or_insert(sd::TEST_SIZE);
             d.noise.get_or_insert(sd::NOISE);
             d.data_seed.get_or_insert(sd::DATA_SEED);
+        }
+        if d.name == DatasetName::Imagefolder {
+            d.image_size.get_or_insert(DEFAULT_IMAGE_SIZE);
+            if let Some(ClassSubset::Names(names)) = &mut d.classes {
+                names.sort();
+            }
         }
     }
 }
@@ -121,6 +156,25 @@ impl DatasetSpec {
                 ));
             }
         }
+        if d.name == DatasetName::Imagefolder {
+            d.validate_imagefolder()?;
+        } else {
+            for (field, set) in [
+                ("dataset.image_size", d.image_size.is_some()),
+                ("dataset.classes", d.classes.is_some()),
+                ("dataset.val_labels", d.val_labels.is_some()),
+            ] {
+                if set {
+                    return Err(FieldError::new(
+                        field,
+                        format!(
+                            "only the imagefolder dataset has it (dataset {:?} has a fixed layout)",
+                            d.name
+                        ),
+                    ));
+                }
+            }
+        }
         let (limit, what) = if d.name == DatasetName::Synthetic {
             (
                 MAX_SYNTHETIC_IMAGES,
@@ -147,6 +201,58 @@ impl DatasetSpec {
             return Err(FieldError::new(
                 "dataset.noise",
                 format!("must be a finite number >= 0, got {noise}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl DatasetSpec {
+    fn validate_imagefolder(&self) -> Result<(), FieldError> {
+        if let Some(size) = self.image_size
+            && !(16..=1024).contains(&size)
+        {
+            return Err(FieldError::new(
+                "dataset.image_size",
+                format!("must be in 16..=1024 pixels (ImageNet: 224), got {size}"),
+            ));
+        }
+        match &self.classes {
+            Some(ClassSubset::First(0)) => {
+                return Err(FieldError::new(
+                    "dataset.classes",
+                    "must be at least 1 (absent for all)",
+                ));
+            }
+            Some(ClassSubset::Names(names)) => {
+                if names.is_empty() {
+                    return Err(FieldError::new(
+                        "dataset.classes",
+                        "the list is empty: name at least one class folder (absent for all)",
+                    ));
+                }
+                if let Some(bad) = names
+                    .iter()
+                    .find(|n| n.is_empty() || n.contains('/') || n.contains('\\') || *n == "." || *n == "..")
+                {
+                    return Err(FieldError::new(
+                        "dataset.classes",
+                        format!("{bad:?} is not a class folder name (no path separators, not empty)"),
+                    ));
+                }
+                if let Some(dup) = names.windows(2).find(|w| w[0] == w[1]) {
+                    return Err(FieldError::new(
+                        "dataset.classes",
+                        format!("{:?} is listed twice", dup[0]),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if self.val_labels.as_deref() == Some("") {
+            return Err(FieldError::new(
+                "dataset.val_labels",
+                "is empty: give the labels file's path",
             ));
         }
         Ok(())

@@ -20,7 +20,10 @@ pub mod model;
 pub mod train;
 pub mod trial;
 
-pub use dataset::{DatasetName, DatasetSpec, MAX_DATASET_IMAGES, MAX_SYNTHETIC_IMAGES, synthetic_defaults};
+pub use dataset::{
+    ClassSubset, DEFAULT_IMAGE_SIZE, DatasetName, DatasetSpec, MAX_DATASET_IMAGES, MAX_SYNTHETIC_IMAGES,
+    synthetic_defaults,
+};
 pub use error::FieldError;
 pub use eval::{Corruption, Eps, EvalSpec, PgdSpec};
 pub use ids::{SweepId, TRIAL_ID_HEX_LEN, TrialId};

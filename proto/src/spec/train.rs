@@ -25,6 +25,9 @@ pub enum Augment {
     None,
     /// Pad 4, random 32x32 crop, random horizontal flip.
     CropFlip,
+    /// Imagefolder only: torchvision's RandomResizedCrop (scale 0.08-1, aspect ratio 3/4-4/3)
+    /// to `dataset.image_size`, then a random horizontal flip; done as the files are decoded.
+    RandomResizedCrop,
 }
 
 /// The optimiser.
@@ -145,6 +148,7 @@ impl TrainSpec {
             t.augment = match dataset {
                 DatasetName::Synthetic | DatasetName::Cifar10 | DatasetName::Cifar100 => Augment::CropFlip,
                 DatasetName::FashionMnist | DatasetName::Svhn | DatasetName::Tensor => Augment::None,
+                DatasetName::Imagefolder => Augment::RandomResizedCrop,
             };
         }
         if t.optimizer == Optimizer::Adamw {

@@ -2,12 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::dataset::DatasetSpec;
+use super::dataset::{DatasetName, DatasetSpec};
 use super::error::FieldError;
 use super::eval::EvalSpec;
 use super::ids::{TrialId, canonical_string};
 use super::model::ModelSpec;
-use super::train::TrainSpec;
+use super::train::{Augment, TrainSpec};
 
 /// One training run, completely described.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,7 +41,22 @@ impl TrialSpec {
         self.dataset.validate()?;
         self.model.validate()?;
         self.eval.validate()?;
-        self.train.validate()
+        self.train.validate()?;
+        let folder = self.dataset.name == DatasetName::Imagefolder;
+        match self.train.augment {
+            Augment::CropFlip if folder => Err(FieldError::new(
+                "train.augment",
+                "\"crop-flip\" pads and crops 32-px images held in memory; imagefolder images are cropped as they are decoded: use \"random-resized-crop\" (its default) or \"none\"",
+            )),
+            Augment::RandomResizedCrop if !folder => Err(FieldError::new(
+                "train.augment",
+                format!(
+                    "\"random-resized-crop\" is done as imagefolder files are decoded; dataset {:?} allows \"crop-flip\", \"none\" or \"auto\"",
+                    self.dataset.name
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The canonical serialisation: JSON with object keys sorted at every level and no
@@ -98,6 +113,9 @@ pub(crate) mod tests {
                 test_size: Some(50),
                 noise: None,
                 data_seed: None,
+                image_size: None,
+                classes: None,
+                val_labels: None,
             },
             model: ModelSpec {
                 arch: Arch::Resnet,
@@ -253,6 +271,98 @@ pub(crate) mod tests {
         let mut ok = demo_spec();
         ok.canonicalize();
         ok.validate().unwrap();
+    }
+
+    #[test]
+    fn imagefolder_fields_defaults_and_errors() {
+        use crate::spec::dataset::ClassSubset;
+        use crate::spec::train::Augment;
+
+        let folder = || {
+            let mut s = demo_spec();
+            s.dataset.name = DatasetName::Imagefolder;
+            s.dataset.root = Some("/data/imagenet".into());
+            s.dataset.noise = None;
+            s.dataset.data_seed = None;
+            s.dataset.train_size = None;
+            s.dataset.test_size = None;
+            s.train.augment = Augment::Auto;
+            s
+        };
+        let mut s = folder();
+        s.dataset.classes = Some(ClassSubset::Names(vec!["n02".into(), "n01".into()]));
+        s.canonicalize();
+        s.validate().unwrap();
+        assert_eq!(s.dataset.image_size, Some(224));
+        assert_eq!(s.train.augment, Augment::RandomResizedCrop);
+        assert_eq!(
+            s.dataset.classes,
+            Some(ClassSubset::Names(vec!["n01".into(), "n02".into()]))
+        );
+        // Written in another order, the same trial.
+        let mut t = folder();
+        t.dataset.classes = Some(ClassSubset::Names(vec!["n01".into(), "n02".into()]));
+        t.canonicalize();
+        assert_eq!(t.id(), s.id());
+        let json: serde_json::Value =
+            serde_json::from_str(r#"{"name": "imagefolder", "root": "r", "classes": 100}"#).unwrap();
+        let d: crate::spec::DatasetSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(d.classes, Some(ClassSubset::First(100)));
+
+        type Change = Box<dyn Fn(&mut TrialSpec)>;
+        let cases: Vec<(Change, &str, &str)> = vec![
+            (
+                Box::new(|s| s.dataset.image_size = Some(8)),
+                "dataset.image_size",
+                "16..=1024",
+            ),
+            (
+                Box::new(|s| s.dataset.classes = Some(ClassSubset::First(0))),
+                "dataset.classes",
+                "at least 1",
+            ),
+            (
+                Box::new(|s| s.dataset.classes = Some(ClassSubset::Names(vec![]))),
+                "dataset.classes",
+                "empty",
+            ),
+            (
+                Box::new(|s| s.dataset.classes = Some(ClassSubset::Names(vec!["a/../b".into()]))),
+                "dataset.classes",
+                "not a class folder name",
+            ),
+            (
+                Box::new(|s| s.dataset.classes = Some(ClassSubset::Names(vec!["a".into(), "a".into()]))),
+                "dataset.classes",
+                "listed twice",
+            ),
+            (
+                Box::new(|s| s.train.augment = Augment::CropFlip),
+                "train.augment",
+                "random-resized-crop",
+            ),
+        ];
+        for (change, field, needle) in cases {
+            let mut s = folder();
+            s.canonicalize();
+            change(&mut s);
+            let err = s.validate().unwrap_err();
+            assert_eq!(err.field, field);
+            assert!(err.message.contains(needle), "{err}");
+        }
+        // The folder's fields on another dataset, and its crop on in-memory images.
+        let mut s = demo_spec();
+        s.canonicalize();
+        s.dataset.image_size = Some(224);
+        let err = s.validate().unwrap_err();
+        assert_eq!(err.field, "dataset.image_size");
+        assert!(err.message.contains("only the imagefolder dataset"), "{err}");
+        let mut s = demo_spec();
+        s.canonicalize();
+        s.train.augment = Augment::RandomResizedCrop;
+        let err = s.validate().unwrap_err();
+        assert_eq!(err.field, "train.augment");
+        assert!(err.message.contains("allows \"crop-flip\""), "{err}");
     }
 
     #[test]

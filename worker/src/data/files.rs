@@ -89,10 +89,10 @@ fn check_labels(path: &Path, labels: &[i64], classes: i64) -> Result<(), DataErr
 
 fn split(images: Vec<u8>, labels: Vec<i64>, shape: [i64; 3]) -> Split {
     let n = labels.len() as i64;
-    Split {
-        images: Tensor::from_slice(&images).view([n, shape[0], shape[1], shape[2]]),
-        labels: Tensor::from_slice(&labels),
-    }
+    Split::new(
+        Tensor::from_slice(&images).view([n, shape[0], shape[1], shape[2]]),
+        Tensor::from_slice(&labels),
+    )
 }
 
 fn cifar_records(path: &Path, label_bytes: usize, label_index: usize, classes: i64) -> Result<Split, DataError> {
@@ -125,10 +125,7 @@ fn concat(path_for_errors: &Path, parts: Vec<Split>) -> Result<Split, DataError>
     }
     let images: Vec<Tensor> = parts.iter().map(|s| s.images.shallow_clone()).collect();
     let labels: Vec<Tensor> = parts.iter().map(|s| s.labels.shallow_clone()).collect();
-    Ok(Split {
-        images: Tensor::cat(&images, 0),
-        labels: Tensor::cat(&labels, 0),
-    })
+    Ok(Split::new(Tensor::cat(&images, 0), Tensor::cat(&labels, 0)))
 }
 
 /// CIFAR-10, binary version.
@@ -240,10 +237,7 @@ fn fashion_split(root: &Path, images: &str, labels: &str) -> Result<Split, DataE
         .round()
         .clamp(0.0, 255.0)
         .to_kind(Kind::Uint8);
-    Ok(Split {
-        images,
-        labels: Tensor::from_slice(&labels),
-    })
+    Ok(Split::new(images, Tensor::from_slice(&labels)))
 }
 
 /// Fashion-MNIST from IDX files (gzipped or not), upscaled to 32x32.
@@ -443,10 +437,7 @@ fn svhn_split(path: &Path) -> Result<Split, DataError> {
         .view([n as i64, 3, 32, 32])
         .transpose(2, 3)
         .contiguous();
-    Ok(Split {
-        images,
-        labels: Tensor::from_slice(&labels),
-    })
+    Ok(Split::new(images, Tensor::from_slice(&labels)))
 }
 
 /// SVHN cropped digits from the official `.mat` files.

@@ -4,8 +4,10 @@
 //! (random crop and flip, on the device, for the whole batch at once) and scaled to `[0, 1]`
 //! there. Normalisation happens inside the model.
 
+pub mod decode_bench;
 pub mod error;
 pub mod files;
+pub mod folder;
 pub mod npz;
 pub mod split;
 pub mod synthetic;
@@ -85,6 +87,7 @@ fn load_uncached(spec: &DatasetSpec) -> Result<(Split, Split, i64), DataError> {
         DatasetName::FashionMnist => files::fashion_mnist(root()?).map(|(a, b)| (a, b, 10)),
         DatasetName::Svhn => files::svhn(root()?).map(|(a, b)| (a, b, 10)),
         DatasetName::Tensor => files::tensor_file(root()?),
+        DatasetName::Imagefolder => folder::imagefolder(spec, root()?),
     }
 }
 
@@ -106,6 +109,10 @@ impl DataCache {
             key_spec.train_size = spec.train_size;
             key_spec.test_size = spec.test_size;
         }
+        if spec.name == DatasetName::Imagefolder {
+            // Its test split is decoded at load, as far as `test_size` asks.
+            key_spec.test_size = spec.test_size;
+        }
         let key = (
             serde_json::to_string(&key_spec).unwrap_or_default(),
             format!("{device:?}"),
@@ -113,7 +120,11 @@ impl DataCache {
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         if !loaded.contains_key(&key) {
             let (train, test, classes) = load_uncached(spec)?;
-            let (mean, std) = channel_stats(&train.images);
+            let (mean, std) = if train.files.is_some() {
+                (folder::IMAGENET_MEAN.to_vec(), folder::IMAGENET_STD.to_vec())
+            } else {
+                channel_stats(&train.images)
+            };
             tracing::info!(dataset = ?spec.name, train = train.len(), test = test.len(), device = ?device, "dataset loaded");
             loaded.insert(
                 key.clone(),
@@ -141,7 +152,8 @@ impl DataCache {
 pub fn augment(images: &Tensor, augment: Augment, rng: &mut Rng) -> Tensor {
     let images = match augment {
         Augment::CropFlip => crop_flip(images, rng, 4),
-        Augment::None | Augment::Auto => images.shallow_clone(),
+        // RandomResizedCrop happens as imagefolder files are decoded.
+        Augment::None | Augment::Auto | Augment::RandomResizedCrop => images.shallow_clone(),
     };
     images.to_kind(Kind::Float) / 255.0
 }
@@ -210,6 +222,9 @@ mod tests {
             test_size: Some(30),
             noise: None,
             data_seed: None,
+            image_size: None,
+            classes: None,
+            val_labels: None,
         };
         let ds = cache.get(&spec, Device::Cpu).unwrap();
         assert_eq!(ds.train.len(), 100);

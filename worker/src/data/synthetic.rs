@@ -76,10 +76,7 @@ pub fn generate(n: usize, noise: f64, seed: u64, split: &str) -> Split {
     }) * noise;
     let image = (texture * tint + pixel_noise) * 0.25 + 0.5 + brightness;
     let images = (image.clamp(0.0, 1.0) * 255.0).round().to_kind(Kind::Uint8);
-    Split {
-        images,
-        labels: Tensor::from_slice(&labels),
-    }
+    Split::new(images, Tensor::from_slice(&labels))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use convsweep_proto::pb;
-use convsweep_proto::spec::{Loss, TrialSpec};
+use convsweep_proto::spec::{Augment, Loss, TrialSpec};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use super::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
@@ -13,6 +13,7 @@ use super::mix;
 use super::schedule::lr_at;
 use super::sgd::Sgd;
 use crate::control::{Signal, TrainError, TrialControl};
+use crate::data::folder::EpochPlan;
 use crate::data::{Dataset, augment};
 use crate::model::{Compute, InputShape, Net};
 use crate::rng::{Rng, derive_seed};
@@ -85,6 +86,8 @@ struct Cursor {
     correct: Tensor,
     /// Seconds this epoch ran before the current session.
     seconds: f64,
+    /// A streamed training split's batches, decoding ahead (made on the session's first batch).
+    stream: Option<crate::data::folder::Stream>,
 }
 
 /// One trial in progress: the model, its optimiser and where the schedule and the data order
@@ -198,6 +201,7 @@ impl<'a> TrialRun<'a> {
                 loss_sum: Tensor::zeros([], (Kind::Double, device)),
                 correct: Tensor::zeros([], (Kind::Int64, device)),
                 seconds: 0.0,
+                stream: None,
             });
         }
         let cursor = self.cursor.as_mut().expect("set above");
@@ -215,7 +219,24 @@ impl<'a> TrialRun<'a> {
             let start = b * self.batch;
             let len = self.batch.min(n - start);
             let idx = cursor.order.narrow(0, start, len);
-            let x = augment(&self.data.train.images.index_select(0, &idx), t.augment, &mut self.rng);
+            let x = match &self.data.train.files {
+                None => augment(&self.data.train.images.index_select(0, &idx), t.augment, &mut self.rng),
+                Some(files) => {
+                    let stream = cursor.stream.get_or_insert_with(|| {
+                        files.stream(EpochPlan {
+                            order: Vec::<i64>::try_from(cursor.order.to_device(Device::Cpu)).unwrap_or_default(),
+                            batch: self.batch as usize,
+                            from_batch: b as usize,
+                            batches: self.batches_per_epoch as usize,
+                            augment: t.augment == Augment::RandomResizedCrop,
+                            seed: self.spec.seed,
+                            epoch,
+                        })
+                    });
+                    let images = stream.next_batch().map_err(|e| TrainError::Data(e.to_string()))?;
+                    images.to_device(device).to_kind(Kind::Float) / 255.0
+                }
+            };
             let y = self.data.train.labels.index_select(0, &idx);
             lr = lr_at(t.schedule, t.lr, self.step, total_steps, warmup);
             self.opt.set_lr(lr);
@@ -374,6 +395,7 @@ impl<'a> TrialRun<'a> {
                     loss_sum: Tensor::from(c.loss_sum).to_device(device),
                     correct: Tensor::from(c.correct).to_device(device),
                     seconds: c.seconds,
+                    stream: None,
                 })
             }
         };

@@ -32,6 +32,9 @@ pub fn trial(model: ModelSpec, train_size: u32, epochs: u32) -> TrialSpec {
             test_size: Some(64),
             noise: None,
             data_seed: None,
+            image_size: None,
+            classes: None,
+            val_labels: None,
         },
         model,
         train: TrainSpec {

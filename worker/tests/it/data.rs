@@ -15,6 +15,9 @@ pub(crate) fn spec(name: DatasetName, root: &Path) -> DatasetSpec {
         test_size: None,
         noise: None,
         data_seed: None,
+        image_size: None,
+        classes: None,
+        val_labels: None,
     }
 }
 

@@ -131,6 +131,7 @@ fn valid_files(name: DatasetName) -> Vec<(String, Vec<u8>)> {
             vec![file("train.npz", train), file("test.npz", test)]
         }
         DatasetName::Synthetic => unreachable!("not a file format"),
+        DatasetName::Imagefolder => unreachable!("fuzzed on its own: image_files_survive_mutation"),
     }
 }
 
@@ -227,6 +228,83 @@ fn every_reader_survives_mutated_files() {
         );
         assert!(refused > 0, "{name:?}: no mutation was ever refused");
     }
+}
+
+/// A small image folder: one JPEG and one PNG per split and class.
+fn image_folder_files() -> Vec<(String, Vec<u8>)> {
+    let image = |w: u32, h: u32, format: image::ImageFormat| {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 9) as u8, (y * 7) as u8, 90]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    };
+    let (jpeg, png) = (image::ImageFormat::Jpeg, image::ImageFormat::Png);
+    vec![
+        ("train/a/0.JPEG".into(), image(40, 30, jpeg)),
+        ("train/b/1.png".into(), image(33, 41, png)),
+        ("val/a/2.png".into(), image(30, 30, png)),
+        ("val/b/3.JPEG".into(), image(50, 20, jpeg)),
+    ]
+}
+
+#[test]
+fn image_files_survive_mutation() {
+    use convsweep_worker::data::folder::EpochPlan;
+
+    let valid = image_folder_files();
+    let (decoded, refused) = (Cell::new(0), Cell::new(0));
+    let strategy = (any::<Index>(), prop::collection::vec(mutation(), 1..4));
+    runner(256)
+        .run(&strategy, |(which, mutations)| {
+            let mut files = valid.clone();
+            let target = which.index(files.len());
+            for m in &mutations {
+                apply(&mut files[target].1, m);
+            }
+            let dir = tempfile::tempdir().unwrap();
+            for (file, bytes) in &files {
+                let path = dir.path().join(file);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, bytes).unwrap();
+            }
+            let damaged = dir.path().join(&files[target].0).display().to_string();
+            let mut s = spec(DatasetName::Imagefolder, dir.path());
+            s.image_size = Some(16);
+            // The validation split is decoded at load; the training split as it streams.
+            let outcome = DataCache::default().get(&s, Device::Cpu).and_then(|ds| {
+                let files = ds.train.files.clone().expect("streamed");
+                let mut stream = files.stream(EpochPlan {
+                    order: vec![0, 1],
+                    batch: 2,
+                    from_batch: 0,
+                    batches: 1,
+                    augment: true,
+                    seed: 1,
+                    epoch: 1,
+                });
+                stream.next_batch().map(|b| (ds.test.images.size(), b.size()))
+            });
+            match outcome {
+                Ok((test, train)) => {
+                    prop_assert_eq!(test, vec![2, 3, 16, 16]);
+                    prop_assert_eq!(train, vec![2, 3, 16, 16]);
+                    decoded.set(decoded.get() + 1);
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    prop_assert!(message.starts_with(&damaged), "names the damaged file: {message}");
+                    refused.set(refused.get() + 1);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    let (decoded, refused) = (decoded.get(), refused.get());
+    eprintln!(
+        "imagefolder: {} mutated JPEG/PNG sets, {decoded} decoded, {refused} refused, 0 panics",
+        decoded + refused
+    );
+    assert!(refused > 0, "no mutation was ever refused");
 }
 
 /// A dimension: small, the real one, zero or absurd.

@@ -4,6 +4,7 @@ mod agent;
 mod common;
 mod data;
 mod eval;
+mod folder;
 mod fuzz;
 #[path = "../../../build-support/fuzz_runner.rs"]
 mod fuzz_runner;

@@ -1,5 +1,7 @@
-//! The paper's table layouts: Table 1 (baseline vs LC-blocks per dataset) and Table 3 (the
-//! operation inside LC-blocks).
+//! The paper's table layouts: Table 1 (baseline vs LC-blocks per dataset), Table 2 (ImageNet:
+//! frozen and learned by expansion) and Table 3 (the operation inside LC-blocks).
+
+use std::cmp::Ordering;
 
 use polars::prelude::*;
 
@@ -15,6 +17,15 @@ fn lookup(df: &DataFrame, keys: &[(&str, &str)]) -> (Option<f64>, Option<f64>, u
         }
     }
     (None, None, 0)
+}
+
+/// Numbers by value (so that k = 9 comes before k = 11), anything else as text; `-` (absent)
+/// sorts before numbers.
+fn natural(a: &str, b: &str) -> Ordering {
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => x.total_cmp(&y),
+        _ => a.cmp(b),
+    }
 }
 
 /// Row keys of a paper-layout table: `first` and every other varying factor except `skip`.
@@ -39,7 +50,13 @@ fn layout(
             seen.push(k);
         }
     }
-    seen.sort();
+    seen.sort_by(|a, b| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| natural(x, y))
+            .find(|o| o.is_ne())
+            .unwrap_or(Ordering::Equal)
+    });
     let mut out: Vec<Column> = keys
         .iter()
         .enumerate()
@@ -100,6 +117,45 @@ pub fn table1(trials: &DataFrame, varying: &[&'static str]) -> Result<Section> {
     );
     s.tables.push(("table1".into(), df));
     Ok(s)
+}
+
+/// The Table 2 layout: ImageNet-style (imagefolder) trials, frozen and learned, one row per
+/// expansion (the plain baseline first) and every other factor that varies. None for a sweep
+/// without imagefolder trials.
+pub fn table2(trials: &DataFrame, varying: &[&'static str]) -> Result<Option<Section>> {
+    let folder = trials
+        .clone()
+        .lazy()
+        .filter(col("dataset").eq(lit("imagefolder")))
+        .collect()?;
+    if folder.height() == 0 {
+        return Ok(None);
+    }
+    let keys = row_keys("expansion", varying, &["train_mode", "dataset"]);
+    let mut by = keys.clone();
+    by.push("train_mode");
+    let stats = stats_by(&folder, &by, lit(true))?;
+    let columns: Vec<(String, Vec<(&str, String)>)> = ["frozen", "learned"]
+        .iter()
+        .map(|m| ((*m).to_owned(), vec![("train_mode", (*m).to_owned())]))
+        .collect();
+    let mut df = layout(&folder, &keys, &stats, &columns)?;
+    let blocks: Vec<String> = (0..df.height())
+        .map(|i| match cell(&df, "expansion", i).as_str() {
+            "-" => "baseline".to_owned(),
+            e => format!("LC x{e}"),
+        })
+        .collect();
+    df.with_column(Column::new("expansion".into(), blocks))?;
+    let mut s = Section::new(
+        "table2",
+        "Paper Table 2 layout: ImageNet, frozen and learned by expansion",
+        "Top-1 test accuracy (%) of the image-folder (ImageNet-style) trials, mean ± std (seeds), \
+         one row per expansion and every other factor that varies. The paper's Table 2: \
+         ResNet-18d, one run each (examples/paper/table2-imagenet.toml).",
+    );
+    s.tables.push(("table2".into(), df));
+    Ok(Some(s))
 }
 
 /// The Table 3 layout: LC-block accuracy by the operation between the two convs.
