@@ -1,6 +1,6 @@
 //! Links libtorch into this crate's tests with an rpath and a kept `libtorch_cuda`, and, when
 //! libtorch has CUDA and its headers are at hand, compiles the CUDA memory-statistics shim
-//! (`csrc/cuda_stats.cpp`, cfg `convsweep_cuda_stats`).
+//! and autocast-dtype shim (`csrc/cuda_stats.cpp`, cfg `convsweep_cuda_stats`).
 
 include!("../build-support/link_libtorch.rs");
 

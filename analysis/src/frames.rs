@@ -85,6 +85,7 @@ pub fn trials_frame(rows: &[TrialRow]) -> Result<DataFrame> {
         "loss" => s(&|r| json_name(&r.spec.train.loss)),
         "mixup" => f64s(&|r| r.spec.train.mixup),
         "cutmix" => f64s(&|r| r.spec.train.cutmix),
+        "precision" => s(&|r| json_name(&r.spec.train.precision)),
         "schedule" => s(&|r| json_name(&r.spec.train.schedule)),
         "augment" => s(&|r| json_name(&r.spec.train.augment)),
         "params_total" => opt(rows, |r| r.params_total),

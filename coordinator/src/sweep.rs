@@ -63,6 +63,7 @@ pub const AXIS_ALIASES: &[(&str, &str)] = &[
     ("loss", "train.loss"),
     ("mixup", "train.mixup"),
     ("cutmix", "train.cutmix"),
+    ("precision", "train.precision"),
     ("seed", "seed"),
 ];
 

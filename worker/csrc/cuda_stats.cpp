@@ -19,3 +19,16 @@ extern "C" void convsweep_cuda_reset_peak(int32_t device) {
   } catch (...) {
   }
 }
+
+// The dtype CUDA autocast casts to on this thread (tch's `autocast` only switches it on, at
+// libtorch's default float16): 1 for bfloat16, 0 for float16. Returns 0, or -1 on an error.
+#include <ATen/autocast_mode.h>
+
+extern "C" int convsweep_cuda_autocast_dtype(int32_t bf16) {
+  try {
+    at::autocast::set_autocast_dtype(at::kCUDA, bf16 ? at::kBFloat16 : at::kHalf);
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}

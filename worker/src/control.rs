@@ -178,6 +178,9 @@ pub enum TrainError {
     /// The dataset could not be loaded.
     #[error("dataset: {0}")]
     Data(String),
+    /// This worker's device cannot run the spec (e.g. fp16 on a CPU); another worker's may.
+    #[error("{0}")]
+    Device(String),
     /// Stopped on the agent's request (cancel or lost lease).
     #[error("stopped")]
     Stopped,
@@ -228,7 +231,11 @@ impl TrainError {
     pub fn retryable(&self) -> bool {
         match self {
             TrainError::NonFinite { .. } | TrainError::OutOfMemory(_) => false,
-            TrainError::Data(_) | TrainError::Internal(_) | TrainError::Stopped | TrainError::Preempted(_) => true,
+            TrainError::Data(_)
+            | TrainError::Device(_)
+            | TrainError::Internal(_)
+            | TrainError::Stopped
+            | TrainError::Preempted(_) => true,
         }
     }
 

@@ -4,6 +4,7 @@
 //! when libtorch has CUDA (cfg `convsweep_cuda_stats`); elsewhere the process's peak
 //! resident memory. With several trials on one GPU (`--slots`), the peak is the device's.
 
+use convsweep_proto::spec::Precision;
 use tch::Device;
 
 /// A device flag that names no usable device.
@@ -52,6 +53,12 @@ mod cuda {
     unsafe extern "C" {
         fn convsweep_cuda_peak_allocated(device: i32) -> i64;
         fn convsweep_cuda_reset_peak(device: i32);
+        fn convsweep_cuda_autocast_dtype(bf16: i32) -> i32;
+    }
+
+    pub fn autocast_dtype(bf16: bool) -> bool {
+        // SAFETY: plain C function; the shim catches every C++ exception and returns -1.
+        unsafe { convsweep_cuda_autocast_dtype(i32::from(bf16)) == 0 }
     }
 
     pub fn peak(device: usize) -> u64 {
@@ -123,6 +130,40 @@ pub fn peak_memory_bytes(device: Device) -> u64 {
     }
     let _ = device;
     peak_rss_bytes()
+}
+
+/// Why a device cannot train at `precision`, if it cannot.
+pub fn precision_unsupported(device: Device, precision: Precision) -> Option<String> {
+    if precision == Precision::Fp32 {
+        return None;
+    }
+    let name = match precision {
+        Precision::Bf16 => "bf16",
+        _ => "fp16",
+    };
+    if !matches!(device, Device::Cuda(_)) {
+        return Some(format!(
+            "train.precision = \"{name}\" needs a CUDA device (autocast): this worker trains on {}, where only \"fp32\" is allowed",
+            describe_device(device)
+        ));
+    }
+    if precision == Precision::Bf16 && !cfg!(convsweep_cuda_stats) {
+        return Some(
+            "train.precision = \"bf16\" needs the autocast shim, which this build lacks (libtorch's CUDA headers were not found when it was built; see worker/build.rs): \"fp16\" and \"fp32\" work".into(),
+        );
+    }
+    None
+}
+
+/// Runs `f` under CUDA autocast at `precision` (`f` itself for fp32 or off CUDA).
+pub fn with_precision<T>(device: Device, precision: Precision, f: impl FnOnce() -> T) -> T {
+    if precision == Precision::Fp32 || !matches!(device, Device::Cuda(_)) {
+        return f();
+    }
+    // The dtype is per thread and trials may share threads: set it every time.
+    #[cfg(convsweep_cuda_stats)]
+    cuda::autocast_dtype(precision == Precision::Bf16);
+    tch::autocast(true, f)
 }
 
 /// Names a device for people: `cuda:0` or `cpu (4 threads)`.

@@ -32,10 +32,12 @@ pub const FACTORS: &[&str] = &[
     "loss",
     "mixup",
     "cutmix",
+    "precision",
     "schedule",
     "augment",
     "train_size",
     "test_size",
+    "image_size",
 ];
 
 pub(crate) fn cell(df: &DataFrame, column: &str, i: usize) -> String {

@@ -30,5 +30,5 @@ pub use ids::{SweepId, TRIAL_ID_HEX_LEN, TrialId};
 pub use model::{
     Arch, DEFAULT_INIT_LENGTH, InitScheme, InterOp, MAX_KERNEL_SIZE, ModelSpec, Stem, TrainMode, default_init_decay,
 };
-pub use train::{Augment, Loss, LrSchedule, MAX_EPOCHS, Optimizer, TrainSpec};
+pub use train::{Augment, Loss, LrSchedule, MAX_EPOCHS, Optimizer, Precision, TrainSpec};
 pub use trial::TrialSpec;

@@ -66,6 +66,27 @@ impl Loss {
     }
 }
 
+/// The arithmetic of the forward and backward passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// float32 throughout (the only choice on the CPU).
+    #[default]
+    Fp32,
+    /// CUDA autocast to bfloat16 (float32 weights, optimiser and loss).
+    Bf16,
+    /// CUDA autocast to float16, with a dynamic loss scale as torch.cuda.amp.GradScaler keeps
+    /// it (start 2^16, halved on an overflow, whose step is skipped; doubled after 2000 steps
+    /// without one).
+    Fp16,
+}
+
+impl Precision {
+    fn is_fp32(&self) -> bool {
+        *self == Precision::Fp32
+    }
+}
+
 /// Training hyper-parameters; defaults are the paper's recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -108,6 +129,10 @@ pub struct TrainSpec {
     /// the two at even odds.
     #[serde(skip_serializing_if = "is_zero_f64")]
     pub cutmix: f64,
+    /// Mixed precision on CUDA (fp32): `bf16` or `fp16` autocast. A worker without CUDA
+    /// refuses such a trial (retryable: a GPU worker can take it).
+    #[serde(skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -135,6 +160,7 @@ impl Default for TrainSpec {
             loss: Loss::Ce,
             mixup: 0.0,
             cutmix: 0.0,
+            precision: Precision::Fp32,
         }
     }
 }

@@ -24,7 +24,7 @@
 //! where torch keeps one per parameter: they differ only for a parameter that goes without a
 //! gradient for a while, which the trainer's models do not have.
 
-use convsweep_proto::spec::{Optimizer, TrainSpec};
+use convsweep_proto::spec::{Optimizer, Precision, TrainSpec};
 use tch::{Kind, Tensor};
 
 /// AdamW's constants (torch.optim.AdamW's defaults).
@@ -33,6 +33,55 @@ const BETA2: f64 = 0.999;
 const EPS: f64 = 1e-8;
 
 use super::checkpoint::CheckpointError;
+
+/// fp16's dynamic loss scale, as `torch.cuda.amp.GradScaler` keeps it with its defaults: the
+/// loss is multiplied by `scale` before the backward pass and the gradients divided by it
+/// after; a step whose gradients overflow is skipped and halves the scale, and 2000 steps in a
+/// row without an overflow double it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GradScaler {
+    /// The current scale.
+    pub scale: f64,
+    /// Steps since the last overflow or growth.
+    pub good_steps: u32,
+    /// Steps skipped for an overflow, all told.
+    pub skipped: u64,
+}
+
+impl GradScaler {
+    const INIT: f64 = 65536.0;
+    const GROWTH_INTERVAL: u32 = 2000;
+
+    /// A scaler at torch's initial scale, 2^16.
+    pub fn new() -> GradScaler {
+        GradScaler {
+            scale: Self::INIT,
+            good_steps: 0,
+            skipped: 0,
+        }
+    }
+
+    /// Records whether the last step's gradients were finite.
+    pub fn update(&mut self, finite: bool) {
+        if finite {
+            self.good_steps += 1;
+            if self.good_steps == Self::GROWTH_INTERVAL {
+                self.scale *= 2.0;
+                self.good_steps = 0;
+            }
+        } else {
+            self.scale *= 0.5;
+            self.good_steps = 0;
+            self.skipped += 1;
+        }
+    }
+}
+
+impl Default for GradScaler {
+    fn default() -> Self {
+        GradScaler::new()
+    }
+}
 
 /// The optimiser.
 pub struct Sgd {
@@ -50,6 +99,10 @@ pub struct Sgd {
     adamw: Option<Tensor>,
     /// Steps taken (AdamW's bias correction).
     steps: u64,
+    /// fp16's loss scale (`precision = "fp16"` only).
+    scaler: Option<GradScaler>,
+    /// The arithmetic of the forward pass.
+    precision: Precision,
     lr: f64,
     momentum: f64,
     weight_decay: f64,
@@ -96,6 +149,8 @@ impl Sgd {
             momentum_buffer: flat.zeros_like(),
             adamw: (recipe.optimizer == Optimizer::Adamw).then(|| flat.zeros_like()),
             steps: 0,
+            scaler: (recipe.precision == Precision::Fp16).then(GradScaler::new),
+            precision: recipe.precision,
             flat,
             params,
             slices,
@@ -105,6 +160,16 @@ impl Sgd {
             weight_decay: recipe.weight_decay,
             nesterov: recipe.nesterov,
         }
+    }
+
+    /// The arithmetic the forward pass should run in.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// fp16's loss scale, when there is one.
+    pub fn scaler(&self) -> Option<GradScaler> {
+        self.scaler
     }
 
     /// Sets the learning rate of the next steps.
@@ -118,7 +183,43 @@ impl Sgd {
             return;
         }
         let inputs: Vec<&Tensor> = self.params.iter().map(|(_, p)| p).collect();
-        let grads = Tensor::run_backward(&[loss], &inputs, false, false);
+        let Some(scaler) = self.scaler else {
+            let grads = Tensor::run_backward(&[loss], &inputs, false, false);
+            self.apply(&grads);
+            return;
+        };
+        let scaled = loss * scaler.scale;
+        let grads = Tensor::run_backward(&[&scaled], &inputs, false, false);
+        let (grads, finite) = tch::no_grad(|| {
+            let grads: Vec<Tensor> = grads
+                .iter()
+                .map(|g| {
+                    if g.defined() {
+                        g / scaler.scale
+                    } else {
+                        g.shallow_clone()
+                    }
+                })
+                .collect();
+            let overflowed: Vec<Tensor> = grads
+                .iter()
+                .filter(|g| g.defined())
+                .map(|g| g.isfinite().logical_not().any())
+                .collect();
+            // One read per step, as GradScaler.step makes: the step is taken or skipped.
+            let finite = overflowed.is_empty() || Tensor::stack(&overflowed, 0).any().int64_value(&[]) == 0;
+            (grads, finite)
+        });
+        if let Some(s) = &mut self.scaler {
+            s.update(finite);
+        }
+        if finite {
+            self.apply(&grads);
+        }
+    }
+
+    /// One step with these gradients (one per parameter; undefined for none).
+    fn apply(&mut self, grads: &[Tensor]) {
         self.steps += 1;
         tch::no_grad(|| {
             if grads.iter().all(Tensor::defined) {
@@ -185,16 +286,22 @@ impl Sgd {
     /// with AdamW also each second moment (`adamw:sq:<name>`) and the step count
     /// (`adamw:steps`).
     pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        if let Some(s) = &self.scaler {
+            out.push(("amp:scale".into(), Tensor::from(s.scale)));
+            out.push(("amp:good_steps".into(), Tensor::from(i64::from(s.good_steps))));
+            out.push(("amp:skipped".into(), Tensor::from(s.skipped as i64)));
+        }
         if !self.has_momentum {
-            return Vec::new();
+            return out;
         }
         let of = |buffer: &Tensor, p: &Tensor, s: i64, n: i64| buffer.narrow(0, s, n).view(p.size().as_slice()).copy();
-        let mut out: Vec<(String, Tensor)> = self
-            .params
-            .iter()
-            .zip(&self.slices)
-            .map(|((name, p), &(s, n))| (name.clone(), of(&self.momentum_buffer, p, s, n)))
-            .collect();
+        out.extend(
+            self.params
+                .iter()
+                .zip(&self.slices)
+                .map(|((name, p), &(s, n))| (name.clone(), of(&self.momentum_buffer, p, s, n))),
+        );
         if let Some(v) = &self.adamw {
             for ((name, p), &(s, n)) in self.params.iter().zip(&self.slices) {
                 out.push((format!("adamw:sq:{name}"), of(v, p, s, n)));
@@ -209,6 +316,20 @@ impl Sgd {
         for (name, buf) in state {
             if name == "adamw:steps" {
                 self.steps = buf.int64_value(&[]).max(0) as u64;
+                continue;
+            }
+            if let Some(field) = name.strip_prefix("amp:") {
+                let Some(s) = &mut self.scaler else {
+                    return Err(CheckpointError::Mismatch(format!(
+                        "fp16 loss-scale state {name} in the checkpoint of a trial without fp16"
+                    )));
+                };
+                match field {
+                    "scale" => s.scale = buf.double_value(&[]),
+                    "good_steps" => s.good_steps = buf.int64_value(&[]).clamp(0, i64::from(u32::MAX)) as u32,
+                    "skipped" => s.skipped = buf.int64_value(&[]).max(0) as u64,
+                    _ => return Err(CheckpointError::Mismatch(format!("unknown loss-scale state {name}"))),
+                }
                 continue;
             }
             let (target, name) = match name.strip_prefix("adamw:sq:") {
@@ -404,5 +525,57 @@ mod tests {
             plain.load_state(opt.state()).is_err(),
             "AdamW state into SGD is refused"
         );
+    }
+
+    /// fp16's loss scale: a finite step equals the unscaled one; an overflowing step is
+    /// skipped and halves the scale; 2000 good steps double it; the scale survives a
+    /// checkpoint. (Autocast itself needs CUDA; the scaler's arithmetic does not.)
+    #[test]
+    fn the_fp16_loss_scale_unscales_skips_overflows_and_grows() {
+        let fp16 = TrainSpec {
+            precision: Precision::Fp16,
+            ..nesterov_recipe()
+        };
+        let step = |recipe: &TrainSpec, times: f64| {
+            let p = Tensor::from_slice(&[1.0f64, -2.0, 3.0]).set_requires_grad(true);
+            let mut sgd = Sgd::new(vec![("p".into(), p.shallow_clone())], recipe);
+            let loss = (&p * &p).sum(Kind::Double) * times;
+            sgd.backward_step(&loss);
+            (Vec::<f64>::try_from(p.detach()).unwrap(), sgd)
+        };
+        let (plain, _) = step(&nesterov_recipe(), 0.5);
+        let (scaled, sgd) = step(&fp16, 0.5);
+        assert_eq!(scaled, plain, "a power-of-two scale is undone exactly");
+        assert_eq!(sgd.scaler().unwrap().scale, 65536.0);
+        assert_eq!(sgd.scaler().unwrap().good_steps, 1);
+
+        // 1e305 x 65536 overflows float64: the step is skipped, the scale halved.
+        let (skipped, sgd) = step(&fp16, 1e305);
+        assert_eq!(skipped, vec![1.0, -2.0, 3.0], "parameters untouched");
+        let s = sgd.scaler().unwrap();
+        assert_eq!((s.scale, s.good_steps, s.skipped), (32768.0, 0, 1));
+        assert!(
+            sgd.state().iter().any(|(n, _)| n == "amp:scale"),
+            "saved even before a step"
+        );
+
+        let mut s = GradScaler::new();
+        for _ in 0..1999 {
+            s.update(true);
+        }
+        assert_eq!(s.scale, 65536.0);
+        s.update(true);
+        assert_eq!((s.scale, s.good_steps), (131072.0, 0));
+
+        // Checkpointed and restored.
+        let (_, a) = step(&fp16, 1e305);
+        let state = a.state();
+        let (_, mut b) = step(&fp16, 0.5);
+        b.load_state(state).unwrap();
+        assert_eq!(b.scaler(), a.scaler());
+        // An SGD trial refuses fp16 state.
+        let (_, mut plain) = step(&nesterov_recipe(), 0.5);
+        let e = plain.load_state(a.state()).unwrap_err().to_string();
+        assert!(e.contains("without fp16"), "{e}");
     }
 }

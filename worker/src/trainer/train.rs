@@ -59,8 +59,13 @@ pub fn soft_train_step(net: &Net, opt: &mut Sgd, x: &Tensor, targets: &Tensor, l
 
 /// Forward in train mode, `loss_of` the logits, backward and one optimiser step.
 fn step(net: &Net, opt: &mut Sgd, x: &Tensor, loss_of: impl FnOnce(&Tensor) -> Tensor) -> (Tensor, Tensor) {
-    let logits = net.forward_t(x, true);
-    let loss = loss_of(&logits);
+    // Forward and loss under autocast at the recipe's precision; backward outside, as in
+    // PyTorch's AMP recipe (the gradients of the float32 weights are float32).
+    let (logits, loss) = crate::device::with_precision(x.device(), opt.precision(), || {
+        let logits = net.forward_t(x, true);
+        let loss = loss_of(&logits).to_kind(Kind::Float);
+        (logits, loss)
+    });
     opt.backward_step(&loss);
     (loss.detach(), logits.detach())
 }
@@ -128,6 +133,9 @@ impl<'a> TrialRun<'a> {
     ) -> Result<TrialRun<'a>, TrainError> {
         let compute = compute.into();
         let device = compute.device;
+        if let Some(why) = crate::device::precision_unsupported(device, spec.train.precision) {
+            return Err(TrainError::Device(why));
+        }
         let (channels, size) = data.image_shape();
         let input = InputShape {
             channels,
@@ -534,7 +542,18 @@ pub fn train_trial(
         }
     }
     match run.evaluate(ctl) {
-        Ok(()) => Ok(run.result()),
+        Ok(()) => {
+            let result = run.result();
+            tracing::info!(
+                precision = ?spec.train.precision,
+                test_acc = format!("{:.4}", result.final_test_acc),
+                wall_seconds = format!("{:.1}", result.wall_seconds),
+                peak_memory_mib = result.peak_memory_bytes >> 20,
+                device = %result.device,
+                "trial trained"
+            );
+            Ok(result)
+        }
         Err(TrainError::Preempted(epoch)) => {
             save(&run);
             Err(TrainError::Preempted(epoch))

@@ -156,3 +156,47 @@ fn adamw_warmup_mixup_cutmix_and_bce_train_deterministically_and_resume_exactly(
         );
     }
 }
+
+#[test]
+fn mixed_precision_is_refused_on_the_cpu_and_fp32_is_the_run_it_always_was() {
+    use convsweep_proto::spec::Precision;
+
+    let spec = trial(model(8, 8, 3, TrainMode::Learned), 64, 1);
+    let data = DataCache::default().get(&spec.dataset, Device::Cpu).unwrap();
+    for (precision, name) in [(Precision::Bf16, "bf16"), (Precision::Fp16, "fp16")] {
+        let mut mixed = spec.clone();
+        mixed.train.precision = precision;
+        assert_ne!(mixed.id(), spec.id());
+        let e = TrialRun::new(&mixed, Device::Cpu, &data)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains(&format!("train.precision = \"{name}\" needs a CUDA device")) && e.contains("only \"fp32\""),
+            "{e}"
+        );
+        let outcome = convsweep_worker::control::TrainError::Device(e).into_outcome();
+        assert!(
+            format!("{outcome:?}").contains("retryable: true"),
+            "another worker may have a GPU"
+        );
+    }
+    // `precision = "fp32"` written out is the default: the same trial, the same numbers.
+    let mut explicit = spec.clone();
+    explicit.train.precision = Precision::Fp32;
+    assert_eq!(explicit.id(), spec.id());
+    assert!(
+        !spec.canonical_json().contains("precision"),
+        "left out of the canonical form"
+    );
+    let (ctl, _s, _e) = TrialControl::new();
+    let a = TrialRun::new(&spec, Device::Cpu, &data)
+        .unwrap()
+        .train_epoch(&ctl)
+        .unwrap();
+    let b = TrialRun::new(&explicit, Device::Cpu, &data)
+        .unwrap()
+        .train_epoch(&ctl)
+        .unwrap();
+    assert_eq!((a.train_loss, a.test_acc), (b.train_loss, b.test_acc));
+}
