@@ -615,6 +615,32 @@ init = ["kaiming-uniform", "kaiming-normal"]
         );
         assert!(t1.iter().all(|t| matches!(t.model.expansion, None | Some(128))));
         assert!(t3.iter().all(|t| t.model.expansion == Some(64)));
+
+        // Table 2: ImageNet ResNet-18d, 5 settings of E x learned/frozen, one run, timm's A2 as
+        // the report's paper check expects it.
+        use convsweep_proto::spec::{Augment, DatasetName, Loss, Optimizer, Precision};
+        let table2 = SweepSpec::from_toml(include_str!("../../examples/paper/table2-imagenet.toml")).unwrap();
+        let t2 = table2.expand().unwrap();
+        assert_eq!(t2.len(), 5 * 2);
+        let mut es: Vec<_> = t2.iter().map(|t| t.model.expansion).collect();
+        es.dedup();
+        assert_eq!(es, [None, Some(1), Some(8), Some(64), Some(128)]);
+        for t in &t2 {
+            let (d, r) = (&t.dataset, &t.train);
+            assert_eq!(
+                (d.name, d.image_size, d.classes.as_ref()),
+                (DatasetName::Imagefolder, Some(224), None)
+            );
+            assert_eq!((t.model.arch.as_str(), t.model.kernel_size), ("resnet18d", 3));
+            assert_eq!(t.model.init, InitScheme::KaimingNormalFanOut);
+            assert_eq!(
+                (r.epochs, r.warmup_epochs, r.optimizer, r.loss),
+                (300, 5, Optimizer::Adamw, Loss::Bce)
+            );
+            assert_eq!((r.mixup, r.cutmix, r.precision), (0.1, 1.0, Precision::Bf16));
+            assert_eq!(r.augment, Augment::RandomResizedCrop);
+            assert_eq!((d.train_size, d.test_size), (None, None));
+        }
     }
 
     #[test]

@@ -178,3 +178,76 @@ fn html_is_well_formed_with_one_svg_per_plot() {
         "self-contained: no links except XML namespaces"
     );
 }
+
+/// An ImageNet sweep as `examples/paper/table2-imagenet.toml` runs it (one seed), with
+/// accuracies near the paper's: the Table 2 layout and the paper check fill from it.
+#[test]
+fn an_imagenet_sweep_fills_table_2_and_its_paper_check() {
+    use convsweep_proto::results::{Results, TrialRow};
+    use convsweep_proto::{TrialSpec, TrialState, pb};
+
+    let mut results = Results::default();
+    let cells = [
+        ("null", "frozen", 0.3801),
+        ("null", "learned", 0.7190),
+        ("1", "frozen", 0.6131),
+        ("8", "frozen", 0.7000),
+        ("8", "learned", 0.7185),
+    ];
+    for (e, mode, acc) in cells {
+        let json = format!(
+            r#"{{"dataset":{{"name":"imagefolder","root":"/data/imagenet"}},
+                "model":{{"arch":"resnet18d","stem":"imagenet","kernel_size":3,"expansion":{e},"train_mode":"{mode}","init":"kaiming-normal-fan-out"}},
+                "train":{{"epochs":300,"warmup_epochs":5,"batch_size":1024,"optimizer":"adamw","lr":0.005,"weight_decay":0.02,
+                          "loss":"bce","label_smoothing":0.0,"mixup":0.1,"cutmix":1.0,"precision":"bf16"}},"seed":0}}"#
+        );
+        let mut spec = TrialSpec::from_json(&json).unwrap();
+        spec.canonicalize();
+        spec.validate().unwrap();
+        results.trials.push(TrialRow {
+            sweep_id: "imagenet".into(),
+            trial_id: spec.id().to_string(),
+            spec,
+            state: TrialState::Succeeded,
+            attempts: 1,
+            reason: None,
+            worker_id: Some("w".into()),
+            result: Some(pb::TrialResult {
+                final_test_acc: acc,
+                best_test_acc: acc,
+                ..Default::default()
+            }),
+        });
+    }
+    let f = Frames::from_results(&results).unwrap();
+    let report = Report::build(&f.for_sweep("imagenet").unwrap(), "imagenet").unwrap();
+    assert!(
+        report.sections.iter().any(|s| s.id == "table2"),
+        "an ImageNet sweep has Table 2"
+    );
+    let md = report.markdown();
+    // Table 2's layout: the baseline first, then E by value.
+    let rows: Vec<&str> = md
+        .lines()
+        .filter(|l| l.starts_with("| baseline |") || l.starts_with("| LC x"))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "| baseline | 38.01 (1) | 71.90 (1) |",
+            "| LC x1 | 61.31 (1) | - |",
+            "| LC x8 | 70.00 (1) | 71.85 (1) |"
+        ],
+        "{md}"
+    );
+    // The paper check against one published run each: within 1 point agrees.
+    for want in [
+        r"| Table 2 | imagefolder | baseline / frozen | 37.85 | 38.01 | 1 | agrees (\|diff\| 0.16, one published run: within 1.0) |",
+        r"| Table 2 | imagefolder | baseline / learned | 72.60 | 71.90 | 1 | agrees (\|diff\| 0.70, one published run: within 1.0) |",
+        r"| Table 2 | imagefolder | LCx8 / frozen | 71.30 | 70.00 | 1 | differs (\|diff\| 1.30, one published run: within 1.0) |",
+        r"| Table 2 | imagefolder | LCx64 / frozen | 72.46 | - | 0 | not in this sweep |",
+    ] {
+        assert!(md.contains(want), "{want}\n{md}");
+    }
+    assert!(md.contains("5 of 29 cells have matching trials"), "{md}");
+}
