@@ -407,27 +407,7 @@ enum BenchTarget {
     /// Images per second the imagefolder loader decodes, crops and resizes (training and
     /// evaluation transforms), with each thread count, on ImageNet-like JPEGs it writes (or a
     /// real folder's `train/`).
-    Decode {
-        /// An image folder to read instead (its `train/<class>/` files).
-        #[arg(long)]
-        root: Option<PathBuf>,
-        /// Images to decode per measurement.
-        #[arg(long, default_value_t = 512)]
-        images: usize,
-        /// Crop side.
-        #[arg(long, default_value_t = 224)]
-        size: u32,
-        /// Images per batch.
-        #[arg(long, default_value_t = 256)]
-        batch: usize,
-        /// Thread counts to measure (repeatable; default: 1 and every core).
-        #[arg(long)]
-        threads: Vec<usize>,
-        /// Write the sample folder (train/ and val/, 10 classes) here and keep it, e.g. for a
-        /// trial to read.
-        #[arg(long, conflicts_with = "root")]
-        keep: Option<PathBuf>,
-    },
+    Decode(commands::bench_decode::DecodeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -684,26 +664,11 @@ fn main() -> std::process::ExitCode {
             }
             #[cfg(feature = "worker")]
             Command::Bench {
-                target:
-                    Some(BenchTarget::Decode {
-                        root,
-                        images,
-                        size,
-                        batch,
-                        threads,
-                        keep,
-                    }),
+                target: Some(BenchTarget::Decode(args)),
                 ..
             } => {
                 logging::init_stderr(cli.log_format);
-                commands::info::bench_decode(commands::info::DecodeArgs {
-                    root,
-                    images,
-                    size,
-                    batch,
-                    threads,
-                    keep,
-                })
+                commands::bench_decode::bench_decode(args)
             }
             #[cfg(feature = "worker")]
             Command::Bench {
@@ -744,7 +709,7 @@ fn main() -> std::process::ExitCode {
             | Command::ModelInfo { .. }
             | Command::Bench { target: None, .. }
             | Command::Bench {
-                target: Some(BenchTarget::Decode { .. }),
+                target: Some(BenchTarget::Decode(_)),
                 ..
             } => Err(anyhow::anyhow!(
                 "this convsweep was built without the `worker` feature (a coordinator-only build): it serves, submits, \

@@ -1,6 +1,7 @@
 //! The subcommands, each wiring the libraries together.
 
 pub mod bench_coordinator;
+pub mod bench_decode;
 pub mod bench_rpc;
 pub mod certs;
 #[cfg(feature = "worker")]

@@ -1,5 +1,7 @@
 //! Why a dataset could not be loaded.
 
+use std::path::Path;
+
 use convsweep_proto::spec::DatasetName;
 
 /// Why a dataset could not be loaded.
@@ -24,4 +26,20 @@ pub enum DataError {
     /// A dataset spec without the folder its files are in.
     #[error("dataset {0:?} needs `dataset.root`, the folder holding its files")]
     Unsupported(DatasetName),
+}
+
+/// A file or folder that is not there; `hint` says what belongs there.
+pub(super) fn missing(path: &Path, hint: &str) -> DataError {
+    DataError::Missing {
+        path: path.display().to_string(),
+        hint: hint.to_owned(),
+    }
+}
+
+/// A file or folder that is there but wrong.
+pub(super) fn malformed(path: &Path, problem: impl Into<String>) -> DataError {
+    DataError::Malformed {
+        path: path.display().to_string(),
+        problem: problem.into(),
+    }
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
 
-use super::error::DataError;
+use super::error::{DataError, malformed, missing};
 use super::npz;
 use super::split::Split;
 
@@ -25,20 +25,6 @@ const MAX_SIDE: usize = 4096;
 const MAX_CLASSES: i64 = 1_000_000;
 /// Most bytes a compressed file or element may inflate to.
 const MAX_INFLATED: u64 = npz::MAX_ARRAY_BYTES;
-
-fn missing(path: &Path, hint: &str) -> DataError {
-    DataError::Missing {
-        path: path.display().to_string(),
-        hint: hint.to_owned(),
-    }
-}
-
-fn malformed(path: &Path, problem: impl Into<String>) -> DataError {
-    DataError::Malformed {
-        path: path.display().to_string(),
-        problem: problem.into(),
-    }
-}
 
 /// What an I/O error on `path` means: missing (`hint` says what belongs there), or unreadable.
 fn io_error(path: &Path, hint: &str, e: std::io::Error) -> DataError {

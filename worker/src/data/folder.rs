@@ -32,8 +32,7 @@ use image::imageops::{self, FilterType};
 use image::{ImageReader, RgbImage};
 use tch::Tensor;
 
-use super::error::DataError;
-use super::split::Split;
+use super::error::{DataError, malformed, missing};
 use crate::rng::{Rng, derive_seed};
 
 /// Batches decoded ahead of the trainer.
@@ -46,20 +45,6 @@ const MAX_SIDE: u32 = 16_384;
 pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
 /// See [`IMAGENET_MEAN`].
 pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
-
-fn missing(path: &Path, hint: &str) -> DataError {
-    DataError::Missing {
-        path: path.display().to_string(),
-        hint: hint.to_owned(),
-    }
-}
-
-fn malformed(path: &Path, problem: impl Into<String>) -> DataError {
-    DataError::Malformed {
-        path: path.display().to_string(),
-        problem: problem.into(),
-    }
-}
 
 fn is_image(path: &Path) -> bool {
     path.extension()
@@ -564,39 +549,4 @@ impl Stream {
             .map_err(|_| malformed(Path::new("decoder"), "the decoding thread ended before the epoch did"))??;
         Ok(Tensor::from_slice(&bytes).view([n as i64, 3, self.size, self.size]))
     }
-}
-
-/// Loads an image folder: the training split as files, the validation split decoded.
-/// `test_size` cuts the validation split before it is decoded.
-pub fn imagefolder(spec: &DatasetSpec, root: &Path) -> Result<(Split, Split, i64), DataError> {
-    let listing = list(spec, root)?;
-    let classes = listing.classes.len() as i64;
-    let size = i64::from(listing.train.size);
-    let n_test = spec
-        .test_size
-        .map_or(listing.val.paths.len(), |n| (n as usize).min(listing.val.paths.len()));
-    let started = std::time::Instant::now();
-    let indices: Vec<i64> = (0..n_test as i64).collect();
-    let mut parts = Vec::new();
-    for chunk in indices.chunks(1024) {
-        parts.push(listing.val.decode_eval(chunk)?);
-    }
-    let test_images = if parts.is_empty() {
-        Tensor::zeros([0, 3, size, size], (tch::Kind::Uint8, tch::Device::Cpu))
-    } else {
-        Tensor::cat(&parts, 0)
-    };
-    tracing::info!(
-        images = n_test,
-        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
-        threads = listing.val.threads,
-        "imagefolder: validation images decoded"
-    );
-    let test = Split::new(test_images, Tensor::from_slice(&listing.val_labels[..n_test]));
-    let mut train = Split::new(
-        Tensor::zeros([0, 3, size, size], (tch::Kind::Uint8, tch::Device::Cpu)),
-        Tensor::from_slice(&listing.train_labels),
-    );
-    train.files = Some(Arc::new(listing.train));
-    Ok((train, test, classes))
 }

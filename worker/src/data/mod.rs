@@ -16,7 +16,8 @@ pub use error::DataError;
 pub use split::Split;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use convsweep_proto::spec::{Augment, DatasetName, DatasetSpec, synthetic_defaults as sd};
 use tch::{Device, Kind, Tensor};
@@ -87,8 +88,44 @@ fn load_uncached(spec: &DatasetSpec) -> Result<(Split, Split, i64), DataError> {
         DatasetName::FashionMnist => files::fashion_mnist(root()?).map(|(a, b)| (a, b, 10)),
         DatasetName::Svhn => files::svhn(root()?).map(|(a, b)| (a, b, 10)),
         DatasetName::Tensor => files::tensor_file(root()?),
-        DatasetName::Imagefolder => folder::imagefolder(spec, root()?),
+        DatasetName::Imagefolder => imagefolder(spec, root()?),
     }
+}
+
+/// Loads an image folder (see [`folder`]): the training split as files, the validation split
+/// decoded.
+/// `test_size` cuts the validation split before it is decoded.
+fn imagefolder(spec: &DatasetSpec, root: &Path) -> Result<(Split, Split, i64), DataError> {
+    let listing = folder::list(spec, root)?;
+    let classes = listing.classes.len() as i64;
+    let size = i64::from(listing.train.size);
+    let n_test = spec
+        .test_size
+        .map_or(listing.val.paths.len(), |n| (n as usize).min(listing.val.paths.len()));
+    let started = std::time::Instant::now();
+    let indices: Vec<i64> = (0..n_test as i64).collect();
+    let mut parts = Vec::new();
+    for chunk in indices.chunks(1024) {
+        parts.push(listing.val.decode_eval(chunk)?);
+    }
+    let test_images = if parts.is_empty() {
+        Tensor::zeros([0, 3, size, size], (tch::Kind::Uint8, tch::Device::Cpu))
+    } else {
+        Tensor::cat(&parts, 0)
+    };
+    tracing::info!(
+        images = n_test,
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        threads = listing.val.threads,
+        "imagefolder: validation images decoded"
+    );
+    let test = Split::new(test_images, Tensor::from_slice(&listing.val_labels[..n_test]));
+    let mut train = Split::new(
+        Tensor::zeros([0, 3, size, size], (tch::Kind::Uint8, tch::Device::Cpu)),
+        Tensor::from_slice(&listing.train_labels),
+    );
+    train.files = Some(Arc::new(listing.train));
+    Ok((train, test, classes))
 }
 
 /// Datasets a worker has loaded, by spec and device. Loading (parsing files, generating images,

@@ -50,3 +50,28 @@ pub fn trial(model: ModelSpec, train_size: u32, epochs: u32) -> TrialSpec {
     spec.validate().expect("test spec is valid");
     spec
 }
+
+/// Epochs 2 and 3 of `spec` trained whole, and of the same trial cut after epoch 1 and
+/// restored from its checkpoint: `(whole, resumed)`, which should be equal.
+pub fn whole_and_resumed(
+    spec: &TrialSpec,
+    data: &convsweep_worker::data::Dataset,
+) -> (
+    Vec<convsweep_proto::pb::EpochMetrics>,
+    Vec<convsweep_proto::pb::EpochMetrics>,
+) {
+    use convsweep_worker::control::TrialControl;
+    use convsweep_worker::trainer::TrialRun;
+    use tch::Device;
+
+    let (ctl, _s, _e) = TrialControl::new();
+    let mut whole = TrialRun::new(spec, Device::Cpu, data).unwrap();
+    let mut all: Vec<_> = (0..3).map(|_| whole.train_epoch(&ctl).unwrap()).collect();
+    let mut first = TrialRun::new(spec, Device::Cpu, data).unwrap();
+    first.train_epoch(&ctl).unwrap();
+    let mut resumed = TrialRun::new(spec, Device::Cpu, data).unwrap();
+    resumed.restore(first.checkpoint()).unwrap();
+    let rest = (0..2).map(|_| resumed.train_epoch(&ctl).unwrap()).collect();
+    all.remove(0);
+    (all, rest)
+}

@@ -13,7 +13,7 @@ use image::codecs::jpeg::JpegEncoder;
 use image::{ImageFormat, Rgb, RgbImage};
 use tch::{Device, Kind, Tensor};
 
-use crate::common::{model, trial};
+use crate::common::{model, trial, whole_and_resumed};
 use crate::data::spec;
 
 /// The colour of class `c`: far apart, so that a decoded pixel names its class.
@@ -352,19 +352,13 @@ fn a_trial_trains_on_an_image_folder_and_resumes_exactly() {
     let spec = folder_trial(dir.path(), 3);
     let data = load(&spec.dataset).unwrap();
     assert_eq!(data.image_shape(), (3, 16));
-    let (ctl, _s, _e) = TrialControl::new();
-    let mut whole = TrialRun::new(&spec, Device::Cpu, &data).unwrap();
-    let all: Vec<_> = (0..3).map(|_| whole.train_epoch(&ctl).unwrap()).collect();
+    let (whole, resumed) = whole_and_resumed(&spec, &data);
     assert!(
-        all.iter()
+        whole
+            .iter()
             .all(|m| m.train_loss.is_finite() && (0.0..=1.0).contains(&m.test_acc))
     );
-    let mut first = TrialRun::new(&spec, Device::Cpu, &data).unwrap();
-    first.train_epoch(&ctl).unwrap();
-    let mut resumed = TrialRun::new(&spec, Device::Cpu, &data).unwrap();
-    resumed.restore(first.checkpoint()).unwrap();
-    let rest: Vec<_> = (0..2).map(|_| resumed.train_epoch(&ctl).unwrap()).collect();
-    for (x, y) in all[1..].iter().zip(&rest) {
+    for (x, y) in whole.iter().zip(&resumed) {
         assert_eq!((x.train_loss, x.test_acc), (y.train_loss, y.test_acc));
     }
 }

@@ -202,26 +202,35 @@ const FORMATS: [DatasetName; 5] = [
     DatasetName::Tensor,
 ];
 
+/// Runs `check` on mutated copies of `valid` (1-3 mutations of one file, whose index `check`
+/// gets too) and counts its answers: (accepted, refused).
+fn mutated_file_sets(
+    valid: &[(String, Vec<u8>)],
+    check: impl Fn(&[(String, Vec<u8>)], usize) -> Result<bool, TestCaseError>,
+) -> (u32, u32) {
+    let (accepted, refused) = (Cell::new(0), Cell::new(0));
+    let strategy = (any::<Index>(), prop::collection::vec(mutation(), 1..4));
+    runner(256)
+        .run(&strategy, |(which, mutations)| {
+            let mut files = valid.to_vec();
+            let target = which.index(files.len());
+            for m in &mutations {
+                apply(&mut files[target].1, m);
+            }
+            let counter = if check(&files, target)? { &accepted } else { &refused };
+            counter.set(counter.get() + 1);
+            Ok(())
+        })
+        .unwrap();
+    (accepted.get(), refused.get())
+}
+
 #[test]
 fn every_reader_survives_mutated_files() {
     for name in FORMATS {
         let valid = valid_files(name);
         assert!(check_load(name, &valid).unwrap(), "{name:?}: the unmutated files load");
-        let (loaded, refused) = (Cell::new(0), Cell::new(0));
-        let strategy = (any::<Index>(), prop::collection::vec(mutation(), 1..4));
-        runner(256)
-            .run(&strategy, |(which, mutations)| {
-                let mut files = valid.clone();
-                let target = which.index(files.len());
-                for m in &mutations {
-                    apply(&mut files[target].1, m);
-                }
-                let counter = if check_load(name, &files)? { &loaded } else { &refused };
-                counter.set(counter.get() + 1);
-                Ok(())
-            })
-            .unwrap();
-        let (loaded, refused) = (loaded.get(), refused.get());
+        let (loaded, refused) = mutated_file_sets(&valid, |files, _| check_load(name, files));
         eprintln!(
             "{name:?}: {} mutated file sets, {loaded} loaded, {refused} refused, 0 panics",
             loaded + refused
@@ -251,55 +260,43 @@ fn image_folder_files() -> Vec<(String, Vec<u8>)> {
 fn image_files_survive_mutation() {
     use convsweep_worker::data::folder::EpochPlan;
 
-    let valid = image_folder_files();
-    let (decoded, refused) = (Cell::new(0), Cell::new(0));
-    let strategy = (any::<Index>(), prop::collection::vec(mutation(), 1..4));
-    runner(256)
-        .run(&strategy, |(which, mutations)| {
-            let mut files = valid.clone();
-            let target = which.index(files.len());
-            for m in &mutations {
-                apply(&mut files[target].1, m);
-            }
-            let dir = tempfile::tempdir().unwrap();
-            for (file, bytes) in &files {
-                let path = dir.path().join(file);
-                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-                std::fs::write(path, bytes).unwrap();
-            }
-            let damaged = dir.path().join(&files[target].0).display().to_string();
-            let mut s = spec(DatasetName::Imagefolder, dir.path());
-            s.image_size = Some(16);
-            // The validation split is decoded at load; the training split as it streams.
-            let outcome = DataCache::default().get(&s, Device::Cpu).and_then(|ds| {
-                let files = ds.train.files.clone().expect("streamed");
-                let mut stream = files.stream(EpochPlan {
-                    order: vec![0, 1],
-                    batch: 2,
-                    from_batch: 0,
-                    batches: 1,
-                    augment: true,
-                    seed: 1,
-                    epoch: 1,
-                });
-                stream.next_batch().map(|b| (ds.test.images.size(), b.size()))
+    let (decoded, refused) = mutated_file_sets(&image_folder_files(), |files, target| {
+        let dir = tempfile::tempdir().unwrap();
+        for (file, bytes) in files {
+            let path = dir.path().join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
+        let damaged = dir.path().join(&files[target].0).display().to_string();
+        let mut s = spec(DatasetName::Imagefolder, dir.path());
+        s.image_size = Some(16);
+        // The validation split is decoded at load; the training split as it streams.
+        let outcome = DataCache::default().get(&s, Device::Cpu).and_then(|ds| {
+            let files = ds.train.files.clone().expect("streamed");
+            let mut stream = files.stream(EpochPlan {
+                order: vec![0, 1],
+                batch: 2,
+                from_batch: 0,
+                batches: 1,
+                augment: true,
+                seed: 1,
+                epoch: 1,
             });
-            match outcome {
-                Ok((test, train)) => {
-                    prop_assert_eq!(test, vec![2, 3, 16, 16]);
-                    prop_assert_eq!(train, vec![2, 3, 16, 16]);
-                    decoded.set(decoded.get() + 1);
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    prop_assert!(message.starts_with(&damaged), "names the damaged file: {message}");
-                    refused.set(refused.get() + 1);
-                }
+            stream.next_batch().map(|b| (ds.test.images.size(), b.size()))
+        });
+        match outcome {
+            Ok((test, train)) => {
+                prop_assert_eq!(test, vec![2, 3, 16, 16]);
+                prop_assert_eq!(train, vec![2, 3, 16, 16]);
+                Ok(true)
             }
-            Ok(())
-        })
-        .unwrap();
-    let (decoded, refused) = (decoded.get(), refused.get());
+            Err(e) => {
+                let message = e.to_string();
+                prop_assert!(message.starts_with(&damaged), "names the damaged file: {message}");
+                Ok(false)
+            }
+        }
+    });
     eprintln!(
         "imagefolder: {} mutated JPEG/PNG sets, {decoded} decoded, {refused} refused, 0 panics",
         decoded + refused

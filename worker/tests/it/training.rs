@@ -9,7 +9,7 @@ use convsweep_worker::trainer::TrialRun;
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Reduction, Tensor, nn};
 
-use crate::common::{model, trial};
+use crate::common::{model, trial, whole_and_resumed};
 
 fn snapshot(vs: &nn::VarStore) -> HashMap<String, Tensor> {
     vs.variables()
@@ -141,15 +141,8 @@ fn adamw_warmup_mixup_cutmix_and_bce_train_deterministically_and_resume_exactly(
 
     // A run cut after epoch 1 and restored from its checkpoint ends where a whole one does:
     // the mixing draws come from the checkpointed generator.
-    let (ctl, _s, _e) = TrialControl::new();
-    let mut whole = TrialRun::new(&spec, Device::Cpu, &data).unwrap();
-    let all: Vec<_> = (0..3).map(|_| whole.train_epoch(&ctl).unwrap()).collect();
-    let mut first = TrialRun::new(&spec, Device::Cpu, &data).unwrap();
-    first.train_epoch(&ctl).unwrap();
-    let mut resumed = TrialRun::new(&spec, Device::Cpu, &data).unwrap();
-    resumed.restore(first.checkpoint()).unwrap();
-    let rest: Vec<_> = (0..2).map(|_| resumed.train_epoch(&ctl).unwrap()).collect();
-    for (x, y) in all[1..].iter().zip(&rest) {
+    let (whole, resumed) = whole_and_resumed(&spec, &data);
+    for (x, y) in whole.iter().zip(&resumed) {
         assert_eq!(
             (x.train_loss, x.test_loss, x.test_acc),
             (y.train_loss, y.test_loss, y.test_acc)
