@@ -635,7 +635,7 @@ init = ["kaiming-uniform", "kaiming-normal"]
             assert_eq!(t.model.init, InitScheme::KaimingNormalFanOut);
             assert_eq!(
                 (r.epochs, r.warmup_epochs, r.optimizer, r.loss),
-                (300, 5, Optimizer::Adamw, Loss::Bce)
+                (300, 5, Optimizer::Lamb, Loss::Bce)
             );
             assert_eq!((r.mixup, r.cutmix, r.precision), (0.1, 1.0, Precision::Bf16));
             assert_eq!(r.augment, Augment::RandomResizedCrop);

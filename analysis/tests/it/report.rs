@@ -198,7 +198,7 @@ fn an_imagenet_sweep_fills_table_2_and_its_paper_check() {
         let json = format!(
             r#"{{"dataset":{{"name":"imagefolder","root":"/data/imagenet"}},
                 "model":{{"arch":"resnet18d","stem":"imagenet","kernel_size":3,"expansion":{e},"train_mode":"{mode}","init":"kaiming-normal-fan-out"}},
-                "train":{{"epochs":300,"warmup_epochs":5,"batch_size":1024,"optimizer":"adamw","lr":0.005,"weight_decay":0.02,
+                "train":{{"epochs":300,"warmup_epochs":5,"batch_size":1024,"optimizer":"lamb","lr":0.0025,"weight_decay":0.02,
                           "loss":"bce","label_smoothing":0.0,"mixup":0.1,"cutmix":1.0,"precision":"bf16"}},"seed":0}}"#
         );
         let mut spec = TrialSpec::from_json(&json).unwrap();

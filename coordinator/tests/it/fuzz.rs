@@ -129,6 +129,7 @@ const WORDS: &[&str] = &[
     "bce",
     "ce",
     "adamw",
+    "lamb",
     "gaussian-noise",
     "",
     "/tmp/x",

@@ -40,6 +40,12 @@ pub enum Optimizer {
     /// AdamW (torch.optim.AdamW: betas 0.9 and 0.999, eps 1e-8, `weight_decay` decoupled);
     /// `momentum` and `nesterov` do not apply.
     Adamw,
+    /// LAMB as timm's `Lamb` (timm's A2 recipe): Adam moments (betas 0.9 and 0.999, eps 1e-6,
+    /// bias correction), the gradients first clipped to a global norm of 1, `weight_decay`
+    /// added to the update, and each parameter's step scaled by `||p|| / ||update||` (timm
+    /// leaves biases and norms out of weight decay, and so out of the scaling; here every
+    /// parameter has both). `momentum` and `nesterov` do not apply.
+    Lamb,
 }
 
 impl Optimizer {
@@ -177,8 +183,8 @@ impl TrainSpec {
                 DatasetName::Imagefolder => Augment::RandomResizedCrop,
             };
         }
-        if t.optimizer == Optimizer::Adamw {
-            // Momentum and Nesterov are SGD's: whatever was written, one AdamW trial.
+        if t.optimizer != Optimizer::Sgd {
+            // Momentum and Nesterov are SGD's: whatever was written, one AdamW or LAMB trial.
             let sgd = TrainSpec::default();
             t.momentum = sgd.momentum;
             t.nesterov = sgd.nesterov;

@@ -23,6 +23,11 @@
 //! decoupled: `p = p * (1 - lr * weight_decay)` before the Adam step). The step count is global,
 //! where torch keeps one per parameter: they differ only for a parameter that goes without a
 //! gradient for a while, which the trainer's models do not have.
+//!
+//! With `optimizer = "lamb"` the same two moments feed timm's `Lamb`: the gradients are first
+//! clipped to a global norm of [`LAMB_MAX_GRAD_NORM`], the Adam direction (eps 1e-6) plus
+//! `weight_decay * p` is the update, and each parameter's step is scaled by its trust ratio
+//! `||p|| / ||update||` (1 where either norm is 0), all on the device.
 
 use convsweep_proto::spec::{Optimizer, Precision, TrainSpec};
 use tch::{Kind, Tensor};
@@ -31,6 +36,10 @@ use tch::{Kind, Tensor};
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
 const EPS: f64 = 1e-8;
+/// LAMB's epsilon and gradient clipping (timm's `Lamb` defaults).
+const LAMB_EPS: f64 = 1e-6;
+/// Global gradient norm LAMB clips to.
+pub const LAMB_MAX_GRAD_NORM: f64 = 1.0;
 
 use super::checkpoint::CheckpointError;
 
@@ -95,8 +104,10 @@ pub struct Sgd {
     momentum_buffer: Tensor,
     /// Whether a step (or a restored state) has filled the momentum buffer.
     has_momentum: bool,
-    /// AdamW instead of SGD: `momentum_buffer` is its first moment, this its second.
+    /// AdamW or LAMB instead of SGD: `momentum_buffer` is the first moment, this the second.
     adamw: Option<Tensor>,
+    /// LAMB (with `adamw` its second moment).
+    lamb: bool,
     /// Steps taken (AdamW's bias correction).
     steps: u64,
     /// fp16's loss scale (`precision = "fp16"` only).
@@ -147,7 +158,8 @@ impl Sgd {
         }
         Sgd {
             momentum_buffer: flat.zeros_like(),
-            adamw: (recipe.optimizer == Optimizer::Adamw).then(|| flat.zeros_like()),
+            adamw: (recipe.optimizer != Optimizer::Sgd).then(|| flat.zeros_like()),
+            lamb: recipe.optimizer == Optimizer::Lamb,
             steps: 0,
             scaler: (recipe.precision == Precision::Fp16).then(GradScaler::new),
             precision: recipe.precision,
@@ -221,6 +233,11 @@ impl Sgd {
     /// One step with these gradients (one per parameter; undefined for none).
     fn apply(&mut self, grads: &[Tensor]) {
         self.steps += 1;
+        if self.lamb {
+            tch::no_grad(|| self.lamb_step(grads));
+            self.has_momentum = true;
+            return;
+        }
         tch::no_grad(|| {
             if grads.iter().all(Tensor::defined) {
                 let flat_grads: Vec<Tensor> = grads.iter().map(|g| g.reshape([-1])).collect();
@@ -239,6 +256,43 @@ impl Sgd {
             }
         });
         self.has_momentum = self.momentum != 0.0 || self.adamw.is_some();
+    }
+
+    /// One LAMB step over every parameter with a gradient, as timm's `Lamb` takes it.
+    fn lamb_step(&self, grads: &[Tensor]) {
+        let defined: Vec<Tensor> = grads.iter().filter(|g| g.defined()).map(|g| g.reshape([-1])).collect();
+        if defined.is_empty() {
+            return;
+        }
+        // Global norm clipping, on the device: grads / max(norm / max_norm, 1).
+        let norm = Tensor::cat(&defined, 0).norm();
+        let clip = (norm / LAMB_MAX_GRAD_NORM).clamp_min(1.0);
+        let t = self.steps as i32;
+        let (bias1, bias2) = (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t));
+        let v_all = self.adamw.as_ref().expect("LAMB keeps a second moment");
+        for (g, &(s, n)) in grads.iter().zip(&self.slices) {
+            if !g.defined() {
+                continue;
+            }
+            let g = g.reshape([-1]) / &clip;
+            let mut p = self.flat.narrow(0, s, n);
+            let (mut m, mut v) = (self.momentum_buffer.narrow(0, s, n), v_all.narrow(0, s, n));
+            let _ = m.g_mul_scalar_(BETA1);
+            let _ = m.g_add_(&(&g * (1.0 - BETA1)));
+            let _ = v.g_mul_scalar_(BETA2);
+            let _ = v.g_add_(&(&g * &g * (1.0 - BETA2)));
+            let mut update = (&m / bias1) / (v.sqrt() / bias2.sqrt() + LAMB_EPS);
+            if self.weight_decay != 0.0 {
+                update += &p * self.weight_decay;
+                let (w_norm, u_norm) = (p.norm(), update.norm());
+                let ratio = (&w_norm / &u_norm).where_self(
+                    &w_norm.gt(0.0).logical_and(&u_norm.gt(0.0)),
+                    &Tensor::ones_like(&w_norm),
+                );
+                update *= ratio;
+            }
+            let _ = p.g_sub_(&(update * self.lr));
+        }
     }
 
     /// One AdamW update of `p` with gradient `g`, first moment `m` and second moment `v` (all
@@ -525,6 +579,58 @@ mod tests {
             plain.load_state(opt.state()).is_err(),
             "AdamW state into SGD is refused"
         );
+    }
+
+    /// LAMB written out by hand as timm's `Lamb` computes it, for two parameters (the trust
+    /// ratio is per parameter, the clipping global), with gradients large enough to be clipped.
+    #[test]
+    fn lamb_matches_timms_update_rule() {
+        let recipe = TrainSpec {
+            optimizer: Optimizer::Lamb,
+            lr: 0.01,
+            weight_decay: 0.02,
+            ..TrainSpec::default()
+        };
+        let a = Tensor::from_slice(&[1.0f64, -2.0, 3.0]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[0.5f64, 0.25]).set_requires_grad(true);
+        let mut opt = Sgd::new(
+            vec![("a".into(), a.shallow_clone()), ("b".into(), b.shallow_clone())],
+            &recipe,
+        );
+        let mut x = [vec![1.0f64, -2.0, 3.0], vec![0.5, 0.25]];
+        let mut m = [vec![0.0; 3], vec![0.0; 2]];
+        let mut v = [vec![0.0; 3], vec![0.0; 2]];
+        let norm = |u: &[f64]| u.iter().map(|e| e * e).sum::<f64>().sqrt();
+        for t in 1..=3 {
+            // loss = sum(p^3) / 3 over both: gradients p^2, global norm far above 1.
+            let loss = ((&a * &a * &a).sum(Kind::Double) + (&b * &b * &b).sum(Kind::Double)) / 3.0;
+            opt.backward_step(&loss);
+            let g: Vec<Vec<f64>> = x.iter().map(|p| p.iter().map(|e| e * e).collect()).collect();
+            let global = norm(&g.concat());
+            let clip = (global / LAMB_MAX_GRAD_NORM).max(1.0);
+            let (b1, b2) = (1.0 - 0.9f64.powi(t), 1.0 - 0.999f64.powi(t));
+            for j in 0..2 {
+                let mut update = Vec::new();
+                for i in 0..x[j].len() {
+                    let gi = g[j][i] / clip;
+                    m[j][i] = 0.9 * m[j][i] + 0.1 * gi;
+                    v[j][i] = 0.999 * v[j][i] + 0.001 * gi * gi;
+                    update.push(m[j][i] / b1 / ((v[j][i] / b2).sqrt() + 1e-6) + 0.02 * x[j][i]);
+                }
+                let ratio = norm(&x[j]) / norm(&update);
+                for i in 0..x[j].len() {
+                    x[j][i] -= 0.01 * ratio * update[i];
+                }
+            }
+        }
+        for (t, want) in [&a, &b].iter().zip(&x) {
+            let got = Vec::<f64>::try_from(t.detach()).unwrap();
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-12, "{got:?} vs {want:?}");
+            }
+        }
+        // Checkpointed like AdamW: both moments and the step count.
+        assert_eq!(opt.state().len(), 2 + 2 + 1);
     }
 
     /// fp16's loss scale: a finite step equals the unscaled one; an overflowing step is

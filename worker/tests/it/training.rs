@@ -193,3 +193,19 @@ fn mixed_precision_is_refused_on_the_cpu_and_fp32_is_the_run_it_always_was() {
         .unwrap();
     assert_eq!((a.train_loss, a.test_acc), (b.train_loss, b.test_acc));
 }
+
+#[test]
+fn lamb_trains_and_resumes_exactly() {
+    let mut spec = trial(model(8, 8, 3, TrainMode::Learned), 128, 3);
+    spec.train.optimizer = convsweep_proto::spec::Optimizer::Lamb;
+    spec.train.lr = 5e-3;
+    spec.train.weight_decay = 0.02;
+    spec.canonicalize();
+    spec.validate().unwrap();
+    let data = DataCache::default().get(&spec.dataset, Device::Cpu).unwrap();
+    let (whole, resumed) = whole_and_resumed(&spec, &data);
+    assert!(whole[1].train_loss < whole[0].train_loss, "it learns: {whole:?}");
+    for (x, y) in whole.iter().zip(&resumed) {
+        assert_eq!((x.train_loss, x.test_acc), (y.train_loss, y.test_acc));
+    }
+}

@@ -43,7 +43,7 @@ pub fn view(trials: &DataFrame) -> Result<Section> {
         .and(col("loss").eq(lit("bce")))
         .and(col("mixup").eq(lit(0.1)))
         .and(col("cutmix").eq(lit(1.0)))
-        .and(col("optimizer").eq(lit("adamw")))
+        .and(col("optimizer").eq(lit("lamb")).or(col("optimizer").eq(lit("adamw"))))
         .and(col("schedule").eq(lit("cosine")));
     let is_imagenet = col("dataset").eq(lit("imagefolder"));
     let paper_model = when(is_imagenet.clone())
