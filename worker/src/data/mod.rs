@@ -182,6 +182,14 @@ impl DataCache {
     }
 }
 
+/// Images per batch of a pass over `images` (`[N, C, H, W]`) whose batch is `base` for CIFAR's
+/// 3x32x32: scaled down in proportion to the image's size, so that a pass at 224 px holds about
+/// as much memory as one at 32 px (at least 16 images). The same as `base` at 32 px.
+pub fn batch_for(images: &Tensor, base: i64) -> i64 {
+    let per_image: i64 = images.size().iter().skip(1).product();
+    (base * 3 * 32 * 32 / per_image.max(1)).clamp(16.min(base), base)
+}
+
 /// A `[0, 1]` float batch from `uint8` images, augmented as asked, on the images' device.
 ///
 /// Crop-flip: zero-pad by 4, take a random 32x32 window and mirror half of the images; done for
@@ -247,6 +255,20 @@ mod tests {
             }
             assert!(out.get(i).equal(&want), "image {i}");
         }
+    }
+
+    #[test]
+    fn pass_batches_shrink_with_the_image_size_only() {
+        let images = |c: i64, side: i64| Tensor::zeros([0, c, side, side], (Kind::Uint8, Device::Cpu));
+        assert_eq!(batch_for(&images(3, 32), 1000), 1000, "CIFAR-sized: unchanged");
+        assert_eq!(
+            batch_for(&images(1, 32), 250),
+            250,
+            "smaller images: not above the base"
+        );
+        assert_eq!(batch_for(&images(3, 224), 1000), 20);
+        assert_eq!(batch_for(&images(3, 224), 250), 16, "at least 16");
+        assert_eq!(batch_for(&images(3, 512), 8), 8);
     }
 
     #[test]

@@ -67,6 +67,7 @@ fn accuracy_after(
 ) -> f64 {
     let mut correct = 0;
     let mut start = 0;
+    let batch = crate::data::batch_for(&test.images, batch);
     while start < n {
         let len = batch.min(n - start);
         let x = test.images.narrow(0, start, len).to_kind(Kind::Float) / 255.0;

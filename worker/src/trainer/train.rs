@@ -29,8 +29,9 @@ pub fn evaluate(net: &Net, images: &Tensor, labels: &Tensor, label_smoothing: f6
         let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
         let mut correct = Tensor::zeros([], (Kind::Int64, device));
         let mut start = 0;
+        let batch = crate::data::batch_for(images, EVAL_BATCH);
         while start < n {
-            let len = EVAL_BATCH.min(n - start);
+            let len = batch.min(n - start);
             let x = images.narrow(0, start, len).to_kind(Kind::Float) / 255.0;
             let y = labels.narrow(0, start, len);
             let logits = net.forward_t(&x, false);
