@@ -13,6 +13,7 @@
 //! - [`device`]: choosing the device, the CPU allocator policy, peak memory (CUDA allocator or
 //!   process RSS).
 //! - [`rng`]: the fixed PRNG behind data order and augmentation.
+//! - [`readback`]: the host's reads of device values, counted.
 //! - [`bench`]: training-throughput benchmark of the reference configurations.
 
 pub mod agent;
@@ -23,6 +24,7 @@ pub mod device;
 pub mod eval;
 pub mod isolate;
 pub mod model;
+pub mod readback;
 pub mod rng;
 pub mod trainer;
 

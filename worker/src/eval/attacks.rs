@@ -67,13 +67,7 @@ pub fn pgd(net: &Net, x: &Tensor, y: &Tensor, p: Pgd, seed: u64) -> Tensor {
     adv.detach()
 }
 
-/// Share of `labels` the model gets right on `x`.
-pub fn correct(net: &Net, x: &Tensor, y: &Tensor) -> i64 {
-    tch::no_grad(|| {
-        net.forward_t(x, false)
-            .argmax(-1, false)
-            .eq_tensor(y)
-            .sum(Kind::Int64)
-            .int64_value(&[])
-    })
+/// How many of `y` the model gets right on `x`, a scalar on the device (not read).
+pub fn correct(net: &Net, x: &Tensor, y: &Tensor) -> Tensor {
+    tch::no_grad(|| net.forward_t(x, false).argmax(-1, false).eq_tensor(y).sum(Kind::Int64))
 }

@@ -65,7 +65,7 @@ fn accuracy_after(
     batch: i64,
     transform: &mut dyn FnMut(&Tensor, &Tensor, i64) -> Tensor,
 ) -> f64 {
-    let mut correct = 0;
+    let mut correct = Tensor::zeros([], (Kind::Int64, test.labels.device()));
     let mut start = 0;
     let batch = crate::data::batch_for(&test.images, batch);
     while start < n {
@@ -76,7 +76,7 @@ fn accuracy_after(
         correct += attacks::correct(net, &xt, &y);
         start += len;
     }
-    correct as f64 / n.max(1) as f64
+    crate::readback::i64(&correct) as f64 / n.max(1) as f64
 }
 
 /// Runs the robustness evaluations of `spec` on `test`; `seed` drives random starts and

@@ -219,7 +219,7 @@ impl Sgd {
                 .map(|g| g.isfinite().logical_not().any())
                 .collect();
             // One read per step, as GradScaler.step makes: the step is taken or skipped.
-            let finite = overflowed.is_empty() || Tensor::stack(&overflowed, 0).any().int64_value(&[]) == 0;
+            let finite = overflowed.is_empty() || crate::readback::i64(&Tensor::stack(&overflowed, 0).any()) == 0;
             (grads, finite)
         });
         if let Some(s) = &mut self.scaler {

@@ -16,6 +16,7 @@ use crate::control::{Signal, TrainError, TrialControl};
 use crate::data::folder::EpochPlan;
 use crate::data::{Dataset, augment};
 use crate::model::{Compute, InputShape, Net};
+use crate::readback;
 use crate::rng::{Rng, derive_seed};
 
 /// Batch size of evaluation passes.
@@ -41,7 +42,7 @@ pub fn evaluate(net: &Net, images: &Tensor, labels: &Tensor, label_smoothing: f6
             start += len;
         }
         let n = n.max(1) as f64;
-        (loss_sum.double_value(&[]) / n, correct.int64_value(&[]) as f64 / n)
+        (readback::f64(&loss_sum) / n, readback::i64(&correct) as f64 / n)
     })
 }
 
@@ -233,7 +234,7 @@ impl<'a> TrialRun<'a> {
                 Some(files) => {
                     let stream = cursor.stream.get_or_insert_with(|| {
                         files.stream(EpochPlan {
-                            order: Vec::<i64>::try_from(cursor.order.to_device(Device::Cpu)).unwrap_or_default(),
+                            order: readback::i64s(&cursor.order),
                             batch: self.batch as usize,
                             from_batch: b as usize,
                             batches: self.batches_per_epoch as usize,
@@ -267,14 +268,14 @@ impl<'a> TrialRun<'a> {
             cursor.next_batch = b + 1;
         }
         let cursor = self.cursor.take().expect("set above");
-        let train_loss = cursor.loss_sum.double_value(&[]) / self.used_per_epoch as f64;
+        let train_loss = readback::f64(&cursor.loss_sum) / self.used_per_epoch as f64;
         if !train_loss.is_finite() {
             return Err(TrainError::NonFinite {
                 epoch,
                 loss: train_loss,
             });
         }
-        let train_acc = cursor.correct.int64_value(&[]) as f64 / self.used_per_epoch as f64;
+        let train_acc = readback::i64(&cursor.correct) as f64 / self.used_per_epoch as f64;
         let (test_loss, test_acc) = evaluate(
             &self.net,
             &self.data.test.images,
@@ -334,8 +335,8 @@ impl<'a> TrialRun<'a> {
                 tensors.push(("cursor/order".into(), c.order.to_device(Device::Cpu)));
                 pb::EpochCursor {
                     next_batch: c.next_batch,
-                    loss_sum: c.loss_sum.double_value(&[]),
-                    correct: c.correct.int64_value(&[]),
+                    loss_sum: readback::f64(&c.loss_sum),
+                    correct: readback::i64(&c.correct),
                     seconds: c.seconds,
                 }
             });

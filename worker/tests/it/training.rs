@@ -209,3 +209,45 @@ fn lamb_trains_and_resumes_exactly() {
         assert_eq!((x.train_loss, x.test_acc), (y.train_loss, y.test_acc));
     }
 }
+
+/// The loop reads the device once per epoch for its loss and accuracy and once for the test
+/// pass's (4 reads), however many batches the epoch has; robustness reads once per measurement.
+#[test]
+fn host_reads_per_epoch_do_not_grow_with_the_batches() {
+    use convsweep_worker::readback;
+
+    let reads_per_epoch = |batch_size: u32| {
+        let mut spec = trial(model(8, 4, 3, TrainMode::Learned), 256, 2);
+        spec.train.batch_size = batch_size;
+        spec.canonicalize();
+        let data = DataCache::default().get(&spec.dataset, Device::Cpu).unwrap();
+        let (ctl, _s, _e) = TrialControl::new();
+        let mut run = TrialRun::new(&spec, Device::Cpu, &data).unwrap();
+        (0..2)
+            .map(|_| {
+                let before = readback::count();
+                run.train_epoch(&ctl).unwrap();
+                readback::count() - before
+            })
+            .collect::<Vec<u64>>()
+    };
+    // 4 batches an epoch, then 32: the same 4 reads each epoch.
+    assert_eq!(reads_per_epoch(64), [4, 4]);
+    assert_eq!(reads_per_epoch(8), [4, 4]);
+
+    // FGSM on 600 test images, 3 attack batches of 250: one read per measurement.
+    let mut spec = trial(model(8, 4, 3, TrainMode::Learned), 64, 1);
+    spec.dataset.test_size = Some(600);
+    spec.eval.fgsm = vec![convsweep_proto::spec::Eps(1.0 / 255.0)];
+    spec.eval.corruptions = vec![];
+    spec.canonicalize();
+    let data = DataCache::default().get(&spec.dataset, Device::Cpu).unwrap();
+    let (ctl, _s, _e) = TrialControl::new();
+    let mut run = TrialRun::new(&spec, Device::Cpu, &data).unwrap();
+    run.train_epoch(&ctl).unwrap();
+    let before = readback::count();
+    run.evaluate(&ctl).unwrap();
+    let measurements = run.result().robustness.len() as u64;
+    assert!(measurements >= 2, "clean and FGSM: {measurements}");
+    assert_eq!(readback::count() - before, measurements);
+}
