@@ -48,6 +48,9 @@ pub fn bench_decode(args: DecodeArgs) -> Result<ExitCode> {
     if images == 0 || batch == 0 {
         bail!("--images and --batch must be at least 1");
     }
+    if !(16..=1024).contains(&size) {
+        bail!("--size {size}: give a crop side in 16..=1024 pixels (as dataset.image_size)");
+    }
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = if threads.is_empty() {
         let mut t = vec![1, cores];

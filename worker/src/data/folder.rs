@@ -62,8 +62,12 @@ fn entries(dir: &Path, hint: &str) -> Result<Vec<(String, PathBuf, bool)>, DataE
     for entry in read {
         let entry = entry.map_err(|e| malformed(dir, format!("cannot be listed: {e}")))?;
         let path = entry.path();
-        // Follows links: datasets are often a tree of links into shared storage.
-        let is_dir = path.is_dir();
+        // The listing's own file type costs no stat per file (ImageNet has 1.28 million);
+        // links are followed, as datasets are often a tree of links into shared storage.
+        let is_dir = match entry.file_type() {
+            Ok(t) if !t.is_symlink() => t.is_dir(),
+            _ => path.is_dir(),
+        };
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             return Err(malformed(&path, "the name is not UTF-8"));
         };

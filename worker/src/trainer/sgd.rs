@@ -92,6 +92,19 @@ impl Default for GradScaler {
     }
 }
 
+/// Adam's moments updated in place (`m` and `v` with gradient `g`), shared by AdamW and LAMB:
+/// returns the denominator `sqrt(v_hat) + eps` at step `t` and the first moment's bias
+/// correction, `1 - beta1^t`.
+fn adam_moments(m: &Tensor, v: &Tensor, g: &Tensor, t: i32, eps: f64) -> (Tensor, f64) {
+    let (mut m, mut v) = (m.shallow_clone(), v.shallow_clone());
+    let _ = m.g_mul_scalar_(BETA1);
+    let _ = m.g_add_(&(g * (1.0 - BETA1)));
+    let _ = v.g_mul_scalar_(BETA2);
+    let _ = v.g_add_(&(g * g * (1.0 - BETA2)));
+    let (bias1, bias2) = (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t));
+    (v.sqrt() / bias2.sqrt() + eps, bias1)
+}
+
 /// The optimiser.
 pub struct Sgd {
     /// Name and handle of each parameter; its data is a view of `flat`.
@@ -268,7 +281,6 @@ impl Sgd {
         let norm = Tensor::cat(&defined, 0).norm();
         let clip = (norm / LAMB_MAX_GRAD_NORM).clamp_min(1.0);
         let t = self.steps as i32;
-        let (bias1, bias2) = (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t));
         let v_all = self.adamw.as_ref().expect("LAMB keeps a second moment");
         for (g, &(s, n)) in grads.iter().zip(&self.slices) {
             if !g.defined() {
@@ -276,12 +288,9 @@ impl Sgd {
             }
             let g = g.reshape([-1]) / &clip;
             let mut p = self.flat.narrow(0, s, n);
-            let (mut m, mut v) = (self.momentum_buffer.narrow(0, s, n), v_all.narrow(0, s, n));
-            let _ = m.g_mul_scalar_(BETA1);
-            let _ = m.g_add_(&(&g * (1.0 - BETA1)));
-            let _ = v.g_mul_scalar_(BETA2);
-            let _ = v.g_add_(&(&g * &g * (1.0 - BETA2)));
-            let mut update = (&m / bias1) / (v.sqrt() / bias2.sqrt() + LAMB_EPS);
+            let m = self.momentum_buffer.narrow(0, s, n);
+            let (denom, bias1) = adam_moments(&m, &v_all.narrow(0, s, n), &g, t, LAMB_EPS);
+            let mut update = (&m / bias1) / denom;
             if self.weight_decay != 0.0 {
                 update += &p * self.weight_decay;
                 let (w_norm, u_norm) = (p.norm(), update.norm());
@@ -302,15 +311,8 @@ impl Sgd {
         if self.weight_decay != 0.0 {
             let _ = p.g_mul_scalar_(1.0 - self.lr * self.weight_decay);
         }
-        let (mut m, mut v) = (m.shallow_clone(), v.shallow_clone());
-        let _ = m.g_mul_scalar_(BETA1);
-        let _ = m.g_add_(&(g * (1.0 - BETA1)));
-        let _ = v.g_mul_scalar_(BETA2);
-        let _ = v.g_add_(&(g * g * (1.0 - BETA2)));
-        let t = self.steps as i32;
-        let (bias1, bias2) = (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t));
-        let denom = v.sqrt() / bias2.sqrt() + EPS;
-        let _ = p.g_sub_(&(&m / denom * (self.lr / bias1)));
+        let (denom, bias1) = adam_moments(m, v, g, self.steps as i32, EPS);
+        let _ = p.g_sub_(&(m / denom * (self.lr / bias1)));
     }
 
     /// One update of `p` (in place) with gradient `g` and momentum buffer `buf` (in place), or
