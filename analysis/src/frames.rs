@@ -38,6 +38,13 @@ fn opt<T: Copy>(rows: &[TrialRow], f: impl Fn(&pb::TrialResult) -> T) -> Vec<Opt
     rows.iter().map(|r| r.result.as_ref().map(&f)).collect()
 }
 
+/// A field of each result's time split (none where the result, or its split, is missing).
+fn times<T: Copy>(rows: &[TrialRow], f: impl Fn(&pb::TrialTimes) -> T) -> Vec<Option<T>> {
+    rows.iter()
+        .map(|r| r.result.as_ref().and_then(|x| x.times.as_ref()).map(&f))
+        .collect()
+}
+
 /// How many classes of an image folder a trial keeps (`None`: all of them).
 fn class_subset(d: &convsweep_proto::spec::DatasetSpec) -> Option<u32> {
     use convsweep_proto::spec::ClassSubset;
@@ -103,6 +110,18 @@ pub fn trials_frame(rows: &[TrialRow]) -> Result<DataFrame> {
         "worker" => rows.iter().map(|r| r.worker_id.clone()).collect::<Vec<Option<String>>>(),
         "eval_error" => rows.iter().map(|r| r.result.as_ref().map(|x| x.eval_error.clone())).collect::<Vec<Option<String>>>(),
         "eval_seconds" => opt(rows, |r| r.eval_seconds),
+        "startup_seconds" => times(rows, |t| t.startup_seconds),
+        "train_seconds" => times(rows, |t| t.train_seconds),
+        "epoch_eval_seconds" => times(rows, |t| t.epoch_eval_seconds),
+        "checkpoint_seconds" => times(rows, |t| t.checkpoint_seconds),
+        "report_seconds" => times(rows, |t| t.report_seconds),
+        "train_images" => times(rows, |t| t.train_images),
+        // Training images per second of training time (none where no time was recorded).
+        "train_images_per_second" => rows
+            .iter()
+            .map(|r| r.result.as_ref().and_then(|x| x.times).filter(|t| t.train_seconds > 0.0))
+            .map(|t| t.map(|t| t.train_images as f64 / t.train_seconds))
+            .collect::<Vec<Option<f64>>>(),
         "conv_algorithm" => rows.iter().map(|r| r.result.as_ref().map(|x| x.conv_algorithm.clone())).collect::<Vec<Option<String>>>(),
     )?;
     // Overfitting at the end: train minus test accuracy, test minus train loss, and how far the

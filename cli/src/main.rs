@@ -408,6 +408,11 @@ enum BenchTarget {
     /// evaluation transforms), with each thread count, on ImageNet-like JPEGs it writes (or a
     /// real folder's `train/`).
     Decode(commands::bench_decode::DecodeArgs),
+    /// Whole trials through the real worker path (a local coordinator, a worker process):
+    /// training images/s against the step benchmark of the same model, where each trial's
+    /// time went, and trials per hour with S slots against one.
+    #[cfg(feature = "worker")]
+    Trial(commands::bench_trial::TrialArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -661,6 +666,14 @@ fn main() -> std::process::ExitCode {
             Command::Certs { out, hosts } => {
                 logging::init_stderr(cli.log_format);
                 commands::certs::certs(&out, &hosts)
+            }
+            #[cfg(feature = "worker")]
+            Command::Bench {
+                target: Some(BenchTarget::Trial(args)),
+                ..
+            } => {
+                logging::init_stderr(cli.log_format);
+                commands::bench_trial::bench_trial(args).await
             }
             #[cfg(feature = "worker")]
             Command::Bench {

@@ -75,6 +75,7 @@ impl From<&Lease> for pb::LeaseRef {
 
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per finished attempt: its size does not matter
 pub enum Outcome {
     /// Trained and measured.
     Succeeded(pb::TrialResult),
@@ -154,6 +155,22 @@ fn validate_result(r: &pb::TrialResult) -> Result<(), FieldError> {
         ("eval_seconds", r.eval_seconds),
     ] {
         finite(format!("result.{field}"), v)?;
+    }
+    if let Some(t) = &r.times {
+        for (field, v) in [
+            ("startup_seconds", t.startup_seconds),
+            ("train_seconds", t.train_seconds),
+            ("epoch_eval_seconds", t.epoch_eval_seconds),
+            ("checkpoint_seconds", t.checkpoint_seconds),
+            ("report_seconds", t.report_seconds),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(FieldError::new(
+                    format!("result.times.{field}"),
+                    format!("seconds, finite and not negative; got {v}"),
+                ));
+            }
+        }
     }
     for (i, x) in r.robustness.iter().enumerate() {
         accuracy(format!("result.robustness[{i}].accuracy"), x.accuracy)?;
@@ -370,6 +387,18 @@ mod tests {
         };
         let err = Outcome::try_from(Some(O::Succeeded(pb::Succeeded { result: Some(bad) }))).unwrap_err();
         assert_eq!(err.field, "result.final_test_acc");
+        let negative_time = pb::TrialResult {
+            times: Some(pb::TrialTimes {
+                train_seconds: -1.0,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = Outcome::try_from(Some(O::Succeeded(pb::Succeeded {
+            result: Some(negative_time),
+        })))
+        .unwrap_err();
+        assert_eq!(err.field, "result.times.train_seconds");
         let nan_filter = pb::TrialResult {
             filters: vec![pb::FilterStats {
                 stage: "final".into(),

@@ -484,6 +484,8 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let thread_name = format!("trial-{trial_id}");
     let (trainer_for_ack, lease_for_ack) = (trainer.clone(), lease.clone());
+    // When the trainer handed over its end: what follows until the completion is reporting.
+    let mut trainer_done = None;
     let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
         let end = run_guarded(trainer.as_ref(), &lease, &ctl);
         drop(ctl);
@@ -511,6 +513,7 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
                         }
                     }
                     end = &mut done_rx => {
+                        trainer_done = Some(std::time::Instant::now());
                         // Epochs sent just before the end are still queued: report them first.
                         let mut batch = Vec::new();
                         while let Ok(TrialEvent::Epoch(more)) = events.try_recv() {
@@ -530,14 +533,21 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
         }
     };
     let startup_ms = first_step.get().map(|d| d.as_millis() as u64);
-    if let TrainEnd::Finished(outcome) = end {
+    if let TrainEnd::Finished(mut outcome) = end {
+        if let (Outcome::Succeeded(result), Some(done)) = (&mut outcome, trainer_done) {
+            result.times.get_or_insert_default().report_seconds += done.elapsed().as_secs_f64();
+        }
         let ended = match &outcome {
             Outcome::Succeeded(_) => "succeeded",
             Outcome::Failed { .. } => "failed",
             Outcome::Preempted { .. } => "preempted",
         };
         info!(trial = %trial_id, lease_to_first_step_ms = startup_ms, outcome = ended, "trial ended");
+        let completing = std::time::Instant::now();
         if complete(&shared, &trial_id, &token, outcome.clone()).await {
+            if let Outcome::Succeeded(result) = &outcome {
+                log_cost(&trial_id, result, completing.elapsed());
+            }
             // Removing checkpoints is file I/O: off the runtime's threads.
             let acked = tokio::task::spawn_blocking(move || trainer_for_ack.acknowledged(&lease_for_ack, &outcome));
             if let Err(e) = acked.await {
@@ -548,6 +558,32 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
         info!(trial = %trial_id, "trial stopped without a report");
     }
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&token);
+}
+
+/// The worker's line on where a finished trial's time went (the split of
+/// [`pb::TrialTimes`], the final evaluations, and the completion call itself, which the
+/// result it carried cannot hold).
+fn log_cost(trial_id: &str, result: &pb::TrialResult, completion: Duration) {
+    let t = result.times.unwrap_or_default();
+    let accounted = t.startup_seconds
+        + t.train_seconds
+        + t.epoch_eval_seconds
+        + result.eval_seconds
+        + t.checkpoint_seconds
+        + t.report_seconds;
+    info!(
+        trial = %trial_id,
+        test_acc = format!("{:.4}", result.final_test_acc),
+        startup_seconds = format!("{:.2}", t.startup_seconds),
+        train_seconds = format!("{:.2}", t.train_seconds),
+        train_images_per_second = format!("{:.1}", t.train_images as f64 / t.train_seconds.max(1e-9)),
+        epoch_eval_seconds = format!("{:.2}", t.epoch_eval_seconds),
+        final_eval_seconds = format!("{:.2}", result.eval_seconds),
+        checkpoint_seconds = format!("{:.2}", t.checkpoint_seconds),
+        report_seconds = format!("{:.3}", t.report_seconds + completion.as_secs_f64()),
+        total_seconds = format!("{:.2}", accounted + completion.as_secs_f64()),
+        "trial cost"
+    );
 }
 
 /// Sends epochs; false when the coordinator refused them for good (the lease is gone).

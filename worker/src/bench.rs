@@ -103,19 +103,34 @@ pub struct BenchRun {
 impl BenchRun {
     /// Builds `model` with the paper's optimiser and loss and runs `warmup` untimed steps.
     pub fn new(model: &ModelSpec, batch: i64, warmup: u32, compute: impl Into<Compute>) -> BenchRun {
-        let compute = compute.into();
-        let device = compute.device;
         let input = InputShape {
             channels: 3,
             size: 32,
             classes: 10,
         };
-        let net = Net::new(model, input, 0, compute, &[0.49, 0.48, 0.45], &[0.25, 0.24, 0.26]);
-        let recipe = TrainSpec::default();
-        let opt = optimizer(&net, &recipe);
+        BenchRun::with_recipe(model, &TrainSpec::default(), input, batch, warmup, compute)
+    }
+
+    /// [`BenchRun::new`] for `model` trained by `recipe` (its optimiser, precision and label
+    /// smoothing) on images of `input`: the step of a trial, for `convsweep bench trial`.
+    pub fn with_recipe(
+        model: &ModelSpec,
+        recipe: &TrainSpec,
+        input: InputShape,
+        batch: i64,
+        warmup: u32,
+        compute: impl Into<Compute>,
+    ) -> BenchRun {
+        let compute = compute.into();
+        let device = compute.device;
+        let c = input.channels;
+        let (mean, std) = (vec![0.5; c as usize], vec![0.25; c as usize]);
+        let net = Net::new(model, input, 0, compute, &mean, &std);
+        let opt = optimizer(&net, recipe);
+        let side = input.size;
         let mut run = BenchRun {
-            x: Tensor::rand([batch, 3, 32, 32], (Kind::Float, device)),
-            y: Tensor::randint(10, [batch], (Kind::Int64, device)),
+            x: Tensor::rand([batch, c, side, side], (Kind::Float, device)),
+            y: Tensor::randint(input.classes, [batch], (Kind::Int64, device)),
             net,
             opt,
             label_smoothing: recipe.label_smoothing,

@@ -6,7 +6,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use convsweep_proto::{Lease, Outcome, pb};
 use tokio::sync::mpsc;
@@ -50,8 +50,11 @@ pub struct TrialControl {
     /// How often the trainer looked at the signal: it does so between batches and between
     /// evaluation passes, so a count that stops growing means a trainer that is stuck.
     progress: Arc<AtomicU64>,
-    /// When the control was made (the agent makes it as the lease arrives) ...
+    /// When the control was made (the agent makes it as the lease arrives; a trial process's
+    /// is dated back to its supervisor's) ...
     started: Instant,
+    /// ... the same on the wall clock, which a trial process shares with its supervisor ...
+    started_at: SystemTime,
     /// ... and how long after that the trainer first looked at the signal, before its first
     /// batch: the trial's start-up (a process, a dataset, a model).
     first_step: Arc<OnceLock<Duration>>,
@@ -60,6 +63,15 @@ pub struct TrialControl {
 impl TrialControl {
     /// A control and the agent's ends: the signal to set and the events to read.
     pub fn new() -> (TrialControl, Arc<AtomicU8>, mpsc::UnboundedReceiver<TrialEvent>) {
+        TrialControl::since(SystemTime::now())
+    }
+
+    /// [`TrialControl::new`], its start-up counted from `started_at` (a supervisor's lease,
+    /// before this process existed) when that is in the past.
+    pub fn since(started_at: SystemTime) -> (TrialControl, Arc<AtomicU8>, mpsc::UnboundedReceiver<TrialEvent>) {
+        let age = SystemTime::now().duration_since(started_at).unwrap_or_default();
+        let now = Instant::now();
+        let started = now.checked_sub(age).unwrap_or(now);
         let signal = Arc::new(AtomicU8::new(Signal::Run as u8));
         let (tx, rx) = mpsc::unbounded_channel();
         (
@@ -67,7 +79,8 @@ impl TrialControl {
                 signal: signal.clone(),
                 events: tx,
                 progress: Arc::new(AtomicU64::new(0)),
-                started: Instant::now(),
+                started,
+                started_at,
                 first_step: Arc::new(OnceLock::new()),
             },
             signal,
@@ -94,6 +107,11 @@ impl TrialControl {
     /// until it steps): the agent keeps it to log beside the outcome.
     pub fn first_step(&self) -> Arc<OnceLock<Duration>> {
         self.first_step.clone()
+    }
+
+    /// When the control was made, on the wall clock (what a trial process dates its own from).
+    pub fn started_at(&self) -> SystemTime {
+        self.started_at
     }
 
     /// The agent's current request, without counting it as progress (for supervisors).

@@ -39,6 +39,10 @@ pub struct ToChild {
     /// A [`Signal`] as its number.
     #[prost(uint32, tag = "2")]
     pub signal: u32,
+    /// When the worker got the lease, microseconds since the Unix epoch (first frame only): the
+    /// child's start-up counts from there, its own process start included.
+    #[prost(uint64, tag = "3")]
+    pub leased_unix_micros: u64,
 }
 
 /// Child to parent: progress, an epoch, or the end of the run.
@@ -264,9 +268,14 @@ impl Trainer for ProcessTrainer {
         let pid = child.id();
         info!(trial = %lease.trial_id, attempt = lease.attempt, pid, "trial process started");
         let mut stdin: Option<ChildStdin> = child.stdin.take();
+        let leased = ctl
+            .started_at()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let first = ToChild {
             lease: Some(lease.into()),
             signal: ctl.peek_signal() as u32,
+            leased_unix_micros: u64::try_from(leased.as_micros()).unwrap_or(0),
         };
         if let Some(w) = stdin.as_mut()
             && let Err(e) = write_frame(w, &first)
@@ -330,7 +339,13 @@ impl Trainer for ProcessTrainer {
                     stop_sent = Some(Instant::now());
                 }
                 if let Some(w) = stdin.as_mut() {
-                    let _ = write_frame(w, &ToChild { lease: None, signal });
+                    let _ = write_frame(
+                        w,
+                        &ToChild {
+                            signal,
+                            ..Default::default()
+                        },
+                    );
                 }
             }
             if killed.is_some() {
@@ -525,7 +540,10 @@ pub fn serve_trial(trainer: Arc<dyn Trainer>, mut input: impl Read + Send + 'sta
             return 2;
         }
     };
-    let (ctl, signal, mut events) = TrialControl::new();
+    let (ctl, signal, mut events) = match first.leased_unix_micros {
+        0 => TrialControl::new(),
+        micros => TrialControl::since(std::time::UNIX_EPOCH + Duration::from_micros(micros)),
+    };
     signal.store(Signal::from_number(first.signal) as u8, Ordering::Relaxed);
     // Signals from the worker; a closed input means the worker is gone: stop.
     let _ = std::thread::Builder::new().name("signals".into()).spawn({

@@ -116,6 +116,14 @@ fn result(spec: &TrialSpec) -> pb::TrialResult {
         eval_error: String::new(),
         eval_seconds: 10.0,
         conv_algorithm: "direct".into(),
+        times: Some(pb::TrialTimes {
+            startup_seconds: 2.0,
+            train_seconds: 80.0,
+            epoch_eval_seconds: 8.0,
+            checkpoint_seconds: 0.5,
+            report_seconds: 0.01,
+            train_images: 100_000,
+        }),
     }
 }
 

@@ -251,3 +251,36 @@ fn an_imagenet_sweep_fills_table_2_and_its_paper_check() {
     }
     assert!(md.contains("5 of 29 cells have matching trials"), "{md}");
 }
+
+/// The cost view shows where each trial's time went, and an export from before the split was
+/// recorded (no such columns) still reports, without it.
+#[test]
+fn the_cost_view_splits_the_time_and_reads_older_exports() {
+    let cost = |f: &Frames| {
+        let report = Report::build(f, "fixture").unwrap();
+        let s = report.sections.into_iter().find(|s| s.id == "cost").unwrap();
+        (s.text, s.tables[0].1.clone())
+    };
+    let f = frames().for_sweep("fixture").unwrap();
+    let (text, table) = cost(&f);
+    assert!(text.contains("Where the wall time went"), "{text}");
+    // The fixture: 100,000 images in 80 s of training, 8 s of epoch evaluation.
+    let speed = table.column("train_images_per_s").unwrap().f64().unwrap().clone();
+    assert!((0..speed.len()).all(|i| speed.get(i) == Some(1250.0)), "{table}");
+    let epoch_eval = table.column("epoch_eval_s").unwrap().f64().unwrap().clone();
+    assert!((0..epoch_eval.len()).all(|i| epoch_eval.get(i) == Some(8.0)), "{table}");
+
+    let mut old = f.clone();
+    old.trials = old.trials.drop_many([
+        "startup_seconds",
+        "train_seconds",
+        "epoch_eval_seconds",
+        "checkpoint_seconds",
+        "report_seconds",
+        "train_images",
+        "train_images_per_second",
+    ]);
+    let (text, table) = cost(&old);
+    assert!(text.contains("predate"), "{text}");
+    assert!(table.column("train_s").is_err() && table.column("wall_seconds").is_ok());
+}

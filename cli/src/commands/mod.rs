@@ -3,6 +3,8 @@
 pub mod bench_coordinator;
 pub mod bench_decode;
 pub mod bench_rpc;
+#[cfg(feature = "worker")]
+pub mod bench_trial;
 pub mod certs;
 #[cfg(feature = "worker")]
 pub mod info;

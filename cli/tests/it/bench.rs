@@ -50,3 +50,88 @@ fn the_coordinator_bench_runs_20_workers_through_200_trials() {
     assert!(c["health_check"]["calls"].as_u64().unwrap() >= 1);
     assert!(v["ray_tune"].is_null());
 }
+
+/// `convsweep bench trial` end to end at a small size: 4 tiny trials through a real worker
+/// process with 1 and then 2 slots; every trial's split is there, and the table, the ratio to
+/// the step benchmark and the trials-per-hour comparison are printed.
+#[test]
+fn the_trial_bench_runs_the_spec_through_a_worker_and_splits_the_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("tiny.toml");
+    std::fs::write(
+        &spec,
+        r#"
+name = "tiny-bench"
+seeds = 2
+[dataset]
+name = "synthetic"
+train_size = 96
+test_size = 64
+[model]
+arch = "resnet"
+depth = 8
+width = 4
+kernel_size = 3
+init = "kaiming-uniform"
+[train]
+epochs = 2
+batch_size = 32
+[eval]
+fgsm = []
+corruptions = []
+[grid]
+train_mode = ["learned", "frozen"]
+"#,
+    )
+    .unwrap();
+    let json = dir.path().join("trial.json");
+    let out = std::process::Command::new(BIN)
+        .args(["bench", "trial"])
+        .arg(&spec)
+        .args(["--configs", "1x1,2x1", "--steps", "2", "--json"])
+        .arg(&json)
+        .arg("--keep")
+        .arg(dir.path().join("runs"))
+        .env("RUST_LOG", "warn,convsweep_worker=info")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("| 2 slot(s) x 1 thread(s) |") && stdout.contains("x |"),
+        "{stdout}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let configs = v.as_array().unwrap();
+    assert_eq!(configs.len(), 2);
+    for c in configs {
+        assert_eq!(c["failed"], 0, "{c}");
+        let trials = c["per_trial"].as_array().unwrap();
+        assert_eq!(trials.len(), 4, "{c}");
+        for t in trials {
+            for field in [
+                "startup",
+                "train",
+                "epoch_eval",
+                "checkpoint",
+                "train_images_per_second",
+                "ratio",
+            ] {
+                assert!(t[field].as_f64().unwrap() > 0.0, "{field} of {t}");
+            }
+        }
+    }
+    // The worker logged each trial's split.
+    let log = std::fs::read_to_string(dir.path().join("runs/1-2x1/worker.log")).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("trial cost")).collect();
+    assert_eq!(lines.len(), 4, "{log}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("train_images_per_second=") && l.contains("epoch_eval_seconds="))
+    );
+}

@@ -151,6 +151,14 @@ fn rich_result(acc: f64) -> pb::TrialResult {
         eval_error: String::new(),
         eval_seconds: 1.0,
         conv_algorithm: "direct".into(),
+        times: Some(pb::TrialTimes {
+            startup_seconds: 0.25,
+            train_seconds: 1.5,
+            epoch_eval_seconds: 0.125,
+            checkpoint_seconds: 0.0625,
+            report_seconds: 0.03125,
+            train_images: 600,
+        }),
     }
 }
 
@@ -262,6 +270,16 @@ async fn remote_export_and_report_match_the_state_folder() {
     );
     assert_eq!(a.trials.height(), 8);
     assert_eq!(a.robustness.height(), 6 * 3);
+    // The time split made it through the store and both exports: 600 images in 1.5 s.
+    let column = |name: &str| -> Vec<Option<f64>> {
+        let c = a.trials.column(name).unwrap().f64().unwrap().clone();
+        (0..c.len()).map(|i| c.get(i)).collect()
+    };
+    let speeds = column("train_images_per_second");
+    assert_eq!(speeds.iter().flatten().count(), 6, "the 6 finished trials: {speeds:?}");
+    assert!(speeds.iter().flatten().all(|v| (v - 400.0).abs() < 1e-9), "{speeds:?}");
+    let startup = column("startup_seconds");
+    assert_eq!(startup.into_iter().flatten().collect::<Vec<_>>(), vec![0.25; 6]);
     for (name, x, y) in [
         ("trials", &a.trials, &b.trials),
         ("epochs", &a.epochs, &b.epochs),

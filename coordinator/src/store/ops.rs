@@ -58,6 +58,7 @@ pub(super) fn new_token(prefix: &str) -> String {
 
 /// One RPC's write, to be committed with others.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per RPC, moved once into the writer's batch
 pub enum Write {
     /// `Lease`: up to `max` trials.
     Lease {
@@ -451,13 +452,16 @@ pub(super) fn complete(
     )?;
     let state = match outcome {
         Outcome::Succeeded(r) => {
+            let times = r.times.unwrap_or_default();
             exec(
                 tx,
                 "INSERT OR REPLACE INTO results (trial_id, attempt, worker_id, final_train_loss, final_train_acc, \
                  final_test_loss, final_test_acc, best_test_acc, best_epoch, params_total, params_learnable, \
                  flops_per_image, wall_seconds, peak_memory_bytes, device, completed_ms, eval_error, eval_seconds, \
-                 conv_algorithm) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                 conv_algorithm, startup_seconds, train_seconds, epoch_eval_seconds, checkpoint_seconds, \
+                 report_seconds, train_images) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
+                 ?20, ?21, ?22, ?23, ?24, ?25)",
                 params![
                     trial_id,
                     attempt,
@@ -477,7 +481,13 @@ pub(super) fn complete(
                     now,
                     r.eval_error,
                     r.eval_seconds,
-                    r.conv_algorithm
+                    r.conv_algorithm,
+                    times.startup_seconds,
+                    times.train_seconds,
+                    times.epoch_eval_seconds,
+                    times.checkpoint_seconds,
+                    times.report_seconds,
+                    times.train_images as i64
                 ],
             )?;
             insert_evaluations(tx, trial_id, r)?;

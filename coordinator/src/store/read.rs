@@ -61,7 +61,9 @@ pub(super) fn trial_rows(conn: &Connection) -> Result<Vec<TrialRow>> {
         "SELECT s.sweep_id, t.id, t.spec_json, t.state, t.attempt, t.reason, \
                 r.worker_id, r.final_train_loss, r.final_train_acc, r.final_test_loss, r.final_test_acc, \
                 r.best_test_acc, r.best_epoch, r.params_total, r.params_learnable, r.flops_per_image, \
-                r.wall_seconds, r.peak_memory_bytes, r.device, r.eval_error, r.eval_seconds, r.conv_algorithm \
+                r.wall_seconds, r.peak_memory_bytes, r.device, r.eval_error, r.eval_seconds, r.conv_algorithm, \
+                r.startup_seconds, r.train_seconds, r.epoch_eval_seconds, r.checkpoint_seconds, r.report_seconds, \
+                r.train_images \
          FROM sweep_trials s JOIN sweeps w ON w.id = s.sweep_id JOIN trials t ON t.id = s.trial_id \
          LEFT JOIN results r ON r.trial_id = t.id \
          ORDER BY w.created_ms, s.sweep_id, s.position",
@@ -85,6 +87,14 @@ pub(super) fn trial_rows(conn: &Connection) -> Result<Vec<TrialRow>> {
                 eval_error: r.get(19)?,
                 eval_seconds: r.get(20)?,
                 conv_algorithm: r.get(21)?,
+                times: Some(pb::TrialTimes {
+                    startup_seconds: r.get(22)?,
+                    train_seconds: r.get(23)?,
+                    epoch_eval_seconds: r.get(24)?,
+                    checkpoint_seconds: r.get(25)?,
+                    report_seconds: r.get(26)?,
+                    train_images: r.get::<_, i64>(27)?.max(0) as u64,
+                }),
                 robustness: Vec::new(),
                 filters: Vec::new(),
             }),

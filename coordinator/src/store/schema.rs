@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 pub const DB_FILE: &str = "state.db";
 
 /// The schema version this convsweep writes and reads.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -91,7 +91,13 @@ CREATE TABLE IF NOT EXISTS results (
     completed_ms INTEGER NOT NULL,
     eval_error TEXT NOT NULL DEFAULT '',
     eval_seconds REAL NOT NULL DEFAULT 0,
-    conv_algorithm TEXT NOT NULL DEFAULT ''
+    conv_algorithm TEXT NOT NULL DEFAULT '',
+    startup_seconds REAL NOT NULL DEFAULT 0,
+    train_seconds REAL NOT NULL DEFAULT 0,
+    epoch_eval_seconds REAL NOT NULL DEFAULT 0,
+    checkpoint_seconds REAL NOT NULL DEFAULT 0,
+    report_seconds REAL NOT NULL DEFAULT 0,
+    train_images INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS robustness (
     trial_id TEXT NOT NULL REFERENCES trials(id),
@@ -194,12 +200,13 @@ pub(super) fn open_writable(path: &Path) -> Result<Connection> {
                 [SCHEMA_VERSION.to_string()],
             )?;
         }
-        Some(v @ ("1" | "2" | "3" | "4")) => {
+        Some(v @ ("1" | "2" | "3" | "4" | "5")) => {
             // v1 -> v2: evaluation columns on results (the new tables came with SCHEMA).
             // v2 -> v3: attempts before a resume no longer count against max_attempts.
             // v3 -> v4: the conv algorithm a result was computed with (empty: not recorded).
             // v4 -> v5: per-sweep progress counts and start times (tables and triggers came
             // with SCHEMA), filled from the trials once.
+            // v5 -> v6: where each result's time went (0 where not recorded).
             let mut steps = String::from("BEGIN;");
             if v == "1" {
                 steps.push_str(
@@ -210,9 +217,17 @@ pub(super) fn open_writable(path: &Path) -> Result<Connection> {
             if v == "1" || v == "2" {
                 steps.push_str("ALTER TABLE trials ADD COLUMN resume_floor INTEGER NOT NULL DEFAULT 0;");
             }
-            if v != "4" {
+            if !matches!(v, "4" | "5") {
                 steps.push_str("ALTER TABLE results ADD COLUMN conv_algorithm TEXT NOT NULL DEFAULT '';");
             }
+            steps.push_str(
+                "ALTER TABLE results ADD COLUMN startup_seconds REAL NOT NULL DEFAULT 0;
+                 ALTER TABLE results ADD COLUMN train_seconds REAL NOT NULL DEFAULT 0;
+                 ALTER TABLE results ADD COLUMN epoch_eval_seconds REAL NOT NULL DEFAULT 0;
+                 ALTER TABLE results ADD COLUMN checkpoint_seconds REAL NOT NULL DEFAULT 0;
+                 ALTER TABLE results ADD COLUMN report_seconds REAL NOT NULL DEFAULT 0;
+                 ALTER TABLE results ADD COLUMN train_images INTEGER NOT NULL DEFAULT 0;",
+            );
             steps.push_str(
                 "DELETE FROM sweep_progress;
                  INSERT INTO sweep_progress (sweep_id, state, n)
@@ -222,7 +237,7 @@ pub(super) fn open_writable(path: &Path) -> Result<Connection> {
                  INSERT INTO sweep_started (sweep_id, first_start_ms)
                      SELECT s.sweep_id, MIN(a.started_ms) FROM attempts a JOIN sweep_trials s ON s.trial_id = a.trial_id
                      GROUP BY s.sweep_id;
-                 UPDATE meta SET value = '5' WHERE key = 'schema_version';
+                 UPDATE meta SET value = '6' WHERE key = 'schema_version';
                  COMMIT;",
             );
             conn.execute_batch(&steps)?;

@@ -341,6 +341,9 @@ fn a_version_1_state_folder_is_migrated() {
         "DROP TABLE robustness; DROP TABLE filters;
          ALTER TABLE results DROP COLUMN eval_error; ALTER TABLE results DROP COLUMN eval_seconds;
          ALTER TABLE results DROP COLUMN conv_algorithm;
+         ALTER TABLE results DROP COLUMN startup_seconds; ALTER TABLE results DROP COLUMN train_seconds;
+         ALTER TABLE results DROP COLUMN epoch_eval_seconds; ALTER TABLE results DROP COLUMN checkpoint_seconds;
+         ALTER TABLE results DROP COLUMN report_seconds; ALTER TABLE results DROP COLUMN train_images;
          ALTER TABLE trials DROP COLUMN resume_floor;
          UPDATE meta SET value = '1' WHERE key = 'schema_version';",
     )
@@ -354,7 +357,7 @@ fn a_version_1_state_folder_is_migrated() {
         .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version, convsweep_coordinator::store::SCHEMA_VERSION.to_string());
-    conn.prepare("SELECT eval_error, eval_seconds, conv_algorithm FROM results")
+    conn.prepare("SELECT eval_error, eval_seconds, conv_algorithm, startup_seconds, train_images FROM results")
         .unwrap();
     conn.prepare("SELECT resume_floor FROM trials").unwrap();
 }
@@ -365,7 +368,11 @@ fn a_version_3_state_folder_gains_the_conv_algorithm_column() {
     drop(convsweep_coordinator::store::Store::open(dir.path(), Default::default()).unwrap());
     let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
     conn.execute_batch(
-        "ALTER TABLE results DROP COLUMN conv_algorithm; UPDATE meta SET value = '3' WHERE key = 'schema_version';",
+        "ALTER TABLE results DROP COLUMN conv_algorithm;
+         ALTER TABLE results DROP COLUMN startup_seconds; ALTER TABLE results DROP COLUMN train_seconds;
+         ALTER TABLE results DROP COLUMN epoch_eval_seconds; ALTER TABLE results DROP COLUMN checkpoint_seconds;
+         ALTER TABLE results DROP COLUMN report_seconds; ALTER TABLE results DROP COLUMN train_images;
+         UPDATE meta SET value = '3' WHERE key = 'schema_version';",
     )
     .unwrap();
     drop(conn);

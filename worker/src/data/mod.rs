@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use convsweep_proto::spec::{Augment, DatasetName, DatasetSpec, synthetic_defaults as sd};
+use convsweep_proto::spec::{DatasetName, DatasetSpec, synthetic_defaults as sd};
 use tch::{Device, Kind, Tensor};
 
 use crate::rng::Rng;
@@ -190,41 +190,43 @@ pub fn batch_for(images: &Tensor, base: i64) -> i64 {
     (base * 3 * 32 * 32 / per_image.max(1)).clamp(16.min(base), base)
 }
 
-/// A `[0, 1]` float batch from `uint8` images, augmented as asked, on the images' device.
-///
-/// Crop-flip: zero-pad by 4, take a random 32x32 window and mirror half of the images; done for
-/// the whole batch with one gather whose indices carry both the offsets and the flips.
-pub fn augment(images: &Tensor, augment: Augment, rng: &mut Rng) -> Tensor {
-    let images = match augment {
-        Augment::CropFlip => crop_flip(images, rng, 4),
-        // RandomResizedCrop happens as imagefolder files are decoded.
-        Augment::None | Augment::Auto | Augment::RandomResizedCrop => images.shallow_clone(),
-    };
+/// Zero padding of the crop-flip augmentation, pixels on each side.
+pub const CROP_PAD: i64 = 4;
+
+/// One image's crop-flip draw, `[dy, dx, flip]`: the window's offsets into the image padded by
+/// `pad` and 1 to mirror it. Three draws of `rng`, in that order.
+pub fn draw_crop(rng: &mut Rng, pad: i64) -> [i64; 3] {
+    let span = 2 * pad as u64 + 1;
+    let dy = rng.below(span) as i64;
+    let dx = rng.below(span) as i64;
+    [dy, dx, rng.below(2) as i64]
+}
+
+/// `[0, 1]` floats from `uint8` images, on their device.
+pub fn to_unit(images: &Tensor) -> Tensor {
     images.to_kind(Kind::Float) / 255.0
 }
 
-fn crop_flip(images: &Tensor, rng: &mut Rng, pad: i64) -> Tensor {
+/// Crop-flip of a `uint8` batch `[B, C, H, W]` by the draws `crops` (`[B, 3]` int64, rows of
+/// [`draw_crop`], on the images' device): zero-pad by `pad`, take each image's `H x W` window
+/// and mirror those marked. One gather for the whole batch, its indices built on the device
+/// from the draws, so a batch needs nothing from the host.
+pub fn crop_flip(images: &Tensor, crops: &Tensor, pad: i64) -> Tensor {
     let [b, c, h, w] = images.size()[..] else {
         panic!("images must be [N, C, H, W], got {:?}", images.size());
     };
     let device = images.device();
     let padded = images.constant_pad_nd([pad, pad, pad, pad]);
-    let span = 2 * pad as u64 + 1;
-    let mut rows = Vec::with_capacity((b * h) as usize);
-    let mut cols = Vec::with_capacity((b * w) as usize);
-    for _ in 0..b {
-        let dy = rng.below(span) as i64;
-        let dx = rng.below(span) as i64;
-        let flip = rng.below(2) == 1;
-        rows.extend((0..h).map(|i| dy + i));
-        cols.extend((0..w).map(|j| if flip { dx + w - 1 - j } else { dx + j }));
-    }
-    let rows = Tensor::from_slice(&rows)
-        .to_device(device)
+    let (dy, dx, flip) = (crops.select(1, 0), crops.select(1, 1), crops.select(1, 2));
+    let i = Tensor::arange(h, (Kind::Int64, device));
+    let j = Tensor::arange(w, (Kind::Int64, device));
+    // Row i of the window is row dy + i of the padded image; column j is dx + j, or
+    // dx + (w - 1 - j) when mirrored.
+    let rows = (dy.view([b, 1]) + i.view([1, h]))
         .view([b, 1, h, 1])
         .expand([b, c, h, w + 2 * pad], false);
-    let cols = Tensor::from_slice(&cols)
-        .to_device(device)
+    let mirrored = (j.view([1, w]) * -2 + (w - 1)) * flip.view([b, 1]);
+    let cols = (dx.view([b, 1]) + j.view([1, w]) + mirrored)
         .view([b, 1, 1, w])
         .expand([b, c, h, w], false);
     padded.gather(2, &rows, false).gather(3, &cols, false)
@@ -241,7 +243,8 @@ mod tests {
             .to_kind(Kind::Uint8)
             .view([2, 3, 8, 8]);
         let mut rng = Rng::new(5);
-        let out = crop_flip(&images, &mut rng, 2);
+        let draws: Vec<i64> = (0..2).flat_map(|_| draw_crop(&mut rng, 2)).collect();
+        let out = crop_flip(&images, &Tensor::from_slice(&draws).view([2, 3]), 2);
         // Replay the same draws and crop each image by hand.
         let mut replay = Rng::new(5);
         let padded = images.constant_pad_nd([2, 2, 2, 2]);

@@ -3,6 +3,7 @@
 //! [`TrialControl`](crate::control::TrialControl): epoch metrics go out, stop signals come in.
 
 pub mod checkpoint;
+pub mod draws;
 pub mod mix;
 pub mod schedule;
 pub mod sgd;

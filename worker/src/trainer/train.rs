@@ -9,12 +9,13 @@ use convsweep_proto::spec::{Augment, Loss, TrialSpec};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use super::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
+use super::draws::{EpochDraws, Plan};
 use super::mix;
 use super::schedule::lr_at;
 use super::sgd::Sgd;
 use crate::control::{Signal, TrainError, TrialControl};
+use crate::data::Dataset;
 use crate::data::folder::EpochPlan;
-use crate::data::{Dataset, augment};
 use crate::model::{Compute, InputShape, Net};
 use crate::readback;
 use crate::rng::{Rng, derive_seed};
@@ -85,9 +86,12 @@ pub fn optimizer(net: &Net, t: &convsweep_proto::spec::TrainSpec) -> Sgd {
     Sgd::new(named, t)
 }
 
-/// An epoch in progress: its data order and what the finished batches added up to.
+/// An epoch in progress: its data order and draws, and what the finished batches added up to.
 struct Cursor {
     order: Tensor,
+    draws: EpochDraws,
+    /// The generator's state the draws were made from.
+    draws_rng: [u64; 4],
     next_batch: i64,
     loss_sum: Tensor,
     correct: Tensor,
@@ -124,6 +128,10 @@ pub struct TrialRun<'a> {
     robustness: Vec<pb::RobustnessResult>,
     eval_errors: Vec<String>,
     eval_seconds: f64,
+    /// Where the time went: earlier attempts' (restored), then this one's added as it goes.
+    times: pb::TrialTimes,
+    /// This attempt's start-up (lease to first batch), once known.
+    attempt_startup: f64,
 }
 
 impl<'a> TrialRun<'a> {
@@ -186,12 +194,47 @@ impl<'a> TrialRun<'a> {
             robustness: Vec::new(),
             eval_errors,
             eval_seconds: 0.0,
+            times: pb::TrialTimes::default(),
+            attempt_startup: 0.0,
         })
     }
 
     /// Epochs finished so far.
     pub fn epochs_done(&self) -> u32 {
         self.epoch
+    }
+
+    /// What this epoch's batches are.
+    fn plan(&self) -> Plan {
+        let t = &self.spec.train;
+        let (_, size) = self.data.image_shape();
+        Plan {
+            images: self.data.train.len(),
+            batch: self.batch,
+            batches: self.batches_per_epoch,
+            crop: t.augment == Augment::CropFlip,
+            mixup: t.mixup,
+            cutmix: t.cutmix,
+            size: (size, size),
+        }
+    }
+
+    /// Where the time went so far, this attempt's start-up and checkpoints included.
+    pub fn times(&self) -> pb::TrialTimes {
+        pb::TrialTimes {
+            startup_seconds: self.times.startup_seconds + self.attempt_startup,
+            ..self.times
+        }
+    }
+
+    /// Records this attempt's start-up: its lease to its first batch.
+    pub fn set_attempt_startup(&mut self, seconds: f64) {
+        self.attempt_startup = seconds;
+    }
+
+    /// Adds the time a checkpoint took to write.
+    pub fn add_checkpoint_seconds(&mut self, seconds: f64) {
+        self.times.checkpoint_seconds += seconds;
     }
 
     /// Trains one epoch (or the rest of an interrupted one), evaluates, and returns the epoch's
@@ -205,8 +248,14 @@ impl<'a> TrialRun<'a> {
         let total_steps = u64::from(t.epochs) * self.batches_per_epoch as u64;
         let n = self.data.train.len();
         if self.cursor.is_none() {
+            let order = readback::upload(&Tensor::from_slice(&self.rng.permutation(n as usize)), device);
+            let draws_rng = self.rng.state();
+            let plan = self.plan();
+            let draws = EpochDraws::new(&mut self.rng, plan, device);
             self.cursor = Some(Cursor {
-                order: Tensor::from_slice(&self.rng.permutation(n as usize)).to_device(device),
+                order,
+                draws,
+                draws_rng,
                 next_batch: 0,
                 loss_sum: Tensor::zeros([], (Kind::Double, device)),
                 correct: Tensor::zeros([], (Kind::Int64, device)),
@@ -223,6 +272,7 @@ impl<'a> TrialRun<'a> {
                 Signal::Stop => return Err(TrainError::Stopped),
                 Signal::Preempt => {
                     cursor.seconds += session.elapsed().as_secs_f64();
+                    self.times.train_seconds += session.elapsed().as_secs_f64();
                     return Err(TrainError::Preempted(self.epoch));
                 }
             }
@@ -230,7 +280,9 @@ impl<'a> TrialRun<'a> {
             let len = self.batch.min(n - start);
             let idx = cursor.order.narrow(0, start, len);
             let x = match &self.data.train.files {
-                None => augment(&self.data.train.images.index_select(0, &idx), t.augment, &mut self.rng),
+                None => cursor
+                    .draws
+                    .augment(&self.data.train.images.index_select(0, &idx), start),
                 Some(files) => {
                     let stream = cursor.stream.get_or_insert_with(|| {
                         files.stream(EpochPlan {
@@ -244,14 +296,13 @@ impl<'a> TrialRun<'a> {
                         })
                     });
                     let images = stream.next_batch().map_err(|e| TrainError::Data(e.to_string()))?;
-                    images.to_device(device).to_kind(Kind::Float) / 255.0
+                    crate::data::to_unit(&readback::upload_async(&images, device))
                 }
             };
             let y = self.data.train.labels.index_select(0, &idx);
             lr = lr_at(t.schedule, t.lr, self.step, total_steps, warmup);
             self.opt.set_lr(lr);
-            let (h, w) = (x.size()[2], x.size()[3]);
-            let (loss, logits) = match mix::draw(t.mixup, t.cutmix, h, w, &mut self.rng) {
+            let (loss, logits) = match cursor.draws.mix(b) {
                 // The paper's path, unchanged: hard labels, smoothed cross-entropy.
                 None if t.loss == Loss::Ce => train_step(&self.net, &mut self.opt, &x, &y, t.label_smoothing),
                 drawn => {
@@ -265,10 +316,13 @@ impl<'a> TrialRun<'a> {
                 cursor.correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
             });
             self.step += 1;
+            self.times.train_images += len as u64;
             cursor.next_batch = b + 1;
         }
         let cursor = self.cursor.take().expect("set above");
         let train_loss = readback::f64(&cursor.loss_sum) / self.used_per_epoch as f64;
+        // The read waited for the epoch's last batch: the training span ends here.
+        self.times.train_seconds += session.elapsed().as_secs_f64();
         if !train_loss.is_finite() {
             return Err(TrainError::NonFinite {
                 epoch,
@@ -276,12 +330,14 @@ impl<'a> TrialRun<'a> {
             });
         }
         let train_acc = readback::i64(&cursor.correct) as f64 / self.used_per_epoch as f64;
+        let test_started = Instant::now();
         let (test_loss, test_acc) = evaluate(
             &self.net,
             &self.data.test.images,
             &self.data.test.labels,
             t.label_smoothing,
         );
+        self.times.epoch_eval_seconds += test_started.elapsed().as_secs_f64();
         let metrics = pb::EpochMetrics {
             epoch,
             lr,
@@ -338,6 +394,7 @@ impl<'a> TrialRun<'a> {
                     loss_sum: readback::f64(&c.loss_sum),
                     correct: readback::i64(&c.correct),
                     seconds: c.seconds,
+                    draws_rng: c.draws_rng.to_vec(),
                 }
             });
             Checkpoint {
@@ -356,6 +413,7 @@ impl<'a> TrialRun<'a> {
                     seconds: self.seconds_before + self.started.elapsed().as_secs_f64(),
                     history: self.history.clone(),
                     checksum: Vec::new(),
+                    times: Some(self.times()),
                 },
                 tensors,
             }
@@ -399,8 +457,18 @@ impl<'a> TrialRun<'a> {
                 let order = tensors
                     .remove("cursor/order")
                     .ok_or_else(|| CheckpointError::Mismatch("checkpoint has a cursor but no order".into()))?;
+                let draws_rng: [u64; 4] = c.draws_rng.as_slice().try_into().map_err(|_| {
+                    CheckpointError::Mismatch(format!(
+                        "checkpoint cursor has {} words of draw state, not 4 (written by an older convsweep, \
+                         whose mid-epoch draws cannot be replayed)",
+                        c.draws_rng.len()
+                    ))
+                })?;
+                let draws = EpochDraws::new(&mut Rng::from_state(draws_rng), self.plan(), device);
                 Some(Cursor {
                     order: order.to_device(device),
+                    draws,
+                    draws_rng,
                     next_batch: c.next_batch,
                     loss_sum: Tensor::from(c.loss_sum).to_device(device),
                     correct: Tensor::from(c.correct).to_device(device),
@@ -422,6 +490,7 @@ impl<'a> TrialRun<'a> {
         self.init_filters = state.init_filters;
         self.net.set_draws(state.model_draws);
         self.seconds_before = state.seconds;
+        self.times = state.times.unwrap_or_default();
         self.started = Instant::now();
         Ok(())
     }
@@ -480,6 +549,7 @@ impl<'a> TrialRun<'a> {
             eval_error: self.eval_errors.join("; "),
             eval_seconds: self.eval_seconds,
             conv_algorithm: self.net.conv_algorithm(),
+            times: Some(self.times()),
         }
     }
 }
@@ -515,9 +585,19 @@ pub fn train_trial(
             Err(e) => tracing::warn!(error = %e, "checkpoint unreadable; starting afresh"),
         }
     }
-    let save = |run: &TrialRun| {
+    // This attempt's start-up, once the trainer has looked at its signal (before its first
+    // batch, or its first evaluation when only those were left).
+    let note_startup = |run: &mut TrialRun| {
+        if let Some(d) = ctl.first_step().get() {
+            run.set_attempt_startup(d.as_secs_f64());
+        }
+    };
+    let save = |run: &mut TrialRun| {
         if let Some((store, trial)) = checkpoints {
-            match store.save(trial, run.checkpoint()) {
+            let started = Instant::now();
+            let saved = store.save(trial, run.checkpoint());
+            run.add_checkpoint_seconds(started.elapsed().as_secs_f64());
+            match saved {
                 Ok(()) => tracing::debug!(epoch = run.epochs_done(), "checkpoint written"),
                 Err(e) => tracing::warn!(
                     error = %e,
@@ -529,21 +609,25 @@ pub fn train_trial(
     };
     let every = checkpoints.map_or(u32::MAX, |(s, _)| s.every());
     while run.epochs_done() < spec.train.epochs {
-        match run.train_epoch(ctl) {
+        let trained = run.train_epoch(ctl);
+        note_startup(&mut run);
+        match trained {
             Ok(metrics) => {
                 ctl.epoch(metrics);
                 if run.epochs_done() % every == 0 || run.epochs_done() == spec.train.epochs {
-                    save(&run);
+                    save(&mut run);
                 }
             }
             Err(TrainError::Preempted(epoch)) => {
-                save(&run);
+                save(&mut run);
                 return Err(TrainError::Preempted(epoch));
             }
             Err(e) => return Err(e),
         }
     }
-    match run.evaluate(ctl) {
+    let evaluated = run.evaluate(ctl);
+    note_startup(&mut run);
+    match evaluated {
         Ok(()) => {
             let result = run.result();
             tracing::info!(
@@ -557,7 +641,7 @@ pub fn train_trial(
             Ok(result)
         }
         Err(TrainError::Preempted(epoch)) => {
-            save(&run);
+            save(&mut run);
             Err(TrainError::Preempted(epoch))
         }
         Err(e) => Err(e),

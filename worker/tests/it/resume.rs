@@ -87,6 +87,12 @@ fn a_resumed_trial_ends_exactly_like_an_uninterrupted_one() {
         resumed.filters, reference.filters,
         "init statistics come from the checkpoint"
     );
+    let (tr, tw) = (resumed.times.unwrap(), reference.times.unwrap());
+    assert_eq!(
+        tr.train_images, tw.train_images,
+        "each image counted once across the attempts"
+    );
+    assert!(tr.startup_seconds > 0.0 && tw.startup_seconds > 0.0);
     let (a, b) = (final_tensors(&whole, "t"), final_tensors(&parts, "t"));
     assert_eq!(a.len(), b.len());
     for ((na, ta), (nb, tb)) in a.iter().zip(&b) {

@@ -211,29 +211,32 @@ fn lamb_trains_and_resumes_exactly() {
 }
 
 /// The loop reads the device once per epoch for its loss and accuracy and once for the test
-/// pass's (4 reads), however many batches the epoch has; robustness reads once per measurement.
+/// pass's (4 reads), and uploads twice (the epoch's order and its crop draws), however many
+/// batches the epoch has, with mixing or without; robustness reads once per measurement.
 #[test]
 fn host_reads_per_epoch_do_not_grow_with_the_batches() {
     use convsweep_worker::readback;
 
-    let reads_per_epoch = |batch_size: u32| {
+    let per_epoch = |batch_size: u32, cutmix: f64| {
         let mut spec = trial(model(8, 4, 3, TrainMode::Learned), 256, 2);
         spec.train.batch_size = batch_size;
+        spec.train.cutmix = cutmix;
         spec.canonicalize();
         let data = DataCache::default().get(&spec.dataset, Device::Cpu).unwrap();
         let (ctl, _s, _e) = TrialControl::new();
         let mut run = TrialRun::new(&spec, Device::Cpu, &data).unwrap();
         (0..2)
             .map(|_| {
-                let before = readback::count();
+                let (reads, uploads) = (readback::count(), readback::uploads());
                 run.train_epoch(&ctl).unwrap();
-                readback::count() - before
+                (readback::count() - reads, readback::uploads() - uploads)
             })
-            .collect::<Vec<u64>>()
+            .collect::<Vec<(u64, u64)>>()
     };
-    // 4 batches an epoch, then 32: the same 4 reads each epoch.
-    assert_eq!(reads_per_epoch(64), [4, 4]);
-    assert_eq!(reads_per_epoch(8), [4, 4]);
+    // 4 batches an epoch, then 32: the same 4 reads and 2 uploads each epoch.
+    assert_eq!(per_epoch(64, 0.0), [(4, 2), (4, 2)]);
+    assert_eq!(per_epoch(8, 0.0), [(4, 2), (4, 2)]);
+    assert_eq!(per_epoch(8, 1.0), [(4, 2), (4, 2)]);
 
     // FGSM on 600 test images, 3 attack batches of 250: one read per measurement.
     let mut spec = trial(model(8, 4, 3, TrainMode::Learned), 64, 1);
@@ -250,4 +253,56 @@ fn host_reads_per_epoch_do_not_grow_with_the_batches() {
     let measurements = run.result().robustness.len() as u64;
     assert!(measurements >= 2, "clean and FGSM: {measurements}");
     assert_eq!(readback::count() - before, measurements);
+}
+
+/// A trial's time split: every training image counted once, each span recorded, the spans
+/// inside the trial's wall time; a resumed attempt adds its start-up and its own epochs to
+/// what the checkpoint carried.
+#[test]
+fn where_the_time_went_is_recorded_and_carried_through_a_checkpoint() {
+    use convsweep_worker::trainer::{CheckpointStore, train_trial};
+
+    let mut spec = trial(model(8, 4, 3, TrainMode::Learned), 256, 2);
+    spec.train.batch_size = 64;
+    spec.eval.filters = true;
+    spec.canonicalize();
+    let data = DataCache::default().get(&spec.dataset, Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::new(dir.path(), 1).unwrap();
+    let (ctl, _s, _e) = TrialControl::new();
+    let result = train_trial(&spec, Device::Cpu, &data, &ctl, Some((&store, "split"))).unwrap();
+    let t = result.times.unwrap();
+    assert_eq!(t.train_images, 2 * 256, "two epochs of 256 images");
+    for (name, v) in [
+        ("startup", t.startup_seconds),
+        ("train", t.train_seconds),
+        ("epoch eval", t.epoch_eval_seconds),
+        ("final eval", result.eval_seconds),
+        ("checkpoint", t.checkpoint_seconds),
+    ] {
+        assert!(v > 0.0, "{name}: {v}");
+    }
+    assert_eq!(t.report_seconds, 0.0, "reporting is the agent's to add");
+    let spans = t.train_seconds + t.epoch_eval_seconds + result.eval_seconds + t.checkpoint_seconds;
+    assert!(
+        spans <= result.wall_seconds,
+        "{spans} s of spans in {} s",
+        result.wall_seconds
+    );
+
+    let mut first = TrialRun::new(&spec, Device::Cpu, &data).unwrap();
+    first.set_attempt_startup(1.0);
+    first.train_epoch(&ctl).unwrap();
+    first.add_checkpoint_seconds(0.5);
+    let before = first.times();
+    let mut second = TrialRun::new(&spec, Device::Cpu, &data).unwrap();
+    second.restore(first.checkpoint()).unwrap();
+    second.set_attempt_startup(2.0);
+    second.train_epoch(&ctl).unwrap();
+    let after = second.times();
+    assert_eq!(after.train_images, 2 * 256);
+    assert_eq!(after.startup_seconds, 3.0, "both attempts' start-up");
+    assert_eq!(after.checkpoint_seconds, 0.5);
+    assert!(after.train_seconds > before.train_seconds);
+    assert!(after.epoch_eval_seconds > before.epoch_eval_seconds);
 }
