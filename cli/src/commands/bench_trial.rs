@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -148,32 +148,19 @@ fn step_rate(spec: &TrialSpec, compute: Compute, data: &DataCache, steps: u32) -
 
 /// The worker of one configuration, as a cluster would start it.
 fn spawn_worker(url: &str, token: &Secret, config: Config, device: &str, dir: &Path) -> Result<tokio::process::Child> {
-    let exe = std::env::current_exe().context("cannot find the convsweep binary to start a worker")?;
-    let log_path = dir.join("worker.log");
-    let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
-    tokio::process::Command::new(exe)
-        .args(["worker", "--coordinator", url, "--device", device, "--exit-when-idle"])
-        .args([
-            "--slots",
-            &config.slots.to_string(),
-            "--threads",
-            &config.threads.to_string(),
-        ])
-        .args(["--name", "bench", "--grace-secs", "5"])
-        .arg("--checkpoint-dir")
-        .arg(dir.join("checkpoints"))
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-        .env(super::TOKEN_ENV, token.expose())
-        .env_remove("CONVSWEEP_TOKEN_FILE")
-        .env_remove("CONVSWEEP_TLS_CA")
-        .env_remove("CONVSWEEP_TLS_CERT")
-        .env_remove("CONVSWEEP_TLS_KEY")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start the worker process")
+    let extra = [
+        "--exit-when-idle",
+        "--slots",
+        &config.slots.to_string(),
+        "--threads",
+        &config.threads.to_string(),
+        "--name",
+        "bench",
+        "--grace-secs",
+        "5",
+    ]
+    .map(str::to_owned);
+    super::run::spawn_local_worker(url, token, device, dir, &dir.join("worker.log"), &extra)
 }
 
 /// Runs every trial of `text` under `config`; the wall time is from the worker's start to the

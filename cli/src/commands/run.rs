@@ -32,30 +32,22 @@ pub struct RunArgs {
     pub max_trials_per_sweep: u64,
 }
 
-fn spawn_worker(
-    i: u32,
+/// A `convsweep worker` process of this binary against the local coordinator at `url`, as a
+/// cluster would start it: its token in the environment, checkpoints under `run_dir`, stdout and
+/// stderr into `log_path`. `extra` are the caller's own flags (threads, slots, name...).
+pub(super) fn spawn_local_worker(
     url: &str,
     token: &Secret,
-    threads: u32,
-    args: &RunArgs,
+    device: &str,
     run_dir: &std::path::Path,
+    log_path: &std::path::Path,
+    extra: &[String],
 ) -> Result<Child> {
-    let log_dir = run_dir.join("logs");
-    let exe = std::env::current_exe().context("cannot find the convsweep binary to start workers")?;
-    let log_path = log_dir.join(format!("worker-{i}.log"));
-    let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
-    let child = Command::new(exe)
-        .args([
-            "worker",
-            "--coordinator",
-            url,
-            "--device",
-            &args.device,
-            "--grace-secs",
-            "10",
-        ])
-        .args(["--fft-conv", if args.fft_conv { "true" } else { "false" }])
-        .args(["--threads", &threads.to_string(), "--name", &format!("local-{i}")])
+    let exe = std::env::current_exe().context("cannot find the convsweep binary to start a worker")?;
+    let log = std::fs::File::create(log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    Command::new(exe)
+        .args(["worker", "--coordinator", url, "--device", device])
+        .args(extra)
         .arg("--checkpoint-dir")
         .arg(run_dir.join("checkpoints"))
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
@@ -71,8 +63,7 @@ fn spawn_worker(
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
-        .context("cannot start a worker process")?;
-    Ok(child)
+        .context("cannot start a worker process")
 }
 
 /// Runs a sweep end to end on this machine.
@@ -127,7 +118,25 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let mut workers = Vec::new();
     for i in 0..args.workers {
-        workers.push(spawn_worker(i, &url, &token, threads, &args, &run_dir)?);
+        let extra = [
+            "--grace-secs".to_owned(),
+            "10".to_owned(),
+            "--fft-conv".to_owned(),
+            args.fft_conv.to_string(),
+            "--threads".to_owned(),
+            threads.to_string(),
+            "--name".to_owned(),
+            format!("local-{i}"),
+        ];
+        let log_path = log_dir.join(format!("worker-{i}.log"));
+        workers.push(spawn_local_worker(
+            &url,
+            &token,
+            &args.device,
+            &run_dir,
+            &log_path,
+            &extra,
+        )?);
     }
 
     let interrupted = super::shutdown_on_signals();

@@ -2,7 +2,7 @@
 //! workers over loopback gRPC, and the bench's own check that every trial succeeded once with
 //! all its epochs.
 
-use crate::common::BIN;
+use crate::common::{BIN, stdout_of_success};
 
 #[test]
 fn the_coordinator_bench_runs_20_workers_through_200_trials() {
@@ -27,12 +27,7 @@ fn the_coordinator_bench_runs_20_workers_through_200_trials() {
         .arg(dir.path())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = stdout_of_success(&out);
     assert!(
         stdout.contains("trials/s") && stdout.contains("health_check"),
         "{stdout}"
@@ -95,12 +90,7 @@ train_mode = ["learned", "frozen"]
         .env("RUST_LOG", "warn,convsweep_worker=info")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = stdout_of_success(&out);
     assert!(
         stdout.contains("| 2 slot(s) x 1 thread(s) |") && stdout.contains("x |"),
         "{stdout}"

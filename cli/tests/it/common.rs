@@ -60,6 +60,19 @@ pub fn spawn_worker(url: &str, name: &str) -> Child {
         .expect("start a worker process")
 }
 
+/// The standard output of a finished command, after asserting that it succeeded (both streams
+/// are shown when it did not).
+pub fn stdout_of_success(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Waits until every trial of `sweep` is finished, or panics after `limit`.
 pub async fn wait_done(c: &Coordinator, sweep: &str, limit: Duration) {
     let start = Instant::now();

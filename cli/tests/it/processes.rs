@@ -417,12 +417,7 @@ fn bench_pairs_every_round_with_the_pytorch_reference() {
         .arg(&json)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = stdout_of_success(&out);
     assert!(stdout.contains("frozen / learned step speed at k3"), "{stdout}");
     assert!(stdout.contains("(PyTorch eager: "), "{stdout}");
     let rows: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
