@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check, run on a lent GPU machine from the repository root with a worker-only release
-# binary built elsewhere (`cargo build --release -p convsweep --no-default-features`) carried
+# binary built elsewhere (`cargo build --release -p convsweep --no-default-features --features worker`) carried
 # in as target/release/convsweep. It links against the machine's own PyTorch, then:
 #   1. `convsweep bench --device cuda` against the PyTorch-eager reference;
 #   2. the sweep bench/gpu/sweep.toml (8 trials, 2 worker processes sharing the GPU);
