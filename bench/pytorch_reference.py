@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch-eager reference for `convsweep bench`.
+"""PyTorch-eager reference for `convsweep-bench`.
 
 Times the same training step as convsweep's trainer (forward in train mode, cross-entropy with
 label smoothing 0.1, backward, SGD with Nesterov momentum 0.9 and weight decay 1e-2) for the
@@ -9,7 +9,7 @@ per case: {"name": ..., "images_per_sec": median over rounds, "rounds": [...]}.
 
     python3 bench/pytorch_reference.py --threads 2 --batch 128 --warmup 2 --steps 5 --rounds 3
 
-With --serve it reads JSON commands on stdin instead, so that `convsweep bench` can alternate
+With --serve it reads JSON commands on stdin instead, so that `convsweep-bench` can alternate
 its own rounds with the reference's (machine load then affects both alike):
     {"prepare": NAME, "warmup": W}  -> {"ready": NAME}
     {"round": STEPS, "case": NAME}  -> {"images_per_sec": X}

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""The peer of `convsweep bench coordinator`: the same number of trivial trials, each reporting
+"""The peer of `convsweep-bench coordinator`: the same number of trivial trials, each reporting
 EPOCHS results one by one, through Ray Tune on this machine (local cluster of its cores, no
 dashboard). Prints and writes (--json) trials/s and results/s from `Tuner.fit()` start to end, and
 checks that every trial ended without error with all its results.
 
-Run by the bench with the Python it installs into .deps/ray; by hand:
+Run by the bench with the Python that bench/setup-peers.sh installs into .deps/ray; by hand:
     .deps/ray/bin/python bench/ray_tune_reference.py --trials 500 --epochs 10 --json out.json
 """
 

@@ -125,4 +125,4 @@ def main(crates):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["proto", "coordinator", "worker", "analysis", "cli"])
+    main(sys.argv[1:] or ["proto", "coordinator", "worker", "analysis", "cli", "bench", "testkit"])

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU check of the ImageNet path (issue 16), run on a lent GPU machine from the repository root
-# with a worker-only release binary carried in as target/release/convsweep (built as for
-# bench/gpu/check.sh). Under 10 minutes on one H100/H200:
-#   1. `convsweep bench decode`: JPEG decode + RandomResizedCrop images/s on the machine's cores;
+# with the worker-only release binaries carried in as target/release/convsweep and
+# target/release/convsweep-bench (built as for bench/gpu/check.sh). Under 10 minutes on one
+# H100/H200:
+#   1. `convsweep-bench decode`: JPEG decode + RandomResizedCrop images/s on the machine's cores;
 #   2. ResNet-18d at 224 px, 1,000 classes, on a synthetic 224-px tensor dataset held on the GPU
 #      (so that the step, not decoding, is measured): fp32, bf16 and fp16, 8 epochs of 25 steps
 #      of 128 images each (200 steps), images/s per epoch and CUDA peak memory per trial;
@@ -16,6 +17,7 @@ if [ "${SMOKE:-0}" = 1 ]; then N_JPEG=40; N_TRAIN=64; N_TEST=16; EPOCHS=1; BATCH
 OUT=${OUT:-gpu-check-imagenet}
 OUT=$(mkdir -p "$OUT" && cd "$OUT" && pwd)
 B=${CONVSWEEP:-target/release/convsweep}
+BENCH=${CONVSWEEP_BENCH:-$(dirname "$B")/convsweep-bench}
 TORCH=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 export LD_LIBRARY_PATH="$TORCH/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 {
@@ -27,7 +29,7 @@ export LD_LIBRARY_PATH="$TORCH/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 step() { echo "== $1 ($(date -u +%T))"; }
 
 step decode
-timeout 120 "$B" bench decode --images $N_JPEG --threads 1 --threads "$(nproc)" --keep "$OUT/folder" 2>&1 | tee "$OUT/decode.txt"
+timeout 120 "$BENCH" decode --images $N_JPEG --threads 1 --threads "$(nproc)" --keep "$OUT/folder" 2>&1 | tee "$OUT/decode.txt"
 
 step tensor-data
 mkdir -p "$OUT/t224"

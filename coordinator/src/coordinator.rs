@@ -1,29 +1,34 @@
-//! The coordinator: long-poll leasing, lease expiry and status over the store.
+//! The coordinator: long-poll leasing, lease expiry, events and status over the store's seam
+//! ([`crate::store`]); it never talks to a database driver itself.
 //!
 //! - The worker RPCs' writes (lease, heartbeat, epochs, completion) go through group commit
 //!   ([`crate::commit`]): off the async threads, many RPCs per transaction and fsync, each
-//!   answered once its transaction is durable. The same methods without `_batched` write at
-//!   once in a transaction of their own (tests drive the state machine with them).
-//! - Status, snapshots and metrics read through a second, read-only connection: they never
-//!   wait for the writer, nor it for them (WAL).
+//!   answered with its own output once its transaction is durable.
+//! - Admin writes (submit, extend, cancel, resume, register) and lease expiry take the writer
+//!   in turn with the committer; callers run them off the async threads.
+//! - Status, snapshots and metrics read through a reader of their own, export through a fresh
+//!   one: reads never wait for the writer, nor it for them.
 //! - A waiting `Lease` is woken only when there may be work for it, one waiter per new trial.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use convsweep_proto::{FieldError, Outcome, PROTOCOL_VERSION, SweepId, TrialState, pb};
+use convsweep_proto::{FieldError, Outcome, OutcomeKind, PROTOCOL_VERSION, SweepId, TrialState, pb};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
-use crate::commit::{GroupCommit, lock};
+use crate::commit::{GroupCommit, SharedWriter, lock};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::store::{Completed, LeasePolicy, Store, Submitted, Write, Written};
+use crate::store::{
+    Backend, CompleteWrite, Completed, EpochsWrite, HeartbeatWrite, LeasePolicy, LeaseWrite, SqliteBackend,
+    StoreReader, StoreWriter, Submitted,
+};
 use crate::sweep::{DEFAULT_MAX_TRIALS_PER_SWEEP, SweepSpec};
 
 /// Runtime settings of a coordinator. Tests build it directly.
@@ -46,6 +51,15 @@ pub struct CoordinatorConfig {
     /// Trials a sweep may expand to (grid times seeds); a larger spec is refused before it is
     /// expanded.
     pub max_trials_per_sweep: u64,
+}
+
+impl CoordinatorConfig {
+    /// The liveness rule: a worker is alive while it was heard from within three heartbeat
+    /// intervals. Returns the earliest time (ms since the epoch) that still counts at `now_ms`;
+    /// status, metrics and worker events all use it.
+    pub fn alive_since(&self, now_ms: i64) -> i64 {
+        now_ms - 3 * self.heartbeat_interval.as_millis() as i64
+    }
 }
 
 impl Default for CoordinatorConfig {
@@ -80,10 +94,10 @@ impl Drop for Waiting<'_> {
 }
 
 /// The coordinator's shared state; the gRPC services are thin wrappers around it.
-#[derive(Debug)]
 pub struct Coordinator {
-    store: Arc<Mutex<Store>>,
-    reader: Mutex<Store>,
+    backend: Arc<dyn Backend>,
+    store: SharedWriter,
+    reader: Mutex<Box<dyn StoreReader>>,
     commits: Arc<GroupCommit>,
     config: CoordinatorConfig,
     clock: Clock,
@@ -98,22 +112,39 @@ pub struct Coordinator {
     alive: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("store", &self.backend)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Coordinator {
-    /// Opens the state folder (recovering whatever it holds) and returns a coordinator.
+    /// Opens the SQLite state in `config.state_dir` (recovering whatever it holds) and returns
+    /// a coordinator.
     pub fn open(config: CoordinatorConfig) -> Result<Arc<Coordinator>> {
+        let backend = Arc::new(SqliteBackend::new(&config.state_dir));
+        Coordinator::open_with(config, backend)
+    }
+
+    /// Opens the state `backend` holds and returns a coordinator over it.
+    pub fn open_with(config: CoordinatorConfig, backend: Arc<dyn Backend>) -> Result<Arc<Coordinator>> {
         let policy = LeasePolicy {
             lease_timeout_ms: config.lease_timeout.as_millis() as i64,
             max_attempts: config.max_attempts.max(1),
         };
-        let mut store = Store::open(&config.state_dir, policy)?;
+        let mut store = backend.open_writer(policy)?;
         let clock = Clock::default();
         let held = store.grant_restart_grace(clock.now_ms())?;
-        let reader = Store::open_reader(&config.state_dir, policy)?;
-        info!(state_dir = %config.state_dir.display(), active_leases = held, "coordinator state opened");
-        let store = Arc::new(Mutex::new(store));
+        let reader = backend.open_reader()?;
+        info!(state = %backend.describe(), active_leases = held, "coordinator state opened");
+        let store: SharedWriter = Arc::new(Mutex::new(store));
         let metrics = Arc::new(Metrics::new());
         Ok(Arc::new(Coordinator {
             commits: GroupCommit::new(store.clone(), clock.clone(), metrics.clone()),
+            backend,
             store,
             reader: Mutex::new(reader),
             config,
@@ -154,30 +185,15 @@ impl Coordinator {
         self.emit(pb::watch_event::Event::Trial(pb::TrialChanged {
             sweep_id,
             trial_id: trial_id.to_owned(),
-            state: state.to_string(),
+            state: state.to_wire(),
             attempt,
             worker_id: worker.to_owned(),
             reason: reason.to_owned(),
         }));
     }
 
-    /// [`Coordinator::trial_changed`] for a trial whose sweep the caller does not know: it is
-    /// looked up only while someone watches, and a failed look-up never fails the call that
-    /// committed the change (the event then names no sweep).
-    fn trial_changed_in_its_sweep(&self, trial_id: &str, state: TrialState, worker: &str, reason: &str) {
-        if self.events.receiver_count() == 0 {
-            return;
-        }
-        let sweep = self
-            .read("sweep_of", |s| s.sweep_of(trial_id))
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        self.trial_changed(sweep, trial_id, state, 0, worker, reason);
-    }
-
     /// What a `Watch` stream shows: status, active trials and accuracy so far, of one sweep
-    /// (every sweep when `sweep_id` is empty).
+    /// (every sweep when `sweep_id` is empty). Blocking: call it off the async threads.
     pub fn snapshot(&self, sweep_id: &str) -> Result<pb::WatchSnapshot> {
         let status = self.status(sweep_id)?;
         let (active, accuracy) = self.read("snapshot", |s| {
@@ -191,54 +207,43 @@ impl Coordinator {
     }
 
     /// Every result row of one sweep (every sweep when `sweep_id` is empty), read through a
-    /// read-only connection of its own, off the async threads: the store is not locked while
-    /// a large export reads.
+    /// reader of its own on the blocking pool: nothing waits while a large export reads.
     pub async fn export(&self, sweep_id: &str) -> Result<convsweep_proto::results::Results> {
-        let dir = self.config.state_dir.clone();
+        let backend = self.backend.clone();
         let sweep = sweep_id.to_owned();
-        tokio::task::spawn_blocking(move || -> Result<_> {
-            let mut all = crate::store::StateReader::open(&dir)?.results()?;
-            if sweep.is_empty() {
-                return Ok(all);
-            }
-            all.trials.retain(|t| t.sweep_id == sweep);
-            if all.trials.is_empty() {
-                return Err(Error::NotFound(format!("no sweep named {sweep:?}")));
-            }
-            let ids: std::collections::HashSet<String> = all.trials.iter().map(|t| t.trial_id.clone()).collect();
-            all.epochs.retain(|e| ids.contains(&e.trial_id));
-            all.robustness.retain(|r| ids.contains(&r.trial_id));
-            all.filters.retain(|f| ids.contains(&f.trial_id));
-            Ok(all)
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(format!("export task: {e}"))))?
+        tokio::task::spawn_blocking(move || backend.open_reader()?.results((!sweep.is_empty()).then_some(&*sweep)))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(format!("export task: {e}"))))?
     }
 
-    /// Emits "worker lost" for workers not heard from within three heartbeat intervals, and
-    /// "joined" for ones heard from again.
+    /// Emits "worker lost" for workers no longer alive ([`CoordinatorConfig::alive_since`]),
+    /// and "joined" for ones heard from again. Blocking.
     fn watch_workers(&self) -> Result<()> {
-        let now = self.clock.now_ms();
-        let alive_since = now - 3 * self.config.heartbeat_interval.as_millis() as i64;
+        let alive_since = self.config.alive_since(self.clock.now_ms());
         let workers = self.read("workers", |s| s.workers())?;
         let mut alive = lock(&self.alive);
-        for (id, name, seen) in workers {
-            let was = alive.contains_key(&id);
-            let is = seen >= alive_since;
+        for w in workers {
+            let was = alive.contains_key(&w.id);
+            let is = w.last_seen_ms >= alive_since;
             if was != is {
                 if is {
-                    alive.insert(id.clone(), name.clone());
+                    alive.insert(w.id.clone(), w.name.clone());
                 } else {
-                    alive.remove(&id);
+                    alive.remove(&w.id);
                 }
                 self.emit(pb::watch_event::Event::Worker(pb::WorkerChanged {
-                    worker_id: id,
-                    name,
+                    worker_id: w.id,
+                    name: w.name,
                     joined: is,
                 }));
             }
         }
         Ok(())
+    }
+
+    /// `Lease` calls parked now, waiting for work.
+    pub fn waiting_leases(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
     }
 
     /// The metrics it keeps.
@@ -253,27 +258,21 @@ impl Coordinator {
     }
 
     /// Runs one store operation under the writer's lock, timing the transaction itself.
-    fn timed<T>(&self, op: &str, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
-        let mut store = self.store();
+    fn timed<T>(&self, op: &str, f: impl FnOnce(&mut dyn StoreWriter) -> Result<T>) -> Result<T> {
+        let mut store = lock(&self.store);
         let started = std::time::Instant::now();
-        let out = f(&mut store);
+        let out = f(store.as_mut());
         self.metrics.store(op, started.elapsed());
         out
     }
 
-    /// Runs one read on the read-only connection, timed.
-    fn read<T>(&self, op: &str, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
+    /// Runs one read on the coordinator's reader, timed.
+    fn read<T>(&self, op: &str, f: impl FnOnce(&dyn StoreReader) -> Result<T>) -> Result<T> {
         let reader = lock(&self.reader);
         let started = std::time::Instant::now();
-        let out = f(&reader);
+        let out = f(reader.as_ref());
         self.metrics.store(op, started.elapsed());
         out
-    }
-
-    /// One worker write in a transaction of its own, now.
-    fn write_now(&self, op: &str, write: &Write) -> Result<Written> {
-        let now = self.clock.now_ms();
-        self.timed(op, |s| s.write(write, now))
     }
 
     /// Wakes up to `n` waiting `Lease` calls (one more than wait now, in case one is about to).
@@ -284,31 +283,35 @@ impl Coordinator {
     }
 
     /// The metrics in the OpenMetrics text format, with the gauges read from the store now.
+    /// Blocking.
     pub fn scrape(&self) -> Result<String> {
         let now = self.clock.now_ms();
-        let (counts, last_seen) = self.read("scrape", |s| Ok((s.state_counts()?, s.worker_last_seen()?)))?;
+        let (counts, workers) = self.read("scrape", |s| Ok((s.state_counts()?, s.workers()?)))?;
         let m = &self.metrics;
         m.trials.clear();
         let (mut queued, mut active) = (0i64, 0i64);
         for (sweep, state, n) in counts {
-            match state.as_str() {
-                "pending" | "preempted" => queued += i64::from(n),
-                "leased" | "running" => active += i64::from(n),
-                _ => {}
+            if state.is_queued() {
+                queued += i64::from(n);
+            } else if state.is_active() {
+                active += i64::from(n);
             }
             m.trials
-                .get_or_create(&crate::metrics::SweepState { sweep, state })
+                .get_or_create(&crate::metrics::SweepState {
+                    sweep,
+                    state: state.as_str().to_owned(),
+                })
                 .set(i64::from(n));
         }
         m.queue_depth.set(queued);
         m.active_leases.set(active);
-        let alive_since = now - 3 * self.config.heartbeat_interval.as_millis() as i64;
+        let alive_since = self.config.alive_since(now);
         m.workers.clear();
         m.oldest_heartbeat.clear();
         for (state, alive) in [("alive", true), ("lost", false)] {
-            let seen: Vec<i64> = last_seen
+            let seen: Vec<i64> = workers
                 .iter()
-                .copied()
+                .map(|w| w.last_seen_ms)
                 .filter(|t| (*t >= alive_since) == alive)
                 .collect();
             let labels = crate::metrics::WorkerState { state: state.into() };
@@ -327,26 +330,20 @@ impl Coordinator {
         &self.config
     }
 
-    fn store(&self) -> MutexGuard<'_, Store> {
-        lock(&self.store)
-    }
-
     /// Asks every worker to finish what it holds and exit (used when a local run is done).
     pub fn set_drain(&self, drain: bool) {
         self.drain.store(drain, Ordering::SeqCst);
         self.work_available.notify_waiters();
     }
 
-    /// Parses, expands and stores a sweep.
+    /// Parses, expands and stores a sweep. Blocking.
     pub fn submit(&self, spec_toml: &str) -> Result<(SweepId, Submitted)> {
         let started = std::time::Instant::now();
         let spec = SweepSpec::from_toml_capped(spec_toml, self.config.max_trials_per_sweep)?;
         let trials = spec.expand_canonical()?;
         let expanded = started.elapsed();
         let now = self.clock.now_ms();
-        let submitted = self.timed("submit_sweep", |s| {
-            s.submit_canonical(&spec.id, spec_toml, &trials, now)
-        })?;
+        let submitted = self.timed("submit_sweep", |s| s.submit(&spec.id, spec_toml, &trials, now))?;
         info!(
             sweep = %spec.id,
             trials = submitted.trials,
@@ -360,20 +357,19 @@ impl Coordinator {
     }
 
     /// Adds the trials of a grown spec (more seeds or grid values) to its existing sweep.
+    /// Blocking.
     pub fn extend(&self, spec_toml: &str) -> Result<(SweepId, Submitted)> {
         let spec = SweepSpec::from_toml_capped(spec_toml, self.config.max_trials_per_sweep)?;
         let trials = spec.expand_canonical()?;
         let now = self.clock.now_ms();
-        let submitted = self.timed("extend_sweep", |s| {
-            s.extend_canonical(&spec.id, spec_toml, &trials, now)
-        })?;
+        let submitted = self.timed("extend_sweep", |s| s.extend(&spec.id, spec_toml, &trials, now))?;
         info!(sweep = %spec.id, trials = submitted.trials, new = submitted.new_trials, "sweep extended");
         self.wake(submitted.new_trials as usize);
         Ok((spec.id, submitted))
     }
 
     /// Submits a sweep, or extends it when it exists with fewer trials (`convsweep run` of an
-    /// edited spec).
+    /// edited spec). Blocking.
     pub fn submit_or_extend(&self, spec_toml: &str) -> Result<(SweepId, Submitted)> {
         match self.submit(spec_toml) {
             Err(Error::AlreadyExists(_)) => self.extend(spec_toml),
@@ -381,7 +377,7 @@ impl Coordinator {
         }
     }
 
-    /// Cancels unfinished trials of a sweep (all, or `trial_ids`).
+    /// Cancels unfinished trials of a sweep (all, or `trial_ids`). Blocking.
     pub fn cancel(&self, sweep: &str, trial_ids: &[String]) -> Result<u32> {
         let now = self.clock.now_ms();
         let n = self.timed("cancel", |s| s.cancel(sweep, trial_ids, now))?;
@@ -389,7 +385,7 @@ impl Coordinator {
         Ok(n)
     }
 
-    /// Re-queues the failed and cancelled trials of a sweep.
+    /// Re-queues the failed and cancelled trials of a sweep. Blocking.
     pub fn resume(&self, sweep: &str) -> Result<u32> {
         let n = self.timed("resume", |s| s.resume(sweep))?;
         self.metrics.requeued("resumed", u64::from(n));
@@ -398,7 +394,7 @@ impl Coordinator {
         Ok(n)
     }
 
-    /// Registers a worker after checking its protocol version.
+    /// Registers a worker after checking its protocol version. Blocking.
     pub fn register(&self, req: pb::RegisterRequest) -> Result<pb::RegisterResponse> {
         if req.protocol_version != PROTOCOL_VERSION {
             return Err(Error::ProtocolMismatch {
@@ -438,7 +434,7 @@ impl Coordinator {
         let wait = Duration::from_millis(u64::from(req.wait_ms)).min(self.config.max_lease_wait);
         let deadline = Instant::now() + wait;
         let started = std::time::Instant::now();
-        let write = Write::Lease {
+        let write = LeaseWrite {
             worker_id: req.worker_id.clone(),
             max: req.max_trials,
         };
@@ -453,9 +449,7 @@ impl Coordinator {
                     drain: true,
                 });
             }
-            let Written::Leased(leases) = self.commits.write(write.clone()).await? else {
-                unreachable!("a lease write answers with leases");
-            };
+            let leases = self.commits.write(write.clone()).await?;
             if !leases.is_empty() || Instant::now() >= deadline {
                 self.metrics.lease_wait.observe(started.elapsed().as_secs_f64());
                 if leases.len() == req.max_trials as usize {
@@ -483,186 +477,135 @@ impl Coordinator {
         }
     }
 
-    fn heartbeat_write(req: pb::HeartbeatRequest) -> Write {
-        Write::Heartbeat {
-            worker_id: req.worker_id,
-            leases: req.leases,
-        }
-    }
-
-    fn renewed(&self, written: Written) -> pb::HeartbeatResponse {
-        let Written::Renewed(leases) = written else {
-            unreachable!("a heartbeat write answers with lease statuses");
-        };
-        pb::HeartbeatResponse {
+    /// Renews leases, committed with other RPCs' writes.
+    pub async fn heartbeat(&self, req: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse> {
+        let leases = self
+            .commits
+            .write(HeartbeatWrite {
+                worker_id: req.worker_id,
+                leases: req.leases,
+            })
+            .await?;
+        Ok(pb::HeartbeatResponse {
             leases,
             drain: self.drain.load(Ordering::SeqCst),
-        }
+        })
     }
 
-    /// Renews leases, in a transaction of its own.
-    pub fn heartbeat(&self, req: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse> {
-        Ok(self.renewed(self.write_now("heartbeat", &Self::heartbeat_write(req))?))
-    }
-
-    /// Renews leases, committed with other RPCs' writes.
-    pub async fn heartbeat_batched(&self, req: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse> {
-        Ok(self.renewed(self.commits.write(Self::heartbeat_write(req)).await?))
-    }
-
-    fn epochs_write(req: pb::ReportEpochsRequest) -> Result<Write> {
+    /// Stores epoch metrics, committed with other RPCs' writes.
+    pub async fn report_epochs(&self, req: pb::ReportEpochsRequest) -> Result<()> {
         convsweep_proto::convert::validate_epochs(&req.epochs).map_err(Error::InvalidArgument)?;
-        Ok(Write::ReportEpochs {
+        let write = EpochsWrite {
             worker_id: req.worker_id,
             trial_id: req.trial_id,
             token: req.lease_token,
             epochs: req.epochs,
-        })
-    }
-
-    fn reported(&self, write: &Write) {
-        let Write::ReportEpochs { trial_id, epochs, .. } = write else {
-            return;
         };
-        self.metrics.epoch_rows.inc_by(epochs.len() as u64);
-        for e in epochs {
-            debug!(trial = %trial_id, epoch = e.epoch, test_acc = e.test_acc, "epoch reported");
-            self.emit(pb::watch_event::Event::Epoch(pb::EpochReported {
-                trial_id: trial_id.clone(),
-                attempt: 0,
-                metrics: Some(*e),
-            }));
-        }
-    }
-
-    /// Stores epoch metrics, in a transaction of its own.
-    pub fn report_epochs(&self, req: pb::ReportEpochsRequest) -> Result<()> {
-        let write = Self::epochs_write(req)?;
-        self.write_now("report_epochs", &write)?;
-        self.reported(&write);
-        Ok(())
-    }
-
-    /// Stores epoch metrics, committed with other RPCs' writes.
-    pub async fn report_epochs_batched(&self, req: pb::ReportEpochsRequest) -> Result<()> {
-        let write = Self::epochs_write(req)?;
         // The events need the epochs after the write took them.
         self.commits.write(write.clone()).await?;
-        self.reported(&write);
+        self.metrics.epoch_rows.inc_by(write.epochs.len() as u64);
+        for e in write.epochs {
+            debug!(trial = %write.trial_id, epoch = e.epoch, test_acc = e.test_acc, "epoch reported");
+            self.emit(pb::watch_event::Event::Epoch(pb::EpochReported {
+                trial_id: write.trial_id.clone(),
+                attempt: 0,
+                metrics: Some(e),
+            }));
+        }
         Ok(())
     }
 
-    fn complete_write(req: pb::CompleteRequest) -> Result<Write> {
+    /// Records a trial's outcome, committed with other RPCs' writes.
+    pub async fn complete(&self, req: pb::CompleteRequest) -> Result<pb::CompleteResponse> {
         let outcome = Outcome::try_from(req.outcome).map_err(Error::InvalidArgument)?;
-        Ok(Write::Complete {
+        let write = CompleteWrite {
             worker_id: req.worker_id,
             trial_id: req.trial_id,
             token: req.lease_token,
             outcome,
-        })
-    }
-
-    /// Records a trial's outcome, in a transaction of its own.
-    pub fn complete(&self, req: pb::CompleteRequest) -> Result<pb::CompleteResponse> {
-        let write = Self::complete_write(req)?;
-        let written = self.write_now("complete", &write)?;
-        Ok(self.completed(&write, written))
-    }
-
-    /// Records a trial's outcome, committed with other RPCs' writes.
-    pub async fn complete_batched(&self, req: pb::CompleteRequest) -> Result<pb::CompleteResponse> {
-        let write = Self::complete_write(req)?;
-        let written = self.commits.write(write.clone()).await?;
-        Ok(self.completed(&write, written))
+        };
+        let done = self.commits.write(write.clone()).await?;
+        Ok(self.completed(write, done))
     }
 
     /// Events, metrics, logs and wake-ups of a committed completion.
-    fn completed(&self, write: &Write, written: Written) -> pb::CompleteResponse {
-        let (
-            Write::Complete {
-                worker_id,
-                trial_id,
-                outcome,
-                ..
-            },
-            Written::Completed(done),
-        ) = (write, written)
-        else {
-            unreachable!("a completion write answers with its completion");
-        };
-        let Completed { duplicate, state } = done;
-        if !duplicate {
-            let reason = match outcome {
-                Outcome::Failed { reason, .. } | Outcome::Preempted { reason } => reason.as_str(),
-                Outcome::Succeeded(_) => "",
-            };
-            self.trial_changed_in_its_sweep(trial_id, state, worker_id, reason);
-            match (outcome, state) {
-                (Outcome::Failed { retryable: true, .. }, TrialState::Pending) => {
-                    self.metrics.requeued("retryable_failure", 1)
-                }
-                (Outcome::Preempted { .. }, _) => self.metrics.requeued("preempted", 1),
-                _ => {}
-            }
+    fn completed(&self, write: CompleteWrite, done: Completed) -> pb::CompleteResponse {
+        let CompleteWrite {
+            worker_id,
+            trial_id,
+            outcome,
+            ..
+        } = write;
+        let Completed {
+            duplicate,
+            state,
+            sweep_id,
+        } = done;
+        if duplicate {
+            info!(trial = %trial_id, "duplicate completion acknowledged");
+            return pb::CompleteResponse { duplicate };
         }
-        match (outcome, duplicate) {
-            (_, true) => info!(trial = %trial_id, "duplicate completion acknowledged"),
-            (Outcome::Succeeded(r), false) => {
+        let reason = outcome.reason().unwrap_or_default();
+        self.trial_changed(sweep_id, &trial_id, state, 0, &worker_id, reason);
+        match (outcome.kind(), state) {
+            (OutcomeKind::Failed, TrialState::Pending) => self.metrics.requeued("retryable_failure", 1),
+            (OutcomeKind::Preempted, _) => self.metrics.requeued("preempted", 1),
+            _ => {}
+        }
+        match &outcome {
+            Outcome::Succeeded(r) => {
                 info!(trial = %trial_id, test_acc = r.final_test_acc, seconds = r.wall_seconds, "trial succeeded")
             }
-            (Outcome::Failed { reason, retryable }, false) => {
+            Outcome::Failed { reason, retryable } => {
                 warn!(trial = %trial_id, retryable, state = %state, reason = %reason, "trial attempt failed")
             }
-            (Outcome::Preempted { reason }, false) => {
-                info!(trial = %trial_id, reason = %reason, "trial preempted")
-            }
+            Outcome::Preempted { reason } => info!(trial = %trial_id, reason = %reason, "trial preempted"),
         }
         // A retried or preempted trial is leasable again: one waiting worker should look.
-        if !duplicate && matches!(state, TrialState::Pending | TrialState::Preempted) {
+        if state.is_queued() {
             self.wake(1);
         }
         pb::CompleteResponse { duplicate }
     }
 
-    /// Status of one sweep (or of all when `sweep_id` is empty).
+    /// Status of one sweep (or of all when `sweep_id` is empty). Blocking.
     pub fn status(&self, sweep_id: &str) -> Result<pb::GetStatusResponse> {
         let now = self.clock.now_ms();
-        let store = lock(&self.reader);
-        let ids = if sweep_id.is_empty() {
-            store.sweep_ids()?
-        } else {
-            vec![sweep_id.to_owned()]
-        };
-        let sweeps = ids
-            .iter()
-            .map(|id| store.sweep_status(id, now))
-            .collect::<Result<Vec<_>>>()?;
-        let alive_since = now - 3 * self.config.heartbeat_interval.as_millis() as i64;
-        Ok(pb::GetStatusResponse {
-            sweeps,
-            workers_alive: store.workers_seen_since(alive_since)?,
+        let alive_since = self.config.alive_since(now);
+        self.read("status", |store| {
+            let ids = if sweep_id.is_empty() {
+                store.sweep_ids()?
+            } else {
+                vec![sweep_id.to_owned()]
+            };
+            let sweeps = ids
+                .iter()
+                .map(|id| store.sweep_status(id, now))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(pb::GetStatusResponse {
+                sweeps,
+                workers_alive: store.workers_seen_since(alive_since)?,
+            })
         })
     }
 
-    /// Expires overdue leases once; returns how many trials it touched.
+    /// Expires overdue leases once; returns how many trials it touched. Blocking.
     pub fn expire_once(&self) -> Result<usize> {
         let now = self.clock.now_ms();
         let touched = self.timed("expire_leases", |s| s.expire_leases(now))?;
         self.metrics.lease_expirations.inc_by(touched.len() as u64);
-        let requeued = touched
-            .iter()
-            .filter(|(_, state)| *state == TrialState::Pending)
-            .count();
+        let requeued = touched.iter().filter(|e| e.state.is_queued()).count();
         self.metrics.requeued("expired", requeued as u64);
-        for (trial, state) in &touched {
-            warn!(trial = %trial, now = %state, "lease expired");
-            self.trial_changed_in_its_sweep(trial.as_str(), *state, "", "lease expired");
+        for e in touched.iter() {
+            warn!(trial = %e.trial_id, now = %e.state, "lease expired");
+            self.trial_changed(e.sweep_id.clone(), e.trial_id.as_str(), e.state, 0, "", "lease expired");
         }
         self.wake(requeued);
         Ok(touched.len())
     }
 
-    /// Expires overdue leases every `expiry_interval` until cancelled.
+    /// Expires overdue leases and looks for lost workers every `expiry_interval` until
+    /// cancelled, each pass on the blocking pool.
     pub async fn run_expiry(self: Arc<Self>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(self.config.expiry_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -674,11 +617,18 @@ impl Coordinator {
                     return;
                 }
                 _ = tick.tick() => {
-                    if let Err(e) = self.expire_once() {
-                        warn!(error = %e, "lease expiry failed; will retry");
-                    }
-                    if let Err(e) = self.watch_workers() {
-                        warn!(error = %e, "worker liveness check failed; will retry");
+                    let me = self.clone();
+                    let pass = tokio::task::spawn_blocking(move || (me.expire_once(), me.watch_workers())).await;
+                    match pass {
+                        Ok((expired, workers)) => {
+                            if let Err(e) = expired {
+                                warn!(error = %e, "lease expiry failed; will retry");
+                            }
+                            if let Err(e) = workers {
+                                warn!(error = %e, "worker liveness check failed; will retry");
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "the expiry pass panicked; will retry"),
                     }
                 }
             }

@@ -1,5 +1,7 @@
 //! The coordinator's error type and its mapping onto gRPC statuses.
 
+use std::net::SocketAddr;
+
 use convsweep_proto::FieldError;
 
 /// Everything that can go wrong in the coordinator, by meaning.
@@ -52,6 +54,19 @@ pub enum Error {
     /// The state folder could not be used.
     #[error("state folder: {0}")]
     Io(#[from] std::io::Error),
+    /// Serving settings that cannot work; nothing was opened.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A TLS file could not be read.
+    #[error("{file} {}: {source}", path.display())]
+    TlsFile {
+        /// Which file.
+        file: TlsFile,
+        /// Its path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The server could not start or stopped abnormally.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -69,7 +84,12 @@ impl Error {
             | Error::StaleLease(_)
             | Error::ProtocolMismatch { .. }
             | Error::Corrupt(_) => true,
-            Error::SchemaMismatch { .. } | Error::Storage(_) | Error::Io(_) | Error::Transport(_) => false,
+            Error::SchemaMismatch { .. }
+            | Error::Storage(_)
+            | Error::Io(_)
+            | Error::Config(_)
+            | Error::TlsFile { .. }
+            | Error::Transport(_) => false,
         }
     }
 
@@ -90,6 +110,84 @@ impl Error {
     }
 }
 
+/// One of the coordinator's TLS files, for errors: the CLI says which flag names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFile {
+    /// [`TlsFiles::cert`](crate::config::TlsFiles::cert).
+    Cert,
+    /// [`TlsFiles::key`](crate::config::TlsFiles::key).
+    Key,
+    /// [`TlsFiles::client_ca`](crate::config::TlsFiles::client_ca).
+    ClientCa,
+}
+
+impl std::fmt::Display for TlsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsFile::Cert => "TLS certificate",
+            TlsFile::Key => "TLS key",
+            TlsFile::ClientCa => "client CA (mTLS)",
+        })
+    }
+}
+
+/// A setting of [`ServerConfig`](crate::config::ServerConfig), for errors: the CLI says which flag
+/// sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// [`CoordinatorConfig::heartbeat_interval`](crate::CoordinatorConfig::heartbeat_interval).
+    HeartbeatInterval,
+    /// [`CoordinatorConfig::lease_timeout`](crate::CoordinatorConfig::lease_timeout).
+    LeaseTimeout,
+    /// [`CoordinatorConfig::max_attempts`](crate::CoordinatorConfig::max_attempts).
+    MaxAttempts,
+    /// [`CoordinatorConfig::max_trials_per_sweep`](crate::CoordinatorConfig::max_trials_per_sweep).
+    MaxTrialsPerSweep,
+    /// [`Limits::max_message_bytes`](crate::config::Limits::max_message_bytes).
+    MaxMessageBytes,
+    /// [`Limits::request_timeout`](crate::config::Limits::request_timeout).
+    RequestTimeout,
+    /// [`Limits::max_concurrent_requests`](crate::config::Limits::max_concurrent_requests).
+    MaxConcurrentRequests,
+}
+
+impl Setting {
+    /// What the setting is, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Setting::HeartbeatInterval => "the heartbeat interval",
+            Setting::LeaseTimeout => "the lease timeout",
+            Setting::MaxAttempts => "the most attempts per trial",
+            Setting::MaxTrialsPerSweep => "the most trials per sweep",
+            Setting::MaxMessageBytes => "the largest message",
+            Setting::RequestTimeout => "the request timeout",
+            Setting::MaxConcurrentRequests => "the most calls served at once",
+        }
+    }
+}
+
+/// A [`ServerConfig`](crate::config::ServerConfig) that cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A setting out of range.
+    #[error("{}: {problem}", setting.describe())]
+    Invalid {
+        /// Which setting.
+        setting: Setting,
+        /// What is wrong and what is allowed.
+        problem: String,
+    },
+    /// No token on an address others can reach, and no `insecure`.
+    #[error(
+        "refusing to serve on {addr} without a token: anyone who reaches it could submit, cancel and report; \
+         give it a token, listen on a loopback address, or serve insecure on purpose"
+    )]
+    TokenRequired {
+        /// The address.
+        addr: SocketAddr,
+    },
+}
+
 /// Results of the coordinator.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -107,9 +205,12 @@ impl From<Error> for tonic::Status {
                 "the coordinator's state folder is out of space ({msg}): nothing of this request was stored; \
                  retry once its disk has room (or its file-size limit is raised)"
             )),
-            Error::SchemaMismatch { .. } | Error::Storage(_) | Error::Io(_) | Error::Transport(_) => {
-                tonic::Status::internal(msg)
-            }
+            Error::SchemaMismatch { .. }
+            | Error::Storage(_)
+            | Error::Io(_)
+            | Error::Config(_)
+            | Error::TlsFile { .. }
+            | Error::Transport(_) => tonic::Status::internal(msg),
         }
     }
 }

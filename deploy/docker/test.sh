@@ -125,7 +125,7 @@ code=$(docker inspect -f '{{.State.ExitCode}}' "$prefix-w1")
 [ "$code" = 0 ] || { echo "docker: worker 1 exited $code after SIGTERM"; docker logs "$prefix-w1" 2>&1 | tail -20; exit 1; }
 
 for _ in $(seq 900); do
-    done_n=$("$bin" status --coordinator "$url" --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["sweeps"][0]; c=s["counts"]; print(c["succeeded"]+c["failed"]+c["cancelled"], s["total"])')
+    done_n=$("$bin" status --coordinator "$url" --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["sweeps"][0]; print(s["done"], s["total"])')
     [ "${done_n% *}" = "${done_n#* }" ] && break
     sleep 1
 done

@@ -153,7 +153,7 @@ scancel --signal=USR1 --batch "${job}_0"
 
 # Everything finishes: the other task (or task 0's requeue) resumes the preempted trial.
 for _ in $(seq 900); do
-    done_n=$(status | python3 -c 'import json,sys; s=json.load(sys.stdin)["sweeps"][0]; c=s["counts"]; print(c["succeeded"]+c["failed"]+c["cancelled"], s["total"])')
+    done_n=$(status | python3 -c 'import json,sys; s=json.load(sys.stdin)["sweeps"][0]; print(s["done"], s["total"])')
     [ "${done_n% *}" = "${done_n#* }" ] && break
     sleep 1
 done

@@ -33,18 +33,24 @@ pub enum ClientError {
         reason: String,
     },
     /// A TLS file could not be read.
-    #[error("{what} {}: {source}", path.display())]
+    #[error("{file} {}: {source}", path.display())]
     TlsFile {
-        /// Which file (`--tls-ca`, ...).
-        what: &'static str,
+        /// Which file.
+        file: TlsFile,
         /// Its path.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
     },
-    /// TLS flags that do not go together.
-    #[error("{0}")]
-    TlsFlags(String),
+    /// A CA bundle or a client certificate with a plaintext (`http://`) address.
+    #[error("a CA bundle or a client certificate is for TLS; use an https:// address instead of {url}")]
+    TlsWithoutHttps {
+        /// The address.
+        url: String,
+    },
+    /// A client certificate without its key, or a key without its certificate.
+    #[error("a client certificate needs both the certificate and its key")]
+    CertWithoutKey,
     /// The transport could not be set up or connect.
     #[error("cannot reach the coordinator at {url}: {source}")]
     Transport {
@@ -53,6 +59,27 @@ pub enum ClientError {
         /// Why.
         source: tonic::transport::Error,
     },
+}
+
+/// A client's TLS file, for errors: the CLI says which flag names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFile {
+    /// [`Connection::tls_ca`].
+    Ca,
+    /// [`Connection::tls_cert`].
+    Cert,
+    /// [`Connection::tls_key`].
+    Key,
+}
+
+impl std::fmt::Display for TlsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsFile::Ca => "CA bundle",
+            TlsFile::Cert => "client certificate",
+            TlsFile::Key => "client key",
+        })
+    }
 }
 
 /// A bearer token. Its `Debug` never shows it, so it cannot leak into a log or an error.
@@ -124,9 +151,9 @@ pub struct Connection {
     pub tls_key: Option<PathBuf>,
 }
 
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ClientError> {
+fn read(file: TlsFile, path: &Path) -> Result<Vec<u8>, ClientError> {
     std::fs::read(path).map_err(|source| ClientError::TlsFile {
-        what,
+        file,
         path: path.to_owned(),
         source,
     })
@@ -159,27 +186,22 @@ impl Connection {
             .tcp_nodelay(true);
         if !tls {
             if self.tls_ca.is_some() || self.tls_cert.is_some() {
-                return Err(ClientError::TlsFlags(format!(
-                    "--tls-ca and --tls-cert are for TLS; use an https:// URL instead of {}",
-                    self.url
-                )));
+                return Err(ClientError::TlsWithoutHttps { url: self.url.clone() });
             }
             return Ok(endpoint);
         }
         let mut config = ClientTlsConfig::new();
         config = match &self.tls_ca {
-            Some(ca) => config.ca_certificate(Certificate::from_pem(read("--tls-ca", ca)?)),
+            Some(ca) => config.ca_certificate(Certificate::from_pem(read(TlsFile::Ca, ca)?)),
             None => config.with_native_roots(),
         };
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => {
-                config = config.identity(Identity::from_pem(read("--tls-cert", cert)?, read("--tls-key", key)?));
+                config = config.identity(Identity::from_pem(read(TlsFile::Cert, cert)?, read(TlsFile::Key, key)?));
             }
             (None, None) => {}
             _ => {
-                return Err(ClientError::TlsFlags(
-                    "a client certificate needs both --tls-cert and --tls-key".into(),
-                ));
+                return Err(ClientError::CertWithoutKey);
             }
         }
         endpoint = endpoint.tls_config(config).map_err(|source| ClientError::Transport {

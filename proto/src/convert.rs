@@ -93,6 +93,26 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// How the attempt ended, without the payload.
+    pub fn kind(&self) -> crate::state::OutcomeKind {
+        use crate::state::OutcomeKind;
+        match self {
+            Outcome::Succeeded(_) => OutcomeKind::Succeeded,
+            Outcome::Failed { .. } => OutcomeKind::Failed,
+            Outcome::Preempted { .. } => OutcomeKind::Preempted,
+        }
+    }
+
+    /// Why it did not succeed (none for a success).
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Succeeded(_) => None,
+            Outcome::Failed { reason, .. } | Outcome::Preempted { reason } => Some(reason),
+        }
+    }
+}
+
 impl TryFrom<Option<pb::complete_request::Outcome>> for Outcome {
     type Error = FieldError;
 
@@ -231,7 +251,7 @@ impl From<TrialRow> for pb::ExportTrial {
             sweep_id: r.sweep_id,
             trial_id: r.trial_id,
             spec_json: r.spec.canonical_json(),
-            state: r.state.to_string(),
+            state: r.state.to_wire(),
             attempts: r.attempts,
             reason: r.reason,
             worker_id: r.worker_id,
@@ -247,10 +267,7 @@ impl TryFrom<pb::ExportTrial> for TrialRow {
         Ok(TrialRow {
             spec: TrialSpec::from_json(&m.spec_json)
                 .map_err(|e| FieldError::new(format!("trials.spec_json.{}", e.field), e.message))?,
-            state: m
-                .state
-                .parse()
-                .map_err(|e: crate::state::UnknownState| FieldError::new("trials.state", e.to_string()))?,
+            state: crate::state::TrialState::from_wire(m.state, "trials.state")?,
             sweep_id: m.sweep_id,
             trial_id: m.trial_id,
             attempts: m.attempts,

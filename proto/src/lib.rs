@@ -3,7 +3,8 @@
 //! - [`pb`]: code generated from `proto/convsweep/v1/convsweep.proto`: the messages, and with
 //!   the `grpc` feature the services `WorkerService` and `AdminService`.
 //! - [`spec`]: [`TrialSpec`], its canonical form and the ids derived from it.
-//! - [`state`]: the trial lifecycle.
+//! - [`state`]: the trial lifecycle ([`TrialState`], its counts, [`OutcomeKind`]).
+//! - [`status`]: sweep status as JSON, one shape for the CLI and the ops port.
 //! - [`results`]: the result rows the coordinator's store hands to the analysis.
 //! - [`convert`]: validated conversions between wire messages and domain types.
 //! - `client` (with `grpc`): reaching a coordinator: URL, TLS, client certificate, token.
@@ -14,6 +15,7 @@ pub mod convert;
 pub mod results;
 pub mod spec;
 pub mod state;
+pub mod status;
 
 #[rustfmt::skip]
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -21,11 +23,12 @@ pub mod pb;
 
 pub use convert::{Lease, Outcome};
 pub use spec::{FieldError, SweepId, TrialId, TrialSpec};
-pub use state::TrialState;
+pub use state::{OutcomeKind, TrialState};
 
 /// The encoded descriptor set of `convsweep.v1`, for gRPC reflection.
 #[cfg(feature = "grpc")]
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/convsweep_descriptor.bin"));
 
 /// Version of the worker protocol. A worker whose version differs is refused at `Register`.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2 carries a trial's state as the enum `pb::TrialState` instead of text.
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -77,7 +77,7 @@ pub enum AgentError {
     Refused(Status),
     /// The coordinator could not be reached within the start-up limit.
     #[error(
-        "no coordinator answered at {url} within {waited:?} (--connect-timeout-secs); is it running and is the address right?"
+        "no coordinator answered at {url} within {waited:?} (the worker's connect timeout); is it running and is the address right?"
     )]
     Unreachable {
         /// The URL.
@@ -367,7 +367,7 @@ async fn lease_loop(shared: &Arc<Shared>, trainer: &Arc<dyn Trainer>, tracker: &
             shared.drain.store(true, Ordering::SeqCst);
         }
         if config.exit_when_idle && response.leases.is_empty() && permits.len() == config.slots as usize {
-            info!("no work for this worker and nothing running; exiting (--exit-when-idle)");
+            info!("no work for this worker and nothing running; exiting (told to exit when idle)");
             shared.drain.store(true, Ordering::SeqCst);
             return;
         }
@@ -537,12 +537,7 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
         if let (Outcome::Succeeded(result), Some(done)) = (&mut outcome, trainer_done) {
             result.times.get_or_insert_default().report_seconds += done.elapsed().as_secs_f64();
         }
-        let ended = match &outcome {
-            Outcome::Succeeded(_) => "succeeded",
-            Outcome::Failed { .. } => "failed",
-            Outcome::Preempted { .. } => "preempted",
-        };
-        info!(trial = %trial_id, lease_to_first_step_ms = startup_ms, outcome = ended, "trial ended");
+        info!(trial = %trial_id, lease_to_first_step_ms = startup_ms, outcome = %outcome.kind(), "trial ended");
         let completing = std::time::Instant::now();
         if complete(&shared, &trial_id, &token, outcome.clone()).await {
             if let Outcome::Succeeded(result) = &outcome {
@@ -611,11 +606,7 @@ async fn report_epochs(shared: &Shared, trial_id: &str, token: &str, epochs: Vec
 
 /// Reports `outcome`; true when the coordinator acknowledged it (now or before).
 async fn complete(shared: &Shared, trial_id: &str, token: &str, outcome: Outcome) -> bool {
-    let kind = match &outcome {
-        Outcome::Succeeded(_) => "succeeded",
-        Outcome::Failed { .. } => "failed",
-        Outcome::Preempted { .. } => "preempted",
-    };
+    let kind = outcome.kind();
     if let Outcome::Failed { reason, retryable } = &outcome {
         warn!(trial = %trial_id, retryable, reason = %reason, "trial failed");
     }
@@ -632,11 +623,11 @@ async fn complete(shared: &Shared, trial_id: &str, token: &str, outcome: Outcome
     .await
     {
         Some(Ok(_)) => {
-            info!(trial = %trial_id, outcome = kind, "reported");
+            info!(trial = %trial_id, outcome = %kind, "reported");
             true
         }
         None => {
-            warn!(trial = %trial_id, outcome = kind, "gave up reporting at shutdown; the lease will expire and the trial run again");
+            warn!(trial = %trial_id, outcome = %kind, "gave up reporting at shutdown; the lease will expire and the trial run again");
             false
         }
         Some(Err(status)) => {

@@ -7,17 +7,19 @@
 //!   its training loop, optimiser, schedule and checkpoints.
 //! - [`model`]: the paper's models built from a spec (init schemes, LC-blocks, freezing).
 //! - [`data`]: datasets, the per-worker cache and the on-device batch pipeline.
-//! - [`isolate`]: a process per trial attempt, its pipe protocol and its watchdog (stall
-//!   timeout, memory limit), and the child's side.
+//! - [`isolate`]: a process per trial attempt: the pipe protocol, the parent with its
+//!   watchdog (stall timeout, memory limit), the child's side, and (feature `fault-injection`,
+//!   test builds only) faults a test asks a trial process to suffer.
 //! - [`eval`]: robustness (FGSM, PGD, corruptions) and filter statistics after training.
 //! - [`device`]: choosing the device, the CPU allocator policy, peak memory (CUDA allocator or
 //!   process RSS).
 //! - [`rng`]: the fixed PRNG behind data order and augmentation.
 //! - [`readback`]: the host's reads of device values, counted.
-//! - [`bench`]: training-throughput benchmark of the reference configurations.
+//!
+//! Benchmarks of the training step and of the decoding pipeline live in the `convsweep-bench`
+//! crate, over this crate's public API.
 
 pub mod agent;
-pub mod bench;
 pub mod control;
 pub mod data;
 pub mod device;

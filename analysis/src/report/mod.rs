@@ -100,6 +100,15 @@ impl Report {
         })
     }
 
+    /// The table called `name` (each view names its tables, e.g. [`views::accuracy::TABLE`]).
+    pub fn table(&self, name: &str) -> Option<&DataFrame> {
+        self.sections
+            .iter()
+            .flat_map(|s| &s.tables)
+            .find(|(n, _)| n == name)
+            .map(|(_, df)| df)
+    }
+
     /// The Markdown version (plots referenced as `plots/<name>.svg`).
     pub fn markdown(&self) -> String {
         let mut md = format!("# Sweep report: {}\n\n{}\n\n", self.title, self.summary);

@@ -6,6 +6,19 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use serde::Serialize;
+
+/// Flags of `convsweep certs`.
+#[derive(Debug, Clone, PartialEq, clap::Args, Serialize)]
+pub struct CertsArgs {
+    /// Folder to write ca.pem, ca.key, server.pem, server.key, client.pem, client.key into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Names and addresses the coordinator is reached by (localhost and 127.0.0.1 are
+    /// always in), e.g. --host convsweep-coordinator --host 10.0.0.5.
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
+}
 
 /// The files [`make`] wrote.
 #[derive(Debug, Clone)]
@@ -68,8 +81,8 @@ pub fn make(out: &Path, hosts: &[String]) -> Result<Files> {
 }
 
 /// `convsweep certs`.
-pub fn certs(out: &Path, hosts: &[String]) -> Result<ExitCode> {
-    let files = make(out, hosts)?;
+pub fn certs(args: &CertsArgs) -> Result<ExitCode> {
+    let files = make(&args.out, &args.hosts)?;
     println!("{}", files.ca.display());
     println!("{}", files.server.0.display());
     println!("{}", files.server.1.display());

@@ -16,45 +16,64 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use convsweep_proto::client::Connection;
 use convsweep_proto::pb;
+use serde::Serialize;
+
+use crate::Access;
+use crate::flags::refused;
 
 /// Flags of `convsweep slurm`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, clap::Args, Serialize)]
 pub struct SlurmArgs {
-    /// The sweep spec.
+    /// Sweep spec (TOML).
     pub spec: PathBuf,
-    /// Array tasks (workers); default: one per trial, at most 32.
+    /// Coordinator URL, as the compute nodes reach it.
+    #[arg(long, env = "CONVSWEEP_COORDINATOR")]
+    pub coordinator: String,
+    /// Array tasks, one worker each (default: one per trial, at most 32).
+    #[arg(long)]
     pub array: Option<u32>,
-    /// `--partition`.
+    /// Slurm partition.
+    #[arg(long)]
     pub partition: Option<String>,
-    /// GPUs per task (0: a CPU worker).
+    /// GPUs per task (0 for CPU workers).
+    #[arg(long, default_value_t = 1)]
     pub gpus_per_task: u32,
     /// CPUs per task.
+    #[arg(long)]
     pub cpus_per_task: Option<u32>,
-    /// `--time` (e.g. `04:00:00`).
+    /// Time limit of each task (e.g. 04:00:00).
+    #[arg(long)]
     pub time: Option<String>,
-    /// `--account`.
+    /// Account to charge.
+    #[arg(long)]
     pub account: Option<String>,
-    /// `--qos`.
+    /// Quality of service.
+    #[arg(long)]
     pub qos: Option<String>,
-    /// `--constraint`.
+    /// Node features (--constraint).
+    #[arg(long)]
     pub constraint: Option<String>,
-    /// Seconds before the time limit at which the workers get SIGUSR1.
+    /// Seconds before the time limit at which workers get SIGUSR1, checkpoint and leave.
+    #[arg(long, default_value_t = 120)]
     pub signal_secs: u32,
-    /// The workers' checkpoint folder (shared by the nodes).
+    /// Checkpoint folder shared by the nodes (not on the coordinator's state disk).
+    #[arg(long, default_value = "convsweep-checkpoints")]
     pub checkpoint_dir: PathBuf,
-    /// Folder of the array's logs.
+    /// Folder of the tasks' logs (convsweep-%A_%a.log).
+    #[arg(long, default_value = "convsweep-logs")]
     pub log_dir: PathBuf,
     /// Trials each worker runs at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub slots: u32,
-    /// The convsweep binary the nodes run (default: this one).
+    /// The convsweep binary on the nodes (default: this one).
+    #[arg(long)]
     pub binary: Option<PathBuf>,
-    /// Where to write the script.
+    /// Where to write the job script.
+    #[arg(long, default_value = "convsweep-array.sbatch")]
     pub out: PathBuf,
-    /// Submit it with sbatch too.
+    /// Also submit it with sbatch (prints the job id).
+    #[arg(long)]
     pub submit: bool,
-    /// The token file the workers read (from `--token-file`); a token given by value is not
-    /// written into a script.
-    pub token_file: Option<PathBuf>,
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
@@ -70,8 +89,16 @@ fn sh(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// The sbatch script of `tasks` workers against `conn`.
-pub fn script(args: &SlurmArgs, conn: &Connection, sweep: &str, tasks: u32, binary: &Path) -> Result<String> {
+/// The sbatch script of `tasks` workers against `conn`; the workers read the token from
+/// `token_file` (a token given by value is not written into a script).
+pub fn script(
+    args: &SlurmArgs,
+    conn: &Connection,
+    token_file: Option<&Path>,
+    sweep: &str,
+    tasks: u32,
+    binary: &Path,
+) -> Result<String> {
     if tasks == 0 {
         bail!("--array must be at least 1");
     }
@@ -117,7 +144,7 @@ pub fn script(args: &SlurmArgs, conn: &Connection, sweep: &str, tasks: u32, bina
         args.signal_secs
     );
     let _ = writeln!(s, "export CONVSWEEP_COORDINATOR={}", sh(&conn.url));
-    match (&args.token_file, &conn.token) {
+    match (token_file, &conn.token) {
         (Some(f), _) => {
             let _ = writeln!(
                 s,
@@ -144,20 +171,21 @@ pub fn script(args: &SlurmArgs, conn: &Connection, sweep: &str, tasks: u32, bina
         s,
         "exec {} worker --exit-when-idle --device {device} --slots {} --grace-secs {grace} --checkpoint-dir {}",
         sh(&binary.display().to_string()),
-        args.slots.max(1),
+        args.slots,
         sh(&absolute(&args.checkpoint_dir)?.display().to_string()),
     );
     Ok(s)
 }
 
 /// `convsweep slurm`.
-pub async fn slurm(args: SlurmArgs, conn: Connection) -> Result<ExitCode> {
+pub async fn slurm(args: &SlurmArgs, access: &Access) -> Result<ExitCode> {
+    let conn = access.connection(&args.coordinator)?;
     let text = std::fs::read_to_string(&args.spec).with_context(|| format!("cannot read {}", args.spec.display()))?;
-    let mut admin = conn.admin().await?;
+    let mut admin = super::admin::admin_of(&conn).await?;
     let submitted = admin
         .submit_sweep(pb::SubmitSweepRequest { spec_toml: text })
         .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", args.spec.display(), s.message()))?
+        .map_err(|s| refused(args.spec.display().to_string(), s))?
         .into_inner();
     eprintln!(
         "sweep {}: {} trials ({} new)",
@@ -171,7 +199,14 @@ pub async fn slurm(args: SlurmArgs, conn: Connection) -> Result<ExitCode> {
     std::fs::create_dir_all(&args.log_dir).with_context(|| format!("cannot create {}", args.log_dir.display()))?;
     std::fs::create_dir_all(&args.checkpoint_dir)
         .with_context(|| format!("cannot create {}", args.checkpoint_dir.display()))?;
-    let body = script(&args, &conn, &submitted.sweep_id, tasks, &binary)?;
+    let body = script(
+        args,
+        &conn,
+        access.token_file.as_deref(),
+        &submitted.sweep_id,
+        tasks,
+        &binary,
+    )?;
     std::fs::write(&args.out, &body).with_context(|| format!("cannot write {}", args.out.display()))?;
     eprintln!("wrote {} ({tasks} array tasks)", args.out.display());
     if args.submit {
@@ -204,6 +239,7 @@ mod tests {
     fn the_script_asks_for_what_a_cluster_needs() {
         let args = SlurmArgs {
             spec: "s.toml".into(),
+            coordinator: "https://login1:50051".into(),
             array: Some(4),
             partition: Some("gpu".into()),
             gpus_per_task: 1,
@@ -219,10 +255,10 @@ mod tests {
             binary: None,
             out: "job.sh".into(),
             submit: false,
-            token_file: Some("/shared/token".into()),
         };
+        let token = Some(Path::new("/shared/token"));
         let conn = Connection::plain("https://login1:50051");
-        let s = script(&args, &conn, "demo", 4, Path::new("/opt/convsweep")).unwrap();
+        let s = script(&args, &conn, token, "demo", 4, Path::new("/opt/convsweep")).unwrap();
         for line in [
             "#SBATCH --array=0-3",
             "#SBATCH --output=/shared/logs/convsweep-%A_%a.log",
@@ -248,12 +284,13 @@ mod tests {
                     ..args.clone()
                 },
                 &conn,
+                token,
                 "demo",
                 4,
                 Path::new("/x")
             )
             .is_err()
         );
-        assert!(script(&args, &conn, "demo", 0, Path::new("/x")).is_err());
+        assert!(script(&args, &conn, token, "demo", 0, Path::new("/x")).is_err());
     }
 }

@@ -7,9 +7,26 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Result;
+use convsweep_proto::TrialState;
 use convsweep_proto::client::Connection;
 use convsweep_proto::pb;
 use convsweep_proto::pb::watch_event::Event;
+use serde::Serialize;
+
+use super::admin::format_duration;
+use crate::Access;
+use crate::flags::refused;
+
+/// Flags of `convsweep watch`.
+#[derive(Debug, Clone, PartialEq, clap::Args, Serialize)]
+pub struct WatchArgs {
+    /// Coordinator URL.
+    #[arg(long, env = "CONVSWEEP_COORDINATOR")]
+    pub coordinator: String,
+    /// Only this sweep.
+    #[arg(long)]
+    pub sweep: Option<String>,
+}
 
 /// Failures shown under each sweep.
 const LAST_FAILURES: usize = 5;
@@ -33,10 +50,9 @@ fn shorten(s: &str, n: usize) -> String {
     }
 }
 
-/// Trials of a sweep that are finished (succeeded, failed or cancelled).
+/// Trials of a sweep that are done ([`TrialState::is_done`]).
 pub fn done(s: &pb::SweepStatus) -> u32 {
-    let c = s.counts.unwrap_or_default();
-    c.succeeded + c.failed + c.cancelled
+    s.counts.unwrap_or_default().done()
 }
 
 /// Whether the sweeps of `snapshot` are all done (and there is at least one).
@@ -60,7 +76,7 @@ pub fn render(snapshot: &pb::WatchSnapshot) -> String {
     for s in &status.sweeps {
         let c = s.counts.unwrap_or_default();
         let eta = if s.eta_seconds >= 0.0 && done(s) < s.total {
-            format!(", ETA {}", super::format_duration(s.eta_seconds))
+            format!(", ETA {}", format_duration(s.eta_seconds))
         } else {
             String::new()
         };
@@ -70,8 +86,8 @@ pub fn render(snapshot: &pb::WatchSnapshot) -> String {
             bar(done(s), s.total, 30),
             done(s),
             s.total,
-            c.leased + c.running,
-            c.pending + c.preempted,
+            c.active(),
+            c.queued(),
             c.failed,
         ));
         let running: Vec<&pb::ActiveTrial> = snapshot.active.iter().filter(|a| a.sweep_id == s.sweep_id).collect();
@@ -105,19 +121,22 @@ pub fn render(snapshot: &pb::WatchSnapshot) -> String {
     out
 }
 
-/// A line for the events worth a line of their own (finished trials, workers joining or lost).
+/// A line for the events worth a line of their own (trials that are done, workers joining or
+/// lost).
 pub fn event_line(event: &Event) -> Option<String> {
     match event {
-        Event::Trial(t) if matches!(t.state.as_str(), "succeeded" | "failed" | "cancelled") => Some(format!(
-            "trial {} {}{}",
-            &t.trial_id[..t.trial_id.len().min(8)],
-            t.state,
-            if t.reason.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", shorten(&t.reason, 120))
-            }
-        )),
+        Event::Trial(t) => {
+            let state = TrialState::from_wire(t.state, "state").ok().filter(|s| s.is_done())?;
+            Some(format!(
+                "trial {} {state}{}",
+                &t.trial_id[..t.trial_id.len().min(8)],
+                if t.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", shorten(&t.reason, 120))
+                }
+            ))
+        }
         Event::Worker(w) => Some(format!(
             "worker {} ({}) {}",
             w.name,
@@ -137,20 +156,19 @@ pub async fn follow(
     mut on_snapshot: impl FnMut(&pb::WatchSnapshot),
     mut on_event: impl FnMut(&Event),
 ) -> Result<pb::WatchSnapshot> {
-    let mut stream = conn
-        .admin()
+    let mut stream = super::admin::admin_of(conn)
         .await?
         .watch(pb::WatchRequest {
             sweep_id: sweep.unwrap_or_default().to_owned(),
         })
         .await
-        .map_err(|s| anyhow::anyhow!("watch {}: {}", conn.url, s.message()))?
+        .map_err(|s| refused(format!("watch {}", conn.url), s))?
         .into_inner();
     loop {
         let Some(event) = stream
             .message()
             .await
-            .map_err(|s| anyhow::anyhow!("the watch stream from {} broke: {}", conn.url, s.message()))?
+            .map_err(|s| refused(format!("the watch stream from {} broke", conn.url), s))?
         else {
             anyhow::bail!("the coordinator at {} ended the watch stream", conn.url);
         };
@@ -168,7 +186,9 @@ pub async fn follow(
 }
 
 /// `convsweep watch`.
-pub async fn watch(conn: &Connection, sweep: Option<&str>) -> Result<ExitCode> {
+pub async fn watch(args: &WatchArgs, access: &Access) -> Result<ExitCode> {
+    let conn = &access.connection(&args.coordinator)?;
+    let sweep = args.sweep.as_deref();
     let tty = std::io::stdout().is_terminal();
     let drawn = std::cell::Cell::new(0usize);
     let mut last_counts: Option<Vec<(u32, u32)>> = None;
@@ -263,7 +283,7 @@ mod tests {
                 sweep_id: "demo".into(),
                 trial_id: "fedcba9876543210".into(),
                 label: "resnet-8-16 k=5 frozen kaiming-normal seed=0".into(),
-                state: "running".into(),
+                state: TrialState::Running.to_wire(),
                 attempt: 1,
                 worker_id: "w-1".into(),
                 epoch: 3,

@@ -64,7 +64,8 @@ impl Dice {
 
 struct Cluster {
     dir: PathBuf,
-    port: u16,
+    /// The coordinator's port, held here across its restarts.
+    main: std::net::TcpListener,
     coordinator: Option<Child>,
     workers: Vec<Child>,
     spawned: u32,
@@ -75,7 +76,7 @@ impl Cluster {
         std::fs::create_dir_all(dir.join("logs")).unwrap();
         Cluster {
             dir: dir.to_owned(),
-            port: free_port(),
+            main: loopback().unwrap(),
             coordinator: None,
             workers: Vec::new(),
             spawned: 0,
@@ -83,7 +84,7 @@ impl Cluster {
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        url(&self.main)
     }
 
     fn log(&self, name: &str) -> std::fs::File {
@@ -96,8 +97,9 @@ impl Cluster {
 
     fn start_coordinator(&mut self) {
         let log = self.log("coordinator.log");
-        let child = Command::new(BIN)
-            .args(["coordinator", "--listen", &format!("127.0.0.1:{}", self.port)])
+        let mut cmd = Command::new(BIN);
+        cmd.arg("coordinator");
+        let child = listen_on(&mut cmd, &self.main)
             .args(["--ops-listen", "127.0.0.1:0"])
             .args([
                 "--heartbeat-secs",

@@ -60,19 +60,6 @@ pub fn spawn_worker(url: &str, name: &str) -> Child {
         .expect("start a worker process")
 }
 
-/// The standard output of a finished command, after asserting that it succeeded (both streams
-/// are shown when it did not).
-pub fn stdout_of_success(out: &std::process::Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 /// Waits until every trial of `sweep` is finished, or panics after `limit`.
 pub async fn wait_done(c: &Coordinator, sweep: &str, limit: Duration) {
     let start = Instant::now();
@@ -102,35 +89,12 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
     }
 }
 
-/// A free loopback port (bound then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Hands `main` (bound by the test and held for as long as it needs the port) to the
+/// `convsweep coordinator` of `cmd` as its main port.
+pub fn listen_on<'a>(cmd: &'a mut Command, main: &std::net::TcpListener) -> &'a mut Command {
+    let fd = convsweep_testkit::listen::pass(cmd, main);
+    cmd.args(["--listen-fd", &fd.to_string()])
 }
 
-/// A scripted worker registered in-process with `slots`; returns its id.
-pub fn scripted_worker(c: &Coordinator, slots: u32) -> String {
-    c.register(convsweep_proto::pb::RegisterRequest {
-        protocol_version: convsweep_proto::PROTOCOL_VERSION,
-        slots,
-        name: "scripted".into(),
-        ..Default::default()
-    })
-    .unwrap()
-    .worker_id
-}
-
-/// Leases up to `n` trials to `worker` in-process, without waiting.
-pub async fn lease_now(c: &Coordinator, worker: &str, n: u32) -> Vec<convsweep_proto::pb::TrialLease> {
-    c.lease(convsweep_proto::pb::LeaseRequest {
-        worker_id: worker.to_owned(),
-        max_trials: n,
-        wait_ms: 0,
-    })
-    .await
-    .unwrap()
-    .leases
-}
+pub use convsweep_testkit::listen::{loopback, url};
+pub use convsweep_testkit::scripted::{lease_now, scripted_worker};

@@ -73,11 +73,12 @@ fn file_size_limit(pid: u32, bytes: Option<u64>) {
     );
 }
 
-fn coordinator(state: &std::path::Path, port: u16) -> Logged {
+fn coordinator(state: &std::path::Path, main: &std::net::TcpListener) -> Logged {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("coordinator");
+    listen_on(&mut cmd, main);
     Logged::spawn(
-        Command::new(BIN)
-            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--ops-listen", "127.0.0.1:0", "--lease-timeout-secs", "600"])
+        cmd.args(["--ops-listen", "127.0.0.1:0", "--lease-timeout-secs", "600"])
             .arg("--state-dir")
             .arg(state),
     )
@@ -132,9 +133,9 @@ fn largest_file(dir: &std::path::Path) -> u64 {
 async fn a_coordinator_out_of_space_refuses_writes_loses_nothing_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut c = coordinator(&state, port);
+    let main = loopback().unwrap();
+    let url = url(&main);
+    let mut c = coordinator(&state, &main);
     let (mut admin, mut rpc) = connect(&url).await;
 
     // Acknowledged before the disk fills: a sweep, a worker, a finished trial, a running one.
@@ -252,7 +253,7 @@ async fn a_coordinator_out_of_space_refuses_writes_loses_nothing_and_recovers() 
     );
     c.child.kill().unwrap();
     c.child.wait().unwrap();
-    let _c = coordinator(&state, port);
+    let _c = coordinator(&state, &main);
     let (mut admin, _) = connect(&url).await;
     check(summary(&mut admin).await);
 }

@@ -130,7 +130,7 @@ async fn a_crashing_hanging_or_bloated_trial_process_fails_alone() {
         (7, "died of SIGABRT", true),
         (9, "killed by SIGKILL", true),
         (11, "no progress for", true),
-        (13, "--max-trial-rss 1500 MiB", false),
+        (13, "its limit of 1500 MiB", false),
     ];
     for (k, text, retried) in expect {
         let reason = reasons

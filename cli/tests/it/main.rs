@@ -1,6 +1,5 @@
 //! Integration tests of the `convsweep` binary: real worker processes over loopback gRPC.
 
-mod bench;
 mod chaos;
 mod common;
 mod disk;

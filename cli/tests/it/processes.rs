@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use convsweep_analysis::Frames;
-use convsweep_coordinator::store::StateReader;
+use convsweep_coordinator::store::{SqliteReader, StoreReader};
 use convsweep_coordinator::{Coordinator, CoordinatorConfig};
 use convsweep_proto::TrialState;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +53,7 @@ async fn two_worker_processes_finish_a_sweep_over_loopback() {
     stop.cancel();
     server.await.unwrap().unwrap();
 
-    let results = StateReader::open(dir.path()).unwrap().results().unwrap();
+    let results = SqliteReader::open(dir.path()).unwrap().results(None).unwrap();
     let rows = results.trials;
     assert_eq!(rows.len(), 8);
     assert!(rows.iter().all(|r| r.state == TrialState::Succeeded), "{rows:?}");
@@ -180,18 +180,12 @@ fn run_executes_a_sweep_end_to_end() {
 fn the_commands_work_as_separate_processes() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut coordinator = Command::new(BIN)
-        .args([
-            "coordinator",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--ops-listen",
-            "127.0.0.1:0",
-            "--heartbeat-secs",
-            "1",
-        ])
+    let main = loopback().unwrap();
+    let url = url(&main);
+    let mut cmd = Command::new(BIN);
+    cmd.arg("coordinator");
+    let mut coordinator = listen_on(&mut cmd, &main)
+        .args(["--ops-listen", "127.0.0.1:0", "--heartbeat-secs", "1"])
         .arg("--state-dir")
         .arg(&state)
         .env("RUST_LOG", "warn")
@@ -385,59 +379,4 @@ fn model_info_counts_any_model_the_spec_language_expresses() {
     );
     let (ok, _, stderr) = run(&["dataset=tensor", "dataset.root=/x"]);
     assert!(!ok && stderr.contains("--classes"), "{stderr}");
-}
-
-#[test]
-fn bench_pairs_every_round_with_the_pytorch_reference() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("bench.json");
-    let out = Command::new(BIN)
-        .current_dir(root)
-        .args([
-            "bench",
-            "--threads",
-            "1",
-            "--batch",
-            "4",
-            "--warmup",
-            "1",
-            "--rounds",
-            "3",
-            "--steps",
-            "1",
-        ])
-        .args([
-            "--only",
-            "resnet-20-16 k3 learned",
-            "--only",
-            "resnet-20-16 k3 frozen",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = stdout_of_success(&out);
-    assert!(stdout.contains("frozen / learned step speed at k3"), "{stdout}");
-    assert!(stdout.contains("(PyTorch eager: "), "{stdout}");
-    let rows: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), 2);
-    for row in rows {
-        let f = |key: &str| -> Vec<f64> {
-            row[key]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect()
-        };
-        let (mine, theirs, ratios) = (f("convsweep_rounds"), f("pytorch_rounds"), f("paired_ratios"));
-        assert_eq!((mine.len(), theirs.len(), ratios.len()), (3, 3, 3), "{row}");
-        for i in 0..3 {
-            assert!(mine[i] > 0.0 && theirs[i] > 0.0, "{row}");
-            assert!((ratios[i] - mine[i] / theirs[i]).abs() < 1e-9, "{row}");
-        }
-        assert!(stdout.contains(row["name"].as_str().unwrap()));
-    }
 }

@@ -32,6 +32,7 @@ async fn keep_writing(c: Arc<Coordinator>, stop: Arc<AtomicBool>, writes: Arc<At
                 seconds: 0.1,
             }],
         })
+        .await
         .expect("the coordinator keeps accepting writes while a report reads");
         writes.fetch_add(1, Ordering::Relaxed);
         tokio::task::yield_now().await;
@@ -191,6 +192,7 @@ async fn remote_export_and_report_match_the_state_folder() {
                     seconds: 2.0,
                 }],
             })
+            .await
             .unwrap();
         if i < 6 {
             coordinator
@@ -202,6 +204,7 @@ async fn remote_export_and_report_match_the_state_folder() {
                         result: Some(rich_result(acc)),
                     })),
                 })
+                .await
                 .unwrap();
         }
     }

@@ -65,9 +65,10 @@ fn the_token_never_shows_in_help_logs_or_errors() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("--token-file") && !help.contains(TOKEN), "{help}");
 
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut server = coordinator(&["--listen", &format!("127.0.0.1:{port}")], &dir.path().join("state"))
+    let main = loopback().unwrap();
+    let url = url(&main);
+    let mut cmd = coordinator(&[], &dir.path().join("state"));
+    let mut server = listen_on(&mut cmd, &main)
         .arg("--token-file")
         .arg(&token_file)
         .env("RUST_LOG", "info,convsweep_coordinator=debug")
@@ -148,8 +149,10 @@ fn certs_make_a_working_mtls_setup() {
 
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "mtls-process-token\n").unwrap();
-    let port = free_port();
-    let mut server = coordinator(&["--listen", &format!("127.0.0.1:{port}")], &dir.path().join("state"))
+    let main = loopback().unwrap();
+    let port = main.local_addr().unwrap().port();
+    let mut cmd = coordinator(&[], &dir.path().join("state"));
+    let mut server = listen_on(&mut cmd, &main)
         .arg("--token-file")
         .arg(&token_file)
         .arg("--tls-cert")

@@ -55,6 +55,7 @@ async fn watch_follows_a_sweep_to_its_end() {
                 lease_token: lease.lease_token,
                 outcome: Some(outcome),
             })
+            .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

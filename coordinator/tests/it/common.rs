@@ -95,33 +95,12 @@ impl Server {
     }
 }
 
+pub use convsweep_testkit::scripted::{epoch, lease_now, result, scripted_worker};
+
 /// A worker that does what the test tells it.
 pub struct FakeWorker {
     pub client: WorkerServiceClient<tonic::transport::Channel>,
     pub id: String,
-}
-
-pub fn result(acc: f64) -> pb::TrialResult {
-    pb::TrialResult {
-        final_test_acc: acc,
-        final_train_acc: acc,
-        best_test_acc: acc,
-        best_epoch: 2,
-        device: "cpu".into(),
-        ..Default::default()
-    }
-}
-
-pub fn epoch(n: u32, acc: f64) -> pb::EpochMetrics {
-    pb::EpochMetrics {
-        epoch: n,
-        lr: 0.01,
-        train_loss: 1.0,
-        train_acc: acc,
-        test_loss: 1.0,
-        test_acc: acc,
-        seconds: 0.1,
-    }
 }
 
 impl FakeWorker {
@@ -195,26 +174,20 @@ pub async fn register(client: &mut WorkerServiceClient<convsweep_proto::client::
         .worker_id
 }
 
-/// A scripted worker registered in-process with `slots`; returns its id.
-pub fn scripted_worker(c: &Coordinator, slots: u32) -> String {
-    c.register(convsweep_proto::pb::RegisterRequest {
-        protocol_version: convsweep_proto::PROTOCOL_VERSION,
-        slots,
-        name: "scripted".into(),
-        ..Default::default()
-    })
-    .unwrap()
-    .worker_id
-}
-
-/// Leases up to `n` trials to `worker` in-process, without waiting.
-pub async fn lease_now(c: &Coordinator, worker: &str, n: u32) -> Vec<convsweep_proto::pb::TrialLease> {
-    c.lease(convsweep_proto::pb::LeaseRequest {
-        worker_id: worker.to_owned(),
-        max_trials: n,
-        wait_ms: 0,
-    })
-    .await
-    .unwrap()
-    .leases
+/// Leases up to `n` trials to `worker` straight through a store's writer, in a transaction of
+/// its own.
+pub fn store_lease(
+    store: &mut dyn convsweep_coordinator::store::StoreWriter,
+    worker: &str,
+    n: u32,
+    now: i64,
+) -> Vec<pb::TrialLease> {
+    let mut leases = Vec::new();
+    store
+        .batch(now, &mut |ops| {
+            leases = ops.lease(worker, n)?;
+            Ok(())
+        })
+        .unwrap();
+    leases
 }

@@ -1,5 +1,6 @@
 //! The services over loopback gRPC.
 
+use convsweep_coordinator::store::StoreReader;
 use convsweep_proto::{PROTOCOL_VERSION, TrialSpec, pb};
 use tonic::Code;
 
@@ -166,7 +167,15 @@ async fn lease_long_polls_until_work_arrives() {
     let server = Server::start(config(dir.path())).await;
     let mut worker = server.worker().await;
     let waiting = tokio::spawn(async move { worker.lease(1, 5_000).await });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The call has looked, found nothing and parked: from here only work (or its 5 s) can end
+    // it, so it has not returned.
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while server.coordinator.waiting_leases() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the lease call parks");
     assert!(!waiting.is_finished(), "lease returned before there was work");
     server.coordinator.submit(SPEC).unwrap();
     let leases = tokio::time::timeout(std::time::Duration::from_secs(3), waiting)
@@ -308,9 +317,9 @@ async fn evaluations_are_stored_with_the_result() {
         .await
         .unwrap();
     server.stop().await;
-    let results = convsweep_coordinator::store::StateReader::open(dir.path())
+    let results = convsweep_coordinator::store::SqliteReader::open(dir.path())
         .unwrap()
-        .results()
+        .results(None)
         .unwrap();
     let rows = results.trials;
     let done = rows.iter().find(|r| r.trial_id == lease.trial_id).unwrap();
@@ -334,7 +343,7 @@ async fn evaluations_are_stored_with_the_result() {
 #[test]
 fn a_version_1_state_folder_is_migrated() {
     let dir = tempfile::tempdir().unwrap();
-    drop(convsweep_coordinator::store::Store::open(dir.path(), Default::default()).unwrap());
+    drop(convsweep_coordinator::store::SqliteStore::open(dir.path(), Default::default()).unwrap());
     // Turn it into what version 1 wrote.
     let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
     conn.execute_batch(
@@ -349,8 +358,10 @@ fn a_version_1_state_folder_is_migrated() {
     )
     .unwrap();
     drop(conn);
-    let store = convsweep_coordinator::store::Store::open(dir.path(), Default::default()).unwrap();
-    assert!(store.results().unwrap().robustness.is_empty());
+    let store = convsweep_coordinator::store::SqliteStore::open(dir.path(), Default::default()).unwrap();
+    let reader = convsweep_coordinator::store::SqliteReader::open(dir.path()).unwrap();
+    assert!(reader.results(None).unwrap().robustness.is_empty());
+    drop(reader);
     drop(store);
     let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
     let version: String = conn
@@ -365,7 +376,7 @@ fn a_version_1_state_folder_is_migrated() {
 #[test]
 fn a_version_3_state_folder_gains_the_conv_algorithm_column() {
     let dir = tempfile::tempdir().unwrap();
-    drop(convsweep_coordinator::store::Store::open(dir.path(), Default::default()).unwrap());
+    drop(convsweep_coordinator::store::SqliteStore::open(dir.path(), Default::default()).unwrap());
     let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
     conn.execute_batch(
         "ALTER TABLE results DROP COLUMN conv_algorithm;
@@ -376,7 +387,7 @@ fn a_version_3_state_folder_gains_the_conv_algorithm_column() {
     )
     .unwrap();
     drop(conn);
-    drop(convsweep_coordinator::store::Store::open(dir.path(), Default::default()).unwrap());
+    drop(convsweep_coordinator::store::SqliteStore::open(dir.path(), Default::default()).unwrap());
     let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
     let version: String = conn
         .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))

@@ -31,7 +31,7 @@ async fn lease_one(c: &Coordinator, worker: &str) -> pb::TrialLease {
     .remove(0)
 }
 
-fn heartbeat(c: &Coordinator, worker: &str, lease: &pb::TrialLease) -> pb::LeaseDirective {
+async fn heartbeat(c: &Coordinator, worker: &str, lease: &pb::TrialLease) -> pb::LeaseDirective {
     let resp = c
         .heartbeat(pb::HeartbeatRequest {
             worker_id: worker.into(),
@@ -40,6 +40,7 @@ fn heartbeat(c: &Coordinator, worker: &str, lease: &pb::TrialLease) -> pb::Lease
                 lease_token: lease.lease_token.clone(),
             }],
         })
+        .await
         .unwrap();
     pb::LeaseDirective::try_from(resp.leases[0].directive).unwrap()
 }
@@ -56,26 +57,28 @@ async fn heartbeats_keep_a_lease_and_silence_expires_it() {
     for _ in 0..5 {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(c.expire_once().unwrap(), 0);
-        assert_eq!(heartbeat(&c, &w, &lease), pb::LeaseDirective::Continue);
+        assert_eq!(heartbeat(&c, &w, &lease).await, pb::LeaseDirective::Continue);
     }
     // Silence: the lease expires and the trial is leased again as attempt 2.
     tokio::time::advance(Duration::from_millis(2_100)).await;
     assert_eq!(c.expire_once().unwrap(), 1);
-    assert_eq!(heartbeat(&c, &w, &lease), pb::LeaseDirective::Lost);
+    assert_eq!(heartbeat(&c, &w, &lease).await, pb::LeaseDirective::Lost);
     let again = lease_one(&c, &w).await;
     assert_eq!(again.trial_id, lease.trial_id);
     assert_eq!(again.attempt, 2);
     assert_ne!(again.lease_token, lease.lease_token);
 
     // The presumed-dead worker's late completion is refused; the new attempt's is taken.
-    let late = c.complete(pb::CompleteRequest {
-        worker_id: w.clone(),
-        trial_id: lease.trial_id.clone(),
-        lease_token: lease.lease_token.clone(),
-        outcome: Some(pb::complete_request::Outcome::Succeeded(pb::Succeeded {
-            result: Some(result(0.1)),
-        })),
-    });
+    let late = c
+        .complete(pb::CompleteRequest {
+            worker_id: w.clone(),
+            trial_id: lease.trial_id.clone(),
+            lease_token: lease.lease_token.clone(),
+            outcome: Some(pb::complete_request::Outcome::Succeeded(pb::Succeeded {
+                result: Some(result(0.1)),
+            })),
+        })
+        .await;
     assert!(
         matches!(late, Err(convsweep_coordinator::Error::StaleLease(_))),
         "{late:?}"
@@ -88,6 +91,7 @@ async fn heartbeats_keep_a_lease_and_silence_expires_it() {
             result: Some(result(0.7)),
         })),
     })
+    .await
     .unwrap();
     assert_eq!(counts(&c.status("small").unwrap()).succeeded, 1);
 }
@@ -125,7 +129,7 @@ async fn retryable_failures_retry_and_fatal_ones_do_not() {
     let c = Coordinator::open(config(dir.path())).unwrap();
     c.submit(SPEC).unwrap();
     let w = register(&c);
-    let fail = |lease: &pb::TrialLease, retryable: bool| {
+    let fail = async |lease: &pb::TrialLease, retryable: bool| {
         c.complete(pb::CompleteRequest {
             worker_id: w.clone(),
             trial_id: lease.trial_id.clone(),
@@ -135,13 +139,14 @@ async fn retryable_failures_retry_and_fatal_ones_do_not() {
                 reason: "boom".into(),
             })),
         })
+        .await
         .unwrap()
     };
     let a = lease_one(&c, &w).await;
-    fail(&a, true);
+    fail(&a, true).await;
     let a2 = lease_one(&c, &w).await;
     assert_eq!((a2.trial_id.as_str(), a2.attempt), (a.trial_id.as_str(), 2));
-    fail(&a2, false);
+    fail(&a2, false).await;
     let status = c.status("small").unwrap();
     assert_eq!(counts(&status).failed, 1);
     assert!(status.sweeps[0].failures[0].reason.contains("not retryable"));
@@ -162,6 +167,7 @@ async fn preempted_trials_are_leased_again() {
             reason: "SIGTERM".into(),
         })),
     })
+    .await
     .unwrap();
     assert_eq!(counts(&c.status("small").unwrap()).preempted, 1);
     let again = lease_one(&c, &w).await;
@@ -214,5 +220,5 @@ async fn leases_survive_the_time_a_coordinator_was_down() {
         0,
         "the restart grants the lease a fresh timeout"
     );
-    assert_eq!(heartbeat(&c, &w, &lease), pb::LeaseDirective::Continue);
+    assert_eq!(heartbeat(&c, &w, &lease).await, pb::LeaseDirective::Continue);
 }

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
+use convsweep_coordinator::store::StoreReader;
 use convsweep_coordinator::{Coordinator, Limits, ServeConfig};
 use convsweep_proto::client::Connection;
-use convsweep_proto::pb;
 use convsweep_proto::pb::watch_event::Event;
+use convsweep_proto::{TrialState, pb};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{SPEC, Server, config, epoch};
@@ -90,9 +91,9 @@ async fn export_streams_every_row_in_chunks_under_the_message_limit() {
     assert!(chunks >= 4, "{chunks} chunks");
     assert_eq!(results.trials.len(), 4);
     assert_eq!(results.epochs.len(), 4000);
-    let direct = convsweep_coordinator::store::StateReader::open(dir.path())
+    let direct = convsweep_coordinator::store::SqliteReader::open(dir.path())
         .unwrap()
-        .results()
+        .results(None)
         .unwrap();
     assert_eq!(results.epochs, direct.epochs, "the same rows as the state folder gives");
     let err = conn
@@ -137,7 +138,10 @@ async fn watch_sends_snapshots_and_the_events_between_them() {
         .iter()
         .find(|a| a.trial_id == lease.trial_id)
         .expect("an active trial");
-    assert_eq!((a.epoch, a.epochs, a.attempt, a.state.as_str()), (1, 2, 1, "running"));
+    assert_eq!(
+        (a.epoch, a.epochs, a.attempt, a.state),
+        (1, 2, 1, TrialState::Running.to_wire())
+    );
     assert!(a.label.contains("seed=0") && (a.test_acc - 0.42).abs() < 1e-12, "{a:?}");
     worker.succeed(&lease, 0.9).await.unwrap();
 
@@ -153,8 +157,8 @@ async fn watch_sends_snapshots_and_the_events_between_them() {
         match e.event.unwrap() {
             Event::Worker(w) => joined |= w.joined && w.worker_id == worker.id,
             Event::Trial(t) if t.trial_id == lease.trial_id => {
-                leased |= t.state == "leased";
-                succeeded |= t.state == "succeeded" && t.sweep_id == "small";
+                leased |= t.state == TrialState::Leased.to_wire();
+                succeeded |= t.state == TrialState::Succeeded.to_wire() && t.sweep_id == "small";
             }
             Event::Epoch(ep) => epoch_seen |= ep.trial_id == lease.trial_id && ep.metrics.unwrap().test_acc == 0.42,
             Event::Snapshot(s) => {

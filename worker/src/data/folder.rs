@@ -20,7 +20,7 @@
 //! resumed. The test split is decoded once (resize the shorter side to `size / 0.875`, crop
 //! the centre) and kept in memory as `uint8`: 150 KiB an image at 224 px.
 //!
-//! Threads: `CONVSWEEP_DECODE_THREADS`, else every core the process may use.
+//! Threads: the worker's `--decode-threads`, else every core the process may use.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -242,19 +242,18 @@ pub struct Listing {
     pub classes: Vec<String>,
 }
 
-/// Decoding threads: `CONVSWEEP_DECODE_THREADS`, else the cores this process may use.
-pub fn decode_threads() -> usize {
-    std::env::var("CONVSWEEP_DECODE_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
+/// Decoding threads: `configured` (the worker's `--decode-threads`), else the cores this
+/// process may use.
+pub fn decode_threads(configured: Option<usize>) -> usize {
+    configured
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
-/// Lists an image folder as `spec` asks (classes, labels file), without decoding anything.
-pub fn list(spec: &DatasetSpec, root: &Path) -> Result<Listing, DataError> {
+/// Lists an image folder as `spec` asks (classes, labels file), without decoding anything;
+/// its files decode on `threads` threads.
+pub fn list(spec: &DatasetSpec, root: &Path, threads: usize) -> Result<Listing, DataError> {
     let size = spec.image_size.unwrap_or(DEFAULT_IMAGE_SIZE);
-    let threads = decode_threads();
     let train_dir = root.join("train");
     let names = classes(&train_dir, spec.classes.as_ref())?;
     let per_class = names

@@ -4,7 +4,6 @@
 //! (random crop and flip, on the device, for the whole batch at once) and scaled to `[0, 1]`
 //! there. Normalisation happens inside the model.
 
-pub mod decode_bench;
 pub mod error;
 pub mod files;
 pub mod folder;
@@ -68,7 +67,7 @@ pub fn channel_stats(images: &Tensor) -> (Vec<f64>, Vec<f64>) {
     )
 }
 
-fn load_uncached(spec: &DatasetSpec) -> Result<(Split, Split, i64), DataError> {
+fn load_uncached(spec: &DatasetSpec, decode_threads: usize) -> Result<(Split, Split, i64), DataError> {
     let root = || -> Result<&std::path::Path, DataError> {
         spec.root
             .as_deref()
@@ -88,15 +87,15 @@ fn load_uncached(spec: &DatasetSpec) -> Result<(Split, Split, i64), DataError> {
         DatasetName::FashionMnist => files::fashion_mnist(root()?).map(|(a, b)| (a, b, 10)),
         DatasetName::Svhn => files::svhn(root()?).map(|(a, b)| (a, b, 10)),
         DatasetName::Tensor => files::tensor_file(root()?),
-        DatasetName::Imagefolder => imagefolder(spec, root()?),
+        DatasetName::Imagefolder => imagefolder(spec, root()?, decode_threads),
     }
 }
 
 /// Loads an image folder (see [`folder`]): the training split as files, the validation split
 /// decoded.
 /// `test_size` cuts the validation split before it is decoded.
-fn imagefolder(spec: &DatasetSpec, root: &Path) -> Result<(Split, Split, i64), DataError> {
-    let listing = folder::list(spec, root)?;
+fn imagefolder(spec: &DatasetSpec, root: &Path, threads: usize) -> Result<(Split, Split, i64), DataError> {
+    let listing = folder::list(spec, root, threads)?;
     let classes = listing.classes.len() as i64;
     let size = i64::from(listing.train.size);
     let n_test = spec
@@ -133,9 +132,20 @@ fn imagefolder(spec: &DatasetSpec, root: &Path) -> Result<(Split, Split, i64), D
 #[derive(Debug, Default)]
 pub struct DataCache {
     loaded: Mutex<HashMap<(String, String), Dataset>>,
+    /// Threads that decode image-folder files (`None`: every core).
+    decode_threads: Option<usize>,
 }
 
 impl DataCache {
+    /// An empty cache whose image folders decode on `decode_threads` threads (`None`: every
+    /// core this process may use).
+    pub fn new(decode_threads: Option<usize>) -> DataCache {
+        DataCache {
+            loaded: Mutex::default(),
+            decode_threads,
+        }
+    }
+
     /// The dataset of `spec` on `device`, loading it on first use.
     pub fn get(&self, spec: &DatasetSpec, device: Device) -> Result<Dataset, DataError> {
         // Sizes are applied after the cache: trials that differ only in subset share the load.
@@ -156,7 +166,7 @@ impl DataCache {
         );
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         if !loaded.contains_key(&key) {
-            let (train, test, classes) = load_uncached(spec)?;
+            let (train, test, classes) = load_uncached(spec, folder::decode_threads(self.decode_threads))?;
             let (mean, std) = if train.files.is_some() {
                 (folder::IMAGENET_MEAN.to_vec(), folder::IMAGENET_STD.to_vec())
             } else {

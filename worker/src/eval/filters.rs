@@ -17,8 +17,7 @@ use convsweep_proto::pb;
 use tch::{Kind, Tensor};
 
 use crate::model::Net;
-use crate::model::fold::{densify, fold_weights};
-use crate::model::layers::SpatialLayer;
+use crate::model::lc::{self, SpatialLayer};
 
 /// `T(n)`, the FVE of 3x3 filters at which the normalised FVE is 1.
 pub fn fve_normaliser(n: f64) -> f64 {
@@ -97,10 +96,10 @@ pub fn stats(w: &Tensor) -> Stats {
 
 /// The filters a layer is measured on, and whether they are folded from an LC-block.
 pub fn measured_filters(layer: &SpatialLayer) -> (Tensor, bool) {
-    tch::no_grad(|| match (&layer.combine, layer.linear) {
-        (Some(p), true) => (fold_weights(&densify(&layer.weight, layer.groups), p), true),
-        _ => (layer.weight.shallow_clone(), false),
-    })
+    match lc::fold(layer) {
+        Some(folded) => (folded, true),
+        None => (layer.weight.shallow_clone(), false),
+    }
 }
 
 /// Statistics of every spatial layer of `net`, labelled with `stage` (`init` or `final`).

@@ -7,7 +7,9 @@
 use tch::Tensor;
 use tch::nn::{self, Module, ModuleT};
 
-use super::layers::{Builder, Conv2d, ConvShape, Spatial};
+use super::conv::Conv2d;
+use super::layers::{Builder, ConvShape};
+use super::lc::Spatial;
 
 #[derive(Debug)]
 struct MixerBlock {

@@ -4,7 +4,7 @@
 //! channel; through the FFT the cost no longer depends on `k`. On the development CPU a 9 x 9
 //! stride-1 conv with 8-64 channels trains (forward and backward) 2.2-2.7x faster this way
 //! than through oneDNN, 3.7-5.8x at k = 11-15, and ResNet-20-16 at k = 9 about 2x
-//! (`bench/fft_conv_probe.py`, `convsweep bench`, docs/BENCHMARKS.md).
+//! (`bench/fft_conv_probe.py`, `convsweep-bench`, docs/BENCHMARKS.md).
 //!
 //! It computes the same function as `conv2d`: PyTorch's cross-correlation with zero padding.
 //! The input, zero-extended to `(H + 2p) x (W + 2p)`, is multiplied in the frequency domain

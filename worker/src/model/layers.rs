@@ -1,15 +1,15 @@
-//! Building blocks shared by the model families: convs that know whether they are frozen,
-//! LC-blocks, BatchNorm and linear heads, created through a [`Builder`] that also counts
-//! parameters and multiply-accumulates.
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+//! Building blocks shared by the model families, created through a [`Builder`] that applies the
+//! spec's init scheme and freezing rule and counts parameters and multiply-accumulates: convs
+//! ([`super::conv`]), BatchNorm, linear heads, and the spec's spatial convs (plain or LC-blocks,
+//! [`super::lc`]).
 
 use convsweep_proto::spec::{InterOp, ModelSpec, TrainMode};
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::{Device, Kind, Tensor};
 
+use super::conv::{Conv2d, ConvRecord};
 use super::init::{self, Correlation};
+use super::lc::{Between, Spatial, SpatialLayer};
 
 /// Where and how a model computes: the device, and whether large-kernel convs may go through
 /// the FFT on the CPU. Configuration the CLI passes down; a bare [`Device`] converts with the
@@ -29,37 +29,6 @@ impl From<Device> for Compute {
     }
 }
 
-/// The algorithm a conv's last forward pass used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ConvPath {
-    /// Not run yet.
-    NotRun = 0,
-    /// libtorch's `conv2d` (oneDNN on the CPU, cuDNN on CUDA).
-    Direct = 1,
-    /// Through the FFT ([`super::fftconv`]).
-    Fft = 2,
-}
-
-/// Where a conv records the [`ConvPath`] it took; the model reads every conv's.
-#[derive(Debug, Clone, Default)]
-pub struct ConvRecord(Arc<AtomicU8>);
-
-impl ConvRecord {
-    fn set(&self, path: ConvPath) {
-        self.0.store(path as u8, Ordering::Relaxed);
-    }
-
-    /// The path of the conv's last forward pass.
-    pub fn get(&self) -> ConvPath {
-        match self.0.load(Ordering::Relaxed) {
-            1 => ConvPath::Direct,
-            2 => ConvPath::Fft,
-            _ => ConvPath::NotRun,
-        }
-    }
-}
-
 /// Parameters and compute of a model, counted while it is built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cost {
@@ -69,22 +38,6 @@ pub struct Cost {
     pub params_learnable: u64,
     /// Multiply-accumulates of convs and linear layers for one image, forward pass.
     pub macs_per_image: u64,
-}
-
-/// A spatial layer (kernel > 1) as built, for filter statistics: handles to its weights,
-/// which keep following the values as the model trains.
-#[derive(Debug)]
-pub struct SpatialLayer {
-    /// Parameter path of the layer, e.g. `layer1.0.conv1`.
-    pub name: String,
-    /// The k x k conv's weight `[c_out (x E), c_in/groups, k, k]`.
-    pub weight: Tensor,
-    /// Its groups.
-    pub groups: i64,
-    /// The LC-block's 1x1 combination `[c_out, c_out*E, 1, 1]`, if any.
-    pub combine: Option<Tensor>,
-    /// Whether nothing non-linear sits between the two convs (so the block folds).
-    pub linear: bool,
 }
 
 /// Creates layers under a var store, applying the spec's init scheme and freezing rule.
@@ -103,108 +56,6 @@ pub struct Builder<'a> {
     pub conv_records: Vec<ConvRecord>,
     /// Random draws the model makes in training (dropout), shared with the [`super::Net`].
     pub draws: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-/// A conv. Its weight is frozen (not in the optimiser, no gradient) when the trial freezes
-/// spatial filters and its kernel has more than one element; a bias always learns.
-#[derive(Debug)]
-pub struct Conv2d {
-    /// `[c_out, c_in/groups, k, k]`.
-    pub weight: Tensor,
-    /// `[c_out]`, when the conv has one.
-    pub bias: Option<Tensor>,
-    stride: i64,
-    padding: i64,
-    groups: i64,
-    /// Whether the FFT may be used where it [applies](super::fftconv::applies).
-    fft: bool,
-    /// The frozen weight's spectrum, when the conv runs through the FFT.
-    spectrum: super::fftconv::FrozenSpectrum,
-    /// The algorithm the last forward pass used.
-    record: ConvRecord,
-}
-
-impl Conv2d {
-    /// The groups of the conv.
-    pub fn groups(&self) -> i64 {
-        self.groups
-    }
-}
-
-impl nn::Module for Conv2d {
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        let (weight, input) = (self.weight.size(), xs.size());
-        if self.fft && super::fftconv::applies(xs.device(), &input, &weight, self.stride, self.padding, self.groups) {
-            self.record.set(ConvPath::Fft);
-            let (bias, padding) = (self.bias.as_ref(), self.padding);
-            return super::fftconv::conv2d_cached(xs, &self.weight, bias, padding, &self.spectrum);
-        }
-        self.record.set(ConvPath::Direct);
-        xs.conv2d(
-            &self.weight,
-            self.bias.as_ref(),
-            [self.stride, self.stride],
-            [self.padding, self.padding],
-            [1, 1],
-            self.groups,
-        )
-    }
-}
-
-/// What an LC-block puts between its two convs.
-#[derive(Debug)]
-pub enum Between {
-    /// Identity.
-    Nothing,
-    /// ReLU.
-    Relu,
-    /// BatchNorm.
-    Bn(nn::BatchNorm),
-    /// BatchNorm then ReLU.
-    BnRelu(nn::BatchNorm),
-}
-
-/// A spatial conv as the spec asks for it: plain, or an LC-block (`k x k conv c_in -> c_out*E`,
-/// optional in-between op, `1x1 conv c_out*E -> c_out`).
-#[derive(Debug)]
-#[allow(clippy::large_enum_variant)] // one per layer, built once
-pub enum Spatial {
-    /// One conv.
-    Plain(Conv2d),
-    /// Spatial conv, in-between op, combining 1x1 conv.
-    Lc {
-        /// `k x k`, `c_in -> c_out * E` (same groups as the conv it replaces), carries the stride.
-        spatial: Conv2d,
-        /// Op between the two convs.
-        between: Between,
-        /// `1 x 1`, `c_out * E -> c_out`: the learned linear combinations (and the bias, if any).
-        combine: Conv2d,
-    },
-}
-
-impl ModuleT for Between {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        match self {
-            Between::Nothing => xs.shallow_clone(),
-            Between::Relu => xs.relu(),
-            Between::Bn(bn) => bn.forward_t(xs, train),
-            Between::BnRelu(bn) => bn.forward_t(xs, train).relu(),
-        }
-    }
-}
-
-impl ModuleT for Spatial {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        use nn::Module;
-        match self {
-            Spatial::Plain(conv) => conv.forward(xs),
-            Spatial::Lc {
-                spatial,
-                between,
-                combine,
-            } => combine.forward(&between.forward_t(&spatial.forward(xs), train)),
-        }
-    }
 }
 
 /// Output side of a `k x k` conv with the given padding and stride.
@@ -374,26 +225,7 @@ impl<'a> Builder<'a> {
         let (spatial, out) = self.spatial_unrecorded(p, s, size);
         if s.k > 1 && !self.count_only {
             let name = p.components().collect::<Vec<_>>().join(".");
-            let layer = match &spatial {
-                Spatial::Plain(conv) => SpatialLayer {
-                    name,
-                    weight: conv.weight.shallow_clone(),
-                    groups: conv.groups,
-                    combine: None,
-                    linear: true,
-                },
-                Spatial::Lc {
-                    spatial,
-                    between,
-                    combine,
-                } => SpatialLayer {
-                    name,
-                    weight: spatial.weight.shallow_clone(),
-                    groups: spatial.groups,
-                    combine: Some(combine.weight.shallow_clone()),
-                    linear: matches!(between, Between::Nothing),
-                },
-            };
+            let layer = SpatialLayer::of(name, &spatial);
             self.spatial_layers.push(layer);
         }
         (spatial, out)

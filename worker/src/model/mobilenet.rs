@@ -14,8 +14,10 @@ use convsweep_proto::spec::Stem;
 use tch::Tensor;
 use tch::nn::{self, Module, ModuleT};
 
+use super::conv::Conv2d;
 use super::init::with_torch_seed;
-use super::layers::{Builder, Conv2d, ConvShape, Spatial};
+use super::layers::{Builder, ConvShape};
+use super::lc::Spatial;
 use crate::rng::derive_seed;
 
 const SETTINGS: [(i64, i64, i64, i64); 7] = [

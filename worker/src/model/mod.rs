@@ -2,11 +2,12 @@
 //! freezing rule of the paper, plus the input normalisation (inside the model, so that
 //! attacks and corruptions work on `[0, 1]` images).
 
+pub mod conv;
 pub mod convmixer;
 pub mod fftconv;
-pub mod fold;
 pub mod init;
 pub mod layers;
+pub mod lc;
 pub mod mobilenet;
 pub mod resnet;
 pub mod torchvision;
@@ -15,7 +16,8 @@ use convsweep_proto::spec::{Arch, ModelSpec, Stem};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
-pub use layers::{Compute, ConvPath, Cost};
+pub use conv::ConvPath;
+pub use layers::{Compute, Cost};
 
 /// What the model is fed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +40,8 @@ pub struct Net {
     /// Parameters and compute.
     pub cost: Cost,
     /// The spatial layers, for filter statistics.
-    pub spatial: Vec<layers::SpatialLayer>,
-    convs: Vec<layers::ConvRecord>,
+    pub spatial: Vec<lc::SpatialLayer>,
+    convs: Vec<conv::ConvRecord>,
     draws: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 

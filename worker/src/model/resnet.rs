@@ -19,7 +19,9 @@
 use tch::Tensor;
 use tch::nn::{self, Module, ModuleT};
 
-use super::layers::{Builder, Conv2d, Spatial};
+use super::conv::Conv2d;
+use super::layers::Builder;
+use super::lc::Spatial;
 
 #[derive(Debug)]
 struct BasicBlock {

@@ -4,9 +4,10 @@
 
 pub mod checkpoint;
 pub mod draws;
+pub mod loss_scale;
 pub mod mix;
+pub mod optim;
 pub mod schedule;
-pub mod sgd;
 mod train;
 
 use convsweep_proto::{Lease, Outcome};
@@ -36,6 +37,12 @@ impl TchTrainer {
             data: DataCache::default(),
             checkpoints,
         }
+    }
+
+    /// The same trainer with image folders decoded on `threads` threads (`None`: every core).
+    pub fn with_decode_threads(mut self, threads: Option<usize>) -> TchTrainer {
+        self.data = DataCache::new(threads);
+        self
     }
 
     /// The device it trains on.

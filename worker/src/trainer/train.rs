@@ -11,8 +11,8 @@ use tch::{Device, Kind, Reduction, Tensor};
 use super::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
 use super::draws::{EpochDraws, Plan};
 use super::mix;
+use super::optim::FlatOptimizer;
 use super::schedule::lr_at;
-use super::sgd::Sgd;
 use crate::control::{Signal, TrainError, TrialControl};
 use crate::data::Dataset;
 use crate::data::folder::EpochPlan;
@@ -49,19 +49,31 @@ pub fn evaluate(net: &Net, images: &Tensor, labels: &Tensor, label_smoothing: f6
 
 /// One optimisation step on a batch: forward in train mode, label-smoothed cross-entropy,
 /// backward to the trainable parameters, SGD step. Returns the loss and the logits.
-pub fn train_step(net: &Net, opt: &mut Sgd, x: &Tensor, y: &Tensor, label_smoothing: f64) -> (Tensor, Tensor) {
+pub fn train_step(
+    net: &Net,
+    opt: &mut FlatOptimizer,
+    x: &Tensor,
+    y: &Tensor,
+    label_smoothing: f64,
+) -> (Tensor, Tensor) {
     step(net, opt, x, |logits| {
         logits.cross_entropy_loss(y, None::<Tensor>, Reduction::Mean, -100, label_smoothing)
     })
 }
 
 /// [`train_step`] against soft targets (mixed, or for the binary cross-entropy).
-pub fn soft_train_step(net: &Net, opt: &mut Sgd, x: &Tensor, targets: &Tensor, loss: Loss) -> (Tensor, Tensor) {
+pub fn soft_train_step(
+    net: &Net,
+    opt: &mut FlatOptimizer,
+    x: &Tensor,
+    targets: &Tensor,
+    loss: Loss,
+) -> (Tensor, Tensor) {
     step(net, opt, x, |logits| mix::soft_loss(logits, targets, loss))
 }
 
 /// Forward in train mode, `loss_of` the logits, backward and one optimiser step.
-fn step(net: &Net, opt: &mut Sgd, x: &Tensor, loss_of: impl FnOnce(&Tensor) -> Tensor) -> (Tensor, Tensor) {
+fn step(net: &Net, opt: &mut FlatOptimizer, x: &Tensor, loss_of: impl FnOnce(&Tensor) -> Tensor) -> (Tensor, Tensor) {
     // Forward and loss under autocast at the recipe's precision; backward outside, as in
     // PyTorch's AMP recipe (the gradients of the float32 weights are float32).
     let (logits, loss) = crate::device::with_precision(x.device(), opt.precision(), || {
@@ -74,7 +86,7 @@ fn step(net: &Net, opt: &mut Sgd, x: &Tensor, loss_of: impl FnOnce(&Tensor) -> T
 }
 
 /// An SGD optimiser over the trainable variables of `net` with the recipe's settings.
-pub fn optimizer(net: &Net, t: &convsweep_proto::spec::TrainSpec) -> Sgd {
+pub fn optimizer(net: &Net, t: &convsweep_proto::spec::TrainSpec) -> FlatOptimizer {
     let trainable: Vec<Tensor> = net.vs.trainable_variables();
     let mut named: Vec<(String, Tensor)> = net
         .vs
@@ -83,7 +95,7 @@ pub fn optimizer(net: &Net, t: &convsweep_proto::spec::TrainSpec) -> Sgd {
         .filter(|(_, v)| trainable.iter().any(|t| t.data_ptr() == v.data_ptr()))
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    Sgd::new(named, t)
+    FlatOptimizer::new(named, t)
 }
 
 /// An epoch in progress: its data order and draws, and what the finished batches added up to.
@@ -110,7 +122,7 @@ pub struct TrialRun<'a> {
     data: &'a Dataset,
     /// The model being trained.
     pub net: Net,
-    opt: Sgd,
+    opt: FlatOptimizer,
     rng: Rng,
     step: u64,
     epoch: u32,

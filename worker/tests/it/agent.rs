@@ -242,14 +242,15 @@ async fn shutdown_preempts_running_trials_within_the_grace_period() {
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(run(config(&s.url, 2), trainer, shutdown.clone()));
     wait_for(&s.coordinator, "two running", |c| c.leased + c.running == 2).await;
-    let start = Instant::now();
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(5), agent)
+    // The grace (5 s) is what is asserted: reports still pending when it ends are abandoned,
+    // so both trials counted preempted means both were preempted and reported within it. The
+    // timeout only keeps a hang from blocking the suite.
+    tokio::time::timeout(Duration::from_secs(60), agent)
         .await
-        .unwrap()
+        .expect("the worker exits after its grace period at the latest")
         .unwrap()
         .unwrap();
-    assert!(start.elapsed() < Duration::from_secs(5));
     let counts = s.coordinator.status("agent").unwrap().sweeps[0].counts.unwrap();
     assert_eq!((counts.preempted, counts.pending), (2, 2), "{counts:?}");
     s.stop.cancel();
@@ -380,16 +381,18 @@ async fn a_worker_without_a_coordinator_gives_up_by_name() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains(&url) && err.contains("--connect-timeout-secs"), "{err}");
+    assert!(err.contains(&url) && err.contains("connect timeout"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_started_before_its_coordinator_waits_for_it() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+    // The port is bound but not listening: the worker's connections are refused until the
+    // coordinator listens on this very socket (nobody else can take the port meanwhile).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
     let url = format!("http://{addr}");
     let config = WorkerConfig {
         exit_when_idle: true,
@@ -406,7 +409,7 @@ async fn a_worker_started_before_its_coordinator_waits_for_it() {
     })
     .unwrap();
     coordinator.submit(SPEC).unwrap();
-    let listener = convsweep_coordinator::bind(addr).unwrap();
+    let listener = socket.listen(1024).unwrap();
     let stop = CancellationToken::new();
     tokio::spawn(convsweep_coordinator::serve(listener, coordinator.clone(), {
         let s = stop.clone();
@@ -439,8 +442,12 @@ async fn a_worker_registers_again_with_a_coordinator_that_forgot_it() {
         .unwrap()
     };
     let first = open(first_dir.path());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    // One listening socket for both coordinators: the second takes over the port the first
+    // served (connections made in between wait in its backlog).
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    held.set_nonblocking(true).unwrap();
+    let addr = held.local_addr().unwrap();
+    let listener = tokio::net::TcpListener::from_std(held.try_clone().unwrap()).unwrap();
     let stop_first = CancellationToken::new();
     let server = tokio::spawn(convsweep_coordinator::serve(listener, first.clone(), {
         let s = stop_first.clone();
@@ -463,7 +470,7 @@ async fn a_worker_registers_again_with_a_coordinator_that_forgot_it() {
 
     let second = open(second_dir.path());
     second.submit(SPEC).unwrap();
-    let listener = convsweep_coordinator::bind(addr).unwrap();
+    let listener = tokio::net::TcpListener::from_std(held).unwrap();
     let stop = CancellationToken::new();
     tokio::spawn(convsweep_coordinator::serve(listener, second.clone(), {
         let s = stop.clone();
@@ -519,14 +526,14 @@ impl pb::worker_service_server::WorkerService for Meddler {
         let req = req.into_inner();
         let tokens = req.leases.iter().map(|l| l.lease_token.clone()).collect();
         self.heartbeats.lock().unwrap().push(tokens);
-        Ok(tonic::Response::new(self.inner.heartbeat(req)?))
+        Ok(tonic::Response::new(self.inner.heartbeat(req).await?))
     }
 
     async fn report_epochs(
         &self,
         req: tonic::Request<pb::ReportEpochsRequest>,
     ) -> Result<tonic::Response<pb::ReportEpochsResponse>, tonic::Status> {
-        self.inner.report_epochs(req.into_inner())?;
+        self.inner.report_epochs(req.into_inner()).await?;
         Ok(tonic::Response::new(pb::ReportEpochsResponse {}))
     }
 
@@ -534,7 +541,7 @@ impl pb::worker_service_server::WorkerService for Meddler {
         &self,
         req: tonic::Request<pb::CompleteRequest>,
     ) -> Result<tonic::Response<pb::CompleteResponse>, tonic::Status> {
-        Ok(tonic::Response::new(self.inner.complete(req.into_inner())?))
+        Ok(tonic::Response::new(self.inner.complete(req.into_inner()).await?))
     }
 }
 

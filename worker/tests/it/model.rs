@@ -363,8 +363,8 @@ fn every_family_runs_forward_at_any_kernel_size_with_lc_blocks() {
 
 #[test]
 fn an_lc_block_folds_into_one_equivalent_conv() {
-    use convsweep_worker::model::fold;
     use convsweep_worker::model::layers::{Builder, ConvShape};
+    use convsweep_worker::model::lc::{self, SpatialLayer};
     use tch::nn::ModuleT;
     for (groups, c_in) in [(1, 6), (8, 8)] {
         let mut m = model(8, 8, 5, TrainMode::Learned);
@@ -372,7 +372,7 @@ fn an_lc_block_folds_into_one_equivalent_conv() {
         let vs = tch::nn::VarStore::new(Device::Cpu);
         let mut b = Builder::new(&m, 3, Device::Cpu);
         let (block, _) = b.spatial_shaped(&vs.root(), ConvShape::new(c_in, 8, 5, 1).groups(groups), 16);
-        let folded = fold::effective_weight(&block).expect("no in-between op: foldable");
+        let folded = lc::fold(&SpatialLayer::of("block".into(), &block)).expect("no in-between op: foldable");
         assert_eq!(folded.size(), [8, c_in, 5, 5]);
         let x = Tensor::randn([4, c_in, 16, 16], (Kind::Float, Device::Cpu));
         let lc = tch::no_grad(|| block.forward_t(&x, false));
@@ -386,7 +386,7 @@ fn an_lc_block_folds_into_one_equivalent_conv() {
     m.inter_op = InterOp::Relu;
     let vs = tch::nn::VarStore::new(Device::Cpu);
     let (block, _) = Builder::new(&m, 0, Device::Cpu).spatial(&vs.root(), 4, 4, 1, 8);
-    assert!(fold::effective_weight(&block).is_none());
+    assert!(lc::fold(&SpatialLayer::of("block".into(), &block)).is_none());
 }
 
 #[test]
@@ -402,7 +402,8 @@ fn the_largest_paper_model_has_the_papers_size() {
 #[test]
 fn large_kernels_run_through_the_fft_on_the_cpu_and_compute_the_same() {
     use convsweep_worker::model::fftconv;
-    use convsweep_worker::model::layers::{Builder, Spatial};
+    use convsweep_worker::model::layers::Builder;
+    use convsweep_worker::model::lc::Spatial;
     use tch::nn::ModuleT;
     let x = Tensor::randn([2, 16, 16, 16], (Kind::Float, Device::Cpu));
     for (k, mode) in [

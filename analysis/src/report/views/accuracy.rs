@@ -8,6 +8,10 @@ use crate::plot::LineChart;
 use crate::report::grouping::*;
 use crate::report::section::Section;
 
+/// The name of this view's table: test accuracy over seeds by every factor that varies, the
+/// table `convsweep run` prints at the end.
+pub const TABLE: &str = "accuracy";
+
 /// The accuracy view: final test accuracy aggregated over seeds, plotted against k.
 pub fn view(trials: &DataFrame, varying: &[&'static str], min_seeds: u32) -> Result<Section> {
     let g = grouping(&["kernel_size", "train_mode", "init"], varying);
@@ -38,6 +42,6 @@ pub fn view(trials: &DataFrame, varying: &[&'static str], min_seeds: u32) -> Res
         }
         .svg(),
     ));
-    s.tables.push(("accuracy".into(), agg));
+    s.tables.push((TABLE.into(), agg));
     Ok(s)
 }

@@ -40,7 +40,7 @@ pub fn view(trials: &DataFrame, varying: &[&'static str]) -> Result<Section> {
                 .map(|(c, name)| col(*c).mean().alias(*name)),
         );
         // Training images per second of training: the whole loop (data, augmentation, step),
-        // the figure to hold against `convsweep bench`'s step rate.
+        // the figure to hold against `convsweep-bench`'s step rate.
         agg.push(col("train_images_per_second").mean().alias("train_images_per_s"));
     }
     agg.push(

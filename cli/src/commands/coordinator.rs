@@ -1,0 +1,148 @@
+//! `convsweep coordinator`: the flags of a coordinator as a service, mapped onto the
+//! coordinator crate's [`ServerConfig`] (whose `validate` says what is wrong; [`crate::flags`]
+//! says which flag) and served by [`convsweep_coordinator::server::run`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use convsweep_coordinator::{CoordinatorConfig, Limits, ServeConfig, ServerConfig, TlsFiles};
+use serde::Serialize;
+
+use crate::Access;
+
+/// Flags of `convsweep coordinator`.
+#[derive(Debug, Clone, PartialEq, clap::Args, Serialize)]
+pub struct CoordinatorArgs {
+    /// Folder of the SQLite state (created when missing; reopened after a restart).
+    #[arg(long, env = "CONVSWEEP_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:50051", env = "CONVSWEEP_LISTEN")]
+    pub listen: SocketAddr,
+    /// Serve the main port on this inherited, already listening socket instead of binding
+    /// --listen (socket activation: systemd, a supervisor or a test harness that holds the
+    /// port across restarts).
+    #[arg(long, env = "CONVSWEEP_LISTEN_FD")]
+    pub listen_fd: Option<i32>,
+    /// Seconds between worker heartbeats.
+    #[arg(long, default_value_t = 5, env = "CONVSWEEP_HEARTBEAT_SECS")]
+    pub heartbeat_secs: u64,
+    /// Seconds without a heartbeat before a lease expires (longer than --heartbeat-secs).
+    #[arg(long, default_value_t = 60, env = "CONVSWEEP_LEASE_TIMEOUT_SECS")]
+    pub lease_timeout_secs: u64,
+    /// Failed or expired attempts before a trial fails for good.
+    #[arg(long, default_value_t = 3, env = "CONVSWEEP_MAX_ATTEMPTS")]
+    pub max_attempts: u32,
+    /// Address of the ops port (plaintext, no token): gRPC health, /healthz, /readyz,
+    /// /metrics. Loopback by default; a pod sets 0.0.0.0:9090 for its kubelet.
+    #[arg(long, default_value = "127.0.0.1:9090", env = "CONVSWEEP_OPS_LISTEN")]
+    pub ops_listen: SocketAddr,
+    /// Serve the ops port on this inherited, already listening socket instead of binding
+    /// --ops-listen.
+    #[arg(long, env = "CONVSWEEP_OPS_LISTEN_FD")]
+    pub ops_listen_fd: Option<i32>,
+    /// PEM CA whose certificates clients must present (mTLS; needs --tls-cert/--tls-key).
+    #[arg(long, env = "CONVSWEEP_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve without a token on a non-loopback address (anyone who reaches the port can
+    /// submit, cancel and report). Off by default.
+    #[arg(long, env = "CONVSWEEP_INSECURE")]
+    pub insecure: bool,
+    /// Largest gRPC message, in MiB.
+    #[arg(long, default_value_t = 16, env = "CONVSWEEP_MAX_MESSAGE_MIB")]
+    pub max_message_mib: usize,
+    /// Longest a request may take, in seconds (a long-polling Lease waits less).
+    #[arg(long, default_value_t = 120, env = "CONVSWEEP_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: u64,
+    /// Calls served at once over all connections (a waiting Lease counts); one more is
+    /// refused with ResourceExhausted.
+    #[arg(long, default_value_t = 10_000, env = "CONVSWEEP_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: usize,
+    /// Most trials one sweep may expand to (grid times seeds); a larger spec is refused,
+    /// naming its size, before it is expanded.
+    #[arg(long, default_value_t = convsweep_coordinator::sweep::DEFAULT_MAX_TRIALS_PER_SWEEP,
+          env = "CONVSWEEP_MAX_TRIALS_PER_SWEEP")]
+    pub max_trials_per_sweep: u64,
+}
+
+impl CoordinatorArgs {
+    /// The server these flags describe (not yet validated against the address it listens on).
+    pub fn server_config(&self, access: &Access) -> Result<ServerConfig> {
+        let tls = match (&access.tls_cert, &access.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            (None, None) if self.tls_client_ca.is_some() => {
+                bail!("--tls-client-ca (mTLS) needs the coordinator's own --tls-cert and --tls-key")
+            }
+            (None, None) => None,
+            _ => bail!("TLS needs both --tls-cert and --tls-key"),
+        };
+        Ok(ServerConfig {
+            coordinator: CoordinatorConfig {
+                state_dir: self.state_dir.clone(),
+                heartbeat_interval: Duration::from_secs(self.heartbeat_secs),
+                lease_timeout: Duration::from_secs(self.lease_timeout_secs),
+                max_attempts: self.max_attempts,
+                max_trials_per_sweep: self.max_trials_per_sweep,
+                ..Default::default()
+            },
+            serve: ServeConfig {
+                token: access.token()?,
+                tls,
+                limits: Limits {
+                    max_message_bytes: self.max_message_mib.checked_mul(1 << 20).with_context(|| {
+                        format!("--max-message-mib {} does not fit in memory", self.max_message_mib)
+                    })?,
+                    request_timeout: Duration::from_secs(self.request_timeout_secs),
+                    max_concurrent_requests: self.max_concurrent_requests,
+                },
+            },
+            insecure: self.insecure,
+        })
+    }
+}
+
+/// A listening socket this process inherited as file descriptor `fd`.
+#[allow(unsafe_code)]
+fn inherited(fd: i32, flag: &str) -> Result<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags; it fails on a closed one.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        bail!("{flag} {fd}: no such open file descriptor in this process");
+    }
+    // SAFETY: `fd` is open (checked above) and, by the contract of the flag, handed to this
+    // process to own; nothing else here uses it.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    listener
+        .local_addr()
+        .with_context(|| format!("{flag} {fd} is not a listening TCP socket"))?;
+    Ok(listener)
+}
+
+fn listener(fd: Option<i32>, addr: SocketAddr, fd_flag: &str, addr_flag: &str) -> Result<std::net::TcpListener> {
+    match fd {
+        Some(fd) => inherited(fd, fd_flag),
+        None => Ok(convsweep_coordinator::bind(addr)
+            .and_then(|l| l.into_std())
+            .with_context(|| format!("cannot listen on {addr} ({addr_flag})"))?),
+    }
+}
+
+/// `convsweep coordinator`.
+pub async fn serve(args: &CoordinatorArgs, access: &Access) -> Result<ExitCode> {
+    let config = args.server_config(access)?;
+    // The address it is told to listen on decides the token rule before anything is bound.
+    if args.listen_fd.is_none() {
+        config.validate(args.listen)?;
+    }
+    let main = listener(args.listen_fd, args.listen, "--listen-fd", "--listen")?;
+    let ops = listener(args.ops_listen_fd, args.ops_listen, "--ops-listen-fd", "--ops-listen")?;
+    convsweep_coordinator::server::run(config, main, ops, crate::shutdown_on_signals()).await?;
+    Ok(ExitCode::SUCCESS)
+}

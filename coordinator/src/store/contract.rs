@@ -1,0 +1,109 @@
+//! The store's contract: what the coordinator asks of a backend, as plain blocking calls. A
+//! [`Backend`] opens one [`StoreWriter`] (each method one durable transaction; the worker
+//! writes batched through [`StoreWriter::batch`]) and any number of [`StoreReader`]s.
+
+use convsweep_proto::results::Results;
+use convsweep_proto::{SweepId, TrialId, TrialState, pb};
+
+use crate::error::Result;
+use crate::store::lease::{Expired, LeaseOps, LeasePolicy};
+
+/// What a submission or an extension did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    /// Trials in the sweep.
+    pub trials: u32,
+    /// Trials this submission created (an extension: trials it added to the sweep).
+    pub new_trials: u32,
+}
+
+/// Failed trials a sweep's status lists (the counts cover all of them).
+pub const MAX_LISTED_FAILURES: u32 = 1_000;
+
+/// A registered worker and when it was last heard from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSeen {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Last heard from, in ms since the Unix epoch.
+    pub last_seen_ms: i64,
+}
+
+/// The writes of a coordinator's state. One coordinator holds one writer; each method is one
+/// transaction, durable when it returns `Ok`.
+pub trait StoreWriter: Send {
+    /// Runs `f` over the lease state machine in one transaction and commits it when `f`
+    /// returns `Ok`; any `Err` (from `f` or the commit) means nothing of it was stored.
+    fn batch(&mut self, now: i64, f: &mut dyn FnMut(&mut dyn LeaseOps) -> Result<()>) -> Result<()>;
+
+    /// Creates a sweep and its trials (given as id and canonical JSON). Submitting the same
+    /// trial set again changes nothing; another trial set under the same name is refused.
+    fn submit(&mut self, sweep: &SweepId, spec_toml: &str, trials: &[(TrialId, String)], now: i64)
+    -> Result<Submitted>;
+
+    /// Adds the trials of a grown spec to an existing sweep; its trials are untouched.
+    fn extend(&mut self, sweep: &SweepId, spec_toml: &str, trials: &[(TrialId, String)], now: i64)
+    -> Result<Submitted>;
+
+    /// Cancels the unfinished trials of `sweep` (only `trial_ids` when given); returns how many.
+    fn cancel(&mut self, sweep: &str, trial_ids: &[String], now: i64) -> Result<u32>;
+
+    /// Re-queues the failed and cancelled trials of `sweep` with a fresh set of attempts.
+    fn resume(&mut self, sweep: &str) -> Result<u32>;
+
+    /// Records a worker and returns its new id.
+    fn register_worker(&mut self, name: &str, host: &str, devices: &[String], slots: u32, now: i64) -> Result<String>;
+
+    /// Returns every lease whose deadline passed to the queue (or fails its trial after too
+    /// many attempts).
+    fn expire_leases(&mut self, now: i64) -> Result<Vec<Expired>>;
+
+    /// After a restart: every active lease gets at least the lease timeout from `now`, so that
+    /// the time the coordinator was away does not count against its workers. Returns how many.
+    fn grant_restart_grace(&mut self, now: i64) -> Result<usize>;
+}
+
+/// Read-only views of a coordinator's state: consistent snapshots that never wait for the
+/// writer nor hold it up.
+pub trait StoreReader: Send {
+    /// The ids of every sweep, oldest first.
+    fn sweep_ids(&self) -> Result<Vec<String>>;
+
+    /// Progress of one sweep (`NotFound` when there is none of that name).
+    fn sweep_status(&self, sweep: &str, now: i64) -> Result<pb::SweepStatus>;
+
+    /// Trials per sweep and state.
+    fn state_counts(&self) -> Result<Vec<(String, TrialState, u32)>>;
+
+    /// Every registered worker.
+    fn workers(&self) -> Result<Vec<WorkerSeen>>;
+
+    /// Workers heard from since `since_ms`.
+    fn workers_seen_since(&self, since_ms: i64) -> Result<u32>;
+
+    /// The trials workers hold, with their last epoch, in sweep order (every sweep's when
+    /// `sweep` is empty).
+    fn active_trials(&self, sweep: &str) -> Result<Vec<pb::ActiveTrial>>;
+
+    /// Mean final test accuracy so far by sweep, kernel size and train mode (every sweep's
+    /// when `sweep` is empty).
+    fn accuracy_so_far(&self, sweep: &str) -> Result<Vec<pb::AccuracyCell>>;
+
+    /// Every result row of one sweep (`NotFound` when there is none of that name), or of
+    /// every sweep, from one consistent snapshot.
+    fn results(&self, sweep: Option<&str>) -> Result<Results>;
+}
+
+/// Where a coordinator's state lives: opens its writer and its readers.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// The writer, creating or migrating the state when needed.
+    fn open_writer(&self, policy: LeasePolicy) -> Result<Box<dyn StoreWriter>>;
+
+    /// A reader of the state the writer opened (or of one a stopped coordinator left).
+    fn open_reader(&self) -> Result<Box<dyn StoreReader>>;
+
+    /// Where the state is, for logs.
+    fn describe(&self) -> String;
+}

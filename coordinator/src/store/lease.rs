@@ -1,0 +1,183 @@
+//! The lease state machine every backend keeps, and the typed worker writes that group commit
+//! batches into one transaction.
+//!
+//! The transitions:
+//!
+//! ```text
+//! from                               event                                 to
+//! (none)                             submit, extend                        pending
+//! pending, preempted                 lease                                 leased (attempt + 1)
+//! leased                             epoch report                          running
+//! leased, running                    complete: succeeded                   succeeded
+//! leased, running                    complete: failed, not retryable       failed
+//! leased, running                    complete: failed retryably; expiry    pending, or failed once
+//!                                                                          out of attempts
+//! leased, running                    complete: preempted                   preempted
+//! pending, leased, running, preempted cancel                               cancelled
+//! failed, cancelled                  resume                                pending (fresh attempts)
+//! ```
+//!
+//! Fencing: every report names its lease token; only the trial's current token of an active
+//! lease is accepted ([`Error::StaleLease`](crate::Error::StaleLease) otherwise). A completion
+//! whose token already completed is acknowledged as a duplicate.
+//!
+//! Batching: each [`LeaseOps`] write refuses (a stale lease, an unknown worker or trial) before
+//! its first write, except for marking its worker seen. A refused write therefore needs no
+//! savepoint to be undone and leaves the other writes of its batch in place, while any other
+//! error (the database failing mid-write) rolls the whole batch back and none of it is
+//! acknowledged.
+
+use convsweep_proto::{Outcome, TrialId, TrialState, pb};
+
+use crate::error::Result;
+
+/// Lease rules the store enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct LeasePolicy {
+    /// A lease not renewed for this long expires.
+    pub lease_timeout_ms: i64,
+    /// A trial fails for good once this many attempts expired or failed retryably.
+    pub max_attempts: u32,
+}
+
+impl Default for LeasePolicy {
+    fn default() -> Self {
+        LeasePolicy {
+            lease_timeout_ms: 60_000,
+            max_attempts: 3,
+        }
+    }
+}
+
+/// A completion's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    /// The same completion had already been recorded.
+    pub duplicate: bool,
+    /// The state the trial is in now.
+    pub state: TrialState,
+    /// The first sweep the trial belongs to (for events).
+    pub sweep_id: String,
+}
+
+/// A lease that expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    /// The trial.
+    pub trial_id: TrialId,
+    /// Its state now: pending again, or failed once out of attempts.
+    pub state: TrialState,
+    /// The first sweep it belongs to (for events).
+    pub sweep_id: String,
+}
+
+/// The worker writes, each inside the transaction that
+/// [`StoreWriter::batch`](super::StoreWriter::batch) opened, with the clock and policy of that
+/// batch.
+pub trait LeaseOps {
+    /// Leases up to `max` leasable trials (pending or preempted, oldest first) to a worker.
+    /// With nothing to lease it writes nothing (the worker's heartbeats keep it seen).
+    fn lease(&mut self, worker_id: &str, max: u32) -> Result<Vec<pb::TrialLease>>;
+
+    /// Renews each lease the worker still holds; says what to do about each.
+    fn heartbeat(&mut self, worker_id: &str, leases: &[pb::LeaseRef]) -> Result<Vec<pb::LeaseStatus>>;
+
+    /// Stores the epoch metrics of an active lease (an upsert per epoch) and marks the trial
+    /// running.
+    fn report_epochs(
+        &mut self,
+        worker_id: &str,
+        trial_id: &str,
+        token: &str,
+        epochs: &[pb::EpochMetrics],
+    ) -> Result<()>;
+
+    /// Records how an attempt ended. The same token completing again is a duplicate, not an
+    /// error.
+    fn complete(&mut self, worker_id: &str, trial_id: &str, token: &str, outcome: &Outcome) -> Result<Completed>;
+}
+
+/// One RPC's write, committed with others, answered with its own output type.
+pub trait WorkerWrite: Send + 'static {
+    /// What the write answers once its transaction committed.
+    type Output: Send + 'static;
+
+    /// Applies the write inside an open transaction.
+    fn apply(&self, ops: &mut dyn LeaseOps) -> Result<Self::Output>;
+}
+
+/// `Lease`: up to `max` trials.
+#[derive(Debug, Clone)]
+pub struct LeaseWrite {
+    /// The worker.
+    pub worker_id: String,
+    /// Most trials to lease.
+    pub max: u32,
+}
+
+impl WorkerWrite for LeaseWrite {
+    type Output = Vec<pb::TrialLease>;
+
+    fn apply(&self, ops: &mut dyn LeaseOps) -> Result<Self::Output> {
+        ops.lease(&self.worker_id, self.max)
+    }
+}
+
+/// `Heartbeat`: renew these leases.
+#[derive(Debug, Clone)]
+pub struct HeartbeatWrite {
+    /// The worker.
+    pub worker_id: String,
+    /// The leases it holds.
+    pub leases: Vec<pb::LeaseRef>,
+}
+
+impl WorkerWrite for HeartbeatWrite {
+    type Output = Vec<pb::LeaseStatus>;
+
+    fn apply(&self, ops: &mut dyn LeaseOps) -> Result<Self::Output> {
+        ops.heartbeat(&self.worker_id, &self.leases)
+    }
+}
+
+/// `ReportEpochs`.
+#[derive(Debug, Clone)]
+pub struct EpochsWrite {
+    /// The worker.
+    pub worker_id: String,
+    /// The trial.
+    pub trial_id: String,
+    /// Its lease token.
+    pub token: String,
+    /// The epochs (validated at the edge).
+    pub epochs: Vec<pb::EpochMetrics>,
+}
+
+impl WorkerWrite for EpochsWrite {
+    type Output = ();
+
+    fn apply(&self, ops: &mut dyn LeaseOps) -> Result<()> {
+        ops.report_epochs(&self.worker_id, &self.trial_id, &self.token, &self.epochs)
+    }
+}
+
+/// `Complete`.
+#[derive(Debug, Clone)]
+pub struct CompleteWrite {
+    /// The worker.
+    pub worker_id: String,
+    /// The trial.
+    pub trial_id: String,
+    /// Its lease token.
+    pub token: String,
+    /// How the attempt ended (validated at the edge).
+    pub outcome: Outcome,
+}
+
+impl WorkerWrite for CompleteWrite {
+    type Output = Completed;
+
+    fn apply(&self, ops: &mut dyn LeaseOps) -> Result<Completed> {
+        ops.complete(&self.worker_id, &self.trial_id, &self.token, &self.outcome)
+    }
+}

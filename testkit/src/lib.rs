@@ -1,0 +1,13 @@
+//! Helpers shared by convsweep's test suites (the coordinator's, the worker's, the CLI's) and
+//! its benchmarks; a dev-dependency only, never part of a binary users install.
+//!
+//! - [`listen`]: loopback listeners that a child process inherits (`--listen-fd`), so that a
+//!   port is bound once and held for as long as a test needs it, restarts of the child
+//!   included: no bind, release and bind again that another process could race.
+//! - [`scripted`]: a worker scripted in-process against a [`Coordinator`]
+//!   (register, lease, report, complete), and the epochs and results it reports.
+//!
+//! [`Coordinator`]: convsweep_coordinator::Coordinator
+
+pub mod listen;
+pub mod scripted;
