@@ -31,6 +31,29 @@ fn off_loopback_without_a_token_it_refuses_to_start() {
 }
 
 #[test]
+fn nonsense_settings_are_refused_naming_the_flag_not_clamped() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, flag) in [
+        (
+            ["--heartbeat-secs", "5", "--lease-timeout-secs", "5"],
+            "--lease-timeout-secs",
+        ),
+        (["--heartbeat-secs", "0", "--lease-timeout-secs", "60"], "--heartbeat-secs"),
+        (["--max-attempts", "0", "--max-message-mib", "16"], "--max-attempts"),
+        (["--max-message-mib", "0", "--max-attempts", "3"], "--max-message-mib"),
+    ] {
+        let out = coordinator(&["--listen", "127.0.0.1:0"], &dir.path().join("state"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag), "{args:?}: {err}");
+        assert!(!dir.path().join("state").exists(), "refused before opening anything");
+    }
+}
+
+#[test]
 fn bad_token_files_are_start_up_errors() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("token");

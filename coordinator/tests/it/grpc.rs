@@ -137,6 +137,33 @@ async fn a_worker_of_another_protocol_version_is_refused() {
     server.stop().await;
 }
 
+/// Version 2 carries trial states as an enum: a worker of version 1 (states as text) is refused
+/// at `Register`, told both versions.
+#[tokio::test]
+async fn a_version_1_worker_is_told_both_versions() {
+    assert_eq!(PROTOCOL_VERSION, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(config(dir.path())).await;
+    let mut client = convsweep_proto::pb::worker_service_client::WorkerServiceClient::connect(server.url.clone())
+        .await
+        .unwrap();
+    let err = client
+        .register(pb::RegisterRequest {
+            protocol_version: 1,
+            slots: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("worker speaks v1") && err.message().contains("coordinator v2"),
+        "{}",
+        err.message()
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn health_reports_serving() {
     let dir = tempfile::tempdir().unwrap();

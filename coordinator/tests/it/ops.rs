@@ -167,6 +167,60 @@ async fn the_ops_port_serves_health_readiness_and_metrics_without_the_token() {
     stop.cancel();
 }
 
+/// `server::run`, the one entry point of `convsweep coordinator`: both ports from one config,
+/// the ops port answering on its own thread, the token required on the main port, and both
+/// stopping on shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_run_serves_both_ports_until_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = Secret::new("run-test-token", "test").unwrap();
+    let config = convsweep_coordinator::ServerConfig {
+        coordinator: config(dir.path()),
+        serve: ServeConfig {
+            token: Some(token.clone()),
+            ..Default::default()
+        },
+        insecure: false,
+    };
+    let (main, ops) = (
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+    );
+    let (main_port, ops_port) = (main.local_addr().unwrap().port(), ops.local_addr().unwrap().port());
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(convsweep_coordinator::server::run(config, main, ops, stop.clone()));
+    let (code, _, body) = tokio::task::spawn_blocking(move || get(ops_port, "/healthz")).await.unwrap();
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let url = format!("http://127.0.0.1:{main_port}");
+    let refused = Connection::plain(&url)
+        .admin()
+        .await
+        .unwrap()
+        .get_status(pb::GetStatusRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let with_token = Connection {
+        token: Some(token),
+        ..Connection::plain(&url)
+    };
+    let status = with_token
+        .admin()
+        .await
+        .unwrap()
+        .get_status(pb::GetStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.sweeps.is_empty());
+    stop.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(30), running)
+        .await
+        .expect("both ports stop on shutdown")
+        .unwrap()
+        .unwrap();
+}
+
 /// The workspace folder (where `.deps/` is).
 fn workspace() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
