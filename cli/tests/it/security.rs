@@ -38,7 +38,10 @@ fn nonsense_settings_are_refused_naming_the_flag_not_clamped() {
             ["--heartbeat-secs", "5", "--lease-timeout-secs", "5"],
             "--lease-timeout-secs",
         ),
-        (["--heartbeat-secs", "0", "--lease-timeout-secs", "60"], "--heartbeat-secs"),
+        (
+            ["--heartbeat-secs", "0", "--lease-timeout-secs", "60"],
+            "--heartbeat-secs",
+        ),
         (["--max-attempts", "0", "--max-message-mib", "16"], "--max-attempts"),
         (["--max-message-mib", "0", "--max-attempts", "3"], "--max-message-mib"),
     ] {

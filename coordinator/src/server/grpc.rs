@@ -17,8 +17,7 @@ use super::auth::TokenCheck;
 use super::listen::no_delay;
 use crate::config::{ServeConfig, TlsFiles};
 use crate::coordinator::Coordinator;
-use crate::error::TlsFile;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TlsFile};
 
 fn read_pem(file: TlsFile, path: &std::path::Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|source| Error::TlsFile {

@@ -189,7 +189,9 @@ async fn server_run_serves_both_ports_until_shutdown() {
     let (main_port, ops_port) = (main.local_addr().unwrap().port(), ops.local_addr().unwrap().port());
     let stop = CancellationToken::new();
     let running = tokio::spawn(convsweep_coordinator::server::run(config, main, ops, stop.clone()));
-    let (code, _, body) = tokio::task::spawn_blocking(move || get(ops_port, "/healthz")).await.unwrap();
+    let (code, _, body) = tokio::task::spawn_blocking(move || get(ops_port, "/healthz"))
+        .await
+        .unwrap();
     assert_eq!((code, body.as_str()), (200, "ok\n"));
     let url = format!("http://127.0.0.1:{main_port}");
     let refused = Connection::plain(&url)
