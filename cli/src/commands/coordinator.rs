@@ -108,20 +108,36 @@ impl CoordinatorArgs {
     }
 }
 
-/// A listening socket this process inherited as file descriptor `fd`.
+/// A listening socket this process inherited as file descriptor `fd`. A descriptor that is not
+/// one is refused and left open (stderr given by mistake must still carry the error).
 #[allow(unsafe_code)]
 fn inherited(fd: i32, flag: &str) -> Result<std::net::TcpListener> {
-    use std::os::fd::FromRawFd;
+    use std::os::fd::{FromRawFd, IntoRawFd};
     // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags; it fails on a closed one.
     if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         bail!("{flag} {fd}: no such open file descriptor in this process");
     }
+    let mut listening: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt(SO_ACCEPTCONN) writes one int into `listening`, whose size `len` gives;
+    // it fails on a descriptor that is no socket.
+    let accepts = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut listening as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    } == 0
+        && listening != 0;
     // SAFETY: `fd` is open (checked above) and, by the contract of the flag, handed to this
-    // process to own; nothing else here uses it.
+    // process to own; nothing else here uses it. On a refusal it is given back unclosed.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-    listener
-        .local_addr()
-        .with_context(|| format!("{flag} {fd} is not a listening TCP socket"))?;
+    if !accepts || listener.local_addr().is_err() {
+        let _ = listener.into_raw_fd();
+        bail!("{flag} {fd} is not a listening TCP socket");
+    }
     Ok(listener)
 }
 

@@ -57,6 +57,22 @@ fn nonsense_settings_are_refused_naming_the_flag_not_clamped() {
 }
 
 #[test]
+fn an_inherited_descriptor_that_is_no_listener_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    // Standard error itself, and a number no descriptor has: refused, and the refusal of the
+    // first still reaches standard error.
+    for fd in ["2", "987"] {
+        let out = coordinator(&["--listen-fd", fd], &dir.path().join("state"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("--listen-fd {fd}")), "{fd}: {err}");
+        assert!(!dir.path().join("state").exists(), "refused before opening anything");
+    }
+}
+
+#[test]
 fn bad_token_files_are_start_up_errors() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("token");
