@@ -123,11 +123,9 @@ async fn start_coordinator(program: &Path, state: &Path, max_trials: u64) -> Res
     std::fs::create_dir_all(state)?;
     let log = std::fs::File::create(state.join("coordinator.log"))?;
     let mut cmd = std::process::Command::new(program);
-    let (main_fd, ops_fd) = (listen::pass(&mut cmd, &main), listen::pass(&mut cmd, &ops));
-    cmd.args(["coordinator", "--state-dir"])
-        .arg(state)
-        .args(["--listen-fd", &main_fd.to_string()])
-        .args(["--ops-listen-fd", &ops_fd.to_string()])
+    cmd.args(["coordinator", "--state-dir"]).arg(state);
+    listen::hand_over(&mut cmd, "--listen-fd", &main);
+    listen::hand_over(&mut cmd, "--ops-listen-fd", &ops)
         .args(["--max-trials-per-sweep", &max_trials.to_string()])
         .env("CONVSWEEP_TOKEN", token.expose())
         .env_remove("CONVSWEEP_TOKEN_FILE")

@@ -165,12 +165,9 @@ async fn run_config(
 ) -> Result<(f64, u32, Vec<Finished>)> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut local = Local::start(CoordinatorConfig {
-        state_dir: dir.to_owned(),
-        heartbeat_interval: Duration::from_secs(2),
-        lease_timeout: Duration::from_secs(30),
         // The wall time ends at the snapshot that sees the last trial done: 0.1 s apart.
         watch_interval: Duration::from_millis(100),
-        ..Default::default()
+        ..convsweep::local::config(dir)
     })
     .await?;
     let (sweep, _) = local.coordinator().submit_or_extend(text)?;

@@ -12,7 +12,7 @@
 use std::ffi::OsString;
 
 use anyhow::{Context, Result, bail};
-use clap::{ArgAction, CommandFactory};
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -22,6 +22,17 @@ pub fn of<T: CommandFactory + Serialize>(value: &T) -> Result<Vec<OsString>> {
     let mut out = Vec::new();
     push_args(&T::command(), &json, &mut out)?;
     Ok(out)
+}
+
+/// A flags struct parsed from `args` alone: every other field at the default its `#[arg]`
+/// attribute gives it, environment variables ignored. The attributes stay the one place a
+/// default is written; code that fills in a struct to start a child starts from these.
+pub fn defaults<T: Args + FromArgMatches>(args: &[&str]) -> T {
+    let command = T::augment_args(clap::Command::new("defaults")).mut_args(|a| a.env(None::<&str>));
+    let matches = command
+        .try_get_matches_from(std::iter::once("defaults").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("the defaults of a flags struct with {args:?} parse: {e}"));
+    T::from_arg_matches(&matches).unwrap_or_else(|e| panic!("the defaults of a flags struct fill it: {e}"))
 }
 
 fn scalar(v: &Value) -> Result<String> {

@@ -102,8 +102,8 @@ pub fn hint(e: &anyhow::Error) -> Option<String> {
         {
             return Some(format!("give the coordinator's token with {TOKEN_FLAGS}"));
         }
-        if let Some(convsweep_worker_unreachable) = unreachable_hint(cause) {
-            return Some(convsweep_worker_unreachable);
+        if let Some(hint) = unreachable_hint(cause) {
+            return Some(hint);
         }
     }
     None

@@ -78,14 +78,9 @@ pub struct Globals {
 }
 
 impl Default for Globals {
+    /// Every global flag at its default.
     fn default() -> Self {
-        Globals {
-            log_format: logging::Format::Text,
-            fft_conv: true,
-            malloc_tuning: true,
-            decode_threads: None,
-            access: Access::default(),
-        }
+        argv::defaults(&[])
     }
 }
 
@@ -211,6 +206,32 @@ pub async fn run(cli: Cli, log: &Logging) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The structs' defaults come from their `#[arg]` attributes.
+    #[test]
+    fn defaults_are_the_attributes() {
+        let w = worker::WorkerArgs::new("http://c:1");
+        assert_eq!(
+            (
+                w.coordinator.as_str(),
+                w.slots,
+                w.device.as_str(),
+                w.grace_secs,
+                w.stall_timeout
+            ),
+            ("http://c:1", 1, "auto", 30, 1800)
+        );
+        assert_eq!(
+            (w.checkpoint_every, w.connect_timeout_secs, w.max_trial_rss),
+            (1, 900, None)
+        );
+        let g = Globals::default();
+        assert_eq!(
+            (g.log_format, g.fft_conv, g.malloc_tuning, g.decode_threads),
+            (logging::Format::Text, true, true, None)
+        );
+        assert_eq!(g.access, Access::default());
+    }
 
     /// Every child process this binary starts parses back into the struct it was made from.
     #[test]

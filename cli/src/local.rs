@@ -25,6 +25,17 @@ use crate::{Access, Cli, Globals};
 /// they are killed.
 const WORKER_EXIT: Duration = Duration::from_secs(20);
 
+/// The coordinator of a sweep on this machine, its state in `state_dir`: heartbeats every 2 s
+/// and leases of 30 s, since its workers are processes beside it.
+pub fn config(state_dir: &Path) -> CoordinatorConfig {
+    CoordinatorConfig {
+        state_dir: state_dir.to_owned(),
+        heartbeat_interval: Duration::from_secs(2),
+        lease_timeout: Duration::from_secs(30),
+        ..Default::default()
+    }
+}
+
 /// How following a sweep ended.
 #[derive(Debug)]
 pub enum Followed {
@@ -46,8 +57,8 @@ pub struct Local {
 }
 
 impl Local {
-    /// Opens the coordinator of `config` and serves it on `127.0.0.1` (a port the system picks)
-    /// behind a fresh token.
+    /// Opens the coordinator of `config` (see [`config`]) and serves it on `127.0.0.1` (a port
+    /// the system picks) behind a fresh token.
     pub async fn start(config: CoordinatorConfig) -> Result<Local> {
         let coordinator = Coordinator::open(config)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

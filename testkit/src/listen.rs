@@ -20,11 +20,11 @@ pub fn url(listener: &TcpListener) -> String {
     format!("http://{addr}")
 }
 
-/// Makes the child of `cmd` inherit `listener` and returns the descriptor number it has there
-/// (the same as here). Only that child inherits it: the descriptor stays close-on-exec in this
-/// process and in every other child.
+/// Makes the child of `cmd` inherit `listener` and tells it with `flag FD` (e.g.
+/// `--listen-fd`; the number is the same there as here). Only that child inherits it: the
+/// descriptor stays close-on-exec in this process and in every other child.
 #[allow(unsafe_code)]
-pub fn pass(cmd: &mut Command, listener: &TcpListener) -> i32 {
+pub fn hand_over<'a>(cmd: &'a mut Command, flag: &str, listener: &TcpListener) -> &'a mut Command {
     let fd = listener.as_raw_fd();
     // SAFETY: between fork and exec, only fcntl(2) on a descriptor the child has (async-signal
     // safe, no allocation): it clears close-on-exec in the child's copy of the table.
@@ -37,5 +37,5 @@ pub fn pass(cmd: &mut Command, listener: &TcpListener) -> i32 {
             Ok(())
         });
     }
-    fd
+    cmd.arg(flag).arg(fd.to_string())
 }

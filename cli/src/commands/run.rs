@@ -50,7 +50,7 @@ mod imp {
     use crate::commands::admin::format_duration;
     use crate::commands::watch;
     use crate::commands::worker::WorkerArgs;
-    use crate::local::{Followed, Local};
+    use crate::local::{self, Followed, Local};
 
     /// Runs a sweep end to end on this machine.
     pub async fn run(args: &RunArgs, globals: &Globals, log: &Logging) -> Result<ExitCode> {
@@ -68,11 +68,8 @@ mod imp {
 
         let started = Instant::now();
         let mut local = Local::start(CoordinatorConfig {
-            state_dir: run_dir.clone(),
-            heartbeat_interval: Duration::from_secs(2),
-            lease_timeout: Duration::from_secs(30),
             max_trials_per_sweep: args.max_trials_per_sweep,
-            ..Default::default()
+            ..local::config(&run_dir)
         })
         .await?;
         let (sweep_id, submitted) = local.coordinator().submit_or_extend(&text)?;

@@ -61,21 +61,7 @@ pub struct WorkerArgs {
 impl WorkerArgs {
     /// A worker of `coordinator` with every other flag at its default.
     pub fn new(coordinator: &str) -> WorkerArgs {
-        WorkerArgs {
-            coordinator: coordinator.to_owned(),
-            slots: 1,
-            device: "auto".into(),
-            threads: None,
-            name: None,
-            grace_secs: 30,
-            checkpoint_dir: None,
-            checkpoint_every: 1,
-            exit_when_idle: false,
-            connect_timeout_secs: 900,
-            stall_timeout: 1800,
-            max_trial_rss: None,
-            in_process: false,
-        }
+        crate::argv::defaults(&["--coordinator", coordinator])
     }
 }
 

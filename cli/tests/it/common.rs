@@ -92,8 +92,7 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
 /// Hands `main` (bound by the test and held for as long as it needs the port) to the
 /// `convsweep coordinator` of `cmd` as its main port.
 pub fn listen_on<'a>(cmd: &'a mut Command, main: &std::net::TcpListener) -> &'a mut Command {
-    let fd = convsweep_testkit::listen::pass(cmd, main);
-    cmd.args(["--listen-fd", &fd.to_string()])
+    convsweep_testkit::listen::hand_over(cmd, "--listen-fd", main)
 }
 
 pub use convsweep_testkit::listen::{loopback, url};
