@@ -135,7 +135,7 @@ fn forward_gives_logits_for_every_kernel_size() {
             &[0.5; 3],
             &[0.25; 3],
         );
-        let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let x = init::with_torch_seed(0, || Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu)));
         assert_eq!(net.forward_t(&x, false).size(), [2, 10], "k={k}");
     }
 }
@@ -338,7 +338,7 @@ fn every_family_runs_forward_at_any_kernel_size_with_lc_blocks() {
                 m.width = None;
             }
             let net = Net::new(&m, CIFAR10, 0, Device::Cpu, &[0.5; 3], &[0.25; 3]);
-            let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+            let x = init::with_torch_seed(0, || Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu)));
             assert_eq!(
                 net.forward_t(&x, true).size(),
                 [2, 10],
@@ -374,7 +374,7 @@ fn an_lc_block_folds_into_one_equivalent_conv() {
         let (block, _) = b.spatial_shaped(&vs.root(), ConvShape::new(c_in, 8, 5, 1).groups(groups), 16);
         let folded = lc::fold(&SpatialLayer::of("block".into(), &block)).expect("no in-between op: foldable");
         assert_eq!(folded.size(), [8, c_in, 5, 5]);
-        let x = Tensor::randn([4, c_in, 16, 16], (Kind::Float, Device::Cpu));
+        let x = init::with_torch_seed(0, || Tensor::randn([4, c_in, 16, 16], (Kind::Float, Device::Cpu)));
         let lc = tch::no_grad(|| block.forward_t(&x, false));
         let one = x.conv2d(&folded, None::<Tensor>, [1, 1], [2, 2], [1, 1], 1);
         let rel = (&lc - &one).norm().double_value(&[]) / one.norm().double_value(&[]);
@@ -405,7 +405,7 @@ fn large_kernels_run_through_the_fft_on_the_cpu_and_compute_the_same() {
     use convsweep_worker::model::layers::Builder;
     use convsweep_worker::model::lc::Spatial;
     use tch::nn::ModuleT;
-    let x = Tensor::randn([2, 16, 16, 16], (Kind::Float, Device::Cpu));
+    let x = init::with_torch_seed(0, || Tensor::randn([2, 16, 16, 16], (Kind::Float, Device::Cpu)));
     for (k, mode) in [
         (9, TrainMode::Learned),
         (9, TrainMode::Frozen),
@@ -433,7 +433,7 @@ fn large_kernels_run_through_the_fft_on_the_cpu_and_compute_the_same() {
 #[test]
 fn the_conv_algorithm_is_configuration_and_is_recorded() {
     use convsweep_worker::model::Compute;
-    let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let x = init::with_torch_seed(0, || Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu)));
     let m = model(20, 16, 9, TrainMode::Frozen);
     let stats = ([0.5; 3], [0.25; 3]);
     let fft = Net::new(&m, CIFAR10, 0, Device::Cpu, &stats.0, &stats.1);
