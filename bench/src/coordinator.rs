@@ -667,7 +667,7 @@ async fn export_rows(program: &Path, dir: &Path) -> Result<serde_json::Value> {
                 // A thousand trials leased, reported and completed per transaction.
                 let mut leased = 0;
                 store.batch(2, &mut |ops: &mut dyn LeaseOps| {
-                    let leases = ops.lease(&worker, 1000)?;
+                    let leases = ops.lease(&worker, 1000)?.leases;
                     leased = leases.len();
                     for l in leases {
                         ops.report_epochs(&worker, &l.trial_id, &l.lease_token, &epoch_rows)?;

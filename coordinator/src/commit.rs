@@ -8,9 +8,11 @@
 //! batches grow by themselves under load (while one batch syncs, the next one gathers) and a
 //! lone write waits for nobody.
 //!
-//! Inside a batch a refused write ([`Error::is_refusal`]) is answered with its refusal and the
-//! others commit (the lease state machine refuses before it writes); any other error rolls the
-//! whole batch back and every write of it is answered with that error.
+//! Inside a batch each write runs under a savepoint of its own: one that fails (a refusal, or
+//! a storage error half-way through it) is undone alone and answered with its error, and the
+//! others commit. Only a failure of the transaction itself (a savepoint that cannot be taken or
+//! undone, the commit) rolls the whole batch back; every write of it is answered with that
+//! error.
 //!
 //! A blocking-pool task (unlike a thread of our own) keeps tokio's paused test clock from
 //! jumping ahead while a transaction runs.
@@ -29,8 +31,8 @@ const MAX_BATCH: usize = 4096;
 
 /// A queued write of any type: applied inside a batch, answered after it.
 trait Queued: Send {
-    /// Applies the write; keeps its output or its refusal for the answer. `Err` only for an
-    /// error that must roll the batch back.
+    /// Applies the write under a savepoint; keeps its output or its error for the answer.
+    /// `Err` only when the transaction itself failed and the batch must roll back.
     fn apply(&mut self, ops: &mut dyn LeaseOps) -> Result<()>;
 
     /// Answers the caller: with what `apply` kept once the batch committed, else with
@@ -46,11 +48,15 @@ struct Pending<W: WorkerWrite> {
 
 impl<W: WorkerWrite> Queued for Pending<W> {
     fn apply(&mut self, ops: &mut dyn LeaseOps) -> Result<()> {
-        match self.write.apply(ops) {
-            Ok(out) => self.done = Some(Ok(out)),
-            Err(e) if e.is_refusal() => self.done = Some(Err(e)),
-            Err(e) => return Err(e),
+        ops.begin_write()?;
+        let done = self.write.apply(ops);
+        ops.end_write(done.is_ok())?;
+        if let Err(e) = &done
+            && !e.is_refusal()
+        {
+            tracing::warn!(error = %e, "one write of a batch failed and was undone alone; the others commit");
         }
+        self.done = Some(done);
         Ok(())
     }
 
@@ -186,5 +192,116 @@ impl GroupCommit {
                 Err(_) => tracing::error!(writes = size, "a batch of writes panicked; none was stored"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use convsweep_proto::pb;
+
+    use super::*;
+    use crate::store::{EpochsWrite, LeasePolicy, SqliteStore};
+    use crate::sweep::SweepSpec;
+
+    fn epoch(n: u32) -> pb::EpochMetrics {
+        pb::EpochMetrics {
+            epoch: n,
+            lr: 0.1,
+            train_loss: 1.0,
+            train_acc: 0.5,
+            test_loss: 1.0,
+            test_acc: 0.5,
+            seconds: 1.0,
+        }
+    }
+
+    /// Three reports queued into one batch; the middle one meets a storage error half-way
+    /// (its epoch row written, then marking the trial running fails): it alone is answered
+    /// with the error and undone, epoch row included, and the other two commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_failing_mid_batch_is_undone_alone_and_the_others_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path(), LeasePolicy::default()).unwrap();
+        let spec = SweepSpec::from_toml(
+            "name = \"s\"\n[dataset]\nname = \"synthetic\"\n[model]\narch = \"resnet\"\ndepth = 8\n\
+             init = \"kaiming-uniform\"\ntrain_mode = \"learned\"\n[train]\nepochs = 4\n[grid]\nkernel_size = [3, 5, 7]\n",
+        )
+        .unwrap();
+        store
+            .submit(&spec.id, "", &spec.expand_canonical().unwrap(), 0)
+            .unwrap();
+        let worker = store.register_worker("w", "h", &[], 3, 0).unwrap();
+        let mut leases = Vec::new();
+        store
+            .batch(0, &mut |ops| {
+                leases = ops.lease(&worker, 3)?.leases;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(leases.len(), 3);
+        // A storage error for one trial's state change only.
+        let other = rusqlite::Connection::open(dir.path().join(crate::store::DB_FILE)).unwrap();
+        other
+            .execute_batch(&format!(
+                "CREATE TRIGGER broken BEFORE UPDATE OF state ON trials WHEN NEW.id = '{}' \
+                 BEGIN SELECT RAISE(ABORT, 'injected storage error'); END;",
+                leases[1].trial_id
+            ))
+            .unwrap();
+        drop(other);
+
+        let store: SharedWriter = Arc::new(Mutex::new(Box::new(store)));
+        let commits = GroupCommit::new(store.clone(), Clock::default(), Arc::new(Metrics::new()));
+        let write = |l: &pb::TrialLease| EpochsWrite {
+            worker_id: worker.clone(),
+            trial_id: l.trial_id.clone(),
+            token: l.lease_token.clone(),
+            epochs: vec![epoch(1)],
+        };
+        // A committer is "running": the three writes queue up behind it, to be taken as one
+        // batch by the committer this test then runs.
+        lock(&commits.queue).committing = true;
+        let answers: Vec<_> = leases
+            .iter()
+            .map(|l| {
+                let (commits, w) = (commits.clone(), write(l));
+                tokio::spawn(async move { commits.write(w).await })
+            })
+            .collect();
+        while lock(&commits.queue).writes.len() < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // All three are queued, under MAX_BATCH: the committer takes them as one batch.
+        let me = commits.clone();
+        tokio::task::spawn_blocking(move || me.commit_while_queued())
+            .await
+            .unwrap();
+        let mut results = Vec::new();
+        for a in answers {
+            results.push(a.await.unwrap());
+        }
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        let err = results[1].as_ref().unwrap_err().to_string();
+        assert!(err.contains("injected storage error"), "{err}");
+
+        let conn = rusqlite::Connection::open(dir.path().join(crate::store::DB_FILE)).unwrap();
+        let stored = |t: &str| -> i64 {
+            conn.query_row("SELECT COUNT(*) FROM epochs WHERE trial_id = ?1", [t], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(
+            (
+                stored(&leases[0].trial_id),
+                stored(&leases[1].trial_id),
+                stored(&leases[2].trial_id)
+            ),
+            (1, 0, 1)
+        );
+        let state = |t: &str| -> String {
+            conn.query_row("SELECT state FROM trials WHERE id = ?1", [t], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(state(&leases[0].trial_id), "running");
+        assert_eq!(state(&leases[1].trial_id), "leased", "its half-done write was undone");
     }
 }

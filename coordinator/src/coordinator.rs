@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use convsweep_proto::{FieldError, Outcome, OutcomeKind, PROTOCOL_VERSION, SweepId, TrialState, pb};
+use convsweep_proto::{FieldError, Outcome, OutcomeKind, PROTOCOL_VERSION, SweepId, TrialState, pb, text};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,7 @@ use crate::commit::{GroupCommit, SharedWriter, lock};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::store::{
-    Backend, CompleteWrite, Completed, EpochsWrite, HeartbeatWrite, LeasePolicy, LeaseWrite, SqliteBackend,
+    Backend, CompleteWrite, Completed, EpochsWrite, Granted, HeartbeatWrite, LeasePolicy, LeaseWrite, SqliteBackend,
     StoreReader, StoreWriter, Submitted,
 };
 use crate::sweep::{DEFAULT_MAX_TRIALS_PER_SWEEP, SweepSpec};
@@ -405,6 +405,7 @@ impl Coordinator {
         if req.slots == 0 {
             return Err(Error::InvalidArgument(FieldError::new("slots", "must be at least 1")));
         }
+        validate_register(&req).map_err(Error::InvalidArgument)?;
         let now = self.clock.now_ms();
         let worker_id = self.timed("register", |s| {
             s.register_worker(&req.name, &req.host, &req.devices, req.slots, now)
@@ -434,6 +435,7 @@ impl Coordinator {
         let wait = Duration::from_millis(u64::from(req.wait_ms)).min(self.config.max_lease_wait);
         let deadline = Instant::now() + wait;
         let started = std::time::Instant::now();
+        let mut capped = false;
         let write = LeaseWrite {
             worker_id: req.worker_id.clone(),
             max: req.max_trials,
@@ -447,12 +449,17 @@ impl Coordinator {
                 return Ok(pb::LeaseResponse {
                     leases: vec![],
                     drain: true,
+                    free_slots: 0,
                 });
             }
-            let leases = self.commits.write(write.clone()).await?;
+            let Granted { leases, free_slots } = self.commits.write(write.clone()).await?;
+            if req.max_trials > free_slots && !capped {
+                capped = true;
+                warn!(worker = %req.worker_id, asked = req.max_trials, free_slots, "a lease call asked for more trials than the worker has free slots; capped");
+            }
             if !leases.is_empty() || Instant::now() >= deadline {
                 self.metrics.lease_wait.observe(started.elapsed().as_secs_f64());
-                if leases.len() == req.max_trials as usize {
+                if !leases.is_empty() && leases.len() as u32 == req.max_trials.min(free_slots) {
                     // There may be more: pass the wake-up on to the next waiter.
                     self.wake(1);
                 }
@@ -467,7 +474,11 @@ impl Coordinator {
                         "",
                     );
                 }
-                return Ok(pb::LeaseResponse { leases, drain: false });
+                return Ok(pb::LeaseResponse {
+                    leases,
+                    drain: false,
+                    free_slots,
+                });
             }
             let _waiting = Waiting::new(&self.waiting);
             tokio::select! {
@@ -634,4 +645,22 @@ impl Coordinator {
             }
         }
     }
+}
+
+/// Bounds what a worker says of itself: names, host and devices are logged and shown.
+fn validate_register(req: &pb::RegisterRequest) -> Result<(), FieldError> {
+    /// Most devices one worker may list.
+    const MAX_DEVICES: usize = 64;
+    text::name("name", &req.name)?;
+    text::name("host", &req.host)?;
+    if req.devices.len() > MAX_DEVICES {
+        return Err(FieldError::new(
+            "devices",
+            format!("at most {MAX_DEVICES} entries, got {}", req.devices.len()),
+        ));
+    }
+    for (i, d) in req.devices.iter().enumerate() {
+        text::name(format!("devices[{i}]"), d)?;
+    }
+    Ok(())
 }

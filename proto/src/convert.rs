@@ -3,7 +3,8 @@
 
 use crate::pb;
 use crate::results::{EpochRow, FilterRow, Results, RobustnessRow, TrialRow};
-use crate::spec::{FieldError, SweepId, TrialId, TrialSpec};
+use crate::spec::{FieldError, MAX_EPOCHS, SweepId, TrialId, TrialSpec};
+use crate::text;
 
 /// A trial handed to a worker, with its spec parsed and checked against its id.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,16 +125,28 @@ impl TryFrom<Option<pb::complete_request::Outcome>> for Outcome {
                 "missing: one of succeeded, failed, preempted is required",
             )),
             Some(O::Succeeded(s)) => {
-                let result = s.result.ok_or_else(|| FieldError::new("succeeded.result", "missing"))?;
+                let mut result = s.result.ok_or_else(|| FieldError::new("succeeded.result", "missing"))?;
                 validate_result(&result)?;
+                result.eval_error = text::reason(&result.eval_error);
                 Ok(Outcome::Succeeded(result))
             }
             Some(O::Failed(f)) => Ok(Outcome::Failed {
                 retryable: f.retryable,
-                reason: f.reason,
+                reason: text::reason(&f.reason),
             }),
-            Some(O::Preempted(p)) => Ok(Outcome::Preempted { reason: p.reason }),
+            Some(O::Preempted(p)) => Ok(Outcome::Preempted {
+                reason: text::reason(&p.reason),
+            }),
         }
+    }
+}
+
+/// Checks an outcome as the coordinator will: a worker runs this before it sends one, so
+/// that a result the coordinator would refuse fails its trial at once, naming the field.
+pub fn validate_outcome(o: &Outcome) -> Result<(), FieldError> {
+    match o {
+        Outcome::Succeeded(r) => validate_result(r),
+        Outcome::Failed { .. } | Outcome::Preempted { .. } => Ok(()),
     }
 }
 
@@ -164,6 +177,30 @@ fn finite(field: impl Into<String>, v: f64) -> Result<(), FieldError> {
     }
 }
 
+/// A duration or a size: finite and not negative.
+fn not_negative(field: impl Into<String>, v: f64) -> Result<(), FieldError> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, format!("finite and not negative, got {v}")))
+    }
+}
+
+/// At most `max` entries in a repeated field.
+fn count(field: &str, n: usize, max: usize) -> Result<(), FieldError> {
+    if n > max {
+        return Err(FieldError::new(field, format!("at most {max} entries, got {n}")));
+    }
+    Ok(())
+}
+
+/// Most robustness rows one result may carry (attacks x radii + corruptions x severities).
+pub const MAX_ROBUSTNESS_ROWS: usize = 4096;
+/// Most filter-statistics rows one result may carry (2 stages x the layers of a deep net).
+pub const MAX_FILTER_ROWS: usize = 4096;
+/// Largest kernel side whose heatmap a filter row may carry.
+pub const MAX_HEATMAP_SIDE: u32 = 63;
+
 fn validate_result(r: &pb::TrialResult) -> Result<(), FieldError> {
     accuracy("result.final_test_acc", r.final_test_acc)?;
     accuracy("result.final_train_acc", r.final_train_acc)?;
@@ -176,6 +213,21 @@ fn validate_result(r: &pb::TrialResult) -> Result<(), FieldError> {
     ] {
         finite(format!("result.{field}"), v)?;
     }
+    not_negative("result.wall_seconds", r.wall_seconds)?;
+    not_negative("result.eval_seconds", r.eval_seconds)?;
+    if r.best_epoch > MAX_EPOCHS {
+        return Err(FieldError::new(
+            "result.best_epoch",
+            format!(
+                "at most {MAX_EPOCHS} (the most epochs a trial has), got {}",
+                r.best_epoch
+            ),
+        ));
+    }
+    text::name("result.device", &r.device)?;
+    text::name("result.conv_algorithm", &r.conv_algorithm)?;
+    count("result.robustness", r.robustness.len(), MAX_ROBUSTNESS_ROWS)?;
+    count("result.filters", r.filters.len(), MAX_FILTER_ROWS)?;
     if let Some(t) = &r.times {
         for (field, v) in [
             ("startup_seconds", t.startup_seconds),
@@ -194,7 +246,19 @@ fn validate_result(r: &pb::TrialResult) -> Result<(), FieldError> {
     }
     for (i, x) in r.robustness.iter().enumerate() {
         accuracy(format!("result.robustness[{i}].accuracy"), x.accuracy)?;
-        finite(format!("result.robustness[{i}].eps"), x.eps)?;
+        if !(0.0..=1.0).contains(&x.eps) {
+            return Err(FieldError::new(
+                format!("result.robustness[{i}].eps"),
+                format!("a radius on [0, 1] inputs: 0 to 1, got {}", x.eps),
+            ));
+        }
+        if x.severity > 5 {
+            return Err(FieldError::new(
+                format!("result.robustness[{i}].severity"),
+                format!("0 to 5, got {}", x.severity),
+            ));
+        }
+        text::name(format!("result.robustness[{i}].name"), &x.name)?;
         if !matches!(x.kind.as_str(), "clean" | "fgsm" | "pgd" | "corruption") {
             return Err(FieldError::new(
                 format!("result.robustness[{i}].kind"),
@@ -210,6 +274,20 @@ fn validate_result(r: &pb::TrialResult) -> Result<(), FieldError> {
         if let Some(n) = f.fve_norm {
             finite(at("fve_norm"), n)?;
         }
+        text::name(at("layer"), &f.layer)?;
+        if f.kernel_size > MAX_HEATMAP_SIDE {
+            return Err(FieldError::new(
+                at("kernel_size"),
+                format!("at most {MAX_HEATMAP_SIDE}, got {}", f.kernel_size),
+            ));
+        }
+        let cells = (f.kernel_size * f.kernel_size) as usize;
+        if !f.heatmap.is_empty() && f.heatmap.len() != cells {
+            return Err(FieldError::new(
+                at("heatmap"),
+                format!("kernel_size^2 = {cells} values (or none), got {}", f.heatmap.len()),
+            ));
+        }
         if let Some(v) = f.heatmap.iter().find(|v| !v.is_finite()) {
             return Err(FieldError::new(at("heatmap"), format!("must be finite, got {v}")));
         }
@@ -223,14 +301,25 @@ fn validate_result(r: &pb::TrialResult) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// Checks a batch of epoch metrics: epochs numbered from 1, accuracies in [0, 1].
+/// Checks a batch of epoch metrics: epochs numbered from 1 to [`MAX_EPOCHS`] (the trial's own
+/// epochs are the store's to check), losses, lr and seconds finite and not negative, accuracies
+/// in [0, 1].
 pub fn validate_epochs(epochs: &[pb::EpochMetrics]) -> Result<(), FieldError> {
+    count("epochs", epochs.len(), MAX_EPOCHS as usize)?;
     for (i, e) in epochs.iter().enumerate() {
-        if e.epoch == 0 {
+        if e.epoch == 0 || e.epoch > MAX_EPOCHS {
             return Err(FieldError::new(
                 format!("epochs[{i}].epoch"),
-                "epochs are numbered from 1",
+                format!("epochs are numbered from 1 to at most {MAX_EPOCHS}, got {}", e.epoch),
             ));
+        }
+        for (field, v) in [
+            ("lr", e.lr),
+            ("train_loss", e.train_loss),
+            ("test_loss", e.test_loss),
+            ("seconds", e.seconds),
+        ] {
+            not_negative(format!("epochs[{i}].{field}"), v)?;
         }
         for (field, v) in [("train_acc", e.train_acc), ("test_acc", e.test_acc)] {
             if !(0.0..=1.0).contains(&v) {

@@ -7,6 +7,7 @@
 //! - [`status`]: sweep status as JSON, one shape for the CLI and the ops port.
 //! - [`results`]: the result rows the coordinator's store hands to the analysis.
 //! - [`convert`]: validated conversions between wire messages and domain types.
+//! - [`text`]: untrusted text bounded and cleaned before it is stored, logged or shown.
 //! - `client` (with `grpc`): reaching a coordinator: URL, TLS, client certificate, token.
 
 #[cfg(feature = "grpc")]
@@ -16,6 +17,7 @@ pub mod results;
 pub mod spec;
 pub mod state;
 pub mod status;
+pub mod text;
 
 #[rustfmt::skip]
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

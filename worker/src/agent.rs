@@ -9,7 +9,10 @@
 //!
 //! Every RPC is retried with capped exponential backoff while the coordinator is unreachable,
 //! so trials keep training through a coordinator restart and report once it is back. A report
-//! the coordinator refuses for good (stale lease, unknown trial) stops that trial quietly.
+//! the coordinator refuses for good (stale lease, unknown trial) stops that trial quietly. A
+//! report it refuses as invalid (`INVALID_ARGUMENT`, naming the field), or one that fails the
+//! same checks here before it is sent (a non-finite loss), fails the trial for good: it is
+//! never retried, and the reason names the field.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -385,6 +388,13 @@ async fn lease_loop(shared: &Arc<Shared>, trainer: &Arc<dyn Trainer>, tracker: &
             return;
         }
         let asked = request.max_trials as usize;
+        if response.free_slots < request.max_trials && response.leases.is_empty() {
+            debug!(
+                asked,
+                free_slots = response.free_slots,
+                "the coordinator counts fewer free slots than this worker has; its leases still running there will expire"
+            );
+        }
         for wire in response.leases {
             let Some(permit) = permits.pop() else {
                 // More leases than asked for (a misbehaving coordinator): hand the surplus back
@@ -498,7 +508,7 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
         }),
         Ok(_) => {
             // Forward epochs as they come (batched when the coordinator was away).
-            let mut reporting = true;
+            let mut reporting = Reported::Accepted;
             loop {
                 tokio::select! {
                     biased;
@@ -507,9 +517,11 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
                         while let Ok(TrialEvent::Epoch(more)) = events.try_recv() {
                             batch.push(more);
                         }
-                        if reporting && !report_epochs(&shared, &trial_id, &token, batch).await {
-                            reporting = false;
-                            signal.store(Signal::Stop as u8, Ordering::Relaxed);
+                        if reporting == Reported::Accepted {
+                            reporting = report_epochs(&shared, &trial_id, &token, batch).await;
+                            if reporting != Reported::Accepted {
+                                signal.store(Signal::Stop as u8, Ordering::Relaxed);
+                            }
                         }
                     }
                     end = &mut done_rx => {
@@ -519,14 +531,23 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
                         while let Ok(TrialEvent::Epoch(more)) = events.try_recv() {
                             batch.push(more);
                         }
-                        if reporting && !batch.is_empty() && !report_epochs(&shared, &trial_id, &token, batch).await {
-                            reporting = false;
+                        if reporting == Reported::Accepted && !batch.is_empty() {
+                            reporting = report_epochs(&shared, &trial_id, &token, batch).await;
                         }
                         let end = end.unwrap_or_else(|_| TrainEnd::Finished(Outcome::Failed {
                             retryable: true,
                             reason: "trainer thread ended without a result".into(),
                         }));
-                        break if reporting { end } else { TrainEnd::Stopped };
+                        break match reporting {
+                            Reported::Accepted => end,
+                            Reported::Gone => TrainEnd::Stopped,
+                            // The trial's own numbers are wrong: running it again would send
+                            // the same, so it fails for good.
+                            Reported::Invalid(reason) => TrainEnd::Finished(Outcome::Failed {
+                                retryable: false,
+                                reason,
+                            }),
+                        };
                     }
                 }
             }
@@ -581,8 +602,24 @@ fn log_cost(trial_id: &str, result: &pb::TrialResult, completion: Duration) {
     );
 }
 
-/// Sends epochs; false when the coordinator refused them for good (the lease is gone).
-async fn report_epochs(shared: &Shared, trial_id: &str, token: &str, epochs: Vec<pb::EpochMetrics>) -> bool {
+/// What became of an epoch report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reported {
+    /// Stored (or the trial goes on and the next report tries again).
+    Accepted,
+    /// Refused for good because the lease is gone (stale, unknown, shut down): stop quietly.
+    Gone,
+    /// The epochs themselves are invalid (checked here, or `INVALID_ARGUMENT` from the
+    /// coordinator): the trial fails, not retryably, for this reason.
+    Invalid(String),
+}
+
+/// Sends epochs once they pass the coordinator's own checks.
+async fn report_epochs(shared: &Shared, trial_id: &str, token: &str, epochs: Vec<pb::EpochMetrics>) -> Reported {
+    if let Err(e) = convsweep_proto::convert::validate_epochs(&epochs) {
+        warn!(trial = %trial_id, error = %e, "an epoch report is invalid; failing the trial");
+        return Reported::Invalid(format!("the trial reported an invalid epoch: {e}"));
+    }
     let request = pb::ReportEpochsRequest {
         worker_id: shared.id(),
         trial_id: trial_id.to_owned(),
@@ -595,17 +632,48 @@ async fn report_epochs(shared: &Shared, trial_id: &str, token: &str, epochs: Vec
     })
     .await
     {
-        Some(Ok(_)) => true,
-        None => false,
+        Some(Ok(_)) => Reported::Accepted,
+        None => Reported::Gone,
+        Some(Err(status)) if status.code() == Code::InvalidArgument => {
+            warn!(trial = %trial_id, message = status.message(), "the coordinator refused an epoch report as invalid; failing the trial");
+            Reported::Invalid(format!("the coordinator refused an epoch report: {}", status.message()))
+        }
         Some(Err(status)) => {
             warn!(trial = %trial_id, code = ?status.code(), message = status.message(), "epoch report refused; stopping the trial");
-            false
+            Reported::Gone
         }
     }
 }
 
-/// Reports `outcome`; true when the coordinator acknowledged it (now or before).
+/// Reports `outcome`; true when the coordinator acknowledged it (now or before). A result that
+/// fails the coordinator's checks (here, or `INVALID_ARGUMENT` there) is reported instead as a
+/// failure that is not retryable, naming the field.
 async fn complete(shared: &Shared, trial_id: &str, token: &str, outcome: Outcome) -> bool {
+    let outcome = match convsweep_proto::convert::validate_outcome(&outcome) {
+        Ok(()) => outcome,
+        Err(e) => Outcome::Failed {
+            retryable: false,
+            reason: format!("the trial's result is invalid: {e}"),
+        },
+    };
+    match send_completion(shared, trial_id, token, outcome.clone()).await {
+        Err(refusal) if !matches!(outcome, Outcome::Failed { retryable: false, .. }) => {
+            let failed = Outcome::Failed {
+                retryable: false,
+                reason: format!(
+                    "the coordinator refused the trial's {} report: {refusal}",
+                    outcome.kind()
+                ),
+            };
+            send_completion(shared, trial_id, token, failed).await.unwrap_or(false)
+        }
+        sent => sent.unwrap_or(false),
+    }
+}
+
+/// Sends one completion: whether it was acknowledged, or `Err` with the coordinator's message
+/// when it refused it as invalid.
+async fn send_completion(shared: &Shared, trial_id: &str, token: &str, outcome: Outcome) -> Result<bool, String> {
     let kind = outcome.kind();
     if let Outcome::Failed { reason, retryable } = &outcome {
         warn!(trial = %trial_id, retryable, reason = %reason, "trial failed");
@@ -624,15 +692,19 @@ async fn complete(shared: &Shared, trial_id: &str, token: &str, outcome: Outcome
     {
         Some(Ok(_)) => {
             info!(trial = %trial_id, outcome = %kind, "reported");
-            true
+            Ok(true)
         }
         None => {
             warn!(trial = %trial_id, outcome = %kind, "gave up reporting at shutdown; the lease will expire and the trial run again");
-            false
+            Ok(false)
+        }
+        Some(Err(status)) if status.code() == Code::InvalidArgument => {
+            warn!(trial = %trial_id, outcome = %kind, message = status.message(), "completion refused as invalid");
+            Err(status.message().to_owned())
         }
         Some(Err(status)) => {
             warn!(trial = %trial_id, code = ?status.code(), message = status.message(), "completion refused");
-            false
+            Ok(false)
         }
     }
 }

@@ -21,11 +21,16 @@
 //! lease is accepted ([`Error::StaleLease`](crate::Error::StaleLease) otherwise). A completion
 //! whose token already completed is acknowledged as a duplicate.
 //!
-//! Batching: each [`LeaseOps`] write refuses (a stale lease, an unknown worker or trial) before
-//! its first write, except for marking its worker seen. A refused write therefore needs no
-//! savepoint to be undone and leaves the other writes of its batch in place, while any other
-//! error (the database failing mid-write) rolls the whole batch back and none of it is
-//! acknowledged.
+//! Batching: each write of a batch runs between [`LeaseOps::begin_write`] and
+//! [`LeaseOps::end_write`] (a savepoint), so that whatever one write does wrong (a refusal, or
+//! a storage error half-way through it) undoes only its own changes and is answered alone,
+//! while the other writes of its batch commit. Only a failure of the transaction itself (its
+//! savepoint or its commit) fails the whole batch, and then none of it is acknowledged.
+//!
+//! Slots: a worker is leased at most its registered slots less the leases it holds; a lease
+//! that expires before its worker ever confirmed it (no heartbeat naming it, no report) ends
+//! as `unheard` and does not count against the trial's attempts, so a worker that asks for
+//! more than it runs, or never hears its answers, cannot fail a queued trial.
 
 use convsweep_proto::{Outcome, TrialId, TrialState, pb};
 
@@ -71,13 +76,31 @@ pub struct Expired {
     pub sweep_id: String,
 }
 
+/// What a lease call was granted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Granted {
+    /// The trials leased.
+    pub leases: Vec<pb::TrialLease>,
+    /// The worker's free slots before the call (its registered slots less the leases it
+    /// held): the most it could be granted.
+    pub free_slots: u32,
+}
+
 /// The worker writes, each inside the transaction that
 /// [`StoreWriter::batch`](super::StoreWriter::batch) opened, with the clock and policy of that
 /// batch.
 pub trait LeaseOps {
-    /// Leases up to `max` leasable trials (pending or preempted, oldest first) to a worker.
-    /// With nothing to lease it writes nothing (the worker's heartbeats keep it seen).
-    fn lease(&mut self, worker_id: &str, max: u32) -> Result<Vec<pb::TrialLease>>;
+    /// Marks where one write begins: [`LeaseOps::end_write`] keeps or undoes what follows.
+    fn begin_write(&mut self) -> Result<()>;
+
+    /// Ends the write begun last: keeps its changes, or undoes them (and only them). `Err`
+    /// when the transaction can no longer be used.
+    fn end_write(&mut self, keep: bool) -> Result<()>;
+
+    /// Leases up to `max` leasable trials (pending or preempted, oldest first) to a worker,
+    /// and never more than its free slots. With nothing to lease it writes nothing (the
+    /// worker's heartbeats keep it seen).
+    fn lease(&mut self, worker_id: &str, max: u32) -> Result<Granted>;
 
     /// Renews each lease the worker still holds; says what to do about each.
     fn heartbeat(&mut self, worker_id: &str, leases: &[pb::LeaseRef]) -> Result<Vec<pb::LeaseStatus>>;
@@ -116,7 +139,7 @@ pub struct LeaseWrite {
 }
 
 impl WorkerWrite for LeaseWrite {
-    type Output = Vec<pb::TrialLease>;
+    type Output = Granted;
 
     fn apply(&self, ops: &mut dyn LeaseOps) -> Result<Self::Output> {
         ops.lease(&self.worker_id, self.max)
@@ -149,7 +172,8 @@ pub struct EpochsWrite {
     pub trial_id: String,
     /// Its lease token.
     pub token: String,
-    /// The epochs (validated at the edge).
+    /// The epochs (validated at the edge; their numbers against the trial's epochs by the
+    /// store).
     pub epochs: Vec<pb::EpochMetrics>,
 }
 

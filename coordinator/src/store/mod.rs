@@ -19,6 +19,7 @@ pub mod sqlite;
 
 pub use contract::{Backend, MAX_LISTED_FAILURES, StoreReader, StoreWriter, Submitted, WorkerSeen};
 pub use lease::{
-    CompleteWrite, Completed, EpochsWrite, Expired, HeartbeatWrite, LeaseOps, LeasePolicy, LeaseWrite, WorkerWrite,
+    CompleteWrite, Completed, EpochsWrite, Expired, Granted, HeartbeatWrite, LeaseOps, LeasePolicy, LeaseWrite,
+    WorkerWrite,
 };
 pub use sqlite::{DB_FILE, SCHEMA_VERSION, SqliteBackend, SqliteReader, SqliteStore};

@@ -185,7 +185,7 @@ pub fn store_lease(
     let mut leases = Vec::new();
     store
         .batch(now, &mut |ops| {
-            leases = ops.lease(worker, n)?;
+            leases = ops.lease(worker, n)?.leases;
             Ok(())
         })
         .unwrap();

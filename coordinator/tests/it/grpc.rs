@@ -380,7 +380,7 @@ fn a_version_1_state_folder_is_migrated() {
          ALTER TABLE results DROP COLUMN startup_seconds; ALTER TABLE results DROP COLUMN train_seconds;
          ALTER TABLE results DROP COLUMN epoch_eval_seconds; ALTER TABLE results DROP COLUMN checkpoint_seconds;
          ALTER TABLE results DROP COLUMN report_seconds; ALTER TABLE results DROP COLUMN train_images;
-         ALTER TABLE trials DROP COLUMN resume_floor;
+         ALTER TABLE trials DROP COLUMN resume_floor; ALTER TABLE trials DROP COLUMN lease_heard;
          UPDATE meta SET value = '1' WHERE key = 'schema_version';",
     )
     .unwrap();
@@ -397,7 +397,7 @@ fn a_version_1_state_folder_is_migrated() {
     assert_eq!(version, convsweep_coordinator::store::SCHEMA_VERSION.to_string());
     conn.prepare("SELECT eval_error, eval_seconds, conv_algorithm, startup_seconds, train_images FROM results")
         .unwrap();
-    conn.prepare("SELECT resume_floor FROM trials").unwrap();
+    conn.prepare("SELECT resume_floor, lease_heard FROM trials").unwrap();
 }
 
 #[test]
@@ -410,6 +410,7 @@ fn a_version_3_state_folder_gains_the_conv_algorithm_column() {
          ALTER TABLE results DROP COLUMN startup_seconds; ALTER TABLE results DROP COLUMN train_seconds;
          ALTER TABLE results DROP COLUMN epoch_eval_seconds; ALTER TABLE results DROP COLUMN checkpoint_seconds;
          ALTER TABLE results DROP COLUMN report_seconds; ALTER TABLE results DROP COLUMN train_images;
+         ALTER TABLE trials DROP COLUMN lease_heard;
          UPDATE meta SET value = '3' WHERE key = 'schema_version';",
     )
     .unwrap();

@@ -103,10 +103,13 @@ async fn too_many_expired_attempts_fail_the_trial_with_every_reason() {
     c.submit(SPEC).unwrap();
     let w = register(&c);
     let first = lease_one(&c, &w).await;
+    // Confirmed by a heartbeat, then silent: an attempt that counts.
+    heartbeat(&c, &w, &first).await;
     tokio::time::advance(Duration::from_secs(3)).await;
     c.expire_once().unwrap();
     let second = lease_one(&c, &w).await;
     assert_eq!((second.trial_id.as_str(), second.attempt), (first.trial_id.as_str(), 2));
+    heartbeat(&c, &w, &second).await;
     tokio::time::advance(Duration::from_secs(3)).await;
     c.expire_once().unwrap();
     let status = c.status("small").unwrap();

@@ -7,6 +7,7 @@ mod fuzz;
 #[path = "../../../build-support/fuzz_runner.rs"]
 mod fuzz_runner;
 mod grpc;
+mod hostile;
 mod lease;
 mod ops;
 mod reader;

@@ -41,7 +41,9 @@ async fn export_streams_every_row_in_chunks_under_the_message_limit() {
         },
     )
     .await;
-    coordinator.submit(SPEC).unwrap();
+    coordinator
+        .submit(&SPEC.replace("epochs = 2", "epochs = 1000"))
+        .unwrap();
     let mut worker = conn.worker().unwrap();
     let id = crate::common::register(&mut worker, 4).await;
     let leases = worker

@@ -76,8 +76,9 @@ pub struct DatasetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classes: Option<ClassSubset>,
     /// Imagefolder only: a file of `<image file name> <class folder name>` lines (also the
-    /// Kaggle `LOC_val_solution.csv`) labelling a flat `val/` folder, relative to `root` or
-    /// absolute. Without it `val/` has a sub-folder per class, like `train/`.
+    /// Kaggle `LOC_val_solution.csv`) labelling a flat `val/` folder, relative to `root` and
+    /// inside it (no absolute path, no `..`). Without it `val/` has a sub-folder per class, like
+    /// `train/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_labels: Option<String>,
 }
@@ -249,12 +250,34 @@ impl DatasetSpec {
             }
             _ => {}
         }
-        if self.val_labels.as_deref() == Some("") {
-            return Err(FieldError::new(
-                "dataset.val_labels",
-                "is empty: give the labels file's path",
-            ));
+        if let Some(file) = &self.val_labels {
+            inside_root("dataset.val_labels", file)?;
         }
         Ok(())
+    }
+}
+
+/// Refuses a path that could leave the dataset's root: empty, absolute, or with a `..` (or a
+/// NUL) in it. A spec's author chooses what a worker reads only under the root it names.
+pub fn inside_root(field: &str, path: &str) -> Result<(), FieldError> {
+    use std::path::Component;
+    let problem = if path.is_empty() {
+        Some("is empty: give the file's path relative to dataset.root")
+    } else if path.contains('\0') {
+        Some("holds a NUL character")
+    } else if path.starts_with('/') || path.starts_with('\\') {
+        Some("must be relative to dataset.root, not absolute")
+    } else if std::path::Path::new(path)
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::RootDir | Component::Prefix(_)))
+        || path.split(['/', '\\']).any(|part| part == "..")
+    {
+        Some("must stay inside dataset.root: no `..`")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(FieldError::new(field, format!("{} {p}", crate::text::excerpt(path)))),
+        None => Ok(()),
     }
 }

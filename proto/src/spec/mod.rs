@@ -21,7 +21,7 @@ pub mod train;
 pub mod trial;
 
 pub use dataset::{
-    ClassSubset, DEFAULT_IMAGE_SIZE, DatasetName, DatasetSpec, MAX_DATASET_IMAGES, MAX_SYNTHETIC_IMAGES,
+    ClassSubset, DEFAULT_IMAGE_SIZE, DatasetName, DatasetSpec, MAX_DATASET_IMAGES, MAX_SYNTHETIC_IMAGES, inside_root,
     synthetic_defaults,
 };
 pub use error::FieldError;

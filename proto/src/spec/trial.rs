@@ -341,6 +341,26 @@ pub(crate) mod tests {
                 "train.augment",
                 "random-resized-crop",
             ),
+            (
+                Box::new(|s| s.dataset.val_labels = Some("/etc/passwd".into())),
+                "dataset.val_labels",
+                "not absolute",
+            ),
+            (
+                Box::new(|s| s.dataset.val_labels = Some("../../x".into())),
+                "dataset.val_labels",
+                "no `..`",
+            ),
+            (
+                Box::new(|s| s.dataset.val_labels = Some("labels/../../x".into())),
+                "dataset.val_labels",
+                "no `..`",
+            ),
+            (
+                Box::new(|s| s.dataset.val_labels = Some(String::new())),
+                "dataset.val_labels",
+                "is empty",
+            ),
         ];
         for (change, field, needle) in cases {
             let mut s = folder();
@@ -350,6 +370,10 @@ pub(crate) mod tests {
             assert_eq!(err.field, field);
             assert!(err.message.contains(needle), "{err}");
         }
+        let mut s = folder();
+        s.dataset.val_labels = Some("labels/LOC_val_solution.csv".into());
+        s.canonicalize();
+        s.validate().unwrap();
         // The folder's fields on another dataset, and its crop on in-memory images.
         let mut s = demo_spec();
         s.canonicalize();

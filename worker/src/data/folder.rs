@@ -27,7 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-use convsweep_proto::spec::{ClassSubset, DEFAULT_IMAGE_SIZE, DatasetSpec};
+use convsweep_proto::spec::{ClassSubset, DEFAULT_IMAGE_SIZE, DatasetSpec, inside_root};
+use convsweep_proto::text;
 use image::imageops::{self, FilterType};
 use image::{ImageReader, RgbImage};
 use tch::Tensor;
@@ -188,7 +189,11 @@ fn labelled_val(val: &Path, labels_file: &Path, index: &HashMap<&str, i64>) -> R
         let Some(class) = class else {
             return Err(malformed(
                 labels_file,
-                format!("line {}: {line:?} has no class after the file name", n + 1),
+                format!(
+                    "line {}: {} has no class after the file name",
+                    n + 1,
+                    text::excerpt(line)
+                ),
             ));
         };
         let Some(&label) = index.get(class) else {
@@ -196,10 +201,19 @@ fn labelled_val(val: &Path, labels_file: &Path, index: &HashMap<&str, i64>) -> R
             continue;
         };
         let Some(path) = by_name.get(name) else {
-            return Err(missing(
-                &val.join(name),
-                &format!("named on line {} of {}", n + 1, labels_file.display()),
-            ));
+            // The name is the file's content: quoted short unless it is a plain file name.
+            let shown = if name.len() <= text::EXCERPT_CHARS
+                && !name.contains(['/', '\\'])
+                && !name.chars().any(char::is_control)
+            {
+                val.join(name).display().to_string()
+            } else {
+                format!("{}/{}", val.display(), text::excerpt(name))
+            };
+            return Err(DataError::Missing {
+                path: shown,
+                hint: format!("named on line {} of {}", n + 1, labels_file.display()),
+            });
         };
         per_class[label as usize].push(path.clone());
         known += 1;
@@ -265,6 +279,8 @@ pub fn list(spec: &DatasetSpec, root: &Path, threads: usize) -> Result<Listing, 
     let per_class = match &spec.val_labels {
         Some(file) => {
             let index: HashMap<&str, i64> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i as i64)).collect();
+            // A spec's validation refused this already; a worker checks again before it reads.
+            inside_root("dataset.val_labels", file).map_err(|e| malformed(root, e.to_string()))?;
             let file = root.join(file);
             labelled_val(&val_dir, &file, &index)?
         }

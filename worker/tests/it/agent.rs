@@ -504,7 +504,10 @@ impl pb::worker_service_server::WorkerService for Meddler {
         &self,
         req: tonic::Request<pb::RegisterRequest>,
     ) -> Result<tonic::Response<pb::RegisterResponse>, tonic::Status> {
-        Ok(tonic::Response::new(self.inner.register(req.into_inner())?))
+        // The coordinator grants no more than a worker's slots: claim the extra ones too.
+        let mut req = req.into_inner();
+        req.slots += self.extra_leases;
+        Ok(tonic::Response::new(self.inner.register(req)?))
     }
 
     async fn lease(
@@ -696,4 +699,58 @@ async fn checkpoint_cleanup_runs_off_the_async_runtime() {
     wait_for(&s.coordinator, "all done", |c| c.succeeded == 4).await;
     s.drain_and_join(agent).await;
     assert_eq!(*probe.off_runtime.lock().unwrap(), vec![true; 4]);
+}
+
+/// A trial whose report or result the coordinator would refuse fails at once, not retryably,
+/// naming the field: a non-finite loss caught here before sending, an epoch past the trial's
+/// epochs and a best epoch past them refused there with `INVALID_ARGUMENT`. None is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_report_fails_its_trial_for_good_naming_the_field() {
+    let s = coordinator().await;
+    s.coordinator.submit(SPEC).unwrap();
+    let epoch = |n: u32, loss: f64| pb::EpochMetrics {
+        epoch: n,
+        lr: 0.1,
+        train_loss: loss,
+        train_acc: 0.5,
+        test_loss: 1.0,
+        test_acc: 0.5,
+        seconds: 0.1,
+    };
+    let trainer = Scripted::new(move |lease, ctl| match lease.spec.model.kernel_size {
+        3 => {
+            ctl.epoch(epoch(1, f64::NAN));
+            success()
+        }
+        5 => {
+            // SPEC trains 75 epochs.
+            ctl.epoch(epoch(76, 1.0));
+            until(ctl, |s| (s == Signal::Stop).then(success))
+        }
+        7 => TrainEnd::Finished(Outcome::Succeeded(pb::TrialResult {
+            best_epoch: 1_000,
+            ..match success() {
+                TrainEnd::Finished(Outcome::Succeeded(r)) => r,
+                _ => unreachable!(),
+            }
+        })),
+        _ => success(),
+    });
+    let agent = tokio::spawn(run(config(&s.url, 1), trainer, CancellationToken::new()));
+    let status = wait_for(&s.coordinator, "all done", |c| c.succeeded + c.failed == 4).await;
+    assert_eq!(status.counts.unwrap().succeeded, 1);
+    let reasons: Vec<&str> = status.failures.iter().map(|f| f.reason.as_str()).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:#?}");
+    for field in ["epochs[0].epoch", "epochs[0].train_loss", "result.best_epoch"] {
+        let of_field: Vec<_> = reasons.iter().filter(|r| r.contains(field)).collect();
+        assert_eq!(of_field.len(), 1, "{field}: {reasons:#?}");
+        assert!(
+            of_field[0].contains("attempt 1 failed (not retryable)"),
+            "{}",
+            of_field[0]
+        );
+    }
+    let results = s.coordinator.export("agent").await.unwrap();
+    assert!(results.trials.iter().all(|t| t.attempts == 1), "nothing was retried");
+    s.drain_and_join(agent).await;
 }

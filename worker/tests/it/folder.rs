@@ -192,7 +192,7 @@ fn validation_labels_from_a_file_kaggle_csv_or_plain_lines() {
         "ILSVRC2012_val_00000001.JPEG n01443537\nILSVRC2012_val_00000002.JPEG n01440764\n",
     )
     .unwrap();
-    s.val_labels = Some(plain.display().to_string());
+    s.val_labels = Some("val.txt".into());
     assert_eq!(labels(&load(&s).unwrap().test.labels), vec![0, 1]);
 
     std::fs::write(&plain, "ILSVRC2012_val_00000009.JPEG n01443537\n").unwrap();
@@ -207,6 +207,13 @@ fn validation_labels_from_a_file_kaggle_csv_or_plain_lines() {
         e.contains("val.txt") && e.contains("line 1") && e.contains("no class"),
         "{e}"
     );
+    // An error quotes a short excerpt of a line, never the line: a labels file that is not
+    // one (a secret, say) does not come back in the failure reason.
+    let secret = format!("{}\n", "s3cr3t".repeat(100));
+    std::fs::write(&plain, &secret).unwrap();
+    let e = load(&s).unwrap_err();
+    assert!(e.contains("line 1") && e.len() < 300, "{e}");
+    assert!(!e.contains(&"s3cr3t".repeat(10)), "{e}");
 }
 
 #[test]

@@ -11,7 +11,9 @@ use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
 use super::schema::state_of;
 use crate::error::{Error, Result};
-use crate::store::lease::{Completed, Expired, LeaseOps, LeasePolicy};
+use convsweep_proto::FieldError;
+
+use crate::store::lease::{Completed, Expired, Granted, LeaseOps, LeasePolicy};
 
 /// A random token with a prefix (`w-` worker ids, `l-` lease tokens).
 pub(super) fn new_token(prefix: &str) -> String {
@@ -33,7 +35,20 @@ pub(super) struct SqliteLeaseOps<'a> {
 }
 
 impl LeaseOps for SqliteLeaseOps<'_> {
-    fn lease(&mut self, worker_id: &str, max: u32) -> Result<Vec<pb::TrialLease>> {
+    fn begin_write(&mut self) -> Result<()> {
+        exec(self.tx, "SAVEPOINT write", [])?;
+        Ok(())
+    }
+
+    fn end_write(&mut self, keep: bool) -> Result<()> {
+        if !keep {
+            exec(self.tx, "ROLLBACK TO write", [])?;
+        }
+        exec(self.tx, "RELEASE write", [])?;
+        Ok(())
+    }
+
+    fn lease(&mut self, worker_id: &str, max: u32) -> Result<Granted> {
         lease(self.tx, self.policy, worker_id, max, self.now)
     }
 
@@ -99,25 +114,37 @@ fn touch_worker(tx: &Connection, worker_id: &str, now: i64) -> Result<()> {
     Ok(())
 }
 
-fn require_worker(tx: &Connection, worker_id: &str) -> Result<()> {
-    row(tx, "SELECT 1 FROM workers WHERE id = ?1", [worker_id], |_| Ok(()))
+/// A worker's registered slots less the leases it holds.
+fn free_slots(tx: &Connection, worker_id: &str) -> Result<u32> {
+    let slots: u32 = row(tx, "SELECT slots FROM workers WHERE id = ?1", [worker_id], |r| r.get(0))
         .optional()?
-        .ok_or_else(|| unknown_worker(worker_id))
+        .ok_or_else(|| unknown_worker(worker_id))?;
+    let held: u32 = row(
+        tx,
+        "SELECT COUNT(*) FROM trials WHERE worker_id = ?1 AND state IN ('leased', 'running')",
+        [worker_id],
+        |r| r.get(0),
+    )?;
+    Ok(slots.saturating_sub(held))
 }
 
-/// Leases up to `max` leasable trials (pending or preempted, oldest first) to a worker. With
-/// nothing to lease it writes nothing (the worker's heartbeats keep it seen).
-fn lease(tx: &Connection, policy: LeasePolicy, worker_id: &str, max: u32, now: i64) -> Result<Vec<pb::TrialLease>> {
+/// Leases up to `max` leasable trials (pending or preempted, oldest first) to a worker, never
+/// more than its free slots. With nothing to lease it writes nothing (the worker's heartbeats
+/// keep it seen).
+fn lease(tx: &Connection, policy: LeasePolicy, worker_id: &str, max: u32, now: i64) -> Result<Granted> {
+    let free = free_slots(tx, worker_id)?;
     let picked: Vec<(String, String, u32)> = {
         let mut stmt = tx.prepare_cached(
             "SELECT id, spec_json, attempt FROM trials WHERE state IN ('pending', 'preempted') ORDER BY seq LIMIT ?1",
         )?;
-        stmt.query_map([max], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        stmt.query_map([max.min(free)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?
     };
     if picked.is_empty() {
-        require_worker(tx, worker_id)?;
-        return Ok(vec![]);
+        return Ok(Granted {
+            leases: vec![],
+            free_slots: free,
+        });
     }
     touch_worker(tx, worker_id, now)?;
     let mut leases = Vec::with_capacity(picked.len());
@@ -127,7 +154,8 @@ fn lease(tx: &Connection, policy: LeasePolicy, worker_id: &str, max: u32, now: i
         let deadline = now + policy.lease_timeout_ms;
         exec(
             tx,
-            "UPDATE trials SET state = 'leased', attempt = ?2, lease_token = ?3, worker_id = ?4, lease_deadline_ms = ?5 WHERE id = ?1",
+            "UPDATE trials SET state = 'leased', attempt = ?2, lease_token = ?3, worker_id = ?4, lease_deadline_ms = ?5, \
+             lease_heard = 0 WHERE id = ?1",
             params![trial_id, attempt, token, worker_id, deadline],
         )?;
         exec(
@@ -144,7 +172,10 @@ fn lease(tx: &Connection, policy: LeasePolicy, worker_id: &str, max: u32, now: i
             lease_token: token,
         });
     }
-    Ok(leases)
+    Ok(Granted {
+        leases,
+        free_slots: free,
+    })
 }
 
 /// Checks that `token` is the current token of an active lease on `trial_id`.
@@ -185,7 +216,7 @@ fn heartbeat(
             Ok(_) => {
                 exec(
                     tx,
-                    "UPDATE trials SET lease_deadline_ms = ?2 WHERE id = ?1",
+                    "UPDATE trials SET lease_deadline_ms = ?2, lease_heard = 1 WHERE id = ?1",
                     params![l.trial_id, deadline],
                 )?;
                 pb::LeaseDirective::Continue
@@ -223,6 +254,13 @@ fn report_epochs(
 ) -> Result<()> {
     touch_worker(tx, worker_id, now)?;
     let (_, attempt) = check_lease(tx, trial_id, token)?;
+    let planned = planned_epochs(tx, trial_id)?;
+    if let Some((i, e)) = epochs.iter().enumerate().find(|(_, e)| e.epoch > planned) {
+        return Err(Error::InvalidArgument(FieldError::new(
+            format!("epochs[{i}].epoch"),
+            format!("trial {trial_id} trains {planned} epochs, got epoch {}", e.epoch),
+        )));
+    }
     {
         let mut stmt = tx.prepare_cached(
             "INSERT OR REPLACE INTO epochs (trial_id, epoch, attempt, lr, train_loss, train_acc, test_loss, test_acc, seconds) \
@@ -247,11 +285,23 @@ fn report_epochs(
     let deadline = now + policy.lease_timeout_ms;
     exec(
         tx,
-        "UPDATE trials SET state = 'running', lease_deadline_ms = ?2 \
+        "UPDATE trials SET state = 'running', lease_deadline_ms = ?2, lease_heard = 1 \
          WHERE id = ?1 AND (state <> 'running' OR lease_deadline_ms < ?3)",
         params![trial_id, deadline, deadline - policy.lease_timeout_ms / 10],
     )?;
     Ok(())
+}
+
+/// The epochs a trial's spec trains (`train.epochs` of its stored canonical JSON).
+fn planned_epochs(tx: &Connection, trial_id: &str) -> Result<u32> {
+    let n: Option<i64> = row(
+        tx,
+        "SELECT json_extract(spec_json, '$.train.epochs') FROM trials WHERE id = ?1",
+        [trial_id],
+        |r| r.get(0),
+    )?;
+    n.and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| Error::Corrupt(format!("stored spec of trial {trial_id} has no train.epochs")))
 }
 
 /// Counts the attempts of a trial that count against `max_attempts`.
@@ -353,7 +403,7 @@ fn complete(
     // Only an outcome that a completion recorded makes this a duplicate; an attempt that
     // expired was never completed, and its late report is stale (fenced below).
     if let Some(Some(previous)) = recorded
-        && previous != "expired"
+        && !matches!(previous.as_str(), "expired" | "unheard")
     {
         let state: String = row(tx, "SELECT state FROM trials WHERE id = ?1", [trial_id], |r| r.get(0))?;
         return Ok(Completed {
@@ -363,6 +413,15 @@ fn complete(
         });
     }
     let (_, attempt) = check_lease(tx, trial_id, token)?;
+    if let Outcome::Succeeded(r) = outcome {
+        let planned = planned_epochs(tx, trial_id)?;
+        if r.best_epoch > planned {
+            return Err(Error::InvalidArgument(FieldError::new(
+                "result.best_epoch",
+                format!("trial {trial_id} trains {planned} epochs, got {}", r.best_epoch),
+            )));
+        }
+    }
     exec(
         tx,
         "UPDATE attempts SET ended_ms = ?3, outcome = ?4, reason = ?5 WHERE trial_id = ?1 AND attempt = ?2",
@@ -451,25 +510,38 @@ fn complete(
 /// Returns every lease whose deadline passed to the queue (or fails it after too many
 /// attempts), inside the caller's transaction.
 pub(super) fn expire_leases(tx: &Connection, policy: LeasePolicy, now: i64) -> Result<Vec<Expired>> {
-    let expired: Vec<(String, u32, Option<String>, i64)> = {
+    let expired: Vec<(String, u32, Option<String>, i64, bool)> = {
         let mut stmt = tx.prepare_cached(
-            "SELECT id, attempt, worker_id, lease_deadline_ms FROM trials \
+            "SELECT id, attempt, worker_id, lease_deadline_ms, lease_heard FROM trials \
              WHERE state IN ('leased', 'running') AND lease_deadline_ms < ?1",
         )?;
-        stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
             .collect::<rusqlite::Result<_>>()?
     };
     let mut touched = Vec::with_capacity(expired.len());
-    for (trial_id, attempt, worker, deadline) in expired {
-        let reason = format!(
-            "lease expired: no heartbeat from worker {} for {:.0} s",
-            worker.as_deref().unwrap_or("?"),
-            (now - deadline + policy.lease_timeout_ms) as f64 / 1000.0
-        );
+    for (trial_id, attempt, worker, deadline, heard) in expired {
+        let worker = worker.as_deref().unwrap_or("?");
+        let silent = (now - deadline + policy.lease_timeout_ms) as f64 / 1000.0;
+        // A lease its worker never confirmed (the answer may never have reached it) is not
+        // an attempt that failed: it does not count against max_attempts.
+        let (outcome, reason) = if heard {
+            (
+                "expired",
+                format!("lease expired: no heartbeat from worker {worker} for {silent:.0} s"),
+            )
+        } else {
+            (
+                "unheard",
+                format!(
+                    "lease expired unconfirmed: worker {worker} never named it in a heartbeat or report in {silent:.0} s \
+                     (not counted as an attempt)"
+                ),
+            )
+        };
         exec(
             tx,
-            "UPDATE attempts SET ended_ms = ?3, outcome = 'expired', reason = ?4 WHERE trial_id = ?1 AND attempt = ?2",
-            params![trial_id, attempt, now, reason],
+            "UPDATE attempts SET ended_ms = ?3, outcome = ?4, reason = ?5 WHERE trial_id = ?1 AND attempt = ?2",
+            params![trial_id, attempt, now, outcome, reason],
         )?;
         let state = retry_or_fail(policy, tx, &trial_id, now)?;
         touched.push(Expired {

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 pub const DB_FILE: &str = "state.db";
 
 /// The schema version this convsweep writes and reads.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -34,13 +34,16 @@ CREATE TABLE IF NOT EXISTS trials (
     reason TEXT,
     created_ms INTEGER NOT NULL,
     finished_ms INTEGER,
-    resume_floor INTEGER NOT NULL DEFAULT 0
+    resume_floor INTEGER NOT NULL DEFAULT 0,
+    lease_heard INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS trials_by_state ON trials(state, seq);
 -- The lease queue in order, and the active leases by deadline: a lease or an expiry pass reads
 -- the few rows it needs, never the whole queue, nor sorts it.
 CREATE INDEX IF NOT EXISTS trials_leasable ON trials(seq) WHERE state IN ('pending', 'preempted');
 CREATE INDEX IF NOT EXISTS trials_active ON trials(lease_deadline_ms) WHERE state IN ('leased', 'running');
+-- The leases a worker holds, for its free slots.
+CREATE INDEX IF NOT EXISTS trials_by_worker ON trials(worker_id) WHERE state IN ('leased', 'running');
 CREATE TABLE IF NOT EXISTS sweep_trials (
     sweep_id TEXT NOT NULL REFERENCES sweeps(id),
     trial_id TEXT NOT NULL REFERENCES trials(id),
@@ -200,44 +203,16 @@ pub(super) fn open_writable(path: &Path) -> Result<Connection> {
                 [SCHEMA_VERSION.to_string()],
             )?;
         }
-        Some(v @ ("1" | "2" | "3" | "4" | "5")) => {
-            // v1 -> v2: evaluation columns on results (the new tables came with SCHEMA).
-            // v2 -> v3: attempts before a resume no longer count against max_attempts.
-            // v3 -> v4: the conv algorithm a result was computed with (empty: not recorded).
-            // v4 -> v5: per-sweep progress counts and start times (tables and triggers came
-            // with SCHEMA), filled from the trials once.
-            // v5 -> v6: where each result's time went (0 where not recorded).
+        Some(v @ ("1" | "2" | "3" | "4" | "5" | "6")) => {
+            // v6 -> v7: whether a lease was confirmed by its worker (leases of an older state
+            // count as confirmed).
             let mut steps = String::from("BEGIN;");
-            if v == "1" {
-                steps.push_str(
-                    "ALTER TABLE results ADD COLUMN eval_error TEXT NOT NULL DEFAULT '';
-                     ALTER TABLE results ADD COLUMN eval_seconds REAL NOT NULL DEFAULT 0;",
-                );
-            }
-            if v == "1" || v == "2" {
-                steps.push_str("ALTER TABLE trials ADD COLUMN resume_floor INTEGER NOT NULL DEFAULT 0;");
-            }
-            if !matches!(v, "4" | "5") {
-                steps.push_str("ALTER TABLE results ADD COLUMN conv_algorithm TEXT NOT NULL DEFAULT '';");
+            if v != "6" {
+                steps.push_str(&steps_to_6(v));
             }
             steps.push_str(
-                "ALTER TABLE results ADD COLUMN startup_seconds REAL NOT NULL DEFAULT 0;
-                 ALTER TABLE results ADD COLUMN train_seconds REAL NOT NULL DEFAULT 0;
-                 ALTER TABLE results ADD COLUMN epoch_eval_seconds REAL NOT NULL DEFAULT 0;
-                 ALTER TABLE results ADD COLUMN checkpoint_seconds REAL NOT NULL DEFAULT 0;
-                 ALTER TABLE results ADD COLUMN report_seconds REAL NOT NULL DEFAULT 0;
-                 ALTER TABLE results ADD COLUMN train_images INTEGER NOT NULL DEFAULT 0;",
-            );
-            steps.push_str(
-                "DELETE FROM sweep_progress;
-                 INSERT INTO sweep_progress (sweep_id, state, n)
-                     SELECT s.sweep_id, t.state, COUNT(*) FROM sweep_trials s JOIN trials t ON t.id = s.trial_id
-                     GROUP BY s.sweep_id, t.state;
-                 DELETE FROM sweep_started;
-                 INSERT INTO sweep_started (sweep_id, first_start_ms)
-                     SELECT s.sweep_id, MIN(a.started_ms) FROM attempts a JOIN sweep_trials s ON s.trial_id = a.trial_id
-                     GROUP BY s.sweep_id;
-                 UPDATE meta SET value = '6' WHERE key = 'schema_version';
+                "ALTER TABLE trials ADD COLUMN lease_heard INTEGER NOT NULL DEFAULT 1;
+                 UPDATE meta SET value = '7' WHERE key = 'schema_version';
                  COMMIT;",
             );
             conn.execute_batch(&steps)?;
@@ -246,6 +221,49 @@ pub(super) fn open_writable(path: &Path) -> Result<Connection> {
         Some(v) => return Err(mismatch(path, v)),
     }
     Ok(conn)
+}
+
+/// The migration steps from version `v` (1 to 5) to version 6, without a transaction.
+fn steps_to_6(v: &str) -> String {
+    // v1 -> v2: evaluation columns on results (the new tables came with SCHEMA).
+    // v2 -> v3: attempts before a resume no longer count against max_attempts.
+    // v3 -> v4: the conv algorithm a result was computed with (empty: not recorded).
+    // v4 -> v5: per-sweep progress counts and start times (tables and triggers came
+    // with SCHEMA), filled from the trials once.
+    // v5 -> v6: where each result's time went (0 where not recorded).
+    let mut steps = String::new();
+    if v == "1" {
+        steps.push_str(
+            "ALTER TABLE results ADD COLUMN eval_error TEXT NOT NULL DEFAULT '';
+             ALTER TABLE results ADD COLUMN eval_seconds REAL NOT NULL DEFAULT 0;",
+        );
+    }
+    if v == "1" || v == "2" {
+        steps.push_str("ALTER TABLE trials ADD COLUMN resume_floor INTEGER NOT NULL DEFAULT 0;");
+    }
+    if !matches!(v, "4" | "5") {
+        steps.push_str("ALTER TABLE results ADD COLUMN conv_algorithm TEXT NOT NULL DEFAULT '';");
+    }
+    steps.push_str(
+        "ALTER TABLE results ADD COLUMN startup_seconds REAL NOT NULL DEFAULT 0;
+         ALTER TABLE results ADD COLUMN train_seconds REAL NOT NULL DEFAULT 0;
+         ALTER TABLE results ADD COLUMN epoch_eval_seconds REAL NOT NULL DEFAULT 0;
+         ALTER TABLE results ADD COLUMN checkpoint_seconds REAL NOT NULL DEFAULT 0;
+         ALTER TABLE results ADD COLUMN report_seconds REAL NOT NULL DEFAULT 0;
+         ALTER TABLE results ADD COLUMN train_images INTEGER NOT NULL DEFAULT 0;",
+    );
+    steps.push_str(
+        "DELETE FROM sweep_progress;
+         INSERT INTO sweep_progress (sweep_id, state, n)
+             SELECT s.sweep_id, t.state, COUNT(*) FROM sweep_trials s JOIN trials t ON t.id = s.trial_id
+             GROUP BY s.sweep_id, t.state;
+         DELETE FROM sweep_started;
+         INSERT INTO sweep_started (sweep_id, first_start_ms)
+             SELECT s.sweep_id, MIN(a.started_ms) FROM attempts a JOIN sweep_trials s ON s.trial_id = a.trial_id
+             GROUP BY s.sweep_id;
+         UPDATE meta SET value = '6' WHERE key = 'schema_version';",
+    );
+    steps
 }
 
 /// Opens the database at `path` read-only: a reader beside a live coordinator (WAL readers

@@ -1,0 +1,303 @@
+//! Broken and hostile workers over loopback gRPC: a bad write is refused alone, naming its
+//! field, and a worker cannot take more trials than it has slots nor fail a trial it never
+//! confirmed.
+
+use std::time::{Duration, Instant};
+
+use convsweep_proto::{PROTOCOL_VERSION, pb};
+use tonic::Code;
+
+use crate::common::{FakeWorker, SPEC, Server, config, counts, epoch, result};
+
+/// A worker registered with `slots`.
+async fn worker(server: &Server, slots: u32) -> FakeWorker {
+    let mut w = server.worker().await;
+    w.id = w
+        .client
+        .register(pb::RegisterRequest {
+            protocol_version: PROTOCOL_VERSION,
+            host: "test".into(),
+            slots,
+            name: format!("{slots}-slot worker"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    w
+}
+
+/// Asserts `INVALID_ARGUMENT` naming `field`.
+fn refused(r: Result<impl std::fmt::Debug, tonic::Status>, field: &str) {
+    let status = r.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains(field), "{field}: {}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_write_is_refused_alone_naming_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(config(dir.path())).await;
+    server.coordinator.submit(SPEC).unwrap();
+    let mut w = worker(&server, 4).await;
+    let leases = w.lease(4, 0).await;
+    assert_eq!(leases.len(), 4);
+    let (bad, good) = (&leases[0], &leases[1]);
+
+    // A NaN loss and a sibling's good report, sent at once, many times: the NaN is refused
+    // naming its field, and the sibling's reports are never refused with it.
+    for n in 1..=2 {
+        let nan = pb::EpochMetrics {
+            train_loss: f64::NAN,
+            ..epoch(n, 0.5)
+        };
+        let (mut a, mut b) = (w.client.clone(), w.client.clone());
+        let request = |lease: &pb::TrialLease, epochs| pb::ReportEpochsRequest {
+            worker_id: w.id.clone(),
+            trial_id: lease.trial_id.clone(),
+            lease_token: lease.lease_token.clone(),
+            epochs,
+        };
+        let (rb, rg) = tokio::join!(
+            a.report_epochs(request(bad, vec![nan])),
+            b.report_epochs(request(good, vec![epoch(n, 0.5)]))
+        );
+        refused(rb, "epochs[0].train_loss");
+        rg.unwrap();
+    }
+
+    // Every other field a worker sends is checked too, each refusal naming its field.
+    let cases: Vec<(pb::EpochMetrics, &str)> = vec![
+        (
+            pb::EpochMetrics {
+                test_loss: f64::INFINITY,
+                ..epoch(1, 0.5)
+            },
+            "epochs[0].test_loss",
+        ),
+        (
+            pb::EpochMetrics {
+                lr: -1.0,
+                ..epoch(1, 0.5)
+            },
+            "epochs[0].lr",
+        ),
+        (
+            pb::EpochMetrics {
+                seconds: f64::NAN,
+                ..epoch(1, 0.5)
+            },
+            "epochs[0].seconds",
+        ),
+        (epoch(1, 1.5), "epochs[0].train_acc"),
+        // SPEC trains 2 epochs.
+        (epoch(3, 0.5), "epochs[0].epoch"),
+        (epoch(0, 0.5), "epochs[0].epoch"),
+    ];
+    for (e, field) in cases {
+        refused(w.report(bad, vec![e]).await, field);
+    }
+    let results: Vec<(pb::TrialResult, &str)> = vec![
+        (
+            pb::TrialResult {
+                best_epoch: 3,
+                ..result(0.5)
+            },
+            "result.best_epoch",
+        ),
+        (
+            pb::TrialResult {
+                wall_seconds: -1.0,
+                ..result(0.5)
+            },
+            "result.wall_seconds",
+        ),
+        (
+            pb::TrialResult {
+                device: "x".repeat(10_000),
+                ..result(0.5)
+            },
+            "result.device",
+        ),
+        (
+            pb::TrialResult {
+                robustness: vec![pb::RobustnessResult {
+                    kind: "fgsm".into(),
+                    name: "fgsm".into(),
+                    eps: 8.0,
+                    accuracy: 0.1,
+                    ..Default::default()
+                }],
+                ..result(0.5)
+            },
+            "result.robustness[0].eps",
+        ),
+        (
+            pb::TrialResult {
+                robustness: vec![Default::default(); 5_000],
+                ..result(0.5)
+            },
+            "result.robustness",
+        ),
+        (
+            pb::TrialResult {
+                filters: vec![pb::FilterStats {
+                    stage: "init".into(),
+                    kernel_size: 3,
+                    heatmap: vec![0.0; 1_000],
+                    ..Default::default()
+                }],
+                ..result(0.5)
+            },
+            "result.filters[0].heatmap",
+        ),
+    ];
+    for (r, field) in results {
+        let outcome = pb::complete_request::Outcome::Succeeded(pb::Succeeded { result: Some(r) });
+        refused(w.complete(bad, outcome).await, field);
+    }
+
+    // None of it touched the trial: it is still leased and takes a good report and result.
+    w.report(bad, vec![epoch(1, 0.4), epoch(2, 0.6)]).await.unwrap();
+    assert!(!w.succeed(bad, 0.6).await.unwrap().duplicate);
+    assert!(!w.succeed(good, 0.5).await.unwrap().duplicate);
+    let results = server.coordinator.export("small").await.unwrap();
+    let stored = |trial: &str| results.epochs.iter().filter(|e| e.trial_id.as_str() == trial).count();
+    assert_eq!(stored(&bad.trial_id), 2);
+    assert_eq!(stored(&good.trial_id), 2);
+    assert_eq!(counts(&server.coordinator.status("small").unwrap()).succeeded, 2);
+
+    // A failure reason is cut to 1 KiB and loses its control characters, wherever it is shown.
+    let noisy = format!("\x1b[31mboom\x1b[0m\n{}", "y".repeat(100_000));
+    w.complete(
+        &leases[2],
+        pb::complete_request::Outcome::Failed(pb::Failed {
+            retryable: false,
+            reason: noisy,
+        }),
+    )
+    .await
+    .unwrap();
+    let status = server.coordinator.status("small").unwrap();
+    let reason = &status.sweeps[0].failures[0].reason;
+    assert!(reason.len() <= 1200, "{}", reason.len());
+    assert!(
+        reason.contains("boom") && !reason.chars().any(char::is_control),
+        "{reason:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_gets_no_more_than_its_slots_and_cannot_fail_a_trial_it_never_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.lease_timeout = Duration::from_millis(600);
+    c.expiry_interval = Duration::from_millis(50);
+    let server = Server::start(c).await;
+    server.coordinator.submit(SPEC).unwrap();
+    let mut greedy = worker(&server, 1).await;
+
+    // max_attempts is 2: three unconfirmed leases of the same trial, each left to expire.
+    let mut first = None;
+    for round in 1..=3 {
+        let answer = greedy
+            .client
+            .lease(pb::LeaseRequest {
+                worker_id: greedy.id.clone(),
+                max_trials: 100_000,
+                wait_ms: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.leases.len(), 1, "round {round}: capped at its 1 slot");
+        assert_eq!(answer.free_slots, 1, "the answer says why");
+        let lease = &answer.leases[0];
+        let trial = first.get_or_insert_with(|| lease.trial_id.clone());
+        assert_eq!(&lease.trial_id, trial, "the oldest trial again");
+        assert_eq!(lease.attempt, round);
+
+        // Its slot is taken: another call is granted nothing and says so.
+        let again = greedy
+            .client
+            .lease(pb::LeaseRequest {
+                worker_id: greedy.id.clone(),
+                max_trials: 5,
+                wait_ms: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(again.leases.is_empty());
+        assert_eq!(again.free_slots, 0);
+
+        // The lease expires unheard: the trial is queued again, not failed.
+        let start = Instant::now();
+        loop {
+            let n = counts(&server.coordinator.status("small").unwrap());
+            assert_eq!(n.failed, 0, "round {round}: an unconfirmed lease failed a trial");
+            if n.leased == 0 {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "the lease never expired");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let n = counts(&server.coordinator.status("small").unwrap());
+    assert_eq!((n.pending, n.failed), (4, 0));
+
+    // A confirmed lease still counts when it expires.
+    let lease = greedy.lease(1, 0).await.remove(0);
+    greedy
+        .client
+        .heartbeat(pb::HeartbeatRequest {
+            worker_id: greedy.id.clone(),
+            leases: vec![pb::LeaseRef {
+                trial_id: lease.trial_id.clone(),
+                lease_token: lease.lease_token.clone(),
+            }],
+        })
+        .await
+        .unwrap();
+    let results = loop {
+        let r = server.coordinator.export("small").await.unwrap();
+        if counts(&server.coordinator.status("small").unwrap()).leased == 0 {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let row = results
+        .trials
+        .iter()
+        .find(|t| t.trial_id.as_str() == lease.trial_id)
+        .unwrap();
+    assert_eq!(row.attempts, 4);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn register_bounds_what_a_worker_says_of_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(config(dir.path())).await;
+    let mut w = server.worker().await;
+    let register = |name: String, devices: Vec<String>| pb::RegisterRequest {
+        protocol_version: PROTOCOL_VERSION,
+        host: "h".into(),
+        slots: 1,
+        name,
+        devices,
+    };
+    refused(w.client.register(register("n".repeat(300), vec![])).await, "name");
+    refused(w.client.register(register("a\nb".into(), vec![])).await, "name");
+    refused(
+        w.client.register(register("ok".into(), vec!["cpu".into(); 65])).await,
+        "devices",
+    );
+    w.client
+        .register(register("ok".into(), vec!["cpu".into()]))
+        .await
+        .unwrap();
+    server.stop().await;
+}
