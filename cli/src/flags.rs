@@ -32,6 +32,8 @@ pub fn coordinator_flag(setting: Setting) -> &'static str {
         Setting::LeaseTimeout => "--lease-timeout-secs (CONVSWEEP_LEASE_TIMEOUT_SECS)",
         Setting::MaxAttempts => "--max-attempts (CONVSWEEP_MAX_ATTEMPTS)",
         Setting::MaxTrialsPerSweep => "--max-trials-per-sweep (CONVSWEEP_MAX_TRIALS_PER_SWEEP)",
+        Setting::MaxSpecBytes => "--max-spec-bytes (CONVSWEEP_MAX_SPEC_BYTES)",
+        Setting::MaxSweepBytes => "--max-sweep-bytes (CONVSWEEP_MAX_SWEEP_BYTES)",
         Setting::MaxMessageBytes => "--max-message-mib (CONVSWEEP_MAX_MESSAGE_MIB)",
         Setting::RequestTimeout => "--request-timeout-secs (CONVSWEEP_REQUEST_TIMEOUT_SECS)",
         Setting::MaxConcurrentRequests => "--max-concurrent-requests (CONVSWEEP_MAX_CONCURRENT_REQUESTS)",

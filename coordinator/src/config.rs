@@ -102,6 +102,8 @@ impl ServerConfig {
         }
         at_least_one(Setting::MaxAttempts, c.max_attempts)?;
         at_least_one(Setting::MaxTrialsPerSweep, c.max_trials_per_sweep)?;
+        at_least_one(Setting::MaxSpecBytes, c.max_spec_bytes)?;
+        at_least_one(Setting::MaxSweepBytes, c.max_sweep_bytes)?;
         at_least_one(Setting::MaxMessageBytes, l.max_message_bytes)?;
         at_least_one(Setting::MaxConcurrentRequests, l.max_concurrent_requests)?;
         if l.request_timeout.is_zero() {
@@ -141,13 +143,15 @@ mod tests {
         assert!(err.to_string().contains("heartbeat interval"), "{err}");
 
         type Break = fn(&mut ServerConfig);
-        let cases: [(Break, Setting); 6] = [
+        let cases: [(Break, Setting); 8] = [
             (
                 |c| c.coordinator.heartbeat_interval = Duration::ZERO,
                 Setting::HeartbeatInterval,
             ),
             (|c| c.coordinator.max_attempts = 0, Setting::MaxAttempts),
             (|c| c.coordinator.max_trials_per_sweep = 0, Setting::MaxTrialsPerSweep),
+            (|c| c.coordinator.max_spec_bytes = 0, Setting::MaxSpecBytes),
+            (|c| c.coordinator.max_sweep_bytes = 0, Setting::MaxSweepBytes),
             (|c| c.serve.limits.max_message_bytes = 0, Setting::MaxMessageBytes),
             (
                 |c| c.serve.limits.request_timeout = Duration::ZERO,

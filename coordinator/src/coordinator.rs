@@ -29,7 +29,7 @@ use crate::store::{
     Backend, CompleteWrite, Completed, EpochsWrite, Granted, HeartbeatWrite, LeasePolicy, LeaseWrite, SqliteBackend,
     StoreReader, StoreWriter, Submitted,
 };
-use crate::sweep::{DEFAULT_MAX_TRIALS_PER_SWEEP, SweepSpec};
+use crate::sweep::{DEFAULT_MAX_SPEC_BYTES, DEFAULT_MAX_SWEEP_BYTES, DEFAULT_MAX_TRIALS_PER_SWEEP, SweepSpec};
 
 /// Runtime settings of a coordinator. Tests build it directly.
 #[derive(Debug, Clone)]
@@ -51,6 +51,11 @@ pub struct CoordinatorConfig {
     /// Trials a sweep may expand to (grid times seeds); a larger spec is refused before it is
     /// expanded.
     pub max_trials_per_sweep: u64,
+    /// Largest canonical spec of one trial, in bytes; a larger spec is refused before it is
+    /// expanded.
+    pub max_spec_bytes: u64,
+    /// Largest sum of a sweep's canonical trial specs, in bytes; refused before expansion.
+    pub max_sweep_bytes: u64,
 }
 
 impl CoordinatorConfig {
@@ -73,6 +78,8 @@ impl Default for CoordinatorConfig {
             expiry_interval: Duration::from_secs(1),
             watch_interval: Duration::from_secs(1),
             max_trials_per_sweep: DEFAULT_MAX_TRIALS_PER_SWEEP,
+            max_spec_bytes: DEFAULT_MAX_SPEC_BYTES,
+            max_sweep_bytes: DEFAULT_MAX_SWEEP_BYTES,
         }
     }
 }
@@ -336,10 +343,18 @@ impl Coordinator {
         self.work_available.notify_waiters();
     }
 
+    /// Parses a spec and checks it against the sweep caps (trials, bytes per trial, bytes in
+    /// all) before anything is expanded.
+    fn parse_capped(&self, spec_toml: &str) -> Result<SweepSpec> {
+        let spec = SweepSpec::from_toml_capped(spec_toml, self.config.max_trials_per_sweep)?;
+        spec.check_bytes(self.config.max_spec_bytes, self.config.max_sweep_bytes)?;
+        Ok(spec)
+    }
+
     /// Parses, expands and stores a sweep. Blocking.
     pub fn submit(&self, spec_toml: &str) -> Result<(SweepId, Submitted)> {
         let started = std::time::Instant::now();
-        let spec = SweepSpec::from_toml_capped(spec_toml, self.config.max_trials_per_sweep)?;
+        let spec = self.parse_capped(spec_toml)?;
         let trials = spec.expand_canonical()?;
         let expanded = started.elapsed();
         let now = self.clock.now_ms();
@@ -359,10 +374,11 @@ impl Coordinator {
     /// Adds the trials of a grown spec (more seeds or grid values) to its existing sweep.
     /// Blocking.
     pub fn extend(&self, spec_toml: &str) -> Result<(SweepId, Submitted)> {
-        let spec = SweepSpec::from_toml_capped(spec_toml, self.config.max_trials_per_sweep)?;
+        let spec = self.parse_capped(spec_toml)?;
         let trials = spec.expand_canonical()?;
         let now = self.clock.now_ms();
-        let submitted = self.timed("extend_sweep", |s| s.extend(&spec.id, spec_toml, &trials, now))?;
+        let cap = self.config.max_trials_per_sweep;
+        let submitted = self.timed("extend_sweep", |s| s.extend(&spec.id, spec_toml, &trials, now, cap))?;
         info!(sweep = %spec.id, trials = submitted.trials, new = submitted.new_trials, "sweep extended");
         self.wake(submitted.new_trials as usize);
         Ok((spec.id, submitted))

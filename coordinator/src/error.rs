@@ -143,6 +143,10 @@ pub enum Setting {
     MaxAttempts,
     /// [`CoordinatorConfig::max_trials_per_sweep`](crate::CoordinatorConfig::max_trials_per_sweep).
     MaxTrialsPerSweep,
+    /// [`CoordinatorConfig::max_spec_bytes`](crate::CoordinatorConfig::max_spec_bytes).
+    MaxSpecBytes,
+    /// [`CoordinatorConfig::max_sweep_bytes`](crate::CoordinatorConfig::max_sweep_bytes).
+    MaxSweepBytes,
     /// [`Limits::max_message_bytes`](crate::config::Limits::max_message_bytes).
     MaxMessageBytes,
     /// [`Limits::request_timeout`](crate::config::Limits::request_timeout).
@@ -159,6 +163,8 @@ impl Setting {
             Setting::LeaseTimeout => "the lease timeout",
             Setting::MaxAttempts => "the most attempts per trial",
             Setting::MaxTrialsPerSweep => "the most trials per sweep",
+            Setting::MaxSpecBytes => "the largest trial spec",
+            Setting::MaxSweepBytes => "the largest sweep",
             Setting::MaxMessageBytes => "the largest message",
             Setting::RequestTimeout => "the request timeout",
             Setting::MaxConcurrentRequests => "the most calls served at once",

@@ -140,6 +140,23 @@ pub struct SweepSpec {
     pub axes: Vec<Axis>,
 }
 
+/// The dotted path and serialised size of the largest value under `map` (lists counted whole).
+fn largest_leaf(map: &serde_json::Map<String, Json>, prefix: &str) -> Option<(String, u64)> {
+    map.iter()
+        .filter_map(|(k, v)| {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                Json::Object(inner) => largest_leaf(inner, &path),
+                v => Some((path, v.to_string().len() as u64)),
+            }
+        })
+        .max_by_key(|(_, n)| *n)
+}
+
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
     Error::InvalidSpec(FieldError::new(field, message))
 }
@@ -152,7 +169,68 @@ fn allowed_axes() -> String {
 /// (`--max-trials-per-sweep`).
 pub const DEFAULT_MAX_TRIALS_PER_SWEEP: u64 = 1_000_000;
 
+/// Largest canonical spec of one trial (bytes) unless the coordinator is told otherwise
+/// (`--max-spec-bytes`).
+pub const DEFAULT_MAX_SPEC_BYTES: u64 = 1 << 20;
+
+/// Largest sum of a sweep's canonical trial specs (bytes) unless the coordinator is told
+/// otherwise (`--max-sweep-bytes`).
+pub const DEFAULT_MAX_SWEEP_BYTES: u64 = 2 << 30;
+
 impl SweepSpec {
+    /// Refuses a sweep whose trials would be larger than `max_spec_bytes` each, or
+    /// `max_sweep_bytes` together, from one grid point and the sizes of the grid's values,
+    /// before anything else is expanded. The bound is an upper one: each axis counted at its
+    /// longest value, the seed at its longest.
+    pub fn check_bytes(&self, max_spec_bytes: u64, max_sweep_bytes: u64) -> Result<()> {
+        let len = |v: &Json| v.to_string().len() as u64;
+        let first = self.point(0)?.canonical_json().len() as u64;
+        let mut widest: Option<(String, u64)> = None;
+        let mut bound = first;
+        for axis in &self.axes {
+            let longest = axis.values.iter().map(len).max().unwrap_or(0);
+            bound += longest.saturating_sub(len(&axis.values[0]));
+            if widest.as_ref().is_none_or(|(_, n)| longest > *n) {
+                widest = Some((format!("grid.{}", axis.name), longest));
+            }
+        }
+        let digits = |n: u64| n.to_string().len() as u64;
+        let seed_digits = self.seeds.iter().copied().map(digits).max().unwrap_or(1);
+        bound += seed_digits.saturating_sub(digits(self.seeds[0]));
+        if bound > max_spec_bytes {
+            let base = largest_leaf(&self.base, "");
+            let (field, size) = match (widest, base) {
+                (Some(a), Some(b)) => {
+                    if a.1 >= b.1 {
+                        a
+                    } else {
+                        b
+                    }
+                }
+                (a, b) => a.or(b).unwrap_or(("spec".into(), bound)),
+            };
+            return Err(invalid(
+                field,
+                format!(
+                    "one trial's canonical spec would be up to {bound} bytes ({size} of them this field's), \
+                     over the limit of {max_spec_bytes} bytes per trial (the coordinator's --max-spec-bytes)"
+                ),
+            ));
+        }
+        let trials = self.grid_size() as u64;
+        match bound.checked_mul(trials) {
+            Some(total) if total <= max_sweep_bytes => Ok(()),
+            total => Err(invalid(
+                if self.seeds.len() > 1 { "seeds" } else { "grid" },
+                format!(
+                    "{trials} trials of up to {bound} bytes each make {} bytes of specs, over the limit of \
+                     {max_sweep_bytes} per sweep (the coordinator's --max-sweep-bytes); split the sweep or raise the limit",
+                    total.map_or_else(|| "more than 2^64".to_owned(), |t| t.to_string())
+                ),
+            )),
+        }
+    }
+
     /// Parses a sweep spec, checking its shape (values are checked by [`SweepSpec::expand`]),
     /// with the default size cap ([`DEFAULT_MAX_TRIALS_PER_SWEEP`]).
     pub fn from_toml(text: &str) -> Result<Self> {

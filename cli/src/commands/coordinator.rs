@@ -66,6 +66,15 @@ pub struct CoordinatorArgs {
     #[arg(long, default_value_t = convsweep_coordinator::sweep::DEFAULT_MAX_TRIALS_PER_SWEEP,
           env = "CONVSWEEP_MAX_TRIALS_PER_SWEEP")]
     pub max_trials_per_sweep: u64,
+    /// Largest canonical spec of one trial, in bytes; a sweep whose trials could be larger is
+    /// refused, naming the field, before it is expanded.
+    #[arg(long, default_value_t = convsweep_coordinator::sweep::DEFAULT_MAX_SPEC_BYTES,
+          env = "CONVSWEEP_MAX_SPEC_BYTES")]
+    pub max_spec_bytes: u64,
+    /// Largest sum of a sweep's canonical trial specs, in bytes; refused before expansion.
+    #[arg(long, default_value_t = convsweep_coordinator::sweep::DEFAULT_MAX_SWEEP_BYTES,
+          env = "CONVSWEEP_MAX_SWEEP_BYTES")]
+    pub max_sweep_bytes: u64,
 }
 
 impl CoordinatorArgs {
@@ -90,6 +99,8 @@ impl CoordinatorArgs {
                 lease_timeout: Duration::from_secs(self.lease_timeout_secs),
                 max_attempts: self.max_attempts,
                 max_trials_per_sweep: self.max_trials_per_sweep,
+                max_spec_bytes: self.max_spec_bytes,
+                max_sweep_bytes: self.max_sweep_bytes,
                 ..Default::default()
             },
             serve: ServeConfig {

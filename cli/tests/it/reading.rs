@@ -10,20 +10,18 @@ use convsweep_proto::pb;
 
 use crate::common::*;
 
-/// A scripted worker that leases one trial and reports epochs until told to stop, counting the
-/// reports the coordinator acknowledged.
+/// A scripted worker that leases one trial and reports its one epoch again and again (each an
+/// upsert, a write) until told to stop, counting the reports the coordinator acknowledged.
 async fn keep_writing(c: Arc<Coordinator>, stop: Arc<AtomicBool>, writes: Arc<AtomicU32>) {
     let worker = scripted_worker(&c, 1);
     let lease = lease_now(&c, &worker, 1).await.remove(0);
-    let mut epoch = 0;
     while !stop.load(Ordering::Relaxed) {
-        epoch += 1;
         c.report_epochs(pb::ReportEpochsRequest {
             worker_id: worker.clone(),
             trial_id: lease.trial_id.clone(),
             lease_token: lease.lease_token.clone(),
             epochs: vec![pb::EpochMetrics {
-                epoch,
+                epoch: 1,
                 lr: 0.01,
                 train_loss: 1.0,
                 train_acc: 0.5,

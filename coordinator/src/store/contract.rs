@@ -43,9 +43,16 @@ pub trait StoreWriter: Send {
     fn submit(&mut self, sweep: &SweepId, spec_toml: &str, trials: &[(TrialId, String)], now: i64)
     -> Result<Submitted>;
 
-    /// Adds the trials of a grown spec to an existing sweep; its trials are untouched.
-    fn extend(&mut self, sweep: &SweepId, spec_toml: &str, trials: &[(TrialId, String)], now: i64)
-    -> Result<Submitted>;
+    /// Adds the trials of a grown spec to an existing sweep; its trials are untouched. Refuses
+    /// (adding nothing) when the sweep would then hold more than `max_trials`.
+    fn extend(
+        &mut self,
+        sweep: &SweepId,
+        spec_toml: &str,
+        trials: &[(TrialId, String)],
+        now: i64,
+        max_trials: u64,
+    ) -> Result<Submitted>;
 
     /// Cancels the unfinished trials of `sweep` (only `trial_ids` when given); returns how many.
     fn cancel(&mut self, sweep: &str, trial_ids: &[String], now: i64) -> Result<u32>;

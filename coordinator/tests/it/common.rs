@@ -38,6 +38,7 @@ pub fn config(dir: &std::path::Path) -> CoordinatorConfig {
         expiry_interval: Duration::from_millis(100),
         watch_interval: Duration::from_millis(100),
         max_trials_per_sweep: convsweep_coordinator::sweep::DEFAULT_MAX_TRIALS_PER_SWEEP,
+        ..Default::default()
     }
 }
 

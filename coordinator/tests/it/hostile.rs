@@ -301,3 +301,78 @@ async fn register_bounds_what_a_worker_says_of_itself() {
         .unwrap();
     server.stop().await;
 }
+
+#[tokio::test]
+async fn repeated_extends_cannot_pass_the_trial_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.max_trials_per_sweep = 6;
+    let server = Server::start(c).await;
+    let mut admin = server.admin().await;
+    admin
+        .submit_sweep(pb::SubmitSweepRequest { spec_toml: SPEC.into() })
+        .await
+        .unwrap();
+    let extend = |kernels: &str| pb::ExtendSweepRequest {
+        spec_toml: SPEC.replace("kernel_size = [3, 5]", &format!("kernel_size = {kernels}")),
+    };
+    assert_eq!(
+        admin
+            .extend_sweep(extend("[3, 5, 7]"))
+            .await
+            .unwrap()
+            .into_inner()
+            .trials,
+        6
+    );
+    // Each spec alone is within the cap (6 trials); the sweep would hold 8.
+    let status = admin.extend_sweep(extend("[3, 5, 9]")).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("grid") && status.message().contains("limit of 6"),
+        "{}",
+        status.message()
+    );
+    let n = counts(&server.coordinator.status("small").unwrap());
+    assert_eq!(n.pending, 6, "nothing was added");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_sweep_too_large_in_bytes_is_refused_before_it_is_expanded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.max_sweep_bytes = 1_000;
+    let server = Server::start(c).await;
+    let mut admin = server.admin().await;
+    // 2 MB of class names, 3,000 seeds: about 6 GB once expanded.
+    let classes: Vec<String> = (0..200_000).map(|i| format!("\"n{i:08}\"")).collect();
+    let huge = format!(
+        "name = \"huge\"\nseeds = 3000\n[dataset]\nname = \"imagefolder\"\nroot = \"/data\"\nclasses = [{}]\n\
+         [model]\narch = \"resnet\"\ndepth = 8\nkernel_size = 3\ninit = \"kaiming-uniform\"\ntrain_mode = \"learned\"\n",
+        classes[..90_000].join(",")
+    );
+    let status = admin
+        .submit_sweep(pb::SubmitSweepRequest { spec_toml: huge })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("dataset.classes") && status.message().contains("limit of 1048576 bytes per trial"),
+        "{}",
+        status.message()
+    );
+    // SPEC's 4 trials are well under 1 MiB each, and over 1,000 bytes together.
+    let status = admin
+        .submit_sweep(pb::SubmitSweepRequest { spec_toml: SPEC.into() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with("invalid sweep spec: grid:") && status.message().contains("limit of 1000"),
+        "{}",
+        status.message()
+    );
+    assert!(server.coordinator.status("").unwrap().sweeps.is_empty());
+    server.stop().await;
+}

@@ -83,6 +83,9 @@ pub struct DatasetSpec {
     pub val_labels: Option<String>,
 }
 
+/// Most classes a trial may name (ImageNet-21k has 21,841).
+pub const MAX_CLASSES: usize = 100_000;
+
 /// Which classes of an image folder a trial uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -226,6 +229,12 @@ impl DatasetSpec {
                 ));
             }
             Some(ClassSubset::Names(names)) => {
+                if names.len() > MAX_CLASSES {
+                    return Err(FieldError::new(
+                        "dataset.classes",
+                        format!("at most {MAX_CLASSES} class folder names, got {}", names.len()),
+                    ));
+                }
                 if names.is_empty() {
                     return Err(FieldError::new(
                         "dataset.classes",

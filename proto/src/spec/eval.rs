@@ -103,6 +103,9 @@ fn default_true() -> bool {
     true
 }
 
+/// Most radii one attack may list (each is an evaluation of the test set).
+pub const MAX_RADII: usize = 64;
+
 /// What a trial measures after training, besides clean accuracy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -144,8 +147,20 @@ impl EvalSpec {
 
     /// Checks the measurements. Call on canonical specs.
     pub fn validate(&self) -> Result<(), FieldError> {
+        if self.fgsm.len() > MAX_RADII {
+            return Err(FieldError::new(
+                "eval.fgsm",
+                format!("at most {MAX_RADII} radii, got {}", self.fgsm.len()),
+            ));
+        }
         let mut radii: Vec<(&str, f64)> = self.fgsm.iter().map(|e| ("eval.fgsm", e.0)).collect();
         if let Some(p) = &self.pgd {
+            if p.eps.len() > MAX_RADII {
+                return Err(FieldError::new(
+                    "eval.pgd.eps",
+                    format!("at most {MAX_RADII} radii, got {}", p.eps.len()),
+                ));
+            }
             radii.extend(p.eps.iter().map(|e| ("eval.pgd.eps", e.0)));
             if p.eps.is_empty() {
                 return Err(FieldError::new(

@@ -361,6 +361,18 @@ pub(crate) mod tests {
                 "dataset.val_labels",
                 "is empty",
             ),
+            (
+                Box::new(|s| {
+                    s.dataset.classes = Some(ClassSubset::Names((0..100_001).map(|i| format!("n{i:06}")).collect()))
+                }),
+                "dataset.classes",
+                "at most 100000",
+            ),
+            (
+                Box::new(|s| s.eval.fgsm = vec![crate::spec::Eps(0.01); 65]),
+                "eval.fgsm",
+                "at most 64 radii",
+            ),
         ];
         for (change, field, needle) in cases {
             let mut s = folder();

@@ -105,6 +105,7 @@ async fn coordinator_with(adjust: impl FnOnce(&mut CoordinatorConfig)) -> Setup 
         expiry_interval: Duration::from_millis(50),
         watch_interval: Duration::from_millis(100),
         max_trials_per_sweep: convsweep_coordinator::sweep::DEFAULT_MAX_TRIALS_PER_SWEEP,
+        ..Default::default()
     };
     adjust(&mut config);
     let coordinator = Coordinator::open(config).unwrap();

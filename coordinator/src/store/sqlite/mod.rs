@@ -201,6 +201,7 @@ impl StoreWriter for SqliteStore {
         spec_toml: &str,
         trials: &[(TrialId, String)],
         now: i64,
+        max_trials: u64,
     ) -> Result<Submitted> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if !schema::sweep_exists(&tx, sweep.as_str())? {
@@ -218,6 +219,16 @@ impl StoreWriter for SqliteStore {
             [sweep.as_str()],
             |r| r.get(0),
         )?;
+        if u64::from(total) > max_trials {
+            // Dropping the transaction undoes the links.
+            return Err(Error::InvalidSpec(convsweep_proto::FieldError::new(
+                "grid",
+                format!(
+                    "extending sweep {sweep} by {linked} trials would make it {total}, over the limit of \
+                     {max_trials} trials per sweep (the coordinator's --max-trials-per-sweep); nothing was added"
+                ),
+            )));
+        }
         tx.commit()?;
         Ok(Submitted {
             trials: total,
@@ -250,9 +261,10 @@ impl StoreWriter for SqliteStore {
                 return Err(Error::NotFound(format!("trial {id} is not part of sweep {sweep}")));
             }
         }
+        let named: std::collections::HashSet<&str> = trial_ids.iter().map(String::as_str).collect();
         let mut n = 0;
         for (id, state, attempt) in targets {
-            if !trial_ids.is_empty() && !trial_ids.contains(&id) {
+            if !named.is_empty() && !named.contains(id.as_str()) {
                 continue;
             }
             if state_of(state)?.is_active() {
