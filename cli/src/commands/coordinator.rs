@@ -11,6 +11,8 @@ use anyhow::{Context, Result, bail};
 use convsweep_coordinator::{CoordinatorConfig, Limits, ServeConfig, ServerConfig, TlsFiles};
 use serde::Serialize;
 
+use convsweep_proto::client::Secret;
+
 use crate::Access;
 
 /// Flags of `convsweep coordinator`.
@@ -47,8 +49,9 @@ pub struct CoordinatorArgs {
     /// PEM CA whose certificates clients must present (mTLS; needs --tls-cert/--tls-key).
     #[arg(long, env = "CONVSWEEP_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
-    /// Serve without a token on a non-loopback address (anyone who reaches the port can
-    /// submit, cancel and report). Off by default.
+    /// Serve without a token (anyone who reaches the port can submit, cancel, report and read
+    /// results; anyone who reaches the ops port can read the status). Off by default: without
+    /// --token-file the coordinator makes a token and writes it to STATE_DIR/token (0600).
     #[arg(long, env = "CONVSWEEP_INSECURE")]
     pub insecure: bool,
     /// Largest gRPC message, in MiB.
@@ -161,15 +164,81 @@ fn listener(fd: Option<i32>, addr: SocketAddr, fd_flag: &str, addr_flag: &str) -
     }
 }
 
+/// The file in the state folder that holds the token a coordinator made for itself.
+pub const STATE_TOKEN_FILE: &str = "token";
+
+/// The coordinator's own token in `state_dir`: read when an earlier start wrote it, else made
+/// (32 random bytes) and written 0600 into the folder (0700 when it creates it), never
+/// readable by others for a moment. Returns the token, its path and whether it is new.
+pub fn state_token(state_dir: &std::path::Path) -> Result<(Secret, PathBuf, bool)> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .with_context(|| format!("cannot create the state folder {}", state_dir.display()))?;
+    let path = state_dir.join(STATE_TOKEN_FILE);
+    let token = Secret::random().context("cannot draw a random token")?;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut f) => {
+            f.write_all(format!("{}\n", token.expose()).as_bytes())
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("cannot write the token to {}", path.display()))?;
+            Ok((token, path, true))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                bail!(
+                    "{} is readable by others (mode {mode:o}): the token in it may have leaked; remove it (a new one \
+                     is made at the next start) or chmod 600 it",
+                    path.display()
+                );
+            }
+            Ok((Secret::from_file(&path)?, path, false))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
 /// `convsweep coordinator`.
 pub async fn serve(args: &CoordinatorArgs, access: &Access) -> Result<ExitCode> {
-    let config = args.server_config(access)?;
+    let mut config = args.server_config(access)?;
+    // Without a token (and without --insecure) the coordinator makes its own, once everything
+    // else checked out: a refused start leaves no state folder behind.
+    let make_token = config.serve.token.is_none() && !args.insecure;
+    if make_token {
+        config.serve.token = Some(Secret::new("made-after-validation", "placeholder")?);
+    }
     // The address it is told to listen on decides the token rule before anything is bound.
     if args.listen_fd.is_none() {
         config.validate(args.listen)?;
     }
     let main = listener(args.listen_fd, args.listen, "--listen-fd", "--listen")?;
     let ops = listener(args.ops_listen_fd, args.ops_listen, "--ops-listen-fd", "--ops-listen")?;
+    if make_token {
+        let (token, path, new) = state_token(&args.state_dir)?;
+        tracing::info!(
+            path = %path.display(),
+            new,
+            "no --token-file given: every call needs the token in this file; point clients on this machine at it \
+             with --token-file or CONVSWEEP_TOKEN_FILE"
+        );
+        config.serve.token = Some(token);
+    } else if config.serve.token.is_none() {
+        tracing::warn!(
+            listen = %args.listen,
+            "serving WITHOUT A TOKEN (--insecure): anyone who reaches the port can submit, cancel and read results, \
+             and anyone who reaches the ops port can read the status"
+        );
+    }
     convsweep_coordinator::server::run(config, main, ops, crate::shutdown_on_signals()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -98,7 +98,8 @@ impl Cluster {
     fn start_coordinator(&mut self) {
         let log = self.log("coordinator.log");
         let mut cmd = Command::new(BIN);
-        cmd.arg("coordinator");
+        // This test's clients carry no token (the default token is security.rs's to test).
+        cmd.args(["coordinator", "--insecure"]);
         let child = listen_on(&mut cmd, &self.main)
             .args(["--ops-listen", "127.0.0.1:0"])
             .args([

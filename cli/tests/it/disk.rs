@@ -75,7 +75,8 @@ fn file_size_limit(pid: u32, bytes: Option<u64>) {
 
 fn coordinator(state: &std::path::Path, main: &std::net::TcpListener) -> Logged {
     let mut cmd = Command::new(BIN);
-    cmd.arg("coordinator");
+    // This test's clients carry no token (the default token is security.rs's to test).
+    cmd.args(["coordinator", "--insecure"]);
     listen_on(&mut cmd, main);
     Logged::spawn(
         cmd.args(["--ops-listen", "127.0.0.1:0", "--lease-timeout-secs", "600"])

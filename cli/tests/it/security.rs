@@ -18,16 +18,122 @@ fn coordinator(args: &[&str], state: &std::path::Path) -> Command {
     cmd
 }
 
+/// `convsweep status` against `url`, with `env` set (and no token unless given there).
+fn status(url: &str, env: &[(&str, &std::path::Path)]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["status", "--coordinator", url])
+        .env_remove("CONVSWEEP_TOKEN")
+        .env_remove("CONVSWEEP_TOKEN_FILE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// A coordinator started without a token makes one, writes it 0600 into its 0700 state
+/// folder, logs the path and never the value, requires it (on loopback too), and keeps it
+/// across restarts; clients on the machine use it through CONVSWEEP_TOKEN_FILE. Serving without
+/// a token takes --insecure, which warns.
 #[test]
-fn off_loopback_without_a_token_it_refuses_to_start() {
+fn without_a_token_file_it_makes_one_and_requires_it_loopback_included() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let out = coordinator(&["--listen", "0.0.0.0:0"], &dir.path().join("state"))
-        .output()
+    let state = dir.path().join("state");
+    let token_file = state.join("token");
+    let main = loopback().unwrap();
+    let url = url(&main);
+    let start = |log: &str| {
+        let log = std::fs::File::create(dir.path().join(log)).unwrap();
+        let mut cmd = coordinator(&[], &state);
+        listen_on(&mut cmd, &main)
+            .env("RUST_LOG", "info")
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let mut served = start("first.log");
+    let begun = std::time::Instant::now();
+    while status(&url, &[("CONVSWEEP_TOKEN_FILE", &token_file)]).status.code() != Some(0) {
+        assert!(
+            begun.elapsed() < Duration::from_secs(30),
+            "the coordinator never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&token_file), 0o600);
+    assert_eq!(mode(&state), 0o700);
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_owned();
+    assert_eq!(token.len(), 64);
+
+    let out = status(&url, &[]);
+    assert!(!out.status.success(), "served without the token");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("token"), "{err}");
+
+    let stop = |child: &mut std::process::Child| {
+        #[allow(unsafe_code)]
+        // SAFETY: a signal to a child this test spawned.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        assert!(wait_exit(child, Duration::from_secs(30)).success());
+    };
+    stop(&mut served);
+    let log = std::fs::read_to_string(dir.path().join("first.log")).unwrap();
+    assert!(log.contains(&token_file.display().to_string()), "{log}");
+    assert!(!log.contains(&token), "the token's value was logged");
+
+    // Restarted, it keeps the token: clients' files stay good.
+    let mut served = start("second.log");
+    let begun = std::time::Instant::now();
+    while status(&url, &[("CONVSWEEP_TOKEN_FILE", &token_file)]).status.code() != Some(0) {
+        assert!(
+            begun.elapsed() < Duration::from_secs(30),
+            "the restarted coordinator refused its token"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), token);
+    stop(&mut served);
+
+    // --insecure serves without one, and says so.
+    let open_state = dir.path().join("open");
+    let log = std::fs::File::create(dir.path().join("insecure.log")).unwrap();
+    let mut cmd = coordinator(&["--insecure"], &open_state);
+    let mut served = listen_on(&mut cmd, &main)
+        .env("RUST_LOG", "info")
+        .stderr(log)
+        .spawn()
         .unwrap();
+    let begun = std::time::Instant::now();
+    while status(&url, &[]).status.code() != Some(0) {
+        assert!(
+            begun.elapsed() < Duration::from_secs(30),
+            "the insecure coordinator never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!open_state.join("token").exists());
+    stop(&mut served);
+    let log = std::fs::read_to_string(dir.path().join("insecure.log")).unwrap();
+    assert!(log.contains("WITHOUT A TOKEN"), "{log}");
+}
+
+/// A client refuses to send its token in plaintext to another machine unless told to.
+#[test]
+fn a_token_is_not_sent_over_plaintext_off_this_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "t0ken\n").unwrap();
+    // 192.0.2.0/24 is TEST-NET-1: never this machine; the refusal comes before any connection.
+    let out = status("http://192.0.2.1:9", &[("CONVSWEEP_TOKEN_FILE", &file)]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--token-file") && err.contains("--insecure"), "{err}");
-    assert!(!dir.path().join("state").exists(), "refused before opening anything");
+    assert!(
+        err.contains("refusing to send the token over plaintext") && err.contains("--allow-plaintext-token"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -44,11 +44,12 @@ pub async fn run(
     let ops_server = std::thread::Builder::new().name("convsweep-ops".into()).spawn({
         let coordinator = coordinator.clone();
         let stop = shutdown.clone();
+        let token = config.serve.token.clone();
         move || -> Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async move {
                 let listener = TcpListener::from_std(ops)?;
-                serve_ops(listener, coordinator, async move { stop.cancelled().await }).await
+                serve_ops(listener, coordinator, token, async move { stop.cancelled().await }).await
             })
         }
     })?;

@@ -1,19 +1,24 @@
-//! The ops port: plaintext and without a token, for kubelets, Prometheus and a browser. It
-//! serves the standard `grpc.health.v1` service (a Kubernetes `grpc:` probe), HTTP `/healthz`
-//! (the process is up), `/readyz` (the store is open and lease expiry runs), `/metrics` (the
-//! OpenMetrics text format), and the live status page `/` with the `/status.json` it polls
-//! (no external assets, the JSON of [`StatusJson`]). Nothing on it changes state or shows a
-//! token, and nothing on its thread waits on the store: the reads behind `/status.json` and
-//! `/metrics` run on the blocking pool.
+//! The ops port: plaintext, for kubelets, Prometheus and a browser. It serves to anyone the
+//! standard `grpc.health.v1` service (a Kubernetes `grpc:` probe), HTTP `/healthz` (the process
+//! is up), `/readyz` (the store is open and lease expiry runs) and `/metrics` (the OpenMetrics
+//! text format, with no trial or worker ids in it). The live status page `/` and the
+//! `/status.json` it polls (the JSON of [`StatusJson`]: trial ids, accuracies, failure
+//! reasons) answer only with the coordinator's token when it has one: as
+//! `Authorization: Bearer`, or in the `HttpOnly`, `SameSite=Strict` cookie that the page's
+//! sign-in form (`POST /login`) sets once. Nothing on it changes state, and nothing on its
+//! thread waits on the store: the reads behind `/status.json` and `/metrics` run on the
+//! blocking pool.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use convsweep_proto::client::Secret;
 use convsweep_proto::status::StatusJson;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -27,8 +32,8 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(c): State<Arc<Coordinator>>) -> impl IntoResponse {
-    if c.ready() {
+async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
+    if ops.coordinator.ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (
@@ -41,17 +46,127 @@ async fn readyz(State(c): State<Arc<Coordinator>>) -> impl IntoResponse {
 /// The status page: HTML, CSS and script in one file.
 const STATUS_PAGE: &str = include_str!("status_page.html");
 
-async fn page() -> impl IntoResponse {
+/// The page that asks for the token once (a form that posts to `/login`).
+const SIGN_IN_PAGE: &str = include_str!("sign_in.html");
+
+/// The cookie that carries the token after signing in.
+pub const TOKEN_COOKIE: &str = "convsweep_token";
+
+/// What the ops port's handlers share.
+#[derive(Clone)]
+struct Ops {
+    coordinator: Arc<Coordinator>,
+    /// The token the page and `/status.json` require; none: they are open.
+    token: Option<Arc<Secret>>,
+}
+
+/// Percent-encodes everything but unreserved characters (a cookie value, a form field).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes and `+` (a form's space); `None` for a broken escape.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl Ops {
+    /// Whether a request may see the status: no token is set, or it carries the token as a
+    /// bearer header or in the sign-in cookie (compared in constant time).
+    fn allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let expected = token.expose().as_bytes();
+        let matches = |given: &str| bool::from(given.as_bytes().ct_eq(expected));
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(matches);
+        let cookie = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .any(|(k, v)| k == TOKEN_COOKIE && percent_decode(v).is_some_and(|v| matches(&v)));
+        bearer || cookie
+    }
+}
+
+fn html(status: StatusCode, body: String) -> axum::response::Response {
     (
+        status,
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; form-action 'self'",
             ),
+            (header::CACHE_CONTROL, "no-store"),
         ],
-        STATUS_PAGE,
+        body,
     )
+        .into_response()
+}
+
+fn sign_in(status: StatusCode, note: &str) -> axum::response::Response {
+    html(status, SIGN_IN_PAGE.replace("{note}", note))
+}
+
+async fn page(State(ops): State<Ops>, headers: HeaderMap) -> axum::response::Response {
+    if ops.allowed(&headers) {
+        html(StatusCode::OK, STATUS_PAGE.to_owned())
+    } else {
+        // The form itself is no secret (and a 401 document is an error in a browser's console).
+        sign_in(StatusCode::OK, "")
+    }
+}
+
+/// `POST /login` with the form's `token`: sets the cookie and goes to the page, or asks again.
+async fn login(State(ops): State<Ops>, body: axum::body::Bytes) -> axum::response::Response {
+    let given = std::str::from_utf8(&body)
+        .ok()
+        .and_then(|b| b.split('&').find_map(|kv| kv.strip_prefix("token=")))
+        .and_then(percent_decode)
+        .unwrap_or_default();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::AUTHORIZATION,
+        format!("Bearer {}", given.trim())
+            .parse()
+            .unwrap_or(header::HeaderValue::from_static("")),
+    );
+    if ops.token.is_none() || !ops.allowed(&headers) {
+        return sign_in(StatusCode::UNAUTHORIZED, "That is not this coordinator's token.");
+    }
+    let cookie = format!(
+        "{TOKEN_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+        percent_encode(given.trim())
+    );
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, "/".to_owned()), (header::SET_COOKIE, cookie)],
+    )
+        .into_response()
 }
 
 /// Runs a blocking read of the coordinator on this runtime's blocking pool, so that the one
@@ -68,8 +183,16 @@ async fn off_thread<T: Send + 'static>(
     }
 }
 
-async fn status_json(State(c): State<Arc<Coordinator>>) -> axum::response::Response {
-    match off_thread(&c, |c| c.snapshot("")).await {
+async fn status_json(State(ops): State<Ops>, headers: HeaderMap) -> axum::response::Response {
+    if !ops.allowed(&headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"error":"this coordinator's status needs its token: sign in at / or send Authorization: Bearer"}"#,
+        )
+            .into_response();
+    }
+    match off_thread(&ops.coordinator, |c| c.snapshot("")).await {
         Ok(s) => (
             [
                 (header::CONTENT_TYPE, "application/json"),
@@ -82,30 +205,36 @@ async fn status_json(State(c): State<Arc<Coordinator>>) -> axum::response::Respo
     }
 }
 
-async fn metrics(State(c): State<Arc<Coordinator>>) -> axum::response::Response {
-    match off_thread(&c, Coordinator::scrape).await {
+async fn metrics(State(ops): State<Ops>) -> axum::response::Response {
+    match off_thread(&ops.coordinator, Coordinator::scrape).await {
         Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("metrics unavailable: {e}\n")).into_response(),
     }
 }
 
-/// Serves the ops port on `listener` until `shutdown` completes.
+/// Serves the ops port on `listener` until `shutdown` completes; the status page and
+/// `/status.json` require `token` when there is one.
 pub async fn serve_ops(
     listener: TcpListener,
     coordinator: Arc<Coordinator>,
+    token: Option<Secret>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let addr = listener.local_addr()?;
     let health_service = super::grpc::health().await;
     let http = axum::Router::new()
         .route("/", get(page))
+        .route("/login", axum::routing::post(login))
         .route("/status.json", get(status_json))
         // Browsers ask for one; there is none.
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(coordinator);
+        .with_state(Ops {
+            coordinator,
+            token: token.map(Arc::new),
+        });
     let routes = tonic::service::Routes::from(http).add_service(health_service);
     info!(%addr, "ops port listening (health, readiness, metrics, status page)");
     tonic::transport::Server::builder()

@@ -1,4 +1,5 @@
-// Loads the coordinator's status page in headless Chromium (Debian's, driven by playwright-core)
+// Loads the coordinator's status page in headless Chromium (Debian's, driven by playwright-core),
+// signs in with the token in STATUS_TOKEN when the page asks for one (once: the cookie keeps it),
 // and waits until the count of finished trials grows. Prints `ready N` once it has read the
 // first count, then what it saw as one JSON line.
 //
@@ -21,6 +22,12 @@ async function main() {
     page.on("pageerror", e => errors.push(String(e)));
     page.on("console", m => { if (m.type() === "error") errors.push(m.text()); });
     await page.goto(url);
+    if (await page.$("#sign-in")) {
+      await page.fill("#token", process.env.STATUS_TOKEN || "");
+      await Promise.all([page.waitForNavigation(), page.click("#sign-in")]);
+      // Signed in once: a reload finds the cookie and goes straight to the status.
+      await page.reload();
+    }
     const finished = () => page.$eval("#finished", e => Number(e.textContent));
     await page.waitForFunction(() => /^\d+$/.test(document.getElementById("finished").textContent),
       null, { timeout: Number(timeout) });
@@ -34,7 +41,10 @@ async function main() {
     const plotted = await page.$$eval("#plot polyline", ls => ls.length);
     const sweeps = await page.$$eval("#sweeps h2", hs => hs.map(h => h.textContent));
     await page.screenshot({ path: screenshot, fullPage: true });
-    console.log(JSON.stringify({ first, later, log, plotted, sweeps, errors }));
+    const cookies = await page.context().cookies();
+    const cookie = cookies.find(c => c.name === "convsweep_token");
+    const signedIn = !!cookie && cookie.httpOnly && cookie.sameSite === "Strict";
+    console.log(JSON.stringify({ first, later, log, plotted, sweeps, errors, signedIn }));
   } finally {
     await browser.close();
   }

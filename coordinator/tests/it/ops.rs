@@ -12,8 +12,18 @@ use crate::common::{SPEC, config, epoch, lease_now, scripted_worker};
 
 /// `GET path` over HTTP/1.1; returns the status code, the headers and the body.
 fn get(port: u16, path: &str) -> (u16, String, String) {
+    http(port, "GET", path, "", "")
+}
+
+/// One HTTP/1.1 request with extra header lines (each ending in CRLF) and a body.
+fn http(port: u16, method: &str, path: &str, headers: &str, body: &str) -> (u16, String, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
@@ -53,8 +63,8 @@ async fn the_ops_port_serves_health_readiness_and_metrics_without_the_token() {
         async move { convsweep_coordinator::serve_with(main, c, &serve, async move { s.cancelled().await }).await }
     });
     tokio::spawn({
-        let (c, s) = (coordinator.clone(), stop.clone());
-        async move { convsweep_coordinator::serve_ops(ops, c, async move { s.cancelled().await }).await }
+        let (c, s, t) = (coordinator.clone(), stop.clone(), token.clone());
+        async move { convsweep_coordinator::serve_ops(ops, c, Some(t), async move { s.cancelled().await }).await }
     });
 
     // A sweep in progress: one trial leased, two epochs reported, one completed.
@@ -148,6 +158,60 @@ async fn the_ops_port_serves_health_readiness_and_metrics_without_the_token() {
     }
     // No per-trial or per-worker labels, and never the token.
     assert!(!body.contains(&l.trial_id) && !body.contains(&id) && !body.contains("ops-test-token"));
+
+    // The status (trial ids, accuracies, reasons) only with the token: as a bearer header, or
+    // in the cookie that the page's sign-in form sets once.
+    let trial = l.trial_id.clone();
+    tokio::task::spawn_blocking(move || {
+        let (code, _, body) = get(ops_port, "/status.json");
+        assert_eq!(code, 401, "{body}");
+        assert!(!body.contains(&trial), "{body}");
+        let (code, _, _) = http(ops_port, "GET", "/status.json", "Authorization: Bearer nope\r\n", "");
+        assert_eq!(code, 401);
+        let (code, _, body) = http(
+            ops_port,
+            "GET",
+            "/status.json",
+            "Authorization: Bearer ops-test-token\r\n",
+            "",
+        );
+        assert_eq!(code, 200);
+        assert!(body.contains(&trial), "{body}");
+        let (code, _, body) = get(ops_port, "/");
+        assert_eq!(code, 200, "the sign-in form");
+        assert!(
+            body.contains(r#"action="/login""#) && !body.contains("/status.json"),
+            "{body}"
+        );
+        let form = "Content-Type: application/x-www-form-urlencoded\r\n";
+        let (code, head, _) = http(ops_port, "POST", "/login", form, "token=wrong");
+        assert_eq!(code, 401);
+        assert!(!head.to_lowercase().contains("set-cookie"), "{head}");
+        let (code, head, _) = http(ops_port, "POST", "/login", form, "token=ops-test-token");
+        assert_eq!(code, 303, "{head}");
+        let cookie = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("set-cookie: ")
+                    .or_else(|| l.strip_prefix("Set-Cookie: "))
+            })
+            .expect("a cookie")
+            .to_owned();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        let pair = cookie.split(';').next().unwrap();
+        let with_cookie = format!("Cookie: {pair}\r\n");
+        let (code, _, body) = http(ops_port, "GET", "/status.json", &with_cookie, "");
+        assert_eq!(code, 200);
+        assert!(body.contains(&trial), "{body}");
+        let (code, _, body) = http(ops_port, "GET", "/", &with_cookie, "");
+        assert_eq!(code, 200);
+        assert!(body.contains("/status.json"), "{body}");
+    })
+    .await
+    .unwrap();
 
     // gRPC health on the ops port, without a token.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{ops_port}"))
@@ -252,9 +316,10 @@ async fn the_status_page_in_a_real_browser_sees_trials_finish() {
     let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = ops.local_addr().unwrap().port();
     let stop = CancellationToken::new();
+    let token = Secret::new("browser-test-token", "test").unwrap();
     tokio::spawn({
         let (c, s) = (coordinator.clone(), stop.clone());
-        async move { convsweep_coordinator::serve_ops(ops, c, async move { s.cancelled().await }).await }
+        async move { convsweep_coordinator::serve_ops(ops, c, Some(token), async move { s.cancelled().await }).await }
     });
     let worker = scripted_worker(&coordinator, 1);
 
@@ -272,6 +337,7 @@ async fn the_status_page_in_a_real_browser_sees_trials_finish() {
         .arg(format!("http://127.0.0.1:{port}/"))
         .arg(&screenshot)
         .env("NODE_PATH", &modules)
+        .env("STATUS_TOKEN", "browser-test-token")
         .env("CHROMIUM", &chromium)
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -342,6 +408,11 @@ async fn the_status_page_in_a_real_browser_sees_trials_finish() {
     );
     assert_eq!(seen["sweeps"][0].as_str().unwrap().split(':').next(), Some("small"));
     assert_eq!(seen["errors"].as_array().unwrap().len(), 0, "no script errors: {seen}");
+    assert_eq!(
+        seen["signedIn"],
+        serde_json::Value::Bool(true),
+        "signed in once, the token kept in an HttpOnly, SameSite=Strict cookie: {seen}"
+    );
     assert!(screenshot.exists());
     if let Some(keep) = std::env::var_os("CONVSWEEP_KEEP_SCREENSHOT") {
         std::fs::copy(&screenshot, keep).unwrap();
