@@ -92,11 +92,11 @@ struct Latencies {
 }
 
 /// A coordinator process of the bench's own, on loopback ports this process holds.
-struct Served {
+pub(crate) struct Served {
     child: tokio::process::Child,
     url: String,
-    ops: String,
-    token: Secret,
+    pub(crate) ops: String,
+    pub(crate) token: Secret,
     _ports: (std::net::TcpListener, std::net::TcpListener),
 }
 
@@ -116,7 +116,7 @@ fn raise_open_files() {
     }
 }
 
-async fn start_coordinator(program: &Path, state: &Path, max_trials: u64) -> Result<Served> {
+pub(crate) async fn start_coordinator(program: &Path, state: &Path, max_trials: u64) -> Result<Served> {
     use convsweep_testkit::listen;
     let (main, ops) = (listen::loopback()?, listen::loopback()?);
     let token = Secret::random()?;
@@ -166,7 +166,7 @@ async fn health(ops: &str) -> Result<()> {
     tonic_health_check(channel).await
 }
 
-async fn tonic_health_check(channel: tonic::transport::Channel) -> Result<()> {
+pub(crate) async fn tonic_health_check(channel: tonic::transport::Channel) -> Result<()> {
     let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
     let resp = client
         .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
@@ -215,7 +215,7 @@ impl Served {
             .sum())
     }
 
-    async fn stop(mut self) -> Result<()> {
+    pub(crate) async fn stop(mut self) -> Result<()> {
         if let Some(pid) = self.child.id() {
             // SAFETY: signalling our own child.
             #[allow(unsafe_code)]
@@ -241,7 +241,7 @@ async fn http_get(addr: &str, path: &str) -> Result<String> {
         .unwrap_or_default())
 }
 
-fn sweep_spec(name: &str, trials: u64, epochs: u32) -> String {
+pub(crate) fn sweep_spec(name: &str, trials: u64, epochs: u32) -> String {
     format!(
         "name = \"{name}\"\nseeds = {trials}\n[dataset]\nname = \"synthetic\"\ntrain_size = 64\ntest_size = 32\n\
          [model]\narch = \"resnet\"\ndepth = 8\nwidth = 4\nkernel_size = 3\ntrain_mode = \"learned\"\n\

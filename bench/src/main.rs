@@ -9,6 +9,7 @@
 //! - [`coordinator`]: a coordinator process under simulated workers, against Ray Tune; or
 //!   large sweeps (`--sizes`).
 //! - [`rpc`]: what token auth and TLS cost a call.
+//! - [`ops`]: health probes on the ops port while viewers hammer its status and metrics.
 //! - [`decode`] and [`decode_pipeline`]: the imagefolder pipeline's images/s.
 //! - [`files`]: the `convsweep` binary and the peers' scripts the benchmarks start.
 //!
@@ -19,6 +20,7 @@ mod coordinator;
 mod decode;
 mod decode_pipeline;
 mod files;
+mod ops;
 mod rpc;
 mod step;
 mod trial;
@@ -43,6 +45,9 @@ struct Cli {
 enum Target {
     /// GetStatus latency (median, p99) with and without token auth and TLS, side by side.
     Rpc(rpc::RpcArgs),
+    /// Health probes (/healthz and gRPC health: p50, p99) of a coordinator on a large state
+    /// while viewers poll /status.json and /metrics as fast as they can.
+    Ops(ops::OpsArgs),
     /// A coordinator process under N simulated workers over loopback gRPC (no training), with
     /// Ray Tune running the same trials side by side; or, with --sizes, large sweeps.
     Coordinator(coordinator::Args),
@@ -70,6 +75,7 @@ fn main() -> ExitCode {
         match cli.target {
             None => step::bench(&cli.step),
             Some(Target::Rpc(args)) => rpc::bench_rpc(&args).await,
+            Some(Target::Ops(args)) => ops::bench_ops(args).await,
             Some(Target::Coordinator(args)) => coordinator::bench(args).await,
             Some(Target::Decode(args)) => decode::bench_decode(args),
             Some(Target::Trial(args)) => trial::bench_trial(args).await,

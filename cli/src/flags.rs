@@ -37,6 +37,10 @@ pub fn coordinator_flag(setting: Setting) -> &'static str {
         Setting::MaxMessageBytes => "--max-message-mib (CONVSWEEP_MAX_MESSAGE_MIB)",
         Setting::RequestTimeout => "--request-timeout-secs (CONVSWEEP_REQUEST_TIMEOUT_SECS)",
         Setting::MaxConcurrentRequests => "--max-concurrent-requests (CONVSWEEP_MAX_CONCURRENT_REQUESTS)",
+        Setting::MaxConnections => "--max-connections (CONVSWEEP_MAX_CONNECTIONS)",
+        Setting::MaxOpsConnections => "--max-ops-connections (CONVSWEEP_MAX_OPS_CONNECTIONS)",
+        Setting::MaxStreamsPerConnection => "--max-streams-per-connection (CONVSWEEP_MAX_STREAMS_PER_CONNECTION)",
+        Setting::HandshakeTimeout => "--handshake-timeout-secs (CONVSWEEP_HANDSHAKE_TIMEOUT_SECS)",
     }
 }
 

@@ -34,6 +34,14 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Calls served at once (over all connections); one more is refused.
     pub max_concurrent_requests: usize,
+    /// Connections open at once on the main port; one more is closed when accepted.
+    pub max_connections: usize,
+    /// Connections open at once on the ops port.
+    pub max_ops_connections: usize,
+    /// HTTP/2 streams (calls) one connection may have open at once.
+    pub max_streams_per_connection: u32,
+    /// Longest a TLS handshake may take.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -42,6 +50,10 @@ impl Default for Limits {
             max_message_bytes: 16 << 20,
             request_timeout: Duration::from_secs(120),
             max_concurrent_requests: 10_000,
+            max_connections: 10_000,
+            max_ops_connections: 256,
+            max_streams_per_connection: 1_000,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -106,6 +118,12 @@ impl ServerConfig {
         at_least_one(Setting::MaxSweepBytes, c.max_sweep_bytes)?;
         at_least_one(Setting::MaxMessageBytes, l.max_message_bytes)?;
         at_least_one(Setting::MaxConcurrentRequests, l.max_concurrent_requests)?;
+        at_least_one(Setting::MaxConnections, l.max_connections)?;
+        at_least_one(Setting::MaxOpsConnections, l.max_ops_connections)?;
+        at_least_one(Setting::MaxStreamsPerConnection, l.max_streams_per_connection)?;
+        if l.handshake_timeout.is_zero() {
+            return Err(invalid(Setting::HandshakeTimeout, "must be longer than 0 s".into()));
+        }
         if l.request_timeout.is_zero() {
             return Err(invalid(Setting::RequestTimeout, "must be longer than 0 s".into()));
         }
@@ -143,7 +161,7 @@ mod tests {
         assert!(err.to_string().contains("heartbeat interval"), "{err}");
 
         type Break = fn(&mut ServerConfig);
-        let cases: [(Break, Setting); 8] = [
+        let cases: [(Break, Setting); 12] = [
             (
                 |c| c.coordinator.heartbeat_interval = Duration::ZERO,
                 Setting::HeartbeatInterval,
@@ -152,6 +170,16 @@ mod tests {
             (|c| c.coordinator.max_trials_per_sweep = 0, Setting::MaxTrialsPerSweep),
             (|c| c.coordinator.max_spec_bytes = 0, Setting::MaxSpecBytes),
             (|c| c.coordinator.max_sweep_bytes = 0, Setting::MaxSweepBytes),
+            (|c| c.serve.limits.max_connections = 0, Setting::MaxConnections),
+            (|c| c.serve.limits.max_ops_connections = 0, Setting::MaxOpsConnections),
+            (
+                |c| c.serve.limits.max_streams_per_connection = 0,
+                Setting::MaxStreamsPerConnection,
+            ),
+            (
+                |c| c.serve.limits.handshake_timeout = Duration::ZERO,
+                Setting::HandshakeTimeout,
+            ),
             (|c| c.serve.limits.max_message_bytes = 0, Setting::MaxMessageBytes),
             (
                 |c| c.serve.limits.request_timeout = Duration::ZERO,

@@ -153,6 +153,14 @@ pub enum Setting {
     RequestTimeout,
     /// [`Limits::max_concurrent_requests`](crate::config::Limits::max_concurrent_requests).
     MaxConcurrentRequests,
+    /// [`Limits::max_connections`](crate::config::Limits::max_connections).
+    MaxConnections,
+    /// [`Limits::max_ops_connections`](crate::config::Limits::max_ops_connections).
+    MaxOpsConnections,
+    /// [`Limits::max_streams_per_connection`](crate::config::Limits::max_streams_per_connection).
+    MaxStreamsPerConnection,
+    /// [`Limits::handshake_timeout`](crate::config::Limits::handshake_timeout).
+    HandshakeTimeout,
 }
 
 impl Setting {
@@ -168,6 +176,10 @@ impl Setting {
             Setting::MaxMessageBytes => "the largest message",
             Setting::RequestTimeout => "the request timeout",
             Setting::MaxConcurrentRequests => "the most calls served at once",
+            Setting::MaxConnections => "the most connections to the main port",
+            Setting::MaxOpsConnections => "the most connections to the ops port",
+            Setting::MaxStreamsPerConnection => "the most calls one connection may have open",
+            Setting::HandshakeTimeout => "the TLS handshake timeout",
         }
     }
 }

@@ -64,6 +64,18 @@ pub struct CoordinatorArgs {
     /// refused with ResourceExhausted.
     #[arg(long, default_value_t = 10_000, env = "CONVSWEEP_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: usize,
+    /// Connections open at once on the main port; one more is closed as it is accepted.
+    #[arg(long, default_value_t = 10_000, env = "CONVSWEEP_MAX_CONNECTIONS")]
+    pub max_connections: usize,
+    /// Connections open at once on the ops port.
+    #[arg(long, default_value_t = 256, env = "CONVSWEEP_MAX_OPS_CONNECTIONS")]
+    pub max_ops_connections: usize,
+    /// HTTP/2 streams (calls) one connection may have open at once.
+    #[arg(long, default_value_t = 1_000, env = "CONVSWEEP_MAX_STREAMS_PER_CONNECTION")]
+    pub max_streams_per_connection: u32,
+    /// Longest a TLS handshake may take, in seconds.
+    #[arg(long, default_value_t = 10, env = "CONVSWEEP_HANDSHAKE_TIMEOUT_SECS")]
+    pub handshake_timeout_secs: u64,
     /// Most trials one sweep may expand to (grid times seeds); a larger spec is refused,
     /// naming its size, before it is expanded.
     #[arg(long, default_value_t = convsweep_coordinator::sweep::DEFAULT_MAX_TRIALS_PER_SWEEP,
@@ -115,6 +127,10 @@ impl CoordinatorArgs {
                     })?,
                     request_timeout: Duration::from_secs(self.request_timeout_secs),
                     max_concurrent_requests: self.max_concurrent_requests,
+                    max_connections: self.max_connections,
+                    max_ops_connections: self.max_ops_connections,
+                    max_streams_per_connection: self.max_streams_per_connection,
+                    handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
                 },
             },
             insecure: self.insecure,

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use super::auth::TokenCheck;
-use super::listen::no_delay;
+use super::listen::capped;
 use crate::config::{ServeConfig, TlsFiles};
 use crate::coordinator::Coordinator;
 use crate::error::{Error, Result, TlsFile};
@@ -27,12 +27,12 @@ fn read_pem(file: TlsFile, path: &std::path::Path) -> Result<Vec<u8>> {
     })
 }
 
-fn server_tls(files: &TlsFiles) -> Result<ServerTlsConfig> {
+fn server_tls(files: &TlsFiles, handshake: std::time::Duration) -> Result<ServerTlsConfig> {
     let identity = Identity::from_pem(
         read_pem(TlsFile::Cert, &files.cert)?,
         read_pem(TlsFile::Key, &files.key)?,
     );
-    let mut config = ServerTlsConfig::new().identity(identity);
+    let mut config = ServerTlsConfig::new().identity(identity).timeout(handshake);
     if let Some(ca) = &files.client_ca {
         config = config.client_ca_root(Certificate::from_pem(read_pem(TlsFile::ClientCa, ca)?));
     }
@@ -240,9 +240,9 @@ pub async fn serve_with(
 
     let auth = TokenCheck::new(config.token.as_ref());
     let limits = config.limits;
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder().max_concurrent_streams(limits.max_streams_per_connection);
     if let Some(tls) = &config.tls {
-        builder = builder.tls_config(server_tls(tls)?)?;
+        builder = builder.tls_config(server_tls(tls, limits.handshake_timeout)?)?;
     }
     // Metrics outermost, so that calls refused by a limit are counted with their code.
     let mut builder = builder.layer(
@@ -305,7 +305,7 @@ pub async fn serve_with(
             reflection_v1alpha,
             auth,
         ))
-        .serve_with_incoming_shutdown(no_delay(listener), shutdown)
+        .serve_with_incoming_shutdown(capped(listener, limits.max_connections), shutdown)
         .await;
     cancel.cancel();
     let _ = expiry.await;

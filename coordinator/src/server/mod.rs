@@ -8,16 +8,18 @@
 //!   readiness, metrics and the status page ([`serve_ops`]).
 //! - [`auth`]: the bearer-token check on the main port.
 //! - [`limits`]: the time and concurrency limits of the main port.
-//! - [`listen`]: listeners ([`bind`]) and accepted connections with `TCP_NODELAY`.
+//! - [`listen`]: listeners ([`bind`]) and accepted connections with `TCP_NODELAY`, capped.
+//! - `shared_read`: the ops port's reads, shared by every viewer, and its rate limit.
 
 pub mod auth;
 pub mod grpc;
 pub mod limits;
 pub mod listen;
 pub mod ops_port;
+mod shared_read;
 
 pub use grpc::{serve, serve_with};
-pub use listen::{bind, no_delay};
+pub use listen::{bind, capped, no_delay};
 pub use ops_port::serve_ops;
 
 use tokio::net::TcpListener;
@@ -44,12 +46,12 @@ pub async fn run(
     let ops_server = std::thread::Builder::new().name("convsweep-ops".into()).spawn({
         let coordinator = coordinator.clone();
         let stop = shutdown.clone();
-        let token = config.serve.token.clone();
+        let serve = config.serve.clone();
         move || -> Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async move {
                 let listener = TcpListener::from_std(ops)?;
-                serve_ops(listener, coordinator, token, async move { stop.cancelled().await }).await
+                serve_ops(listener, coordinator, &serve, async move { stop.cancelled().await }).await
             })
         }
     })?;

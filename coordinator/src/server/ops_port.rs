@@ -6,11 +6,13 @@
 //! reasons) answer only with the coordinator's token when it has one: as
 //! `Authorization: Bearer`, or in the `HttpOnly`, `SameSite=Strict` cookie that the page's
 //! sign-in form (`POST /login`) sets once. Nothing on it changes state, and nothing on its
-//! thread waits on the store: the reads behind `/status.json` and `/metrics` run on the
-//! blocking pool.
+//! thread waits on the store: the status and the metrics are read on the blocking pool at most
+//! once a second and shared by every viewer ([`super::shared_read`]); requests beyond the
+//! health endpoints are rate-limited (429), and connections capped.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -22,6 +24,8 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tracing::info;
 
+use super::shared_read::{RateLimit, SharedRead};
+use crate::config::ServeConfig;
 use crate::coordinator::Coordinator;
 use crate::error::Result;
 
@@ -58,6 +62,28 @@ struct Ops {
     coordinator: Arc<Coordinator>,
     /// The token the page and `/status.json` require; none: they are open.
     token: Option<Arc<Secret>>,
+    /// `/status.json`'s body, computed at most once a second for every viewer.
+    status: Arc<SharedRead<String>>,
+    /// `/metrics`' body, likewise.
+    metrics: Arc<SharedRead<String>>,
+    /// Requests a second to everything but the health endpoints.
+    limit: Arc<RateLimit>,
+}
+
+/// How often the status and the metrics are read at most.
+const READ_EVERY: Duration = Duration::from_secs(1);
+
+/// Requests a second (and the burst) the ops port answers beyond its health endpoints.
+const RATE: f64 = 50.0;
+const BURST: f64 = 100.0;
+
+fn too_many() -> axum::response::Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, "1")],
+        "too many requests to the ops port: its status and metrics are read at most once a second anyway\n",
+    )
+        .into_response()
 }
 
 /// Percent-encodes everything but unreserved characters (a cookie value, a form field).
@@ -133,6 +159,9 @@ fn sign_in(status: StatusCode, note: &str) -> axum::response::Response {
 }
 
 async fn page(State(ops): State<Ops>, headers: HeaderMap) -> axum::response::Response {
+    if !ops.limit.allow() {
+        return too_many();
+    }
     if ops.allowed(&headers) {
         html(StatusCode::OK, STATUS_PAGE.to_owned())
     } else {
@@ -143,6 +172,9 @@ async fn page(State(ops): State<Ops>, headers: HeaderMap) -> axum::response::Res
 
 /// `POST /login` with the form's `token`: sets the cookie and goes to the page, or asks again.
 async fn login(State(ops): State<Ops>, body: axum::body::Bytes) -> axum::response::Response {
+    if !ops.limit.allow() {
+        return too_many();
+    }
     let given = std::str::from_utf8(&body)
         .ok()
         .and_then(|b| b.split('&').find_map(|kv| kv.strip_prefix("token=")))
@@ -184,6 +216,9 @@ async fn off_thread<T: Send + 'static>(
 }
 
 async fn status_json(State(ops): State<Ops>, headers: HeaderMap) -> axum::response::Response {
+    if !ops.limit.allow() {
+        return too_many();
+    }
     if !ops.allowed(&headers) {
         return (
             StatusCode::UNAUTHORIZED,
@@ -192,13 +227,13 @@ async fn status_json(State(ops): State<Ops>, headers: HeaderMap) -> axum::respon
         )
             .into_response();
     }
-    match off_thread(&ops.coordinator, |c| c.snapshot("")).await {
-        Ok(s) => (
+    match &*ops.status.get().await {
+        Ok(json) => (
             [
                 (header::CONTENT_TYPE, "application/json"),
                 (header::CACHE_CONTROL, "no-store"),
             ],
-            serde_json::to_string(&StatusJson::from(&s)).unwrap_or_default(),
+            json.clone(),
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("status unavailable: {e}\n")).into_response(),
@@ -206,22 +241,63 @@ async fn status_json(State(ops): State<Ops>, headers: HeaderMap) -> axum::respon
 }
 
 async fn metrics(State(ops): State<Ops>) -> axum::response::Response {
-    match off_thread(&ops.coordinator, Coordinator::scrape).await {
-        Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
+    if !ops.limit.allow() {
+        return too_many();
+    }
+    match &*ops.metrics.get().await {
+        Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS)], text.clone()).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("metrics unavailable: {e}\n")).into_response(),
     }
 }
 
+/// Aborts a task when dropped: the shared reads stop with the port.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Serves the ops port on `listener` until `shutdown` completes; the status page and
-/// `/status.json` require `token` when there is one.
+/// `/status.json` require the main port's token when it has one, and connections are capped
+/// at its `max_ops_connections`.
 pub async fn serve_ops(
     listener: TcpListener,
     coordinator: Arc<Coordinator>,
-    token: Option<Secret>,
+    config: &ServeConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
+    let token = config.token.clone();
     let addr = listener.local_addr()?;
     let health_service = super::grpc::health().await;
+    let ops = Ops {
+        coordinator,
+        token: token.map(Arc::new),
+        status: SharedRead::new(READ_EVERY),
+        metrics: SharedRead::new(READ_EVERY),
+        limit: Arc::new(RateLimit::new(RATE, BURST)),
+    };
+    let _refresh = [
+        AbortOnDrop(tokio::spawn(ops.status.clone().refresh({
+            let c = ops.coordinator.clone();
+            move || {
+                let c = c.clone();
+                async move {
+                    off_thread(&c, |c| c.snapshot(""))
+                        .await
+                        .map(|s| serde_json::to_string(&StatusJson::from(&s)).unwrap_or_default())
+                }
+            }
+        }))),
+        AbortOnDrop(tokio::spawn(ops.metrics.clone().refresh({
+            let c = ops.coordinator.clone();
+            move || {
+                let c = c.clone();
+                async move { off_thread(&c, Coordinator::scrape).await }
+            }
+        }))),
+    ];
     let http = axum::Router::new()
         .route("/", get(page))
         .route("/login", axum::routing::post(login))
@@ -231,16 +307,16 @@ pub async fn serve_ops(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(Ops {
-            coordinator,
-            token: token.map(Arc::new),
-        });
+        .with_state(ops);
     let routes = tonic::service::Routes::from(http).add_service(health_service);
     info!(%addr, "ops port listening (health, readiness, metrics, status page)");
     tonic::transport::Server::builder()
         .accept_http1(true)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(super::listen::no_delay(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            super::listen::capped(listener, config.limits.max_ops_connections),
+            shutdown,
+        )
         .await?;
     Ok(())
 }

@@ -376,3 +376,58 @@ async fn a_sweep_too_large_in_bytes_is_refused_before_it_is_expanded() {
     assert!(server.coordinator.status("").unwrap().sweeps.is_empty());
     server.stop().await;
 }
+
+/// A client that opens connections without end cannot take the port: past the cap each new
+/// connection is closed as it is accepted, and the calls of the connections within it go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_closed_and_the_others_served() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = convsweep_coordinator::Coordinator::open(config(dir.path())).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = convsweep_coordinator::ServeConfig {
+        limits: convsweep_coordinator::Limits {
+            max_connections: 2,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let (c, s) = (coordinator.clone(), stop.clone());
+        async move { convsweep_coordinator::serve_with(listener, c, &serve, async move { s.cancelled().await }).await }
+    });
+    let url = format!("http://{addr}");
+    // Two clients hold the two slots (an HTTP/2 connection each).
+    let mut first = convsweep_proto::pb::admin_service_client::AdminServiceClient::connect(url.clone())
+        .await
+        .unwrap();
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // A third connection: closed by the server, nothing to read but the end.
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .expect("the server closes it rather than keep it waiting");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The first client's calls go on.
+    first.get_status(pb::GetStatusRequest::default()).await.unwrap();
+    // A slot freed is taken again.
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut idle).await;
+    drop(idle);
+    let start = Instant::now();
+    loop {
+        if let Ok(mut c) = convsweep_proto::pb::admin_service_client::AdminServiceClient::connect(url.clone()).await
+            && c.get_status(pb::GetStatusRequest::default()).await.is_ok()
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the freed slot was never reused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+}

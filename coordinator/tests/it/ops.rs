@@ -63,8 +63,12 @@ async fn the_ops_port_serves_health_readiness_and_metrics_without_the_token() {
         async move { convsweep_coordinator::serve_with(main, c, &serve, async move { s.cancelled().await }).await }
     });
     tokio::spawn({
-        let (c, s, t) = (coordinator.clone(), stop.clone(), token.clone());
-        async move { convsweep_coordinator::serve_ops(ops, c, Some(t), async move { s.cancelled().await }).await }
+        let (c, s) = (coordinator.clone(), stop.clone());
+        let config = ServeConfig {
+            token: Some(token.clone()),
+            ..Default::default()
+        };
+        async move { convsweep_coordinator::serve_ops(ops, c, &config, async move { s.cancelled().await }).await }
     });
 
     // A sweep in progress: one trial leased, two epochs reported, one completed.
@@ -316,10 +320,13 @@ async fn the_status_page_in_a_real_browser_sees_trials_finish() {
     let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = ops.local_addr().unwrap().port();
     let stop = CancellationToken::new();
-    let token = Secret::new("browser-test-token", "test").unwrap();
+    let config = ServeConfig {
+        token: Some(Secret::new("browser-test-token", "test").unwrap()),
+        ..Default::default()
+    };
     tokio::spawn({
         let (c, s) = (coordinator.clone(), stop.clone());
-        async move { convsweep_coordinator::serve_ops(ops, c, Some(token), async move { s.cancelled().await }).await }
+        async move { convsweep_coordinator::serve_ops(ops, c, &config, async move { s.cancelled().await }).await }
     });
     let worker = scripted_worker(&coordinator, 1);
 
@@ -417,5 +424,39 @@ async fn the_status_page_in_a_real_browser_sees_trials_finish() {
     if let Some(keep) = std::env::var_os("CONVSWEEP_KEEP_SCREENSHOT") {
         std::fs::copy(&screenshot, keep).unwrap();
     }
+    stop.cancel();
+}
+
+/// Clients hammering the status get 429 past the ops port's rate, while its health endpoints
+/// answer every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hammering_the_status_is_rate_limited_and_health_still_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::open(config(dir.path())).unwrap();
+    coordinator.submit(SPEC).unwrap();
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = ops.local_addr().unwrap().port();
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let (c, s) = (coordinator.clone(), stop.clone());
+        async move {
+            convsweep_coordinator::serve_ops(ops, c, &ServeConfig::default(), async move { s.cancelled().await }).await
+        }
+    });
+    let (codes, health) = tokio::task::spawn_blocking(move || {
+        let hammer: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(move || (0..250).map(|_| get(port, "/status.json").0).collect::<Vec<_>>()))
+            .collect();
+        let health: Vec<u16> = (0..50).map(|_| get(port, "/healthz").0).collect();
+        let codes: Vec<u16> = hammer.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        (codes, health)
+    })
+    .await
+    .unwrap();
+    assert!(health.iter().all(|c| *c == 200), "{health:?}");
+    assert!(codes.iter().all(|c| *c == 200 || *c == 429), "{codes:?}");
+    let limited = codes.iter().filter(|c| **c == 429).count();
+    assert!(limited > 0, "1,000 requests in a burst and none limited");
+    assert!(codes.contains(&200));
     stop.cancel();
 }
