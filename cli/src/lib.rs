@@ -219,7 +219,7 @@ mod tests {
                 w.grace_secs,
                 w.stall_timeout
             ),
-            ("http://c:1", 1, "auto", 30, 1800)
+            ("http://c:1", 1, "auto", 30, None)
         );
         assert_eq!(
             (w.checkpoint_every, w.connect_timeout_secs, w.max_trial_rss),

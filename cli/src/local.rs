@@ -119,7 +119,9 @@ impl Local {
             }),
         };
         let file = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        die_with_this_process(&mut command);
+        let child = command
             .args(crate::argv::of(&cli)?)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .env(crate::access::TOKEN_ENV, self.token.expose())
@@ -175,6 +177,25 @@ impl Local {
         self.stop.cancel();
         self.server.await.context("the local coordinator's task failed")??;
         Ok(())
+    }
+}
+
+/// Makes the child of `command` die (SIGKILL) when this process dies, however it dies: its
+/// coordinator lives in this process, so nothing the child does after would count. (The death
+/// signal follows the spawning thread; this process spawns from threads that live as long as
+/// it does: the runtime's.) A parent that died before the child set it up is caught too.
+#[allow(unsafe_code)]
+pub fn die_with_this_process(command: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGKILL);
+            }
+            Ok(())
+        });
     }
 }
 

@@ -52,6 +52,9 @@ pub struct WorkerConfig {
     /// Exit (successfully) once a lease call finds no work and nothing runs: an Indexed Job's
     /// or array task's worker ends when the sweep is drained.
     pub exit_when_idle: bool,
+    /// Once registered, stop (preempting what runs) and fail after the coordinator could not
+    /// be reached for this long. None: keep trying.
+    pub max_disconnected: Option<Duration>,
 }
 
 impl Default for WorkerConfig {
@@ -65,6 +68,7 @@ impl Default for WorkerConfig {
             grace: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(900),
             exit_when_idle: false,
+            max_disconnected: None,
         }
     }
 }
@@ -78,6 +82,17 @@ pub enum AgentError {
     /// The coordinator refused this worker for good.
     #[error("the coordinator refused this worker: {0}")]
     Refused(Status),
+    /// The coordinator could not be reached for longer than the worker's bound.
+    #[error(
+        "lost the coordinator at {url}: no call answered for {waited:?} (the worker's --max-disconnected-secs); \
+         running trials were preempted"
+    )]
+    Disconnected {
+        /// The URL.
+        url: String,
+        /// The bound.
+        waited: Duration,
+    },
     /// The coordinator could not be reached within the start-up limit.
     #[error(
         "no coordinator answered at {url} within {waited:?} (the worker's connect timeout); is it running and is the address right?"
@@ -167,6 +182,8 @@ struct Shared {
     shutdown: CancellationToken,
     /// Cancelled when the grace period is over: pending reports are abandoned.
     hard_stop: CancellationToken,
+    /// Set when the worker stops because the coordinator was out of reach too long.
+    disconnected: AtomicBool,
 }
 
 impl Shared {
@@ -276,6 +293,7 @@ pub async fn run(
         drain: AtomicBool::new(false),
         shutdown: shutdown.clone(),
         hard_stop: CancellationToken::new(),
+        disconnected: AtomicBool::new(false),
     });
     let tracker = TaskTracker::new();
     let heartbeat_stop = CancellationToken::new();
@@ -286,8 +304,11 @@ pub async fn run(
     // lease call still in flight) are abandoned.
     let grace_timer = tokio::spawn({
         let (shutdown, hard_stop, grace) = (shutdown.clone(), shared.hard_stop.clone(), config.grace);
+        let shared = shared.clone();
         async move {
             shutdown.cancelled().await;
+            // Running trials start to wrap up at once, even while a lease call still waits.
+            shared.signal_all(Signal::Preempt);
             tokio::time::sleep(grace).await;
             hard_stop.cancel();
         }
@@ -317,6 +338,12 @@ pub async fn run(
     let _ = heartbeat.await;
     grace_timer.abort();
     info!("worker stopped");
+    if shared.disconnected.load(Ordering::SeqCst) {
+        return Err(AgentError::Disconnected {
+            url: config.coordinator.url.clone(),
+            waited: config.max_disconnected.unwrap_or_default(),
+        });
+    }
     Ok(())
 }
 
@@ -440,6 +467,7 @@ async fn lease_loop(shared: &Arc<Shared>, trainer: &Arc<dyn Trainer>, tracker: &
 async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_answer = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -452,6 +480,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration, stop: Cancellat
         // One try per tick: the next tick is the retry.
         match shared.client.clone().heartbeat(request).await {
             Ok(resp) => {
+                last_answer = tokio::time::Instant::now();
                 let resp = resp.into_inner();
                 if resp.drain {
                     shared.drain.store(true, Ordering::SeqCst);
@@ -470,7 +499,19 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration, stop: Cancellat
                     }
                 }
             }
-            Err(status) => debug!(code = ?status.code(), "heartbeat failed; will retry"),
+            Err(status) => {
+                debug!(code = ?status.code(), "heartbeat failed; will retry");
+                if let Some(bound) = shared.config.max_disconnected
+                    && last_answer.elapsed() > bound
+                    && !shared.disconnected.swap(true, Ordering::SeqCst)
+                {
+                    warn!(
+                        ?bound,
+                        "the coordinator has not answered for longer than this worker's bound; stopping"
+                    );
+                    shared.shutdown.cancel();
+                }
+            }
         }
     }
 }

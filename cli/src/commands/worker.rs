@@ -45,18 +45,26 @@ pub struct WorkerArgs {
     #[arg(long, default_value_t = 900, env = "CONVSWEEP_CONNECT_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub connect_timeout_secs: u64,
     /// Seconds a trial may go without progress (a finished batch or evaluation step)
-    /// before its process is killed and the attempt fails (retryable).
-    #[arg(long, default_value_t = 1800, env = "CONVSWEEP_STALL_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..))]
-    pub stall_timeout: u64,
+    /// before its process is killed and the attempt fails (retryable). Default 1800.
+    #[arg(long, env = "CONVSWEEP_STALL_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_timeout: Option<u64>,
     /// Most resident memory of one trial process, in MiB; a trial that grows past it is
     /// killed and fails for good (the same spec would again). None: no limit.
     #[arg(long, env = "CONVSWEEP_MAX_TRIAL_RSS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_trial_rss: Option<u64>,
     /// Train trials on threads of the worker process instead of a process per trial (a
-    /// crash in libtorch then takes the worker and all its slots down).
+    /// crash in libtorch then takes the worker and all its slots down; no --stall-timeout
+    /// or --max-trial-rss, which watch a trial process).
     #[arg(long, env = "CONVSWEEP_IN_PROCESS")]
     pub in_process: bool,
+    /// Stop (preempting running trials) and exit with an error once the coordinator has not
+    /// answered for this many seconds. Default: keep trying.
+    #[arg(long, env = "CONVSWEEP_MAX_DISCONNECTED_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_disconnected_secs: Option<u64>,
 }
+
+/// Seconds a trial may go without progress when `--stall-timeout` is not given.
+pub const DEFAULT_STALL_TIMEOUT_SECS: u64 = 1800;
 
 impl WorkerArgs {
     /// A worker of `coordinator` with every other flag at its default.
@@ -165,12 +173,21 @@ mod imp {
         }
         let device = convsweep_worker::pick_device(&args.device)?;
         let checkpoints = checkpoint_store(args.checkpoint_dir.as_deref(), args.checkpoint_every)?;
+        if args.in_process && (args.stall_timeout.is_some() || args.max_trial_rss.is_some()) {
+            anyhow::bail!(
+                "--in-process cannot honour --stall-timeout or --max-trial-rss: they are the watchdog of a trial \
+                 process, and --in-process trains on the worker's own threads; drop them, or drop --in-process"
+            );
+        }
         let trainer: Arc<dyn Trainer> = if args.in_process {
             Arc::new(in_process_trainer(device, globals, checkpoints))
         } else {
             let limits = Limits {
-                stall_timeout: Duration::from_secs(args.stall_timeout),
+                stall_timeout: Duration::from_secs(args.stall_timeout.unwrap_or(DEFAULT_STALL_TIMEOUT_SECS)),
                 max_rss_bytes: args.max_trial_rss.map(|m| m.saturating_mul(1 << 20)),
+                // A trial asked to preempt gets four fifths of the worker's grace, then is
+                // killed: the last fifth is left to report it.
+                preempt_timeout: Duration::from_secs(args.grace_secs) * 4 / 5,
                 ..Default::default()
             };
             Arc::new(ProcessTrainer::new(
@@ -187,6 +204,7 @@ mod imp {
             grace: Duration::from_secs(args.grace_secs),
             exit_when_idle: args.exit_when_idle,
             connect_timeout: Duration::from_secs(args.connect_timeout_secs),
+            max_disconnected: args.max_disconnected_secs.map(Duration::from_secs),
             ..Default::default()
         };
         convsweep_worker::run(config, trainer, crate::shutdown_on_signals()).await?;

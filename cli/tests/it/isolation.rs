@@ -275,3 +275,156 @@ async fn cancelled_and_preempted_trial_processes_go_and_sigkill_of_the_worker_ta
     .await;
     s.stop.cancel();
 }
+
+/// Whether every one of `pids` is gone (or a zombie waiting to be reaped).
+fn all_gone(pids: &[u32]) -> bool {
+    pids.iter().all(|c| {
+        std::fs::read_to_string(format!("/proc/{c}/stat"))
+            .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+            .unwrap_or(true)
+    })
+}
+
+/// A trial process that ignores a preempt is killed once the worker's grace is over, so the
+/// worker exits on SIGTERM; one that closes its output and hangs is killed and its attempt
+/// fails (retryable), not waited for without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trial_that_ignores_a_preempt_or_closes_its_output_is_killed() {
+    let s = serve(2).await;
+    let toml = spec("deaf", "[3, 5]", 500);
+    let by_id = kernels(&toml);
+    s.coordinator.submit(&toml).unwrap();
+    let mut w = worker(&s.url, &["--slots", "2", "--grace-secs", "5"], "hang:3,close-output:5");
+    let pid = w.0.id();
+    // The child that closed its output: killed, the attempt failed, retried, failed for good.
+    let start = Instant::now();
+    let reason = loop {
+        let status = s.coordinator.status("deaf").unwrap().sweeps.remove(0);
+        if let Some(f) = status.failures.iter().find(|f| by_id[&f.trial_id] == 5) {
+            break f.reason.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "k = 5 never failed: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        reason.contains("closed its output but did not exit") && reason.contains("2 failed attempts"),
+        "{reason}"
+    );
+    // The hanging one never stops when asked: SIGTERM, and the worker still exits, its child
+    // killed after the grace.
+    until("the hanging trial process", Duration::from_secs(60), || {
+        trial_processes(pid).len() == 1
+    })
+    .await;
+    let children = trial_processes(pid);
+    #[allow(unsafe_code)]
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+    let exited = Instant::now();
+    assert!(wait_exit(&mut w.0, Duration::from_secs(30)).success());
+    eprintln!(
+        "the worker exited {:.1} s after SIGTERM",
+        exited.elapsed().as_secs_f64()
+    );
+    until("the hanging trial process gone", Duration::from_secs(10), || {
+        all_gone(&children)
+    })
+    .await;
+    s.stop.cancel();
+}
+
+/// Live processes (not zombies) whose environment holds `mark`, and whether each is a trial
+/// process.
+fn marked(mark: &str) -> Vec<(u32, bool)> {
+    let needle = format!("CONVSWEEP_TEST_MARK={mark}");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if !environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) || all_gone(&[pid]) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        out.push((pid, String::from_utf8_lossy(&cmdline).contains("trial-process")));
+    }
+    out
+}
+
+/// `convsweep run` killed with SIGKILL takes its workers and their trial processes along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_run_leaves_no_worker_or_trial_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec_file = dir.path().join("long.toml");
+    std::fs::write(&spec_file, spec("orphans", "[3, 5]", 500)).unwrap();
+    let mark = format!("{}-{}", std::process::id(), dir.path().display());
+    let mut run = Command::new(BIN)
+        .args([
+            "run",
+            spec_file.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+        ])
+        .arg("--runs-dir")
+        .arg(dir.path().join("runs"))
+        .env("CONVSWEEP_TEST_MARK", &mark)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run_pid = run.id();
+    until("two workers and two trial processes", Duration::from_secs(120), || {
+        let procs = marked(&mark);
+        procs.iter().filter(|(_, trial)| *trial).count() == 2 && procs.len() >= 5
+    })
+    .await;
+    let before = marked(&mark);
+    run.kill().unwrap();
+    run.wait().unwrap();
+    until("no worker or trial process left", Duration::from_secs(30), || {
+        marked(&mark).iter().all(|(pid, _)| *pid == run_pid)
+    })
+    .await;
+    eprintln!("{} processes of the run were gone after its SIGKILL", before.len() - 1);
+}
+
+/// `--in-process` has no trial process to watch: it refuses the watchdog's flags by name
+/// instead of ignoring them.
+#[test]
+fn in_process_refuses_the_flags_of_the_trial_process_watchdog() {
+    for flag in [["--stall-timeout", "5"], ["--max-trial-rss", "100"]] {
+        let out = Command::new(BIN)
+            .args([
+                "worker",
+                "--in-process",
+                "--device",
+                "cpu",
+                "--coordinator",
+                "http://127.0.0.1:1",
+            ])
+            .args(flag)
+            .env_remove("CONVSWEEP_STALL_TIMEOUT")
+            .env_remove("CONVSWEEP_MAX_TRIAL_RSS")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--in-process cannot honour --stall-timeout or --max-trial-rss"),
+            "{flag:?}: {err}"
+        );
+    }
+}

@@ -95,6 +95,13 @@ pub fn serve_trial(trainer: Arc<dyn Trainer>, mut input: impl Read + Send + 'sta
         eprintln!("trial-process: could not start the trainer thread");
         return 2;
     }
+    #[cfg(feature = "fault-injection")]
+    if fault == Some(super::fault::Fault::CloseOutput) {
+        drop(output);
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
     let mut reported = 0u64;
     let mut last_beat = Instant::now();
     let end = loop {

@@ -17,6 +17,8 @@ pub(super) enum Fault {
     Kill,
     Hang,
     Memory,
+    /// Closes its output to the worker, then hangs.
+    CloseOutput,
 }
 
 /// The env var of [`Fault`]s.
@@ -35,6 +37,7 @@ pub(super) fn fault_for(lease: &Lease) -> Option<Fault> {
             "kill" => Some(Fault::Kill),
             "hang" => Some(Fault::Hang),
             "memory" => Some(Fault::Memory),
+            "close-output" => Some(Fault::CloseOutput),
             _ => None,
         }
     })
@@ -55,7 +58,8 @@ pub(super) fn suffer(fault: Fault, ctl: &TrialControl) {
         Fault::Kill => unsafe {
             libc::raise(libc::SIGKILL);
         },
-        Fault::Hang => loop {
+        // The output is the child's main thread's to close (see `child`); the trainer hangs.
+        Fault::Hang | Fault::CloseOutput => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
         Fault::Memory => {

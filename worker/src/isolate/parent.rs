@@ -23,8 +23,12 @@ pub struct Limits {
     pub stall_timeout: Duration,
     /// A child whose resident memory grows past this many bytes is killed (not retryable).
     pub max_rss_bytes: Option<u64>,
-    /// How long a stopped (cancelled, lease lost) child gets to exit before it is killed.
+    /// How long a stopped (cancelled, lease lost) child, or one that closed its output, gets to
+    /// exit before it is killed.
     pub stop_timeout: Duration,
+    /// How long a child asked to preempt (checkpoint and stop: the worker's grace) gets before
+    /// it is killed.
+    pub preempt_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -33,6 +37,7 @@ impl Default for Limits {
             stall_timeout: Duration::from_secs(30 * 60),
             max_rss_bytes: None,
             stop_timeout: Duration::from_secs(3),
+            preempt_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -148,11 +153,30 @@ fn signal_name(sig: i32) -> String {
     }
 }
 
+/// Whether `child` exits within `limit` (polled; a child that exited is reaped by the caller).
+fn exited_within(child: &mut Child, limit: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return true,
+            Ok(None) if start.elapsed() >= limit => return false,
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
 /// Why the watchdog killed a child.
 enum Killed {
     Stalled(Duration),
-    Memory { rss: u64, limit: u64 },
+    Memory {
+        rss: u64,
+        limit: u64,
+    },
     Stopped,
+    /// Asked to preempt, still running after the grace.
+    Preempted,
+    /// Its output closed, and it did not exit.
+    Silent,
 }
 
 fn mib(bytes: u64) -> String {
@@ -267,6 +291,10 @@ impl Trainer for ProcessTrainer {
             let kill =
                 if sent == Signal::Stop as u32 && stop_sent.is_some_and(|t| t.elapsed() > self.limits.stop_timeout) {
                     Some(Killed::Stopped)
+                } else if sent == Signal::Preempt as u32
+                    && stop_sent.is_some_and(|t| t.elapsed() > self.limits.preempt_timeout)
+                {
+                    Some(Killed::Preempted)
                 } else if last_progress.elapsed() > self.limits.stall_timeout {
                     Some(Killed::Stalled(last_progress.elapsed()))
                 } else {
@@ -286,12 +314,23 @@ impl Trainer for ProcessTrainer {
                     Killed::Stopped => {
                         warn!(trial = %lease.trial_id, pid, "stopped trial process did not exit; killing it")
                     }
+                    Killed::Preempted => {
+                        warn!(trial = %lease.trial_id, pid, grace = ?self.limits.preempt_timeout, "preempted trial process did not stop within the grace; killing it")
+                    }
+                    Killed::Silent => {}
                 }
                 let _ = child.kill();
                 killed = Some(k);
             }
         }
         drop(stdin);
+        // Its output closed: a child that does not exit soon after is killed rather than
+        // waited for without end.
+        if killed.is_none() && !exited_within(&mut child, self.limits.stop_timeout) {
+            warn!(trial = %lease.trial_id, pid, "trial process closed its output but did not exit; killing it");
+            let _ = child.kill();
+            killed = Some(Killed::Silent);
+        }
         let status = child.wait();
         info!(trial = %lease.trial_id, pid, status = ?status.as_ref().ok(), "trial process ended");
         if let Some(k) = killed {
@@ -313,6 +352,17 @@ impl Trainer for ProcessTrainer {
                     false,
                 ),
                 Killed::Stopped => TrainEnd::Stopped,
+                Killed::Preempted => TrainEnd::Finished(Outcome::Preempted {
+                    reason: format!(
+                        "the trial process did not stop within the worker's grace of {} s after it was asked to \
+                         checkpoint and stop: killed",
+                        self.limits.preempt_timeout.as_secs()
+                    ),
+                }),
+                Killed::Silent => failed(
+                    "the trial process closed its output but did not exit: killed".into(),
+                    true,
+                ),
             };
         }
         if let Some(end) = end {

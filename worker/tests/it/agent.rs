@@ -147,6 +147,7 @@ fn config(url: &str, slots: u32) -> WorkerConfig {
         grace: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(30),
         exit_when_idle: false,
+        max_disconnected: None,
     }
 }
 
@@ -754,4 +755,34 @@ async fn an_invalid_report_fails_its_trial_for_good_naming_the_field() {
     let results = s.coordinator.export("agent").await.unwrap();
     assert!(results.trials.iter().all(|t| t.attempts == 1), "nothing was retried");
     s.drain_and_join(agent).await;
+}
+
+/// A worker given a bound on how long it may go without its coordinator stops its trials and
+/// exits with an error naming the bound once the coordinator is gone that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_its_coordinator_for_longer_than_its_bound_exits() {
+    let s = coordinator().await;
+    s.coordinator.submit(SPEC).unwrap();
+    let trainer = Scripted::new(|_, ctl| until(ctl, |sig| (sig != Signal::Run).then_some(TrainEnd::Stopped)));
+    let agent = tokio::spawn(run(
+        WorkerConfig {
+            max_disconnected: Some(Duration::from_secs(1)),
+            ..config(&s.url, 1)
+        },
+        trainer.clone(),
+        CancellationToken::new(),
+    ));
+    wait_for(&s.coordinator, "a trial runs", |c| c.leased + c.running == 1).await;
+    // The coordinator goes away for good.
+    s.stop.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(60), agent)
+        .await
+        .expect("the worker exits on its own")
+        .unwrap();
+    let err = ended.unwrap_err().to_string();
+    assert!(
+        err.contains("lost the coordinator") && err.contains("--max-disconnected-secs"),
+        "{err}"
+    );
+    assert_eq!(trainer.running.load(Ordering::SeqCst), 0, "its trial was stopped");
 }
