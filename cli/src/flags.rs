@@ -41,6 +41,7 @@ pub fn coordinator_flag(setting: Setting) -> &'static str {
         Setting::MaxOpsConnections => "--max-ops-connections (CONVSWEEP_MAX_OPS_CONNECTIONS)",
         Setting::MaxStreamsPerConnection => "--max-streams-per-connection (CONVSWEEP_MAX_STREAMS_PER_CONNECTION)",
         Setting::HandshakeTimeout => "--handshake-timeout-secs (CONVSWEEP_HANDSHAKE_TIMEOUT_SECS)",
+        Setting::MaxOpenStreams => "--max-open-streams (CONVSWEEP_MAX_OPEN_STREAMS)",
     }
 }
 

@@ -42,6 +42,9 @@ pub struct Limits {
     pub max_streams_per_connection: u32,
     /// Longest a TLS handshake may take.
     pub handshake_timeout: Duration,
+    /// `Watch` and `Export` streams open at once (they outlive the call limit once they
+    /// stream); one more is refused.
+    pub max_open_streams: usize,
 }
 
 impl Default for Limits {
@@ -54,6 +57,7 @@ impl Default for Limits {
             max_ops_connections: 256,
             max_streams_per_connection: 1_000,
             handshake_timeout: Duration::from_secs(10),
+            max_open_streams: 1_000,
         }
     }
 }
@@ -121,6 +125,7 @@ impl ServerConfig {
         at_least_one(Setting::MaxConnections, l.max_connections)?;
         at_least_one(Setting::MaxOpsConnections, l.max_ops_connections)?;
         at_least_one(Setting::MaxStreamsPerConnection, l.max_streams_per_connection)?;
+        at_least_one(Setting::MaxOpenStreams, l.max_open_streams)?;
         if l.handshake_timeout.is_zero() {
             return Err(invalid(Setting::HandshakeTimeout, "must be longer than 0 s".into()));
         }
@@ -161,7 +166,7 @@ mod tests {
         assert!(err.to_string().contains("heartbeat interval"), "{err}");
 
         type Break = fn(&mut ServerConfig);
-        let cases: [(Break, Setting); 12] = [
+        let cases: [(Break, Setting); 13] = [
             (
                 |c| c.coordinator.heartbeat_interval = Duration::ZERO,
                 Setting::HeartbeatInterval,
@@ -180,6 +185,7 @@ mod tests {
                 |c| c.serve.limits.handshake_timeout = Duration::ZERO,
                 Setting::HandshakeTimeout,
             ),
+            (|c| c.serve.limits.max_open_streams = 0, Setting::MaxOpenStreams),
             (|c| c.serve.limits.max_message_bytes = 0, Setting::MaxMessageBytes),
             (
                 |c| c.serve.limits.request_timeout = Duration::ZERO,

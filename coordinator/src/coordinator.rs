@@ -114,6 +114,9 @@ pub struct Coordinator {
     drain: AtomicBool,
     metrics: Arc<Metrics>,
     expiry_running: AtomicBool,
+    /// When the last periodic expiry pass held the writer (ms since the epoch): a pass that
+    /// comes much later than its interval finds that the coordinator stalled.
+    last_pass_ms: std::sync::atomic::AtomicI64,
     events: tokio::sync::broadcast::Sender<pb::WatchEvent>,
     /// Workers heard from lately, by id (for "worker lost" events).
     alive: Mutex<std::collections::BTreeMap<String, String>>,
@@ -144,7 +147,8 @@ impl Coordinator {
         };
         let mut store = backend.open_writer(policy)?;
         let clock = Clock::default();
-        let held = store.grant_restart_grace(clock.now_ms())?;
+        let opened_ms = clock.now_ms();
+        let held = store.grant_restart_grace(opened_ms)?;
         let reader = backend.open_reader()?;
         info!(state = %backend.describe(), active_leases = held, "coordinator state opened");
         let store: SharedWriter = Arc::new(Mutex::new(store));
@@ -161,6 +165,7 @@ impl Coordinator {
             drain: AtomicBool::new(false),
             metrics,
             expiry_running: AtomicBool::new(false),
+            last_pass_ms: std::sync::atomic::AtomicI64::new(opened_ms),
             events: tokio::sync::broadcast::channel(4096).0,
             alive: Mutex::new(Default::default()),
         }))
@@ -618,8 +623,34 @@ impl Coordinator {
 
     /// Expires overdue leases once; returns how many trials it touched. Blocking.
     pub fn expire_once(&self) -> Result<usize> {
-        let now = self.clock.now_ms();
-        let touched = self.timed("expire_leases", |s| s.expire_leases(now))?;
+        self.expire_pass(false)
+    }
+
+    /// One expiry pass. A periodic pass (`periodic`) that comes later than its interval by
+    /// more than a quarter of the lease timeout (the coordinator stalled: a long transaction,
+    /// a paused process, a starved machine) first gives every active lease the stall back, so
+    /// that workers whose heartbeats could not get through are not all expired at once.
+    fn expire_pass(&self, periodic: bool) -> Result<usize> {
+        let interval = self.config.expiry_interval.as_millis() as i64;
+        let threshold = self.config.lease_timeout.as_millis() as i64 / 4;
+        let mut stalled = None;
+        let touched = self.timed("expire_leases", |s| {
+            // Read the clock with the writer held: waiting for it is part of a stall.
+            let now = self.clock.now_ms();
+            let previous = self.last_pass_ms.swap(now, Ordering::SeqCst);
+            let stall = now - previous - interval;
+            if periodic && stall > threshold {
+                stalled = Some((stall, s.extend_leases(stall)?));
+            }
+            s.expire_leases(now)
+        })?;
+        if let Some((stall, leases)) = stalled {
+            warn!(
+                stall_ms = stall,
+                leases,
+                "the coordinator stalled for longer than a quarter of the lease timeout; active leases got the stall back"
+            );
+        }
         self.metrics.lease_expirations.inc_by(touched.len() as u64);
         let requeued = touched.iter().filter(|e| e.state.is_queued()).count();
         self.metrics.requeued("expired", requeued as u64);
@@ -645,7 +676,7 @@ impl Coordinator {
                 }
                 _ = tick.tick() => {
                     let me = self.clone();
-                    let pass = tokio::task::spawn_blocking(move || (me.expire_once(), me.watch_workers())).await;
+                    let pass = tokio::task::spawn_blocking(move || (me.expire_pass(true), me.watch_workers())).await;
                     match pass {
                         Ok((expired, workers)) => {
                             if let Err(e) = expired {

@@ -161,6 +161,8 @@ pub enum Setting {
     MaxStreamsPerConnection,
     /// [`Limits::handshake_timeout`](crate::config::Limits::handshake_timeout).
     HandshakeTimeout,
+    /// [`Limits::max_open_streams`](crate::config::Limits::max_open_streams).
+    MaxOpenStreams,
 }
 
 impl Setting {
@@ -180,6 +182,7 @@ impl Setting {
             Setting::MaxOpsConnections => "the most connections to the ops port",
             Setting::MaxStreamsPerConnection => "the most calls one connection may have open",
             Setting::HandshakeTimeout => "the TLS handshake timeout",
+            Setting::MaxOpenStreams => "the most Watch and Export streams open at once",
         }
     }
 }

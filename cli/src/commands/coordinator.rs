@@ -76,6 +76,10 @@ pub struct CoordinatorArgs {
     /// Longest a TLS handshake may take, in seconds.
     #[arg(long, default_value_t = 10, env = "CONVSWEEP_HANDSHAKE_TIMEOUT_SECS")]
     pub handshake_timeout_secs: u64,
+    /// Watch and Export streams open at once (they count apart from --max-concurrent-requests,
+    /// which a stream leaves once it streams); one more is refused.
+    #[arg(long, default_value_t = 1_000, env = "CONVSWEEP_MAX_OPEN_STREAMS")]
+    pub max_open_streams: usize,
     /// Most trials one sweep may expand to (grid times seeds); a larger spec is refused,
     /// naming its size, before it is expanded.
     #[arg(long, default_value_t = convsweep_coordinator::sweep::DEFAULT_MAX_TRIALS_PER_SWEEP,
@@ -131,6 +135,7 @@ impl CoordinatorArgs {
                     max_ops_connections: self.max_ops_connections,
                     max_streams_per_connection: self.max_streams_per_connection,
                     handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
+                    max_open_streams: self.max_open_streams,
                 },
             },
             insecure: self.insecure,

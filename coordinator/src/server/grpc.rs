@@ -63,6 +63,20 @@ pub struct AdminApi {
     pub coordinator: Arc<Coordinator>,
     /// Largest export chunk, in encoded bytes.
     pub chunk_bytes: usize,
+    /// `Watch` and `Export` streams open at once: each holds a permit until it ends.
+    pub streams: Arc<tokio::sync::Semaphore>,
+}
+
+impl AdminApi {
+    /// A permit for one more stream, or `ResourceExhausted` naming the limit.
+    fn stream_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(
+                "too many Watch and Export streams are open on this coordinator; close one or retry later \
+                 (its limit of open streams)",
+            )
+        })
+    }
 }
 
 /// A stream of replies of a server-streaming RPC.
@@ -113,12 +127,20 @@ impl AdminService for AdminApi {
     type WatchStream = ReplyStream<pb::WatchEvent>;
 
     async fn export(&self, req: Request<pb::ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
+        let permit = self.stream_permit()?;
         let results = self.coordinator.export(&req.into_inner().sweep_id).await?;
         let chunks = convsweep_proto::convert::export_chunks(results, self.chunk_bytes);
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
+        // The permit goes with the stream: released when the last chunk was taken or the
+        // client went away.
+        let chunks = chunks.into_iter().map(move |c| {
+            let _held = &permit;
+            Ok(c)
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let permit = self.stream_permit()?;
         let sweep = req.into_inner().sweep_id;
         let coordinator = self.coordinator.clone();
         // Subscribe before the first snapshot, so that nothing between the two is missed.
@@ -129,6 +151,8 @@ impl AdminService for AdminApi {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
+            // Held for as long as the stream is served.
+            let _permit = permit;
             let snapshot = |s: pb::WatchSnapshot| pb::WatchEvent {
                 time_ms: 0,
                 event: Some(pb::watch_event::Event::Snapshot(s)),
@@ -261,6 +285,7 @@ pub async fn serve_with(
     let admin = AdminServiceServer::new(AdminApi {
         coordinator: coordinator.clone(),
         chunk_bytes,
+        streams: Arc::new(tokio::sync::Semaphore::new(limits.max_open_streams)),
     })
     .max_decoding_message_size(limits.max_message_bytes)
     .max_encoding_message_size(limits.max_message_bytes);

@@ -70,6 +70,9 @@ pub trait StoreWriter: Send {
     /// After a restart: every active lease gets at least the lease timeout from `now`, so that
     /// the time the coordinator was away does not count against its workers. Returns how many.
     fn grant_restart_grace(&mut self, now: i64) -> Result<usize>;
+
+    /// After a stall: every active lease's deadline moves `by_ms` later. Returns how many.
+    fn extend_leases(&mut self, by_ms: i64) -> Result<usize>;
 }
 
 /// Read-only views of a coordinator's state: consistent snapshots that never wait for the

@@ -431,3 +431,68 @@ async fn connections_past_the_cap_are_closed_and_the_others_served() {
     }
     stop.cancel();
 }
+
+/// `Watch` and `Export` streams count against a limit of their own for as long as they stream
+/// (the call limit lets go of a stream once it answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_have_a_limit_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = convsweep_coordinator::Coordinator::open(config(dir.path())).unwrap();
+    coordinator.submit(SPEC).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let serve = convsweep_coordinator::ServeConfig {
+        limits: convsweep_coordinator::Limits {
+            max_open_streams: 2,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let (c, s) = (coordinator.clone(), stop.clone());
+        async move { convsweep_coordinator::serve_with(listener, c, &serve, async move { s.cancelled().await }).await }
+    });
+    let mut admin = convsweep_proto::pb::admin_service_client::AdminServiceClient::connect(url)
+        .await
+        .unwrap();
+    let watch = || pb::WatchRequest {
+        sweep_id: String::new(),
+    };
+    let mut first = admin.watch(watch()).await.unwrap().into_inner();
+    first.message().await.unwrap().unwrap();
+    let mut second = admin.watch(watch()).await.unwrap().into_inner();
+    second.message().await.unwrap().unwrap();
+    let refused = admin.watch(watch()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("Watch and Export streams"), "{refused:?}");
+    let refused = admin
+        .export(pb::ExportRequest {
+            sweep_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    // Unary calls are not held up by the open streams.
+    admin.get_status(pb::GetStatusRequest::default()).await.unwrap();
+    // A stream that ends gives its place back.
+    drop(first);
+    let start = Instant::now();
+    loop {
+        match admin.watch(watch()).await {
+            Ok(s) => {
+                let mut s = s.into_inner();
+                s.message().await.unwrap().unwrap();
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Code::ResourceExhausted),
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the closed stream's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(second);
+    stop.cancel();
+}

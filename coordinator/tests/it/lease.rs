@@ -225,3 +225,44 @@ async fn leases_survive_the_time_a_coordinator_was_down() {
     );
     assert_eq!(heartbeat(&c, &w, &lease).await, pb::LeaseDirective::Continue);
 }
+
+/// Lets the expiry loop run through `total` of paused time in steps of 100 ms.
+async fn pass_time(total: Duration) {
+    let mut left = total;
+    while !left.is_zero() {
+        let step = left.min(Duration::from_millis(100));
+        tokio::time::advance(step).await;
+        left -= step;
+        // The pass runs on the blocking pool: give it time to finish.
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stall_longer_than_the_lease_timeout_gives_the_leases_the_stall_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::open(config(dir.path())).unwrap(); // lease 2 s, expiry every 100 ms
+    c.submit(SPEC).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let expiry = tokio::spawn(c.clone().run_expiry(stop.clone()));
+    let w = register(&c);
+    let lease = lease_one(&c, &w).await;
+    heartbeat(&c, &w, &lease).await;
+    pass_time(Duration::from_millis(500)).await;
+    // The coordinator stalls for 10 s (no pass runs, no heartbeat gets through)...
+    tokio::time::advance(Duration::from_secs(10)).await;
+    // ...and then runs on: the lease is not expired at once, it got the 10 s back (it had
+    // 1.5 s left before the stall).
+    pass_time(Duration::from_millis(1_000)).await;
+    let n = counts(&c.status("small").unwrap());
+    assert_eq!((n.leased, n.pending), (1, 3), "expired at once after a stall: {n:?}");
+    // Its worker still silent, it expires a lease timeout later, as usual.
+    pass_time(Duration::from_secs(3)).await;
+    let n = counts(&c.status("small").unwrap());
+    assert_eq!((n.leased, n.pending), (0, 4), "{n:?}");
+    stop.cancel();
+    expiry.await.unwrap();
+}

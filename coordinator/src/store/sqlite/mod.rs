@@ -314,6 +314,13 @@ impl StoreWriter for SqliteStore {
         Ok(touched)
     }
 
+    fn extend_leases(&mut self, by_ms: i64) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE trials SET lease_deadline_ms = lease_deadline_ms + ?1 WHERE state IN ('leased', 'running')",
+            [by_ms],
+        )?)
+    }
+
     fn grant_restart_grace(&mut self, now: i64) -> Result<usize> {
         Ok(self.conn.execute(
             "UPDATE trials SET lease_deadline_ms = MAX(COALESCE(lease_deadline_ms, 0), ?1) \
