@@ -366,6 +366,7 @@ async fn load(args: &Args, program: &Path, state: &Path) -> Result<serde_json::V
                 devices: vec!["simulated".into()],
                 slots: args.slots,
                 name: format!("sim-{i}"),
+                instance: String::new(),
             })
             .await?
             .into_inner()
@@ -660,7 +661,7 @@ async fn export_rows(program: &Path, dir: &Path) -> Result<serde_json::Value> {
             let mut store = SqliteStore::open(&state, LeasePolicy::default())?;
             let spec = convsweep_coordinator::sweep::SweepSpec::from_toml(&sweep_spec("exported", trials, epochs))?;
             store.submit(&spec.id, "", &spec.expand_canonical()?, 0)?;
-            let worker = store.register_worker("filler", "bench", &[], 1000, 0)?;
+            let worker = store.register_worker("filler", "bench", &[], 1000, 0, "")?;
             let epoch_rows: Vec<pb::EpochMetrics> = (1..=epochs).map(epoch).collect();
             let succeeded = convsweep_proto::Outcome::Succeeded(pb::TrialResult::default());
             loop {

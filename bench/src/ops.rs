@@ -52,7 +52,7 @@ fn fill(state: &std::path::Path, trials: u64, succeeded: u64) -> Result<()> {
     let mut store = SqliteStore::open(state, LeasePolicy::default())?;
     let spec = convsweep_coordinator::sweep::SweepSpec::from_toml_capped(&sweep_spec("ops", trials, 1), trials)?;
     store.submit(&spec.id, "", &spec.expand_canonical()?, 0)?;
-    let worker = store.register_worker("filler", "bench", &[], 1000, 0)?;
+    let worker = store.register_worker("filler", "bench", &[], 1000, 0, "")?;
     let result = convsweep_proto::Outcome::Succeeded(pb::TrialResult {
         final_test_acc: 0.5,
         best_test_acc: 0.5,

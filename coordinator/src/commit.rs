@@ -230,7 +230,7 @@ mod tests {
         store
             .submit(&spec.id, "", &spec.expand_canonical().unwrap(), 0)
             .unwrap();
-        let worker = store.register_worker("w", "h", &[], 3, 0).unwrap();
+        let worker = store.register_worker("w", "h", &[], 3, 0, "").unwrap();
         let mut leases = Vec::new();
         store
             .batch(0, &mut |ops| {

@@ -51,6 +51,9 @@ pub struct CoordinatorConfig {
     /// Trials a sweep may expand to (grid times seeds); a larger spec is refused before it is
     /// expanded.
     pub max_trials_per_sweep: u64,
+    /// A worker not heard from for this long and holding no lease is forgotten (its row
+    /// pruned); a worker that comes back registers again.
+    pub worker_retention: Duration,
     /// Largest canonical spec of one trial, in bytes; a larger spec is refused before it is
     /// expanded.
     pub max_spec_bytes: u64,
@@ -78,6 +81,7 @@ impl Default for CoordinatorConfig {
             expiry_interval: Duration::from_secs(1),
             watch_interval: Duration::from_secs(1),
             max_trials_per_sweep: DEFAULT_MAX_TRIALS_PER_SWEEP,
+            worker_retention: Duration::from_secs(3600),
             max_spec_bytes: DEFAULT_MAX_SPEC_BYTES,
             max_sweep_bytes: DEFAULT_MAX_SWEEP_BYTES,
         }
@@ -117,6 +121,8 @@ pub struct Coordinator {
     /// When the last periodic expiry pass held the writer (ms since the epoch): a pass that
     /// comes much later than its interval finds that the coordinator stalled.
     last_pass_ms: std::sync::atomic::AtomicI64,
+    /// When workers were last pruned (ms since the epoch).
+    last_prune_ms: std::sync::atomic::AtomicI64,
     events: tokio::sync::broadcast::Sender<pb::WatchEvent>,
     /// Workers heard from lately, by id (for "worker lost" events).
     alive: Mutex<std::collections::BTreeMap<String, String>>,
@@ -166,6 +172,7 @@ impl Coordinator {
             metrics,
             expiry_running: AtomicBool::new(false),
             last_pass_ms: std::sync::atomic::AtomicI64::new(opened_ms),
+            last_prune_ms: std::sync::atomic::AtomicI64::new(opened_ms),
             events: tokio::sync::broadcast::channel(4096).0,
             alive: Mutex::new(Default::default()),
         }))
@@ -231,7 +238,22 @@ impl Coordinator {
     /// Emits "worker lost" for workers no longer alive ([`CoordinatorConfig::alive_since`]),
     /// and "joined" for ones heard from again. Blocking.
     fn watch_workers(&self) -> Result<()> {
-        let alive_since = self.config.alive_since(self.clock.now_ms());
+        let now = self.clock.now_ms();
+        // Forget long-gone workers, at most once a minute (a Register flood leaves no rows).
+        let last = self.last_prune_ms.load(Ordering::SeqCst);
+        if now - last >= 60_000.min(self.config.worker_retention.as_millis() as i64)
+            && self
+                .last_prune_ms
+                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            let before = now - self.config.worker_retention.as_millis() as i64;
+            let pruned = self.timed("prune_workers", |s| s.prune_workers(before))?;
+            if pruned > 0 {
+                info!(pruned, retention = ?self.config.worker_retention, "forgot workers not heard from for longer than the retention");
+            }
+        }
+        let alive_since = self.config.alive_since(now);
         let workers = self.read("workers", |s| s.workers())?;
         let mut alive = lock(&self.alive);
         for w in workers {
@@ -429,7 +451,7 @@ impl Coordinator {
         validate_register(&req).map_err(Error::InvalidArgument)?;
         let now = self.clock.now_ms();
         let worker_id = self.timed("register", |s| {
-            s.register_worker(&req.name, &req.host, &req.devices, req.slots, now)
+            s.register_worker(&req.name, &req.host, &req.devices, req.slots, now, &req.instance)
         })?;
         info!(worker = %worker_id, host = %req.host, name = %req.name, devices = ?req.devices, slots = req.slots, "worker registered");
         lock(&self.alive).insert(worker_id.clone(), req.name.clone());
@@ -700,6 +722,7 @@ fn validate_register(req: &pb::RegisterRequest) -> Result<(), FieldError> {
     const MAX_DEVICES: usize = 64;
     text::name("name", &req.name)?;
     text::name("host", &req.host)?;
+    text::name("instance", &req.instance)?;
     if req.devices.len() > MAX_DEVICES {
         return Err(FieldError::new(
             "devices",

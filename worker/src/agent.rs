@@ -264,6 +264,11 @@ pub async fn run(
         devices: devices.clone(),
         slots: config.slots,
         name: config.name.clone(),
+        // The same for every Register of this process: a retried or repeated one is the same
+        // worker to the coordinator.
+        instance: convsweep_proto::client::Secret::random()
+            .map(|s| s.expose()[..32].to_owned())
+            .unwrap_or_default(),
     };
     info!(coordinator = %config.coordinator.url, tls = config.coordinator.url.starts_with("https:"), token = config.coordinator.token.is_some(), ?devices, slots = config.slots, "worker starting");
     let attempt = retry("register", &shutdown, config.max_backoff, || {

@@ -60,8 +60,21 @@ pub trait StoreWriter: Send {
     /// Re-queues the failed and cancelled trials of `sweep` with a fresh set of attempts.
     fn resume(&mut self, sweep: &str) -> Result<u32>;
 
-    /// Records a worker and returns its new id.
-    fn register_worker(&mut self, name: &str, host: &str, devices: &[String], slots: u32, now: i64) -> Result<String>;
+    /// Records a worker and returns its id: a new one, or, for an `instance` registered
+    /// before, that worker's (its row updated).
+    fn register_worker(
+        &mut self,
+        name: &str,
+        host: &str,
+        devices: &[String],
+        slots: u32,
+        now: i64,
+        instance: &str,
+    ) -> Result<String>;
+
+    /// Forgets workers last heard from before `seen_before` that hold no lease. Returns how
+    /// many.
+    fn prune_workers(&mut self, seen_before: i64) -> Result<usize>;
 
     /// Returns every lease whose deadline passed to the queue (or fails its trial after too
     /// many attempts).

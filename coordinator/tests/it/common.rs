@@ -87,6 +87,7 @@ impl Server {
                 devices: vec!["cpu".into()],
                 slots: 1,
                 name: "fake".into(),
+                instance: String::new(),
             })
             .await
             .unwrap()

@@ -554,6 +554,7 @@ fn mutated_messages_on_every_rpc_never_panic_and_change_nothing_unless_accepted(
                 devices: vec!["cpu".into()],
                 slots: 2,
                 name: "n".into(),
+                instance: String::new(),
             }
             .encode_to_vec(),
             false,

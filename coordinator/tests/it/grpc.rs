@@ -129,6 +129,7 @@ async fn a_worker_of_another_protocol_version_is_refused() {
             devices: vec![],
             slots: 1,
             name: String::new(),
+            instance: String::new(),
         })
         .await
         .unwrap_err();
@@ -381,6 +382,7 @@ fn a_version_1_state_folder_is_migrated() {
          ALTER TABLE results DROP COLUMN epoch_eval_seconds; ALTER TABLE results DROP COLUMN checkpoint_seconds;
          ALTER TABLE results DROP COLUMN report_seconds; ALTER TABLE results DROP COLUMN train_images;
          ALTER TABLE trials DROP COLUMN resume_floor; ALTER TABLE trials DROP COLUMN lease_heard;
+         DROP INDEX workers_by_instance; ALTER TABLE workers DROP COLUMN instance;
          UPDATE meta SET value = '1' WHERE key = 'schema_version';",
     )
     .unwrap();
@@ -398,6 +400,7 @@ fn a_version_1_state_folder_is_migrated() {
     conn.prepare("SELECT eval_error, eval_seconds, conv_algorithm, startup_seconds, train_images FROM results")
         .unwrap();
     conn.prepare("SELECT resume_floor, lease_heard FROM trials").unwrap();
+    conn.prepare("SELECT instance FROM workers").unwrap();
 }
 
 #[test]
@@ -411,6 +414,7 @@ fn a_version_3_state_folder_gains_the_conv_algorithm_column() {
          ALTER TABLE results DROP COLUMN epoch_eval_seconds; ALTER TABLE results DROP COLUMN checkpoint_seconds;
          ALTER TABLE results DROP COLUMN report_seconds; ALTER TABLE results DROP COLUMN train_images;
          ALTER TABLE trials DROP COLUMN lease_heard;
+         DROP INDEX workers_by_instance; ALTER TABLE workers DROP COLUMN instance;
          UPDATE meta SET value = '3' WHERE key = 'schema_version';",
     )
     .unwrap();

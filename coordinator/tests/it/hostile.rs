@@ -288,6 +288,7 @@ async fn register_bounds_what_a_worker_says_of_itself() {
         slots: 1,
         name,
         devices,
+        instance: String::new(),
     };
     refused(w.client.register(register("n".repeat(300), vec![])).await, "name");
     refused(w.client.register(register("a\nb".into(), vec![])).await, "name");
@@ -495,4 +496,50 @@ async fn open_streams_have_a_limit_of_their_own() {
     }
     drop(second);
     stop.cancel();
+}
+
+/// Registering again with the same instance (a retried call, a worker that registers anew) is
+/// the same worker, one row; workers gone longer than the retention, holding no lease, are
+/// pruned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_is_idempotent_and_old_workers_are_pruned() {
+    use convsweep_coordinator::store::StoreReader;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.worker_retention = Duration::from_secs(1);
+    let server = Server::start(c).await;
+    server.coordinator.submit(SPEC).unwrap();
+    let mut w = server.worker().await;
+    let register = |instance: &str| pb::RegisterRequest {
+        protocol_version: PROTOCOL_VERSION,
+        host: "h".into(),
+        slots: 1,
+        name: "again".into(),
+        instance: instance.into(),
+        ..Default::default()
+    };
+    let first = w.client.register(register("i-1")).await.unwrap().into_inner().worker_id;
+    for _ in 0..5 {
+        let again = w.client.register(register("i-1")).await.unwrap().into_inner().worker_id;
+        assert_eq!(again, first);
+    }
+    let reader = convsweep_coordinator::store::SqliteReader::open(dir.path()).unwrap();
+    let named = |name: &str| reader.workers().unwrap().iter().filter(|x| x.name == name).count();
+    assert_eq!(named("again"), 1, "one row for one instance");
+    // A worker holding a lease stays however long it is silent; the others go.
+    let holder = worker(&server, 1).await;
+    let mut holder = holder;
+    let lease = holder.lease(1, 0).await;
+    assert_eq!(lease.len(), 1);
+    let start = Instant::now();
+    while named("again") + named("fake") > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never pruned: {:?}",
+            reader.workers().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(named("1-slot worker"), 1, "the lease holder was kept");
+    server.stop().await;
 }

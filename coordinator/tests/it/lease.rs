@@ -14,6 +14,7 @@ fn register(c: &Coordinator) -> String {
         devices: vec![],
         slots: 1,
         name: "w".into(),
+        instance: String::new(),
     })
     .unwrap()
     .worker_id

@@ -80,7 +80,7 @@ fn reading_beside_a_writer_that_holds_the_write_lock() {
     );
     // The reader took no lock that stops the writer from committing, nor the store from writing.
     writer.execute_batch("ROLLBACK;").unwrap();
-    let worker = store.register_worker("w", "h", &[], 2, 2_000).unwrap();
+    let worker = store.register_worker("w", "h", &[], 2, 2_000, "").unwrap();
     assert_eq!(crate::common::store_lease(&mut store, &worker, 2, 2_000).len(), 2);
     let again = reader.results(None).unwrap();
     assert_eq!(

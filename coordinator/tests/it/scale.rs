@@ -313,7 +313,7 @@ fn a_refused_write_in_a_batch_leaves_the_others_committed() {
     store
         .submit(&spec.id, SPEC, &spec.expand_canonical().unwrap(), 1)
         .unwrap();
-    let w = store.register_worker("w", "h", &[], 2, 1).unwrap();
+    let w = store.register_worker("w", "h", &[], 2, 1, "").unwrap();
     let leases = crate::common::store_lease(&mut store, &w, 2, 2);
     let epochs = [crate::common::epoch(1, 0.3)];
     // One batch as group commit runs it: every write applied in turn, a refusal kept as that

@@ -297,14 +297,52 @@ impl StoreWriter for SqliteStore {
         Ok(n as u32)
     }
 
-    fn register_worker(&mut self, name: &str, host: &str, devices: &[String], slots: u32, now: i64) -> Result<String> {
-        let id = lease::new_token("w-");
+    fn register_worker(
+        &mut self,
+        name: &str,
+        host: &str,
+        devices: &[String],
+        slots: u32,
+        now: i64,
+        instance: &str,
+    ) -> Result<String> {
         let devices = serde_json::to_string(devices).unwrap_or_default();
-        self.conn.execute(
-            "INSERT INTO workers (id, name, host, devices, slots, registered_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            params![id, name, host, devices, slots, now],
-        )?;
+        let instance = (!instance.is_empty()).then_some(instance);
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let known: Option<String> = match instance {
+            Some(i) => tx
+                .query_row("SELECT id FROM workers WHERE instance = ?1", [i], |r| r.get(0))
+                .optional()?,
+            None => None,
+        };
+        let id = match known {
+            Some(id) => {
+                tx.execute(
+                    "UPDATE workers SET name = ?2, host = ?3, devices = ?4, slots = ?5, last_seen_ms = ?6 WHERE id = ?1",
+                    params![id, name, host, devices, slots, now],
+                )?;
+                id
+            }
+            None => {
+                let id = lease::new_token("w-");
+                tx.execute(
+                    "INSERT INTO workers (id, name, host, devices, slots, registered_ms, last_seen_ms, instance) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
+                    params![id, name, host, devices, slots, now, instance],
+                )?;
+                id
+            }
+        };
+        tx.commit()?;
         Ok(id)
+    }
+
+    fn prune_workers(&mut self, seen_before: i64) -> Result<usize> {
+        Ok(self.conn.execute(
+            "DELETE FROM workers WHERE last_seen_ms < ?1 AND NOT EXISTS \
+             (SELECT 1 FROM trials t WHERE t.worker_id = workers.id AND t.state IN ('leased', 'running'))",
+            [seen_before],
+        )?)
     }
 
     fn expire_leases(&mut self, now: i64) -> Result<Vec<Expired>> {

@@ -158,7 +158,8 @@ CREATE TABLE IF NOT EXISTS workers (
     devices TEXT NOT NULL,
     slots INTEGER NOT NULL,
     registered_ms INTEGER NOT NULL,
-    last_seen_ms INTEGER NOT NULL
+    last_seen_ms INTEGER NOT NULL,
+    instance TEXT
 );
 "#;
 
@@ -205,13 +206,14 @@ pub(super) fn open_writable(path: &Path) -> Result<Connection> {
         }
         Some(v @ ("1" | "2" | "3" | "4" | "5" | "6")) => {
             // v6 -> v7: whether a lease was confirmed by its worker (leases of an older state
-            // count as confirmed).
+            // count as confirmed), and the instance a worker registered with.
             let mut steps = String::from("BEGIN;");
             if v != "6" {
                 steps.push_str(&steps_to_6(v));
             }
             steps.push_str(
                 "ALTER TABLE trials ADD COLUMN lease_heard INTEGER NOT NULL DEFAULT 1;
+                 ALTER TABLE workers ADD COLUMN instance TEXT;
                  UPDATE meta SET value = '7' WHERE key = 'schema_version';
                  COMMIT;",
             );
@@ -220,6 +222,10 @@ pub(super) fn open_writable(path: &Path) -> Result<Connection> {
         Some(v) if v == SCHEMA_VERSION.to_string() => {}
         Some(v) => return Err(mismatch(path, v)),
     }
+    // Indexes on columns a migration adds come after it.
+    conn.execute_batch(
+        "CREATE UNIQUE INDEX IF NOT EXISTS workers_by_instance ON workers(instance) WHERE instance IS NOT NULL;",
+    )?;
     Ok(conn)
 }
 
