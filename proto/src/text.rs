@@ -2,7 +2,7 @@
 //! stored, logged or shown. Reasons are cut to a bound and stripped of control characters;
 //! quotes of a file's content are short excerpts; names have a bounded length.
 
-use crate::spec::FieldError;
+use crate::spec::error::FieldError;
 
 /// Longest failure reason (bytes) the coordinator stores or shows; longer ones are cut.
 pub const MAX_REASON_BYTES: usize = 1024;
