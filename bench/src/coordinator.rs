@@ -64,10 +64,10 @@ pub struct Args {
 
 /// Latencies of one kind of call, in seconds.
 #[derive(Debug, Default)]
-struct Samples(Vec<f64>);
+pub(crate) struct Samples(pub(crate) Vec<f64>);
 
 impl Samples {
-    fn summary(&mut self) -> serde_json::Value {
+    pub(crate) fn summary(&mut self) -> serde_json::Value {
         self.0.sort_by(f64::total_cmp);
         let q = |q: f64| {
             if self.0.is_empty() {
@@ -207,7 +207,7 @@ impl Served {
 
     async fn metric(&self, name: &str) -> Result<f64> {
         let addr = self.ops.trim_start_matches("http://");
-        let body = http_get(addr, "/metrics").await?;
+        let (_, body) = http_get(addr, "/metrics", None).await?;
         Ok(body
             .lines()
             .filter(|l| l.starts_with(name) && !l.starts_with('#'))
@@ -228,17 +228,25 @@ impl Served {
     }
 }
 
-async fn http_get(addr: &str, path: &str) -> Result<String> {
+/// `GET path` over a fresh HTTP/1.0 connection, with the bearer `token` when given; the
+/// status code and the body.
+pub(crate) async fn http_get(addr: &str, path: &str, token: Option<&str>) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").as_bytes())
         .await?;
     let mut out = String::new();
     s.read_to_string(&mut out).await?;
-    Ok(out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default())
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no HTTP status in {:?}", &head[..head.len().min(64)]))?;
+    Ok((code, body.to_owned()))
 }
 
 pub(crate) fn sweep_spec(name: &str, trials: u64, epochs: u32) -> String {

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use convsweep_proto::pb;
 use serde_json::json;
 
-use crate::coordinator::{Served, start_coordinator, sweep_spec};
+use crate::coordinator::{Samples, Served, http_get, start_coordinator, sweep_spec};
 
 /// The flags of `convsweep-bench ops`.
 #[derive(Debug, Clone, clap::Args)]
@@ -75,29 +75,7 @@ fn fill(state: &std::path::Path, trials: u64, succeeded: u64) -> Result<()> {
 
 /// `GET path` with the token, on a fresh connection; the status code.
 async fn get(addr: &str, path: &str, token: &str) -> Result<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes())
-        .await?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await?;
-    let head = String::from_utf8_lossy(&out[..out.len().min(64)]).into_owned();
-    head.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no HTTP status in {head:?}"))
-}
-
-fn summary(mut v: Vec<f64>) -> serde_json::Value {
-    v.sort_by(f64::total_cmp);
-    let q = |q: f64| {
-        if v.is_empty() {
-            0.0
-        } else {
-            crate::rpc::quantile(&v, q) * 1000.0
-        }
-    };
-    json!({"probes": v.len(), "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": q(1.0)})
+    Ok(http_get(addr, path, (!token.is_empty()).then_some(token)).await?.0)
 }
 
 /// `convsweep-bench ops`.
@@ -176,8 +154,8 @@ pub async fn bench_ops(args: OpsArgs) -> Result<ExitCode> {
         "viewers": args.viewers,
         "seconds": args.seconds,
         "first_status_read_s": first_read,
-        "healthz": summary(http),
-        "grpc_health": summary(grpc),
+        "healthz": Samples(http).summary(),
+        "grpc_health": Samples(grpc).summary(),
         "viewer_answers": answers,
     });
     println!(
@@ -188,7 +166,7 @@ pub async fn bench_ops(args: OpsArgs) -> Result<ExitCode> {
         let s = &out[key];
         println!(
             "  {name:<12} {} probes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            s["probes"],
+            s["calls"],
             s["p50_ms"].as_f64().unwrap_or(0.0),
             s["p99_ms"].as_f64().unwrap_or(0.0),
             s["max_ms"].as_f64().unwrap_or(0.0)

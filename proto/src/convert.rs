@@ -208,8 +208,6 @@ fn validate_result(r: &pb::TrialResult) -> Result<(), FieldError> {
     for (field, v) in [
         ("final_train_loss", r.final_train_loss),
         ("final_test_loss", r.final_test_loss),
-        ("wall_seconds", r.wall_seconds),
-        ("eval_seconds", r.eval_seconds),
     ] {
         finite(format!("result.{field}"), v)?;
     }
@@ -322,12 +320,7 @@ pub fn validate_epochs(epochs: &[pb::EpochMetrics]) -> Result<(), FieldError> {
             not_negative(format!("epochs[{i}].{field}"), v)?;
         }
         for (field, v) in [("train_acc", e.train_acc), ("test_acc", e.test_acc)] {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(FieldError::new(
-                    format!("epochs[{i}].{field}"),
-                    format!("an accuracy in [0, 1], got {v}"),
-                ));
-            }
+            accuracy(format!("epochs[{i}].{field}"), v)?;
         }
     }
     Ok(())

@@ -89,6 +89,17 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
     }
 }
 
+/// Sends SIGTERM to `child` and waits for it to exit within `limit` (kills it and panics
+/// otherwise).
+pub fn terminate(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    #[allow(unsafe_code)]
+    // SAFETY: a signal to a child this test spawned.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    wait_exit(child, limit)
+}
+
 /// Hands `main` (bound by the test and held for as long as it needs the port) to the
 /// `convsweep coordinator` of `cmd` as its main port.
 pub fn listen_on<'a>(cmd: &'a mut Command, main: &std::net::TcpListener) -> &'a mut Command {

@@ -152,13 +152,19 @@ async fn a_crashing_hanging_or_bloated_trial_process_fails_alone() {
     s.stop.cancel();
 }
 
+/// Every process's id, from /proc.
+fn pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect()
+}
+
 /// The trial processes of `worker` (children running `trial-process`).
 fn trial_processes(worker: u32) -> Vec<u32> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
+    for pid in pids() {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
@@ -230,12 +236,7 @@ async fn cancelled_and_preempted_trial_processes_go_and_sigkill_of_the_worker_ta
             .unwrap_or(0)
     };
     until("a checkpoint of each trial", Duration::from_secs(60), || states() == 2).await;
-    #[allow(unsafe_code)]
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGTERM);
-    }
-    assert!(wait_exit(&mut w.0, Duration::from_secs(40)).success());
+    assert!(terminate(&mut w.0, Duration::from_secs(40)).success());
     let status = s.coordinator.status("long").unwrap().sweeps.remove(0);
     let counts = status.counts.unwrap();
     assert_eq!(
@@ -266,11 +267,7 @@ async fn cancelled_and_preempted_trial_processes_go_and_sigkill_of_the_worker_ta
     let children = trial_processes(pid);
     drop(w);
     until("orphaned trial processes gone", Duration::from_secs(10), || {
-        children.iter().all(|c| {
-            std::fs::read_to_string(format!("/proc/{c}/stat"))
-                .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
-                .unwrap_or(true)
-        })
+        all_gone(&children)
     })
     .await;
     s.stop.cancel();
@@ -320,13 +317,8 @@ async fn a_trial_that_ignores_a_preempt_or_closes_its_output_is_killed() {
     })
     .await;
     let children = trial_processes(pid);
-    #[allow(unsafe_code)]
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGTERM);
-    }
     let exited = Instant::now();
-    assert!(wait_exit(&mut w.0, Duration::from_secs(30)).success());
+    assert!(terminate(&mut w.0, Duration::from_secs(30)).success());
     eprintln!(
         "the worker exited {:.1} s after SIGTERM",
         exited.elapsed().as_secs_f64()
@@ -343,10 +335,7 @@ async fn a_trial_that_ignores_a_preempt_or_closes_its_output_is_killed() {
 fn marked(mark: &str) -> Vec<(u32, bool)> {
     let needle = format!("CONVSWEEP_TEST_MARK={mark}");
     let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
+    for pid in pids() {
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };

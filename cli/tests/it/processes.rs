@@ -239,14 +239,7 @@ fn the_commands_work_as_separate_processes() {
     assert!(text.contains("sweep procs: 8/8 done"), "{text}");
 
     // SIGTERM stops a worker cleanly.
-    let term = |child: &mut std::process::Child| {
-        #[allow(unsafe_code)]
-        // SAFETY: sending a signal to a child we spawned.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        assert!(wait_exit(child, Duration::from_secs(30)).success());
-    };
+    let term = |child: &mut std::process::Child| assert!(terminate(child, Duration::from_secs(30)).success());
     term(&mut worker);
 
     // Lifecycle: extend with another kernel size (only the new trials), cancel them, resume.

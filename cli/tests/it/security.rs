@@ -42,24 +42,27 @@ fn without_a_token_file_it_makes_one_and_requires_it_loopback_included() {
     let token_file = state.join("token");
     let main = loopback().unwrap();
     let url = url(&main);
-    let start = |log: &str| {
+    // A coordinator with `args` on `state`, its log in `log`.
+    let start = |args: &[&str], state: &std::path::Path, log: &str| {
         let log = std::fs::File::create(dir.path().join(log)).unwrap();
-        let mut cmd = coordinator(&[], &state);
+        let mut cmd = coordinator(args, state);
         listen_on(&mut cmd, &main)
             .env("RUST_LOG", "info")
             .stderr(log)
             .spawn()
             .unwrap()
     };
-    let mut served = start("first.log");
-    let begun = std::time::Instant::now();
-    while status(&url, &[("CONVSWEEP_TOKEN_FILE", &token_file)]).status.code() != Some(0) {
-        assert!(
-            begun.elapsed() < Duration::from_secs(30),
-            "the coordinator never answered"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Until `status` with `env` succeeds.
+    let until_answered = |env: &[(&str, &std::path::Path)], what: &str| {
+        let begun = std::time::Instant::now();
+        while status(&url, env).status.code() != Some(0) {
+            assert!(begun.elapsed() < Duration::from_secs(30), "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let with_token: &[(&str, &std::path::Path)] = &[("CONVSWEEP_TOKEN_FILE", &token_file)];
+    let mut served = start(&[], &state, "first.log");
+    until_answered(with_token, "the coordinator never answered");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&token_file), 0o600);
     assert_eq!(mode(&state), 0o700);
@@ -71,49 +74,22 @@ fn without_a_token_file_it_makes_one_and_requires_it_loopback_included() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("token"), "{err}");
 
-    let stop = |child: &mut std::process::Child| {
-        #[allow(unsafe_code)]
-        // SAFETY: a signal to a child this test spawned.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        assert!(wait_exit(child, Duration::from_secs(30)).success());
-    };
+    let stop = |child: &mut std::process::Child| assert!(terminate(child, Duration::from_secs(30)).success());
     stop(&mut served);
     let log = std::fs::read_to_string(dir.path().join("first.log")).unwrap();
     assert!(log.contains(&token_file.display().to_string()), "{log}");
     assert!(!log.contains(&token), "the token's value was logged");
 
     // Restarted, it keeps the token: clients' files stay good.
-    let mut served = start("second.log");
-    let begun = std::time::Instant::now();
-    while status(&url, &[("CONVSWEEP_TOKEN_FILE", &token_file)]).status.code() != Some(0) {
-        assert!(
-            begun.elapsed() < Duration::from_secs(30),
-            "the restarted coordinator refused its token"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut served = start(&[], &state, "second.log");
+    until_answered(with_token, "the restarted coordinator refused its token");
     assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), token);
     stop(&mut served);
 
     // --insecure serves without one, and says so.
     let open_state = dir.path().join("open");
-    let log = std::fs::File::create(dir.path().join("insecure.log")).unwrap();
-    let mut cmd = coordinator(&["--insecure"], &open_state);
-    let mut served = listen_on(&mut cmd, &main)
-        .env("RUST_LOG", "info")
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let begun = std::time::Instant::now();
-    while status(&url, &[]).status.code() != Some(0) {
-        assert!(
-            begun.elapsed() < Duration::from_secs(30),
-            "the insecure coordinator never answered"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut served = start(&["--insecure"], &open_state, "insecure.log");
+    until_answered(&[], "the insecure coordinator never answered");
     assert!(!open_state.join("token").exists());
     stop(&mut served);
     let log = std::fs::read_to_string(dir.path().join("insecure.log")).unwrap();
@@ -258,12 +234,7 @@ fn the_token_never_shows_in_help_logs_or_errors() {
         .unwrap();
     assert!(String::from_utf8_lossy(&none.stderr).contains("--token-file"));
 
-    #[allow(unsafe_code)]
-    // SAFETY: signalling a child we spawned.
-    unsafe {
-        libc::kill(server.id() as libc::pid_t, libc::SIGTERM);
-    }
-    let status = wait_exit(&mut server, Duration::from_secs(30));
+    let status = terminate(&mut server, Duration::from_secs(30));
     assert!(status.success());
     let mut logs = String::new();
     std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut logs).unwrap();
@@ -340,10 +311,5 @@ fn certs_make_a_working_mtls_setup() {
     }
     assert!(answered, "an mTLS client with the token is served");
     assert!(!status(false).status.success(), "without a client certificate: refused");
-    #[allow(unsafe_code)]
-    // SAFETY: signalling a child we spawned.
-    unsafe {
-        libc::kill(server.id() as libc::pid_t, libc::SIGTERM);
-    }
-    assert!(wait_exit(&mut server, Duration::from_secs(30)).success());
+    assert!(terminate(&mut server, Duration::from_secs(30)).success());
 }

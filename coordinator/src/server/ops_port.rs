@@ -114,14 +114,20 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 impl Ops {
+    /// Whether `given` is the token (compared in constant time); false when there is none.
+    fn is_token(&self, given: &str) -> bool {
+        self.token
+            .as_ref()
+            .is_some_and(|t| bool::from(given.as_bytes().ct_eq(t.expose().as_bytes())))
+    }
+
     /// Whether a request may see the status: no token is set, or it carries the token as a
-    /// bearer header or in the sign-in cookie (compared in constant time).
+    /// bearer header or in the sign-in cookie.
     fn allowed(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = &self.token else {
+        if self.token.is_none() {
             return true;
-        };
-        let expected = token.expose().as_bytes();
-        let matches = |given: &str| bool::from(given.as_bytes().ct_eq(expected));
+        }
+        let matches = |given: &str| self.is_token(given);
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -180,14 +186,7 @@ async fn login(State(ops): State<Ops>, body: axum::body::Bytes) -> axum::respons
         .and_then(|b| b.split('&').find_map(|kv| kv.strip_prefix("token=")))
         .and_then(percent_decode)
         .unwrap_or_default();
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::AUTHORIZATION,
-        format!("Bearer {}", given.trim())
-            .parse()
-            .unwrap_or(header::HeaderValue::from_static("")),
-    );
-    if ops.token.is_none() || !ops.allowed(&headers) {
+    if !ops.is_token(given.trim()) {
         return sign_in(StatusCode::UNAUTHORIZED, "That is not this coordinator's token.");
     }
     let cookie = format!(

@@ -79,14 +79,19 @@ impl Server {
     }
 
     pub async fn worker(&self) -> FakeWorker {
+        self.worker_named("fake", 1).await
+    }
+
+    /// A worker registered as `name` with `slots`.
+    pub async fn worker_named(&self, name: &str, slots: u32) -> FakeWorker {
         let mut client = WorkerServiceClient::connect(self.url.clone()).await.unwrap();
         let id = client
             .register(pb::RegisterRequest {
                 protocol_version: PROTOCOL_VERSION,
                 host: "test".into(),
                 devices: vec!["cpu".into()],
-                slots: 1,
-                name: "fake".into(),
+                slots,
+                name: name.into(),
                 instance: String::new(),
             })
             .await
@@ -95,6 +100,23 @@ impl Server {
             .worker_id;
         FakeWorker { client, id }
     }
+}
+
+/// A coordinator with the tests' settings served on a loopback port as `serve` says (token,
+/// TLS, limits); its connection (plaintext, no token) and the token that stops it.
+pub async fn serve(
+    dir: &std::path::Path,
+    serve: convsweep_coordinator::ServeConfig,
+) -> (Arc<Coordinator>, convsweep_proto::client::Connection, CancellationToken) {
+    let coordinator = Coordinator::open(config(dir)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let (c, s) = (coordinator.clone(), stop.clone());
+        async move { convsweep_coordinator::serve_with(listener, c, &serve, async move { s.cancelled().await }).await }
+    });
+    (coordinator, convsweep_proto::client::Connection::plain(url), stop)
 }
 
 pub use convsweep_testkit::scripted::{epoch, lease_now, result, scripted_worker};

@@ -7,25 +7,11 @@ use std::time::{Duration, Instant};
 use convsweep_proto::{PROTOCOL_VERSION, pb};
 use tonic::Code;
 
-use crate::common::{FakeWorker, SPEC, Server, config, counts, epoch, result};
+use crate::common::{FakeWorker, SPEC, Server, config, counts, epoch, result, serve};
 
 /// A worker registered with `slots`.
 async fn worker(server: &Server, slots: u32) -> FakeWorker {
-    let mut w = server.worker().await;
-    w.id = w
-        .client
-        .register(pb::RegisterRequest {
-            protocol_version: PROTOCOL_VERSION,
-            host: "test".into(),
-            slots,
-            name: format!("{slots}-slot worker"),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .worker_id;
-    w
+    server.worker_named(&format!("{slots}-slot worker"), slots).await
 }
 
 /// Asserts `INVALID_ARGUMENT` naming `field`.
@@ -384,29 +370,23 @@ async fn a_sweep_too_large_in_bytes_is_refused_before_it_is_expanded() {
 async fn connections_past_the_cap_are_closed_and_the_others_served() {
     use tokio::io::AsyncReadExt;
     let dir = tempfile::tempdir().unwrap();
-    let coordinator = convsweep_coordinator::Coordinator::open(config(dir.path())).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let serve = convsweep_coordinator::ServeConfig {
+    let serve_config = convsweep_coordinator::ServeConfig {
         limits: convsweep_coordinator::Limits {
             max_connections: 2,
             ..Default::default()
         },
         ..Default::default()
     };
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn({
-        let (c, s) = (coordinator.clone(), stop.clone());
-        async move { convsweep_coordinator::serve_with(listener, c, &serve, async move { s.cancelled().await }).await }
-    });
-    let url = format!("http://{addr}");
+    let (_coordinator, conn, stop) = serve(dir.path(), serve_config).await;
+    let url = conn.url;
+    let addr = url.trim_start_matches("http://").to_owned();
     // Two clients hold the two slots (an HTTP/2 connection each).
     let mut first = convsweep_proto::pb::admin_service_client::AdminServiceClient::connect(url.clone())
         .await
         .unwrap();
-    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
     // A third connection: closed by the server, nothing to read but the end.
-    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut third = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let mut buf = [0u8; 16];
     let read = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
         .await
@@ -438,22 +418,16 @@ async fn connections_past_the_cap_are_closed_and_the_others_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_streams_have_a_limit_of_their_own() {
     let dir = tempfile::tempdir().unwrap();
-    let coordinator = convsweep_coordinator::Coordinator::open(config(dir.path())).unwrap();
-    coordinator.submit(SPEC).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let serve = convsweep_coordinator::ServeConfig {
+    let serve_config = convsweep_coordinator::ServeConfig {
         limits: convsweep_coordinator::Limits {
             max_open_streams: 2,
             ..Default::default()
         },
         ..Default::default()
     };
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn({
-        let (c, s) = (coordinator.clone(), stop.clone());
-        async move { convsweep_coordinator::serve_with(listener, c, &serve, async move { s.cancelled().await }).await }
-    });
+    let (coordinator, conn, stop) = serve(dir.path(), serve_config).await;
+    coordinator.submit(SPEC).unwrap();
+    let url = conn.url;
     let mut admin = convsweep_proto::pb::admin_service_client::AdminServiceClient::connect(url)
         .await
         .unwrap();

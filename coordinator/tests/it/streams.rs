@@ -3,28 +3,11 @@
 use std::time::Duration;
 
 use convsweep_coordinator::store::StoreReader;
-use convsweep_coordinator::{Coordinator, Limits, ServeConfig};
-use convsweep_proto::client::Connection;
+use convsweep_coordinator::{Limits, ServeConfig};
 use convsweep_proto::pb::watch_event::Event;
 use convsweep_proto::{TrialState, pb};
-use tokio_util::sync::CancellationToken;
 
-use crate::common::{SPEC, Server, config, epoch};
-
-async fn serve(
-    dir: &std::path::Path,
-    serve: ServeConfig,
-) -> (std::sync::Arc<Coordinator>, Connection, CancellationToken) {
-    let coordinator = Coordinator::open(config(dir)).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    tokio::spawn({
-        let (c, s) = (coordinator.clone(), stop.clone());
-        async move { convsweep_coordinator::serve_with(listener, c, &serve, async move { s.cancelled().await }).await }
-    });
-    (coordinator, Connection::plain(url), stop)
-}
+use crate::common::{SPEC, Server, config, epoch, serve};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_streams_every_row_in_chunks_under_the_message_limit() {
