@@ -8,11 +8,14 @@
 //! batches grow by themselves under load (while one batch syncs, the next one gathers) and a
 //! lone write waits for nobody.
 //!
-//! Inside a batch each write runs under a savepoint of its own: one that fails (a refusal, or
-//! a storage error half-way through it) is undone alone and answered with its error, and the
-//! others commit. Only a failure of the transaction itself (a savepoint that cannot be taken or
-//! undone, the commit) rolls the whole batch back; every write of it is answered with that
-//! error.
+//! A batch first runs as one plain transaction. A refusal (a stale lease, an unknown worker,
+//! a bad argument) is decided before its write changes anything (but its worker's last-seen
+//! time), so it is answered alone and the batch goes on. Any other error of one write (a
+//! storage error half-way through it) rolls that transaction back, and the batch runs again
+//! write by write, each under a savepoint of its own: the failing write is undone alone and
+//! answered with its error, and the others commit. Only a failure of the transaction itself (a
+//! savepoint that cannot be taken or undone, the commit) fails the whole batch; every write of
+//! it is answered with that error. The savepoints cost the common case nothing.
 //!
 //! A blocking-pool task (unlike a thread of our own) keeps tokio's paused test clock from
 //! jumping ahead while a transaction runs.
@@ -29,11 +32,21 @@ use crate::store::{LeaseOps, StoreWriter, WorkerWrite};
 /// Most writes one transaction takes; the rest wait for the next.
 const MAX_BATCH: usize = 4096;
 
+/// How a batch runs its writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// All in one transaction: a write that fails other than by a refusal stops the pass.
+    Plain,
+    /// Each under a savepoint of its own, after a plain pass stopped.
+    Isolated,
+}
+
 /// A queued write of any type: applied inside a batch, answered after it.
 trait Queued: Send {
-    /// Applies the write under a savepoint; keeps its output or its error for the answer.
-    /// `Err` only when the transaction itself failed and the batch must roll back.
-    fn apply(&mut self, ops: &mut dyn LeaseOps) -> Result<()>;
+    /// Applies the write; keeps its output or its error for the answer. `Ok(false)` when a
+    /// plain pass must stop (the write failed other than by a refusal); `Err` only when the
+    /// transaction itself failed and the batch must roll back.
+    fn apply(&mut self, ops: &mut dyn LeaseOps, pass: Pass) -> Result<bool>;
 
     /// Answers the caller: with what `apply` kept once the batch committed, else with
     /// `failed`.
@@ -46,18 +59,40 @@ struct Pending<W: WorkerWrite> {
     reply: oneshot::Sender<Result<W::Output>>,
 }
 
+/// The refusals of the lease state machine: decided before a write changes anything (but its
+/// worker's last-seen time), so a plain pass answers them and goes on.
+fn refused_before_writing(e: &Error) -> bool {
+    matches!(e, Error::InvalidArgument(_) | Error::NotFound(_) | Error::StaleLease(_))
+}
+
 impl<W: WorkerWrite> Queued for Pending<W> {
-    fn apply(&mut self, ops: &mut dyn LeaseOps) -> Result<()> {
-        ops.begin_write()?;
-        let done = self.write.apply(ops);
-        ops.end_write(done.is_ok())?;
-        if let Err(e) = &done
-            && !e.is_refusal()
-        {
-            tracing::warn!(error = %e, "one write of a batch failed and was undone alone; the others commit");
-        }
+    fn apply(&mut self, ops: &mut dyn LeaseOps, pass: Pass) -> Result<bool> {
+        let done = match pass {
+            Pass::Plain => {
+                let done = self.write.apply(ops);
+                if let Err(e) = &done
+                    && !refused_before_writing(e)
+                {
+                    tracing::debug!(error = %e, "one write of a batch failed; the batch runs again write by write");
+                    self.done = Some(done);
+                    return Ok(false);
+                }
+                done
+            }
+            Pass::Isolated => {
+                ops.begin_write()?;
+                let done = self.write.apply(ops);
+                ops.end_write(done.is_ok())?;
+                if let Err(e) = &done
+                    && !refused_before_writing(e)
+                {
+                    tracing::warn!(error = %e, "one write of a batch failed and was undone alone; the others commit");
+                }
+                done
+            }
+        };
         self.done = Some(done);
-        Ok(())
+        Ok(true)
     }
 
     fn answer(self: Box<Self>, failed: Option<Error>) {
@@ -160,9 +195,24 @@ impl GroupCommit {
             let started = std::time::Instant::now();
             let now = self.clock.now_ms();
             let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                lock(&self.store).batch(now, &mut |ops| {
+                let mut store = lock(&self.store);
+                let mut stopped = false;
+                let plain = store.batch(now, &mut |ops| {
                     for write in batch.iter_mut() {
-                        write.apply(ops)?;
+                        if !write.apply(ops, Pass::Plain)? {
+                            stopped = true;
+                            return Err(Error::Io(std::io::Error::other("a write failed: the batch runs again")));
+                        }
+                    }
+                    Ok(())
+                });
+                if !stopped {
+                    return plain;
+                }
+                // The plain pass rolled back: every write runs again under its own savepoint.
+                store.batch(now, &mut |ops| {
+                    for write in batch.iter_mut() {
+                        write.apply(ops, Pass::Isolated)?;
                     }
                     Ok(())
                 })
@@ -215,9 +265,10 @@ mod tests {
         }
     }
 
-    /// Three reports queued into one batch; the middle one meets a storage error half-way
-    /// (its epoch row written, then marking the trial running fails): it alone is answered
-    /// with the error and undone, epoch row included, and the other two commit.
+    /// Four reports queued into one batch. The second meets a storage error half-way (its epoch
+    /// row written, then marking the trial running fails): it alone is answered with the error
+    /// and undone, epoch row included. The fourth names a lease token that is not current: it
+    /// alone is refused. The first and third commit.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_failing_mid_batch_is_undone_alone_and_the_others_commit() {
         let dir = tempfile::tempdir().unwrap();
@@ -261,17 +312,23 @@ mod tests {
         // A committer is "running": the three writes queue up behind it, to be taken as one
         // batch by the committer this test then runs.
         lock(&commits.queue).committing = true;
+        let stale = EpochsWrite {
+            token: "l-not-current".into(),
+            ..write(&leases[0])
+        };
         let answers: Vec<_> = leases
             .iter()
-            .map(|l| {
-                let (commits, w) = (commits.clone(), write(l));
+            .map(write)
+            .chain([stale])
+            .map(|w| {
+                let commits = commits.clone();
                 tokio::spawn(async move { commits.write(w).await })
             })
             .collect();
-        while lock(&commits.queue).writes.len() < 3 {
+        while lock(&commits.queue).writes.len() < 4 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        // All three are queued, under MAX_BATCH: the committer takes them as one batch.
+        // All four are queued, under MAX_BATCH: the committer takes them as one batch.
         let me = commits.clone();
         tokio::task::spawn_blocking(move || me.commit_while_queued())
             .await
@@ -283,6 +340,7 @@ mod tests {
         assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
         let err = results[1].as_ref().unwrap_err().to_string();
         assert!(err.contains("injected storage error"), "{err}");
+        assert!(matches!(results[3], Err(Error::StaleLease(_))), "{:?}", results[3]);
 
         let conn = rusqlite::Connection::open(dir.path().join(crate::store::DB_FILE)).unwrap();
         let stored = |t: &str| -> i64 {

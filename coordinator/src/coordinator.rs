@@ -31,6 +31,9 @@ use crate::store::{
 };
 use crate::sweep::{DEFAULT_MAX_SPEC_BYTES, DEFAULT_MAX_SWEEP_BYTES, DEFAULT_MAX_TRIALS_PER_SWEEP, SweepSpec};
 
+/// Trials one transaction of a cancel takes: the writer is let go between them.
+pub const CANCEL_CHUNK: usize = 2_000;
+
 /// Runtime settings of a coordinator. Tests build it directly.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -420,10 +423,34 @@ impl Coordinator {
         }
     }
 
-    /// Cancels unfinished trials of a sweep (all, or `trial_ids`). Blocking.
+    /// Cancels unfinished trials of a sweep (all, or `trial_ids`: refused, cancelling none,
+    /// when one is not in the sweep). Blocking. A large cancel runs in transactions of
+    /// [`CANCEL_CHUNK`] trials and lets go of the writer between them, so that heartbeats and
+    /// reports are stored meanwhile.
     pub fn cancel(&self, sweep: &str, trial_ids: &[String]) -> Result<u32> {
-        let now = self.clock.now_ms();
-        let n = self.timed("cancel", |s| s.cancel(sweep, trial_ids, now))?;
+        if let Some(id) = self.read("not_in_sweep", |r| r.not_in_sweep(sweep, trial_ids))? {
+            return Err(Error::NotFound(format!("trial {id} is not part of sweep {sweep}")));
+        }
+        let mut n = 0;
+        if trial_ids.is_empty() {
+            let mut after = String::new();
+            loop {
+                let now = self.clock.now_ms();
+                let chunk = self.timed("cancel", |s| s.cancel(sweep, &[], &after, CANCEL_CHUNK, now))?;
+                n += chunk.cancelled;
+                match chunk.next {
+                    Some(next) => after = next,
+                    None => break,
+                }
+            }
+        } else {
+            for ids in trial_ids.chunks(CANCEL_CHUNK) {
+                let now = self.clock.now_ms();
+                n += self
+                    .timed("cancel", |s| s.cancel(sweep, ids, "", CANCEL_CHUNK, now))?
+                    .cancelled;
+            }
+        }
         info!(sweep, cancelled = n, "trials cancelled");
         Ok(n)
     }
@@ -595,9 +622,10 @@ impl Coordinator {
             state,
             sweep_id,
         } = done;
+        let done = state.is_done();
         if duplicate {
             info!(trial = %trial_id, "duplicate completion acknowledged");
-            return pb::CompleteResponse { duplicate };
+            return pb::CompleteResponse { duplicate, done };
         }
         let reason = outcome.reason().unwrap_or_default();
         self.trial_changed(sweep_id, &trial_id, state, 0, &worker_id, reason);
@@ -619,7 +647,7 @@ impl Coordinator {
         if state.is_queued() {
             self.wake(1);
         }
-        pb::CompleteResponse { duplicate }
+        pb::CompleteResponse { duplicate, done }
     }
 
     /// Status of one sweep (or of all when `sweep_id` is empty). Blocking.

@@ -17,6 +17,15 @@ pub struct Submitted {
     pub new_trials: u32,
 }
 
+/// One transaction of a cancel ([`StoreWriter::cancel`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CancelChunk {
+    /// Trials it cancelled.
+    pub cancelled: u32,
+    /// Where the next chunk starts (`after`), when there may be more.
+    pub next: Option<String>,
+}
+
 /// Failed trials a sweep's status lists (the counts cover all of them).
 pub const MAX_LISTED_FAILURES: u32 = 1_000;
 
@@ -54,8 +63,13 @@ pub trait StoreWriter: Send {
         max_trials: u64,
     ) -> Result<Submitted>;
 
-    /// Cancels the unfinished trials of `sweep` (only `trial_ids` when given); returns how many.
-    fn cancel(&mut self, sweep: &str, trial_ids: &[String], now: i64) -> Result<u32>;
+    /// Cancels, in one transaction, the unfinished trials among `trial_ids` of `sweep`
+    /// (refusing them all, cancelling none, when one is not in the sweep); or, when
+    /// `trial_ids` is empty, the unfinished trials of `sweep` that come after `after` in trial
+    /// id order, at most `limit` of them. Returns how many it cancelled and, when it stopped at
+    /// `limit`, the id to pass as `after` for the rest.
+    fn cancel(&mut self, sweep: &str, trial_ids: &[String], after: &str, limit: usize, now: i64)
+    -> Result<CancelChunk>;
 
     /// Re-queues the failed and cancelled trials of `sweep` with a fresh set of attempts.
     fn resume(&mut self, sweep: &str) -> Result<u32>;
@@ -93,6 +107,10 @@ pub trait StoreWriter: Send {
 pub trait StoreReader: Send {
     /// The ids of every sweep, oldest first.
     fn sweep_ids(&self) -> Result<Vec<String>>;
+
+    /// The first of `trial_ids` that is not part of `sweep` (`NotFound` when there is no
+    /// sweep of that name).
+    fn not_in_sweep(&self, sweep: &str, trial_ids: &[String]) -> Result<Option<String>>;
 
     /// Progress of one sweep (`NotFound` when there is none of that name).
     fn sweep_status(&self, sweep: &str, now: i64) -> Result<pb::SweepStatus>;

@@ -21,10 +21,12 @@
 //! lease is accepted ([`Error::StaleLease`](crate::Error::StaleLease) otherwise). A completion
 //! whose token already completed is acknowledged as a duplicate.
 //!
-//! Batching: each write of a batch runs between [`LeaseOps::begin_write`] and
-//! [`LeaseOps::end_write`] (a savepoint), so that whatever one write does wrong (a refusal, or
-//! a storage error half-way through it) undoes only its own changes and is answered alone,
-//! while the other writes of its batch commit. Only a failure of the transaction itself (its
+//! Batching: a batch runs its writes in one transaction. The refusals of this state machine
+//! (`InvalidArgument`, `NotFound`, `StaleLease`) are decided before a write changes anything
+//! but its worker's last-seen time, so a refused write is answered alone and its batch goes
+//! on. Any other error of one write rolls the batch back, and it runs again with each write
+//! between [`LeaseOps::begin_write`] and [`LeaseOps::end_write`] (a savepoint): the failing
+//! write is undone alone, the others commit. Only a failure of the transaction itself (its
 //! savepoint or its commit) fails the whole batch, and then none of it is acknowledged.
 //!
 //! Slots: a worker is leased at most its registered slots less the leases it holds; a lease
@@ -88,7 +90,8 @@ pub struct Granted {
 
 /// The worker writes, each inside the transaction that
 /// [`StoreWriter::batch`](super::StoreWriter::batch) opened, with the clock and policy of that
-/// batch.
+/// batch. A write refused with `InvalidArgument`, `NotFound` or `StaleLease` has changed
+/// nothing but its worker's last-seen time (see the module's "Batching").
 pub trait LeaseOps {
     /// Marks where one write begins: [`LeaseOps::end_write`] keeps or undoes what follows.
     fn begin_write(&mut self) -> Result<()>;

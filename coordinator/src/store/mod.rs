@@ -17,7 +17,7 @@ pub mod contract;
 pub mod lease;
 pub mod sqlite;
 
-pub use contract::{Backend, MAX_LISTED_FAILURES, StoreReader, StoreWriter, Submitted, WorkerSeen};
+pub use contract::{Backend, CancelChunk, MAX_LISTED_FAILURES, StoreReader, StoreWriter, Submitted, WorkerSeen};
 pub use lease::{
     CompleteWrite, Completed, EpochsWrite, Expired, Granted, HeartbeatWrite, LeaseOps, LeasePolicy, LeaseWrite,
     WorkerWrite,

@@ -368,6 +368,23 @@ async fn evaluations_are_stored_with_the_result() {
     assert_eq!(fil[0].stats.fve_norm, Some(0.9));
 }
 
+/// A state holds every spec, result and failure reason: its folder is made 0700, and the
+/// database and its WAL and shared-memory files 0600, whatever the umask.
+#[test]
+fn a_new_state_is_readable_by_its_owner_only() {
+    use convsweep_coordinator::store::StoreWriter;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut store = convsweep_coordinator::store::SqliteStore::open(&state, Default::default()).unwrap();
+    store.register_worker("w", "h", &[], 1, 0, "").unwrap();
+    let mode = |name: &str| std::fs::metadata(state.join(name)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(""), 0o700);
+    for file in ["state.db", "state.db-wal", "state.db-shm"] {
+        assert_eq!(mode(file), 0o600, "{file}");
+    }
+}
+
 #[test]
 fn a_version_1_state_folder_is_migrated() {
     let dir = tempfile::tempdir().unwrap();
@@ -382,6 +399,7 @@ fn a_version_1_state_folder_is_migrated() {
          ALTER TABLE results DROP COLUMN epoch_eval_seconds; ALTER TABLE results DROP COLUMN checkpoint_seconds;
          ALTER TABLE results DROP COLUMN report_seconds; ALTER TABLE results DROP COLUMN train_images;
          ALTER TABLE trials DROP COLUMN resume_floor; ALTER TABLE trials DROP COLUMN lease_heard;
+         ALTER TABLE trials DROP COLUMN planned_epochs;
          DROP INDEX workers_by_instance; ALTER TABLE workers DROP COLUMN instance;
          UPDATE meta SET value = '1' WHERE key = 'schema_version';",
     )
@@ -399,8 +417,60 @@ fn a_version_1_state_folder_is_migrated() {
     assert_eq!(version, convsweep_coordinator::store::SCHEMA_VERSION.to_string());
     conn.prepare("SELECT eval_error, eval_seconds, conv_algorithm, startup_seconds, train_images FROM results")
         .unwrap();
-    conn.prepare("SELECT resume_floor, lease_heard FROM trials").unwrap();
+    conn.prepare("SELECT resume_floor, lease_heard, planned_epochs FROM trials")
+        .unwrap();
     conn.prepare("SELECT instance FROM workers").unwrap();
+}
+
+/// A lease granted by a version 7 coordinator has no copy of its trial's epochs: after the
+/// migration its reports are still checked against them, read from the trial's spec.
+#[test]
+fn a_lease_from_a_version_7_state_is_checked_against_its_spec_epochs() {
+    use convsweep_coordinator::store::StoreWriter;
+    use convsweep_coordinator::sweep::SweepSpec;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = convsweep_coordinator::store::SqliteStore::open(dir.path(), Default::default()).unwrap();
+    let spec = SweepSpec::from_toml(
+        "name = \"s\"\n[dataset]\nname = \"synthetic\"\n[model]\narch = \"resnet\"\ndepth = 8\n\
+         init = \"kaiming-uniform\"\ntrain_mode = \"learned\"\nkernel_size = 3\n[train]\nepochs = 4\n",
+    )
+    .unwrap();
+    store
+        .submit(&spec.id, "", &spec.expand_canonical().unwrap(), 0)
+        .unwrap();
+    let worker = store.register_worker("w", "h", &[], 1, 0, "").unwrap();
+    let mut lease = None;
+    store
+        .batch(0, &mut |ops| {
+            lease = ops.lease(&worker, 1)?.leases.pop();
+            Ok(())
+        })
+        .unwrap();
+    let lease = lease.unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE trials DROP COLUMN planned_epochs; UPDATE meta SET value = '7' WHERE key = 'schema_version';",
+    )
+    .unwrap();
+    drop(conn);
+    let mut store = convsweep_coordinator::store::SqliteStore::open(dir.path(), Default::default()).unwrap();
+    let report = |store: &mut convsweep_coordinator::store::SqliteStore, n: u32| {
+        let mut answer = None;
+        store
+            .batch(1, &mut |ops| {
+                answer = Some(ops.report_epochs(&worker, &lease.trial_id, &lease.lease_token, &[epoch(n, 0.5)]));
+                Ok(())
+            })
+            .unwrap();
+        answer.unwrap()
+    };
+    report(&mut store, 4).unwrap();
+    let refused = report(&mut store, 5).unwrap_err().to_string();
+    assert!(
+        refused.contains("epochs[0].epoch") && refused.contains("trains 4 epochs"),
+        "{refused}"
+    );
 }
 
 #[test]
@@ -413,7 +483,7 @@ fn a_version_3_state_folder_gains_the_conv_algorithm_column() {
          ALTER TABLE results DROP COLUMN startup_seconds; ALTER TABLE results DROP COLUMN train_seconds;
          ALTER TABLE results DROP COLUMN epoch_eval_seconds; ALTER TABLE results DROP COLUMN checkpoint_seconds;
          ALTER TABLE results DROP COLUMN report_seconds; ALTER TABLE results DROP COLUMN train_images;
-         ALTER TABLE trials DROP COLUMN lease_heard;
+         ALTER TABLE trials DROP COLUMN lease_heard; ALTER TABLE trials DROP COLUMN planned_epochs;
          DROP INDEX workers_by_instance; ALTER TABLE workers DROP COLUMN instance;
          UPDATE meta SET value = '3' WHERE key = 'schema_version';",
     )

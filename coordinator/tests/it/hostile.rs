@@ -481,6 +481,9 @@ async fn register_is_idempotent_and_old_workers_are_pruned() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.worker_retention = Duration::from_secs(1);
+    // The holder's lease must outlive the wait for the others to be pruned (it sends no
+    // heartbeat): with the tests' 2 s it could expire first, and the holder be pruned too.
+    c.lease_timeout = Duration::from_secs(120);
     let server = Server::start(c).await;
     server.coordinator.submit(SPEC).unwrap();
     let mut w = server.worker().await;
@@ -515,5 +518,70 @@ async fn register_is_idempotent_and_old_workers_are_pruned() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(named("1-slot worker"), 1, "the lease holder was kept");
+    server.stop().await;
+}
+
+/// A cancel of many trials runs in transactions of `CANCEL_CHUNK` and lets go of the writer
+/// between them (heartbeats and reports are stored meanwhile); a named cancel is checked whole
+/// first: one id not in the sweep, even past the first chunk, refuses it and cancels nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_cancel_runs_in_chunks_and_a_named_one_is_refused_whole() {
+    use convsweep_coordinator::coordinator::CANCEL_CHUNK;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(config(dir.path())).await;
+    let spec = SPEC.replace("name = \"small\"", "name = \"big\"\nseeds = 1200");
+    let (_, submitted) = server.coordinator.submit(&spec).unwrap();
+    let total = submitted.trials as usize;
+    assert!(total > 2 * CANCEL_CHUNK, "{total} trials");
+    let ids: Vec<String> = convsweep_coordinator::sweep::SweepSpec::from_toml(&spec)
+        .unwrap()
+        .expand_canonical()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id.to_string())
+        .collect();
+    let mut w = worker(&server, 1).await;
+    let held = w.lease(1, 0).await.pop().unwrap();
+    let cancelled = |server: &Server| counts(&server.coordinator.status("big").unwrap()).cancelled as usize;
+
+    let mut named: Vec<String> = ids[..CANCEL_CHUNK + 10].to_vec();
+    named.push("t-not-in-this-sweep".into());
+    let refused = server.coordinator.cancel("big", &named).unwrap_err().to_string();
+    assert!(refused.contains("t-not-in-this-sweep"), "{refused}");
+    assert_eq!(cancelled(&server), 0, "a refused cancel cancels nothing");
+
+    named.pop();
+    assert_eq!(server.coordinator.cancel("big", &named).unwrap() as usize, named.len());
+    assert_eq!(
+        server.coordinator.cancel("big", &[]).unwrap() as usize,
+        total - named.len()
+    );
+    assert_eq!(cancelled(&server), total);
+    // Named: two transactions (a chunk and 10); the rest: a full chunk, then the empty end.
+    let metrics = server.coordinator.metrics().encode();
+    let transactions = metrics
+        .lines()
+        .find(|l| l.starts_with("convsweep_store_transaction_seconds_count{") && l.contains("\"cancel\""))
+        .unwrap_or_else(|| panic!("no cancel transactions in {metrics}"));
+    let rest = total - named.len();
+    let expected = 2 + rest.div_ceil(CANCEL_CHUNK) + usize::from(rest % CANCEL_CHUNK == 0);
+    assert!(
+        transactions.ends_with(&format!(" {expected}")),
+        "{transactions}, expected {expected}"
+    );
+    // The worker holding a lease is told its trial was cancelled.
+    let beat = w
+        .client
+        .heartbeat(pb::HeartbeatRequest {
+            worker_id: w.id.clone(),
+            leases: vec![pb::LeaseRef {
+                trial_id: held.trial_id.clone(),
+                lease_token: held.lease_token.clone(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(beat.leases[0].directive, pb::LeaseDirective::Cancel as i32);
     server.stop().await;
 }

@@ -133,11 +133,12 @@ fn free_slots(tx: &Connection, worker_id: &str) -> Result<u32> {
 /// keep it seen).
 fn lease(tx: &Connection, policy: LeasePolicy, worker_id: &str, max: u32, now: i64) -> Result<Granted> {
     let free = free_slots(tx, worker_id)?;
-    let picked: Vec<(String, String, u32)> = {
+    let picked: Vec<(String, String, u32, Option<i64>)> = {
         let mut stmt = tx.prepare_cached(
-            "SELECT id, spec_json, attempt FROM trials WHERE state IN ('pending', 'preempted') ORDER BY seq LIMIT ?1",
+            "SELECT id, spec_json, attempt, json_extract(spec_json, '$.train.epochs') FROM trials \
+             WHERE state IN ('pending', 'preempted') ORDER BY seq LIMIT ?1",
         )?;
-        stmt.query_map([max.min(free)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        stmt.query_map([max.min(free)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<rusqlite::Result<_>>()?
     };
     if picked.is_empty() {
@@ -148,15 +149,15 @@ fn lease(tx: &Connection, policy: LeasePolicy, worker_id: &str, max: u32, now: i
     }
     touch_worker(tx, worker_id, now)?;
     let mut leases = Vec::with_capacity(picked.len());
-    for (trial_id, spec_json, attempt) in picked {
+    for (trial_id, spec_json, attempt, epochs) in picked {
         let attempt = attempt + 1;
         let token = new_token("l-");
         let deadline = now + policy.lease_timeout_ms;
         exec(
             tx,
             "UPDATE trials SET state = 'leased', attempt = ?2, lease_token = ?3, worker_id = ?4, lease_deadline_ms = ?5, \
-             lease_heard = 0 WHERE id = ?1",
-            params![trial_id, attempt, token, worker_id, deadline],
+             lease_heard = 0, planned_epochs = ?6 WHERE id = ?1",
+            params![trial_id, attempt, token, worker_id, deadline, epochs],
         )?;
         exec(
             tx,
@@ -178,26 +179,56 @@ fn lease(tx: &Connection, policy: LeasePolicy, worker_id: &str, max: u32, now: i
     })
 }
 
-/// Checks that `token` is the current token of an active lease on `trial_id`.
-fn check_lease(tx: &Connection, trial_id: &str, token: &str) -> Result<(TrialState, u32)> {
-    let row: Option<(String, Option<String>, u32, Option<String>)> = tx
-        .query_row(
-            "SELECT state, lease_token, attempt, worker_id FROM trials WHERE id = ?1",
-            [trial_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()?;
-    let Some((state, current, attempt, holder)) = row else {
+/// An active lease as [`check_lease`] found it.
+struct Held {
+    attempt: u32,
+    /// The epochs its trial trains.
+    planned: Option<u32>,
+}
+
+impl Held {
+    /// The epochs the trial trains: a stored spec without them is corrupt.
+    fn planned(&self, trial_id: &str) -> Result<u32> {
+        self.planned
+            .ok_or_else(|| Error::Corrupt(format!("stored spec of trial {trial_id} has no train.epochs")))
+    }
+}
+
+/// Checks that `token` is the current token of an active lease on `trial_id`. Read in the same
+/// row: the epochs the trial trains (copied at lease time; read from its spec for a lease an
+/// older coordinator granted).
+fn check_lease(tx: &Connection, trial_id: &str, token: &str) -> Result<Held> {
+    let found = row(
+        tx,
+        "SELECT state, lease_token, attempt, worker_id, \
+         COALESCE(planned_epochs, json_extract(spec_json, '$.train.epochs')) FROM trials WHERE id = ?1",
+        [trial_id],
+        |r| {
+            let planned: Option<i64> = r.get(4)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                Held {
+                    attempt: r.get(2)?,
+                    planned: planned.and_then(|n| u32::try_from(n).ok()),
+                },
+                r.get::<_, Option<String>>(3)?,
+            ))
+        },
+    )
+    .optional()?;
+    let Some((state, current, held, holder)) = found else {
         return Err(Error::NotFound(format!("unknown trial {trial_id}")));
     };
     let state = state_of(state)?;
     if current.as_deref() != Some(token) || !state.is_active() {
         return Err(Error::StaleLease(format!(
-            "trial {trial_id} is {state} at attempt {attempt}{}; this report's lease is no longer current",
+            "trial {trial_id} is {state} at attempt {}{}; this report's lease is no longer current",
+            held.attempt,
             holder.map(|w| format!(" (last leased to {w})")).unwrap_or_default()
         )));
     }
-    Ok((state, attempt))
+    Ok(held)
 }
 
 /// Renews each lease the worker still holds; says what to do about each.
@@ -222,9 +253,10 @@ fn heartbeat(
                 pb::LeaseDirective::Continue
             }
             Err(Error::StaleLease(_) | Error::NotFound(_)) => {
-                let state: Option<String> = tx
-                    .query_row("SELECT state FROM trials WHERE id = ?1", [&l.trial_id], |r| r.get(0))
-                    .optional()?;
+                let state: Option<String> = row(tx, "SELECT state FROM trials WHERE id = ?1", [&l.trial_id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
                 if state.map(state_of).transpose()? == Some(TrialState::Cancelled) {
                     pb::LeaseDirective::Cancel
                 } else {
@@ -253,8 +285,8 @@ fn report_epochs(
     now: i64,
 ) -> Result<()> {
     touch_worker(tx, worker_id, now)?;
-    let (_, attempt) = check_lease(tx, trial_id, token)?;
-    let planned = planned_epochs(tx, trial_id)?;
+    let held = check_lease(tx, trial_id, token)?;
+    let (attempt, planned) = (held.attempt, held.planned(trial_id)?);
     if let Some((i, e)) = epochs.iter().enumerate().find(|(_, e)| e.epoch > planned) {
         return Err(Error::InvalidArgument(FieldError::new(
             format!("epochs[{i}].epoch"),
@@ -290,18 +322,6 @@ fn report_epochs(
         params![trial_id, deadline, deadline - policy.lease_timeout_ms / 10],
     )?;
     Ok(())
-}
-
-/// The epochs a trial's spec trains (`train.epochs` of its stored canonical JSON).
-fn planned_epochs(tx: &Connection, trial_id: &str) -> Result<u32> {
-    let n: Option<i64> = row(
-        tx,
-        "SELECT json_extract(spec_json, '$.train.epochs') FROM trials WHERE id = ?1",
-        [trial_id],
-        |r| r.get(0),
-    )?;
-    n.and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| Error::Corrupt(format!("stored spec of trial {trial_id} has no train.epochs")))
 }
 
 /// Counts the attempts of a trial that count against `max_attempts`.
@@ -393,13 +413,13 @@ fn complete(
     now: i64,
 ) -> Result<Completed> {
     touch_worker(tx, worker_id, now)?;
-    let recorded: Option<Option<String>> = tx
-        .query_row(
-            "SELECT outcome FROM attempts WHERE trial_id = ?1 AND lease_token = ?2",
-            params![trial_id, token],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let recorded: Option<Option<String>> = row(
+        tx,
+        "SELECT outcome FROM attempts WHERE trial_id = ?1 AND lease_token = ?2",
+        params![trial_id, token],
+        |r| r.get(0),
+    )
+    .optional()?;
     // Only an outcome that a completion recorded makes this a duplicate; an attempt that
     // expired was never completed, and its late report is stale (fenced below).
     if let Some(Some(previous)) = recorded
@@ -412,9 +432,10 @@ fn complete(
             sweep_id: first_sweep(tx, trial_id)?,
         });
     }
-    let (_, attempt) = check_lease(tx, trial_id, token)?;
+    let held = check_lease(tx, trial_id, token)?;
+    let attempt = held.attempt;
     if let Outcome::Succeeded(r) = outcome {
-        let planned = planned_epochs(tx, trial_id)?;
+        let planned = held.planned(trial_id)?;
         if r.best_epoch > planned {
             return Err(Error::InvalidArgument(FieldError::new(
                 "result.best_epoch",

@@ -24,7 +24,7 @@ use convsweep_proto::{SweepId, TrialId, TrialState};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{Error, Result};
-use crate::store::contract::{Backend, StoreReader, StoreWriter, Submitted};
+use crate::store::contract::{Backend, CancelChunk, StoreReader, StoreWriter, Submitted};
 use crate::store::lease::{Expired, LeaseOps, LeasePolicy};
 
 /// A coordinator's state folder.
@@ -68,10 +68,28 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating or migrating when needed) the state in `dir`.
+    /// Opens (creating or migrating when needed) the state in `dir`. A new folder is made
+    /// 0700 and a new database 0600 (SQLite gives its WAL and shared-memory files the
+    /// database's mode): a state holds every spec, result and failure reason.
     pub fn open(dir: &Path, policy: LeasePolicy) -> Result<SqliteStore> {
-        std::fs::create_dir_all(dir)?;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let path = dir.join(DB_FILE);
+        // Created empty with its mode before SQLite opens it (SQLite would use the umask).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)?;
+        let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{mode:o}"),
+                "the state database is readable by others (an older convsweep made it so); chmod 600 it, and its -wal and -shm files"
+            );
+        }
         let conn = schema::open_writable(&path)?;
         Ok(SqliteStore { conn, policy, path })
     }
@@ -237,52 +255,72 @@ impl StoreWriter for SqliteStore {
     }
 
     // A trial shared with another sweep is cancelled there too.
-    fn cancel(&mut self, sweep: &str, trial_ids: &[String], now: i64) -> Result<u32> {
+    fn cancel(
+        &mut self,
+        sweep: &str,
+        trial_ids: &[String],
+        after: &str,
+        limit: usize,
+        now: i64,
+    ) -> Result<CancelChunk> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         schema::require_sweep(&tx, sweep)?;
-        let targets: Vec<(String, String, u32)> = {
-            let mut stmt = tx.prepare(
-                "SELECT t.id, t.state, t.attempt FROM sweep_trials s JOIN trials t ON t.id = s.trial_id \
-                 WHERE s.sweep_id = ?1 AND t.state IN ('pending', 'leased', 'running', 'preempted')",
+        let mut targets: Vec<(String, String, u32)> = Vec::new();
+        let mut next = None;
+        if trial_ids.is_empty() {
+            // Keyset order over the sweep's primary key: each chunk reads only its own rows.
+            let mut stmt = tx.prepare_cached(
+                "SELECT s.trial_id, t.state, t.attempt FROM sweep_trials s JOIN trials t ON t.id = s.trial_id \
+                 WHERE s.sweep_id = ?1 AND s.trial_id > ?2 AND t.state IN ('pending', 'leased', 'running', 'preempted') \
+                 ORDER BY s.trial_id LIMIT ?3",
             )?;
-            stmt.query_map([sweep], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?
-        };
-        for id in trial_ids {
-            let member = tx
-                .query_row(
-                    "SELECT 1 FROM sweep_trials WHERE sweep_id = ?1 AND trial_id = ?2",
-                    params![sweep, id],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
-            if !member {
-                return Err(Error::NotFound(format!("trial {id} is not part of sweep {sweep}")));
+            targets = stmt
+                .query_map(params![sweep, after, limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            if targets.len() == limit {
+                next = targets.last().map(|(id, _, _)| id.clone());
+            }
+        } else {
+            let mut member = tx.prepare_cached(
+                "SELECT t.state, t.attempt FROM sweep_trials s JOIN trials t ON t.id = s.trial_id \
+                 WHERE s.sweep_id = ?1 AND s.trial_id = ?2",
+            )?;
+            for id in trial_ids {
+                let Some((state, attempt)) = member
+                    .query_row(params![sweep, id], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))
+                    })
+                    .optional()?
+                else {
+                    return Err(Error::NotFound(format!("trial {id} is not part of sweep {sweep}")));
+                };
+                if !state_of(state.clone())?.is_done() {
+                    targets.push((id.clone(), state, attempt));
+                }
             }
         }
-        let named: std::collections::HashSet<&str> = trial_ids.iter().map(String::as_str).collect();
-        let mut n = 0;
+        let mut cancelled = 0;
         for (id, state, attempt) in targets {
-            if !named.is_empty() && !named.contains(id.as_str()) {
-                continue;
-            }
             if state_of(state)?.is_active() {
-                tx.execute(
+                lease::exec(
+                    &tx,
                     "UPDATE attempts SET ended_ms = ?3, outcome = 'cancelled', reason = 'cancelled by a user' \
                      WHERE trial_id = ?1 AND attempt = ?2",
                     params![id, attempt, now],
                 )?;
             }
-            tx.execute(
+            lease::exec(
+                &tx,
                 "UPDATE trials SET state = 'cancelled', lease_token = NULL, lease_deadline_ms = NULL, \
                  reason = 'cancelled by a user', finished_ms = ?2 WHERE id = ?1",
                 params![id, now],
             )?;
-            n += 1;
+            cancelled += 1;
         }
         tx.commit()?;
-        Ok(n)
+        Ok(CancelChunk { cancelled, next })
     }
 
     fn resume(&mut self, sweep: &str) -> Result<u32> {

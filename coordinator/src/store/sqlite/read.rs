@@ -43,6 +43,19 @@ impl StoreReader for SqliteReader {
         Ok(stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?)
     }
 
+    fn not_in_sweep(&self, sweep: &str, trial_ids: &[String]) -> Result<Option<String>> {
+        schema::require_sweep(&self.conn, sweep)?;
+        let mut member = self
+            .conn
+            .prepare("SELECT 1 FROM sweep_trials WHERE sweep_id = ?1 AND trial_id = ?2")?;
+        for id in trial_ids {
+            if !member.exists(params![sweep, id])? {
+                return Ok(Some(id.clone()));
+            }
+        }
+        Ok(None)
+    }
+
     /// Progress of one sweep.
     fn sweep_status(&self, sweep_id: &str, now: i64) -> Result<pb::SweepStatus> {
         schema::require_sweep(&self.conn, sweep_id)?;

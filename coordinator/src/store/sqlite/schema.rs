@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 pub const DB_FILE: &str = "state.db";
 
 /// The schema version this convsweep writes and reads.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,8 +35,12 @@ CREATE TABLE IF NOT EXISTS trials (
     created_ms INTEGER NOT NULL,
     finished_ms INTEGER,
     resume_floor INTEGER NOT NULL DEFAULT 0,
-    lease_heard INTEGER NOT NULL DEFAULT 1
+    lease_heard INTEGER NOT NULL DEFAULT 1,
+    planned_epochs INTEGER
 );
+-- trials.planned_epochs: train.epochs of spec_json, copied when the trial is leased, so that
+-- every epoch report is checked without parsing the JSON (NULL before a lease, and for a lease
+-- a version 7 coordinator granted).
 CREATE INDEX IF NOT EXISTS trials_by_state ON trials(state, seq);
 -- The lease queue in order, and the active leases by deadline: a lease or an expiry pass reads
 -- the few rows it needs, never the whole queue, nor sorts it.
@@ -204,17 +208,23 @@ pub(super) fn open_writable(path: &Path) -> Result<Connection> {
                 [SCHEMA_VERSION.to_string()],
             )?;
         }
-        Some(v @ ("1" | "2" | "3" | "4" | "5" | "6")) => {
+        Some(v @ ("1" | "2" | "3" | "4" | "5" | "6" | "7")) => {
             // v6 -> v7: whether a lease was confirmed by its worker (leases of an older state
             // count as confirmed), and the instance a worker registered with.
+            // v7 -> v8: the epochs a leased trial trains (NULL: read from its spec).
             let mut steps = String::from("BEGIN;");
-            if v != "6" {
+            if v != "6" && v != "7" {
                 steps.push_str(&steps_to_6(v));
             }
+            if v != "7" {
+                steps.push_str(
+                    "ALTER TABLE trials ADD COLUMN lease_heard INTEGER NOT NULL DEFAULT 1;
+                     ALTER TABLE workers ADD COLUMN instance TEXT;",
+                );
+            }
             steps.push_str(
-                "ALTER TABLE trials ADD COLUMN lease_heard INTEGER NOT NULL DEFAULT 1;
-                 ALTER TABLE workers ADD COLUMN instance TEXT;
-                 UPDATE meta SET value = '7' WHERE key = 'schema_version';
+                "ALTER TABLE trials ADD COLUMN planned_epochs INTEGER;
+                 UPDATE meta SET value = '8' WHERE key = 'schema_version';
                  COMMIT;",
             );
             conn.execute_batch(&steps)?;
