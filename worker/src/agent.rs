@@ -165,6 +165,8 @@ where
 struct Running {
     trial_id: String,
     signal: Arc<AtomicU8>,
+    /// Set when the coordinator said the trial was cancelled: it is done for good.
+    cancelled: Arc<AtomicBool>,
 }
 
 /// State shared by the agent's tasks.
@@ -237,6 +239,21 @@ impl Shared {
         }
         for r in running.values().filter(|r| r.trial_id == status.trial_id) {
             r.signal.store(signal as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops the trials `status` names for good: their checkpoints go once they stopped.
+    fn cancel(&self, status: &pb::LeaseStatus) {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        for r in running
+            .iter()
+            .filter(|(token, r)| {
+                *token == &status.lease_token || (status.lease_token.is_empty() && r.trial_id == status.trial_id)
+            })
+            .map(|(_, r)| r)
+        {
+            r.cancelled.store(true, Ordering::Relaxed);
+            r.signal.store(Signal::Stop as u8, Ordering::Relaxed);
         }
     }
 
@@ -494,7 +511,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration, stop: Cancellat
                     match pb::LeaseDirective::try_from(status.directive) {
                         Ok(pb::LeaseDirective::Cancel) => {
                             info!(trial = %status.trial_id, "trial cancelled; stopping it");
-                            shared.signal(&status, Signal::Stop);
+                            shared.cancel(&status);
                         }
                         Ok(pb::LeaseDirective::Lost) => {
                             warn!(trial = %status.trial_id, "lease lost; stopping the trial");
@@ -527,11 +544,13 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
     let token = lease.token.clone();
     let (ctl, signal, mut events) = TrialControl::new();
     let first_step = ctl.first_step();
+    let cancelled = Arc::new(AtomicBool::new(false));
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).insert(
         token.clone(),
         Running {
             trial_id: trial_id.clone(),
             signal: signal.clone(),
+            cancelled: cancelled.clone(),
         },
     );
     if shared.shutdown.is_cancelled() {
@@ -539,7 +558,7 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
     }
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let thread_name = format!("trial-{trial_id}");
-    let (trainer_for_ack, lease_for_ack) = (trainer.clone(), lease.clone());
+    let (trainer_for_end, lease_for_end) = (trainer.clone(), lease.clone());
     // When the trainer handed over its end: what follows until the completion is reporting.
     let mut trainer_done = None;
     let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
@@ -600,24 +619,30 @@ async fn run_trial(shared: Arc<Shared>, trainer: Arc<dyn Trainer>, lease: Lease)
         }
     };
     let startup_ms = first_step.get().map(|d| d.as_millis() as u64);
+    let done_for_good;
     if let TrainEnd::Finished(mut outcome) = end {
         if let (Outcome::Succeeded(result), Some(done)) = (&mut outcome, trainer_done) {
             result.times.get_or_insert_default().report_seconds += done.elapsed().as_secs_f64();
         }
         info!(trial = %trial_id, lease_to_first_step_ms = startup_ms, outcome = %outcome.kind(), "trial ended");
         let completing = std::time::Instant::now();
-        if complete(&shared, &trial_id, &token, outcome.clone()).await {
-            if let Outcome::Succeeded(result) = &outcome {
-                log_cost(&trial_id, result, completing.elapsed());
-            }
-            // Removing checkpoints is file I/O: off the runtime's threads.
-            let acked = tokio::task::spawn_blocking(move || trainer_for_ack.acknowledged(&lease_for_ack, &outcome));
-            if let Err(e) = acked.await {
-                warn!(trial = %trial_id, error = %e, "cleaning up after the trial failed");
-            }
+        let acknowledged = complete(&shared, &trial_id, &token, outcome.clone()).await;
+        if acknowledged.is_some()
+            && let Outcome::Succeeded(result) = &outcome
+        {
+            log_cost(&trial_id, result, completing.elapsed());
         }
+        done_for_good = acknowledged.unwrap_or(false);
     } else {
         info!(trial = %trial_id, "trial stopped without a report");
+        done_for_good = cancelled.load(Ordering::Relaxed);
+    }
+    if done_for_good {
+        // Removing checkpoints is file I/O: off the runtime's threads.
+        let removed = tokio::task::spawn_blocking(move || trainer_for_end.ended(&lease_for_end));
+        if let Err(e) = removed.await {
+            warn!(trial = %trial_id, error = %e, "cleaning up after the trial failed");
+        }
     }
     shared.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&token);
 }
@@ -691,10 +716,11 @@ async fn report_epochs(shared: &Shared, trial_id: &str, token: &str, epochs: Vec
     }
 }
 
-/// Reports `outcome`; true when the coordinator acknowledged it (now or before). A result that
+/// Reports `outcome`; once the coordinator acknowledged it (now or before), whether the trial
+/// is done for good (it will not run again: its checkpoints can go). A result that
 /// fails the coordinator's checks (here, or `INVALID_ARGUMENT` there) is reported instead as a
 /// failure that is not retryable, naming the field.
-async fn complete(shared: &Shared, trial_id: &str, token: &str, outcome: Outcome) -> bool {
+async fn complete(shared: &Shared, trial_id: &str, token: &str, outcome: Outcome) -> Option<bool> {
     let outcome = match convsweep_proto::convert::validate_outcome(&outcome) {
         Ok(()) => outcome,
         Err(e) => Outcome::Failed {
@@ -711,16 +737,26 @@ async fn complete(shared: &Shared, trial_id: &str, token: &str, outcome: Outcome
                     outcome.kind()
                 ),
             };
-            send_completion(shared, trial_id, token, failed).await.unwrap_or(false)
+            send_completion(shared, trial_id, token, failed).await.unwrap_or(None)
         }
-        sent => sent.unwrap_or(false),
+        sent => sent.unwrap_or(None),
     }
 }
 
-/// Sends one completion: whether it was acknowledged, or `Err` with the coordinator's message
-/// when it refused it as invalid.
-async fn send_completion(shared: &Shared, trial_id: &str, token: &str, outcome: Outcome) -> Result<bool, String> {
+/// Sends one completion: once acknowledged, whether the trial is done for good (the outcome
+/// ends it, or the coordinator says so: a last attempt failed); `Err` with the coordinator's
+/// message when it refused it as invalid.
+async fn send_completion(
+    shared: &Shared,
+    trial_id: &str,
+    token: &str,
+    outcome: Outcome,
+) -> Result<Option<bool>, String> {
     let kind = outcome.kind();
+    let ends = matches!(
+        outcome,
+        Outcome::Succeeded(_) | Outcome::Failed { retryable: false, .. }
+    );
     if let Outcome::Failed { reason, retryable } = &outcome {
         warn!(trial = %trial_id, retryable, reason = %reason, "trial failed");
     }
@@ -736,13 +772,13 @@ async fn send_completion(shared: &Shared, trial_id: &str, token: &str, outcome: 
     })
     .await
     {
-        Some(Ok(_)) => {
+        Some(Ok(resp)) => {
             info!(trial = %trial_id, outcome = %kind, "reported");
-            Ok(true)
+            Ok(Some(ends || resp.done))
         }
         None => {
             warn!(trial = %trial_id, outcome = %kind, "gave up reporting at shutdown; the lease will expire and the trial run again");
-            Ok(false)
+            Ok(None)
         }
         Some(Err(status)) if status.code() == Code::InvalidArgument => {
             warn!(trial = %trial_id, outcome = %kind, message = status.message(), "completion refused as invalid");
@@ -750,7 +786,7 @@ async fn send_completion(shared: &Shared, trial_id: &str, token: &str, outcome: 
         }
         Some(Err(status)) => {
             warn!(trial = %trial_id, code = ?status.code(), message = status.message(), "completion refused");
-            Ok(false)
+            Ok(None)
         }
     }
 }

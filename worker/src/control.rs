@@ -146,10 +146,11 @@ pub trait Trainer: Send + Sync + 'static {
     fn devices(&self) -> Vec<String>;
     /// Trains one trial to its end.
     fn run(&self, lease: &Lease, ctl: &TrialControl) -> TrainEnd;
-    /// The coordinator acknowledged `outcome` for `lease`: state kept for a retry (checkpoints)
-    /// can go when the trial will not run again.
-    fn acknowledged(&self, lease: &Lease, outcome: &Outcome) {
-        let _ = (lease, outcome);
+    /// The trial of `lease` is done for good (it succeeded, failed for good or was
+    /// cancelled): what was kept for another attempt of it (checkpoints) can go. Blocking file
+    /// I/O: called off the async runtime.
+    fn ended(&self, lease: &Lease) {
+        let _ = lease;
     }
 }
 

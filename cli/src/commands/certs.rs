@@ -18,6 +18,11 @@ pub struct CertsArgs {
     /// always in), e.g. --host convsweep-coordinator --host 10.0.0.5.
     #[arg(long = "host")]
     pub hosts: Vec<String>,
+    /// Also write secret.json: a Kubernetes Secret of this name and type kubernetes.io/tls
+    /// (tls.crt and tls.key: the coordinator's; ca.crt: the CA), the layout cert-manager
+    /// writes, for `kubectl apply -f` (the Kubernetes base's certs Job does so).
+    #[arg(long, value_name = "NAME")]
+    pub kubernetes_secret: Option<String>,
 }
 
 /// The files [`make`] wrote.
@@ -31,21 +36,40 @@ pub struct Files {
     pub client: (PathBuf, PathBuf),
 }
 
+/// Writes `text` to `path` atomically: into a new temporary file beside it, made 0600 from the
+/// start when `private` (a key is never readable by others, not even for a moment), then
+/// renamed over `path`.
 fn write(path: &Path, text: &str, private: bool) -> Result<()> {
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    if private {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot restrict {}", path.display()))?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.partial", std::process::id()));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(if private { 0o600 } else { 0o644 })
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    Ok(())
+    written.with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Makes a CA (`ca.pem`, `ca.key`), a coordinator certificate for `hosts` plus `localhost` and
 /// `127.0.0.1` (`server.pem`, `server.key`) and a client certificate (`client.pem`,
-/// `client.key`) in `out`. Keys are written readable by their owner only.
+/// `client.key`) in `out` (created 0700). Keys are created readable by their owner only.
 pub fn make(out: &Path, hosts: &[String]) -> Result<Files> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(out)
+        .with_context(|| format!("cannot create {}", out.display()))?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.distinguished_name.push(DnType::CommonName, "convsweep CA");
@@ -80,9 +104,32 @@ pub fn make(out: &Path, hosts: &[String]) -> Result<Files> {
     Ok(files)
 }
 
+/// A Kubernetes Secret `name` of type `kubernetes.io/tls` holding the coordinator's
+/// certificate and key and the CA, as JSON (which `kubectl apply -f` reads like YAML).
+fn kubernetes_secret(name: &str, files: &Files) -> Result<String> {
+    let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
+    let secret = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "convsweep"}},
+        "type": "kubernetes.io/tls",
+        "stringData": {
+            "tls.crt": read(&files.server.0)?,
+            "tls.key": read(&files.server.1)?,
+            "ca.crt": read(&files.ca)?,
+        },
+    });
+    Ok(serde_json::to_string_pretty(&secret)?)
+}
+
 /// `convsweep certs`.
 pub fn certs(args: &CertsArgs) -> Result<ExitCode> {
     let files = make(&args.out, &args.hosts)?;
+    if let Some(name) = &args.kubernetes_secret {
+        let path = args.out.join("secret.json");
+        write(&path, &kubernetes_secret(name, &files)?, true)?;
+        println!("{}", path.display());
+    }
     println!("{}", files.ca.display());
     println!("{}", files.server.0.display());
     println!("{}", files.server.1.display());

@@ -263,8 +263,43 @@ fn certs_make_a_working_mtls_setup() {
         assert!(pki.join(f).exists(), "{f}");
     }
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(pki.join("server.key")).unwrap().permissions().mode();
-    assert_eq!(mode & 0o077, 0, "keys are private");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&pki), 0o700, "the folder that holds the keys");
+    for key in ["ca.key", "server.key", "client.key"] {
+        assert_eq!(mode(&pki.join(key)), 0o600, "{key} is private");
+    }
+    assert!(
+        std::fs::read_dir(&pki).unwrap().count() == 6,
+        "no temporary file is left"
+    );
+
+    // The Secret a Kubernetes certs Job applies: the coordinator's pair and the CA, private.
+    let k8s = dir.path().join("k8s");
+    let out = Command::new(BIN)
+        .args(["certs", "--kubernetes-secret", "convsweep-tls", "--out"])
+        .arg(&k8s)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(mode(&k8s.join("secret.json")), 0o600);
+    let secret: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(k8s.join("secret.json")).unwrap()).unwrap();
+    assert_eq!(secret["kind"], "Secret");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert_eq!(secret["metadata"]["name"], "convsweep-tls");
+    let data = &secret["stringData"];
+    assert_eq!(
+        data["tls.crt"],
+        std::fs::read_to_string(k8s.join("server.pem")).unwrap().as_str()
+    );
+    assert_eq!(
+        data["tls.key"],
+        std::fs::read_to_string(k8s.join("server.key")).unwrap().as_str()
+    );
+    assert_eq!(
+        data["ca.crt"],
+        std::fs::read_to_string(k8s.join("ca.pem")).unwrap().as_str()
+    );
 
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "mtls-process-token\n").unwrap();

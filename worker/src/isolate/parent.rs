@@ -390,7 +390,7 @@ impl Trainer for ProcessTrainer {
         failed(how, true)
     }
 
-    fn acknowledged(&self, lease: &Lease, outcome: &Outcome) {
-        crate::trainer::remove_finished(self.checkpoints.as_ref(), lease, outcome);
+    fn ended(&self, lease: &Lease) {
+        crate::trainer::remove_checkpoints(self.checkpoints.as_ref(), lease);
     }
 }

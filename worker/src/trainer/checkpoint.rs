@@ -11,6 +11,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use convsweep_proto::pb;
 use prost::Message;
@@ -83,9 +84,11 @@ pub struct CheckpointStore {
 }
 
 impl CheckpointStore {
-    /// Checkpoints in `dir` (created when missing) every `every` epochs (at least 1).
+    /// Checkpoints in `dir` (created 0700 when missing: a checkpoint holds a model's weights)
+    /// every `every` epochs (at least 1).
     pub fn new(dir: &Path, every: u32) -> std::io::Result<CheckpointStore> {
-        std::fs::create_dir_all(dir)?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         Ok(CheckpointStore {
             dir: dir.to_owned(),
             every: every.max(1),
@@ -163,19 +166,13 @@ impl CheckpointStore {
         let generation = previous.map_or(1, |g| g + 1);
         let tensors = self.tensors_path(trial, generation);
         let named: Vec<(&str, &Tensor)> = ck.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let tmp = tensors.with_extension("ot.partial");
+        let tmp = self.temp_path(&tensors);
         let mut bytes = Vec::new();
         Tensor::save_multi_to_stream(&named, &mut bytes).map_err(|e| CheckpointError::Tensors {
             message: e.to_string(),
             path: tmp.clone(),
         })?;
-        let write_tensors = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &tensors)
-        };
-        if let Err(source) = write_tensors() {
+        if let Err(source) = self.replace(&tmp, &tensors, &bytes) {
             let _ = std::fs::remove_file(&tmp);
             return Err(CheckpointError::Io { path: tmp, source });
         }
@@ -183,14 +180,8 @@ impl CheckpointStore {
         ck.state.generation = generation;
         ck.state.checksum = checksum(&bytes, &ck.state);
         let state_path = self.state_path(trial);
-        let tmp = state_path.with_extension("state.partial");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&ck.state.encode_to_vec())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &state_path)
-        };
-        if let Err(source) = write() {
+        let tmp = self.temp_path(&state_path);
+        if let Err(source) = self.replace(&tmp, &state_path, &ck.state.encode_to_vec()) {
             let _ = std::fs::remove_file(&tmp);
             let _ = std::fs::remove_file(&tensors);
             return Err(CheckpointError::Io {
@@ -202,6 +193,31 @@ impl CheckpointStore {
             let _ = std::fs::remove_file(self.tensors_path(trial, old));
         }
         Ok(())
+    }
+
+    /// A temporary name for a new version of `path`, unique to this process and this write:
+    /// two attempts of a trial that share the folder (a lease lost but still training, and its
+    /// next attempt) never write into one file.
+    fn temp_path(&self, path: &Path) -> PathBuf {
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, Ordering::Relaxed);
+        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        self.dir.join(format!("{name}.{}-{n}.partial", std::process::id()))
+    }
+
+    /// Writes `bytes` to `tmp` (created 0600, never an existing file), syncs it, renames it
+    /// over `path` and syncs the folder, so that the rename itself survives a crash.
+    fn replace(&self, tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(tmp, path)?;
+        std::fs::File::open(&self.dir)?.sync_all()
     }
 
     /// Deletes every checkpoint file of `trial`.

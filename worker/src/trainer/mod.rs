@@ -74,20 +74,14 @@ impl Trainer for TchTrainer {
         end
     }
 
-    fn acknowledged(&self, lease: &Lease, outcome: &Outcome) {
-        remove_finished(self.checkpoints.as_ref(), lease, outcome);
+    fn ended(&self, lease: &Lease) {
+        remove_checkpoints(self.checkpoints.as_ref(), lease);
     }
 }
 
-/// Deletes the checkpoints of a trial the coordinator acknowledged as done for good (it
-/// succeeded or failed for good); a retryable failure or a preemption keeps them for the next
-/// attempt. Blocking file I/O: call it off the async runtime.
-pub fn remove_finished(checkpoints: Option<&CheckpointStore>, lease: &Lease, outcome: &Outcome) {
-    let done = match outcome {
-        Outcome::Succeeded(_) | Outcome::Failed { retryable: false, .. } => true,
-        Outcome::Failed { retryable: true, .. } | Outcome::Preempted { .. } => false,
-    };
-    if done && let Some(store) = checkpoints {
+/// Deletes the checkpoints of a trial that is done for good.
+pub fn remove_checkpoints(checkpoints: Option<&CheckpointStore>, lease: &Lease) {
+    if let Some(store) = checkpoints {
         store.remove(lease.trial_id.as_str());
     }
 }

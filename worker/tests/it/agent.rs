@@ -668,39 +668,77 @@ async fn an_expired_attempt_ending_does_not_stop_the_heartbeats_of_its_successor
     s.drain_and_join(agent).await;
 }
 
-/// Records whether `acknowledged` ran where blocking is allowed: `Handle::block_on` panics on a
-/// runtime thread and works on a blocking-pool thread.
-struct AckProbe {
-    off_runtime: std::sync::Mutex<Vec<bool>>,
+/// Runs each trial by its kernel size, and records the trials the worker said ended for good,
+/// with whether each call ran where blocking is allowed (`Handle::block_on` panics on a
+/// runtime thread and works on a blocking-pool thread).
+struct EndProbe {
+    leased: std::sync::Mutex<std::collections::BTreeMap<u32, String>>,
+    ended: std::sync::Mutex<Vec<(u32, bool)>>,
 }
 
-impl Trainer for AckProbe {
+impl Trainer for EndProbe {
     fn devices(&self) -> Vec<String> {
         vec!["probe".into()]
     }
 
-    fn run(&self, _: &Lease, _: &TrialControl) -> TrainEnd {
-        success()
+    fn run(&self, lease: &Lease, ctl: &TrialControl) -> TrainEnd {
+        let k = lease.spec.model.kernel_size;
+        self.leased.lock().unwrap().insert(k, lease.trial_id.to_string());
+        match (k, lease.attempt) {
+            (5, _) => TrainEnd::Finished(Outcome::Failed {
+                retryable: true,
+                reason: "flaky".into(),
+            }),
+            (7, _) => until(ctl, |s| (s == Signal::Stop).then_some(TrainEnd::Stopped)),
+            (9, 1) => TrainEnd::Finished(Outcome::Preempted {
+                reason: "node drained".into(),
+            }),
+            _ => success(),
+        }
     }
 
-    fn acknowledged(&self, _: &Lease, _: &Outcome) {
+    fn ended(&self, lease: &Lease) {
         let handle = tokio::runtime::Handle::current();
         let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle.block_on(async {}))).is_ok();
-        self.off_runtime.lock().unwrap().push(ok);
+        self.ended.lock().unwrap().push((lease.spec.model.kernel_size, ok));
     }
 }
 
+/// The trainer hears once, off the async runtime, of each trial that is done for good, and of
+/// no other: a success (k = 3); a retryable failure only after its last attempt, as the
+/// coordinator says (k = 5, two attempts); a cancel (k = 7); a preempted trial only once it
+/// succeeded later (k = 9). That is when a worker removes a trial's checkpoints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn checkpoint_cleanup_runs_off_the_async_runtime() {
+async fn the_trainer_hears_off_the_runtime_which_trials_are_done_for_good() {
     let s = coordinator().await;
     s.coordinator.submit(SPEC).unwrap();
-    let probe = Arc::new(AckProbe {
-        off_runtime: std::sync::Mutex::default(),
+    let probe = Arc::new(EndProbe {
+        leased: std::sync::Mutex::default(),
+        ended: std::sync::Mutex::default(),
     });
-    let agent = tokio::spawn(run(config(&s.url, 2), probe.clone(), CancellationToken::new()));
-    wait_for(&s.coordinator, "all done", |c| c.succeeded == 4).await;
+    let agent = tokio::spawn(run(config(&s.url, 4), probe.clone(), CancellationToken::new()));
+    let start = Instant::now();
+    let seven = loop {
+        if let Some(id) = probe.leased.lock().unwrap().get(&7) {
+            break id.clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "k = 7 never leased");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(s.coordinator.cancel("agent", &[seven]).unwrap(), 1);
+    wait_for(&s.coordinator, "all done", |c| {
+        c.succeeded == 2 && c.failed == 1 && c.cancelled == 1
+    })
+    .await;
+    // The cancelled trial's stop comes with a heartbeat: wait for its end to be heard.
+    let start = Instant::now();
+    while probe.ended.lock().unwrap().len() < 4 && start.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     s.drain_and_join(agent).await;
-    assert_eq!(*probe.off_runtime.lock().unwrap(), vec![true; 4]);
+    let mut ended = probe.ended.lock().unwrap().clone();
+    ended.sort();
+    assert_eq!(ended, vec![(3, true), (5, true), (7, true), (9, true)]);
 }
 
 /// A trial whose report or result the coordinator would refuse fails at once, not retryably,

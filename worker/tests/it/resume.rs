@@ -106,19 +106,27 @@ fn checkpoints_survive_a_crash_between_writes_and_are_removed() {
     let spec = trial(model(8, 4, 3, TrainMode::Frozen), 64, 2);
     let data = DataCache::default().get(&spec.dataset, Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = CheckpointStore::new(dir.path(), 1).unwrap();
+    let folder = dir.path().join("checkpoints");
+    let store = CheckpointStore::new(&folder, 1).unwrap();
     let (ctl, _signal, _events) = TrialControl::new();
     train_trial(&spec, Device::Cpu, &data, &ctl, Some((&store, "x"))).unwrap();
     let state = store.load("x").unwrap().unwrap().state;
     assert_eq!((state.epoch, state.generation), (2, 2));
-    // Only the latest generation's tensors are kept.
-    let files: Vec<String> = std::fs::read_dir(dir.path())
+    // Only the latest generation's tensors are kept, no temporary file is left, and a
+    // checkpoint (a model's weights) is readable by its owner only, in a folder that is too.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&folder), 0o700);
+    let files: Vec<String> = std::fs::read_dir(&folder)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(files.len(), 2, "{files:?}");
+    for f in &files {
+        assert_eq!(mode(&folder.join(f)), 0o600, "{f}");
+    }
     // A half-written next generation (crash before the state rename) is ignored.
-    std::fs::write(dir.path().join("x.3.ot"), b"partial").unwrap();
+    std::fs::write(folder.join("x.3.ot"), b"partial").unwrap();
     assert_eq!(store.load("x").unwrap().unwrap().state.generation, 2);
     store.remove("x");
     assert!(store.load("x").unwrap().is_none());
