@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Renders every overlay with `kubectl kustomize`, validates the output offline with
 # `kubernetes-validate --strict` against Kubernetes 1.29 and 1.37 (custom resources only warn),
-# and checks the invariants schemas cannot see (invariants.py). Run by CI. kubernetes-validate
-# is installed into the git-ignored .deps/py-tools when missing.
+# and checks the invariants schemas cannot see (invariants.py), then that those checks catch a
+# manifest broken in each way they guard against (invariants.py --self-test). Run by CI.
+# kubernetes-validate is installed into the git-ignored .deps/py-tools when missing.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -27,3 +28,5 @@ for overlay in cpu gpu cpu-job; do
     checks+=("$overlay=$out/$overlay.yaml")
 done
 PYTHONPATH="$tools" python3 "$here/invariants.py" "${checks[@]}"
+# The checks themselves: a manifest broken in each way they guard against must fail them.
+PYTHONPATH="$tools" python3 "$here/invariants.py" --self-test "${checks[@]}"

@@ -2,6 +2,7 @@
 """Checks the invariants of rendered convsweep manifests that a schema cannot see.
 
 Usage: invariants.py OVERLAY=RENDERED.yaml ...   (overlays named cpu, gpu, cpu-job)
+       invariants.py --self-test OVERLAY=RENDERED.yaml ...   (each broken variant must fail)
 
 - the coordinator is one StatefulSet replica on a ReadWriteOnce volume, with the PriorityClass;
 - its startup, readiness and liveness probes are native gRPC probes on the ops port, which is
@@ -10,7 +11,17 @@ Usage: invariants.py OVERLAY=RENDERED.yaml ...   (overlays named cpu, gpu, cpu-j
 - every container that reads CONVSWEEP_TOKEN_FILE mounts the token Secret where it points;
 - each worker pod's grace period is longer than the worker's checkpoint grace;
 - GPU limits (with the toleration and nodeSelector) appear in the gpu overlay only;
-- workers run as non-root; the Indexed Job ignores disruptions and exits when idle.
+- workers run as non-root; the Indexed Job ignores disruptions and exits when idle;
+- TLS on the main port in every overlay: the coordinator serves the certificate of the Secret
+  convsweep-tls, workers dial https:// and trust its CA, none may send the token over
+  plaintext, and exactly one maker of that Secret is rendered (the certs Job or a cert-manager
+  Certificate);
+- NetworkPolicies: the coordinator's main port takes worker pods only, its ops port the
+  monitoring namespace only; workers and the certs Job take no ingress;
+- no pod mounts a service-account token but the certs Job's, whose Role touches secrets only;
+- every container has a read-only root filesystem and no privilege escalation, and the
+  coordinator and workers write their temporary files to an emptyDir;
+- every image is pinned by a tag (not latest) or a digest.
 """
 
 import sys
@@ -28,6 +39,122 @@ fail.count = 0
 
 def env(container):
     return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+TLS_SECRET = "convsweep-tls"
+
+
+def pod_templates(by_kind):
+    """(name, pod spec) of every workload."""
+    for kind in ("StatefulSet", "Deployment", "Job"):
+        for w in by_kind.get(kind, []):
+            yield w["metadata"]["name"], w["spec"]["template"]["spec"]
+
+
+def mounted_secret(pod, container, path):
+    """The Secret `path` lies on in `container`, or None."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for m in container.get("volumeMounts", []):
+        if path.startswith(m["mountPath"].rstrip("/") + "/"):
+            return volumes.get(m["name"], {}).get("secret", {}).get("secretName")
+    return None
+
+
+def labels_of(pod_selector):
+    return pod_selector.get("matchLabels", {})
+
+
+def check_hardening(overlay, by_kind):
+    for name, pod in pod_templates(by_kind):
+        automount = pod.get("automountServiceAccountToken")
+        if name == "convsweep-certs":
+            if pod.get("serviceAccountName") != "convsweep-certs" or automount is not True:
+                fail(overlay, "the certs Job needs its own service account and token, for its Role")
+        elif automount is not False:
+            fail(overlay, f"{name} must not mount a service-account token (automountServiceAccountToken: false)")
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            ctx = c.get("securityContext", {})
+            if ctx.get("readOnlyRootFilesystem") is not True:
+                fail(overlay, f"{name}/{c['name']} must have a read-only root filesystem")
+            if ctx.get("allowPrivilegeEscalation") is not False:
+                fail(overlay, f"{name}/{c['name']} must not allow privilege escalation")
+            image = c.get("image", "")
+            tag = image.rsplit("/", 1)[-1].partition(":")[2]
+            if "@sha256:" not in image and (not tag or tag == "latest"):
+                fail(overlay, f"{name}/{c['name']}: image {image!r} must be pinned by a tag (not latest) or a digest")
+        if name != "convsweep-certs":
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            tmp = [m for m in pod["containers"][0].get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+            if not tmp or "emptyDir" not in volumes.get(tmp[0]["name"], {}):
+                fail(overlay, f"{name} needs an emptyDir at /tmp (its root filesystem is read-only)")
+    for role in by_kind.get("Role", []):
+        for rule in role.get("rules", []):
+            if rule.get("resources") != ["secrets"] or set(rule.get("verbs", [])) - {"create", "get", "patch"}:
+                fail(overlay, f"Role {role['metadata']['name']} may only create, get and patch secrets: {rule}")
+    if by_kind.get("ClusterRole") or by_kind.get("ClusterRoleBinding"):
+        fail(overlay, "no cluster-wide RBAC")
+
+
+def check_tls(overlay, by_kind, coordinator_pod, coordinator, workers):
+    ce = env(coordinator)
+    for var in ("CONVSWEEP_TLS_CERT", "CONVSWEEP_TLS_KEY"):
+        if mounted_secret(coordinator_pod, coordinator, ce.get(var) or "") != TLS_SECRET:
+            fail(overlay, f"the coordinator's {var} must lie on the {TLS_SECRET} Secret")
+    for w in workers:
+        p = w["spec"]["template"]["spec"]
+        c = p["containers"][0]
+        we = env(c)
+        if not (we.get("CONVSWEEP_COORDINATOR") or "").startswith("https://"):
+            fail(overlay, f"{w['metadata']['name']} must dial the coordinator over https://")
+        if mounted_secret(p, c, we.get("CONVSWEEP_TLS_CA") or "") != TLS_SECRET:
+            fail(overlay, f"{w['metadata']['name']}'s CONVSWEEP_TLS_CA must lie on the {TLS_SECRET} Secret")
+        if (we.get("CONVSWEEP_ALLOW_PLAINTEXT_TOKEN") or "false").lower() not in ("false", "0", "no"):
+            fail(overlay, f"{w['metadata']['name']} must not send the token over plaintext")
+    jobs = [
+        j for j in by_kind.get("Job", [])
+        if any("--kubernetes-secret" in c.get("args", []) and TLS_SECRET in c.get("args", [])
+               for c in j["spec"]["template"]["spec"].get("initContainers", []))
+    ]
+    certificates = [c for c in by_kind.get("Certificate", []) if c["spec"].get("secretName") == TLS_SECRET]
+    if len(jobs) + len(certificates) != 1:
+        fail(overlay, f"exactly one maker of {TLS_SECRET} (certs Job or Certificate), got {len(jobs)} and {len(certificates)}")
+
+
+def check_network(overlay, by_kind):
+    policies = by_kind.get("NetworkPolicy", [])
+    coordinator = [p for p in policies if labels_of(p["spec"]["podSelector"]).get("app.kubernetes.io/name") == "convsweep-coordinator"]
+    if len(coordinator) != 1:
+        return fail(overlay, f"one NetworkPolicy must select the coordinator, got {len(coordinator)}")
+    spec = coordinator[0]["spec"]
+    if "Ingress" not in spec.get("policyTypes", []):
+        fail(overlay, "the coordinator's NetworkPolicy must restrict ingress")
+    allowed = set()
+    for rule in spec.get("ingress", []):
+        ports = [p.get("port") for p in rule.get("ports", [])]
+        if not ports:
+            fail(overlay, f"a coordinator ingress rule opens every port: {rule}")
+        for peer in rule.get("from", []) or [{}]:
+            if labels_of(peer.get("podSelector", {})) == {"app.kubernetes.io/name": "convsweep-worker"} and "namespaceSelector" not in peer:
+                allowed.update(("workers", port) for port in ports)
+            elif labels_of(peer.get("namespaceSelector", {})) == {"kubernetes.io/metadata.name": "monitoring"} and "podSelector" not in peer:
+                allowed.update(("monitoring", port) for port in ports)
+            else:
+                fail(overlay, f"the coordinator admits an unexpected peer: {peer}")
+    if allowed != {("workers", 50051), ("monitoring", 9090)}:
+        fail(overlay, f"the coordinator must admit workers on 50051 and monitoring on 9090 only, admits {sorted(allowed)}")
+    closed = set()
+    for p in policies:
+        sel = p["spec"]["podSelector"]
+        if "Ingress" in p["spec"].get("policyTypes", []) and not p["spec"].get("ingress"):
+            closed.update(labels_of(sel).values())
+            for e in sel.get("matchExpressions", []):
+                if e.get("key") == "app.kubernetes.io/name" and e.get("operator") == "In":
+                    closed.update(e.get("values", []))
+    for name in ("convsweep-worker", "convsweep-certs"):
+        if name == "convsweep-certs" and not any(n == "convsweep-certs" for n, _ in pod_templates(by_kind)):
+            continue
+        if name not in closed:
+            fail(overlay, f"{name} pods must take no ingress")
 
 
 def check(overlay, docs):
@@ -60,9 +187,12 @@ def check(overlay, docs):
     if not headless or not headless[0]["spec"].get("publishNotReadyAddresses"):
         fail(overlay, "the headless Service must publish not-ready addresses")
 
-    workers = by_kind.get("Deployment", []) + by_kind.get("Job", [])
+    workers = by_kind.get("Deployment", []) + [j for j in by_kind.get("Job", []) if j["metadata"]["name"] != "convsweep-certs"]
     if not workers:
         fail(overlay, "no workers")
+    check_hardening(overlay, by_kind)
+    check_tls(overlay, by_kind, pod, coordinator, workers)
+    check_network(overlay, by_kind)
     pods = [("coordinator", pod)] + [(w["metadata"]["name"], w["spec"]["template"]["spec"]) for w in workers]
     for name, p in pods:
         if not p.get("securityContext", {}).get("runAsNonRoot"):
@@ -103,7 +233,63 @@ def check(overlay, docs):
                 fail(overlay, "the worker Job must be Indexed")
 
 
+def workload(docs, name):
+    return next(d for d in docs if d["kind"] in ("StatefulSet", "Deployment", "Job") and d["metadata"]["name"] == name)
+
+
+def set_env(container, name, value):
+    container["env"] = [e for e in container.get("env", []) if e["name"] != name] + [{"name": name, "value": value}]
+
+
+def worker_of(docs):
+    return next(d for d in docs if d["kind"] in ("Deployment", "Job") and d["metadata"]["name"].startswith("convsweep-worker"))
+
+
+# Each breaks one invariant of a rendered overlay; the self-test checks that it is caught.
+MUTATIONS = {
+    "plaintext main port": lambda docs: set_env(worker_of(docs)["spec"]["template"]["spec"]["containers"][0], "CONVSWEEP_COORDINATOR", "http://convsweep-coordinator-headless:50051"),
+    "token over plaintext": lambda docs: set_env(worker_of(docs)["spec"]["template"]["spec"]["containers"][0], "CONVSWEEP_ALLOW_PLAINTEXT_TOKEN", "true"),
+    "no TLS key": lambda docs: set_env(workload(docs, "convsweep-coordinator")["spec"]["template"]["spec"]["containers"][0], "CONVSWEEP_TLS_KEY", "/etc/key"),
+    "no certificate maker": lambda docs: docs.__setitem__(slice(None), [d for d in docs if d["kind"] not in ("Job", "Certificate") or d["metadata"]["name"] not in ("convsweep-certs", "convsweep-coordinator")]),
+    "no NetworkPolicy": lambda docs: docs.__setitem__(slice(None), [d for d in docs if d["kind"] != "NetworkPolicy"]),
+    "main port open to all": lambda docs: next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "convsweep-coordinator")["spec"]["ingress"][0].__setitem__("from", [{"namespaceSelector": {}}]),
+    "worker ingress": lambda docs: docs.__setitem__(slice(None), [d for d in docs if d["kind"] != "NetworkPolicy" or d["metadata"]["name"] != "convsweep-no-ingress"]),
+    "service-account token": lambda docs: worker_of(docs)["spec"]["template"]["spec"].__setitem__("automountServiceAccountToken", True),
+    "writable root": lambda docs: worker_of(docs)["spec"]["template"]["spec"]["containers"][0]["securityContext"].__setitem__("readOnlyRootFilesystem", False),
+    "no /tmp": lambda docs: workload(docs, "convsweep-coordinator")["spec"]["template"]["spec"]["containers"][0].__setitem__("volumeMounts", [m for m in workload(docs, "convsweep-coordinator")["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] != "/tmp"]),
+    "latest image": lambda docs: worker_of(docs)["spec"]["template"]["spec"]["containers"][0].__setitem__("image", "convsweep-worker:latest"),
+    "untagged image": lambda docs: workload(docs, "convsweep-coordinator")["spec"]["template"]["spec"]["containers"][0].__setitem__("image", "registry.example:5000/convsweep-coordinator"),
+}
+
+
+def self_test(overlay, docs):
+    """Every mutation of a rendered overlay that passes must fail the checks."""
+    import copy
+    import contextlib
+    import io
+
+    missed = []
+    for what, mutate in MUTATIONS.items():
+        broken = copy.deepcopy(docs)
+        mutate(broken)
+        before = fail.count
+        with contextlib.redirect_stdout(io.StringIO()):
+            check(overlay, broken)
+        if fail.count == before:
+            missed.append(what)
+        fail.count = before
+    for what in missed:
+        fail(overlay, f"self-test: the checks miss a manifest with {what}")
+    print(f"{overlay}: each of {len(MUTATIONS)} broken variants is caught" if not missed else f"{overlay}: self-test failed")
+
+
 def main(args):
+    if args and args[0] == "--self-test":
+        for arg in args[1:]:
+            overlay, path = arg.split("=", 1)
+            with open(path, encoding="utf-8") as f:
+                self_test(overlay, [d for d in yaml.safe_load_all(f) if d])
+        sys.exit(1 if fail.count else 0)
     for arg in args:
         overlay, path = arg.split("=", 1)
         with open(path, encoding="utf-8") as f:
