@@ -133,6 +133,9 @@ const WORDS: &[&str] = &[
     "gaussian-noise",
     "",
     "/tmp/x",
+    "/etc/passwd",
+    "../x",
+    "labels/../../x",
     "\u{1F600}",
     "a\"b",
 ];
@@ -302,11 +305,27 @@ fn generated_and_mutated_specs_never_panic_and_every_rejection_names_a_field() {
     let outcomes = std::sync::Mutex::new(BTreeMap::<String, u32>::new());
     runner(10_000)
         .run(&text, |text| {
-            let outcome = match SweepSpec::from_toml_capped(&text, 5_000).and_then(|s| s.expand()) {
+            // The coordinator's own path: the trial cap, the byte caps, then expansion.
+            let parsed = SweepSpec::from_toml_capped(&text, 5_000).and_then(|s| {
+                s.check_bytes(
+                    convsweep_coordinator::sweep::DEFAULT_MAX_SPEC_BYTES,
+                    convsweep_coordinator::sweep::DEFAULT_MAX_SWEEP_BYTES,
+                )?;
+                s.expand()
+            });
+            let outcome = match parsed {
                 Ok(trials) => {
                     prop_assert!(!trials.is_empty());
                     for t in &trials {
                         prop_assert!(t.validate().is_ok(), "an expanded trial does not validate");
+                        // No accepted spec names a file outside its dataset's root.
+                        if let Some(file) = &t.dataset.val_labels {
+                            let path = std::path::Path::new(file);
+                            prop_assert!(
+                                path.is_relative() && !path.components().any(|c| c == std::path::Component::ParentDir),
+                                "accepted val_labels = {file:?}"
+                            );
+                        }
                     }
                     "accepted".to_owned()
                 }
