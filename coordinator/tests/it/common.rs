@@ -141,6 +141,23 @@ impl FakeWorker {
             .leases
     }
 
+    /// A heartbeat naming `lease`: the directive for it.
+    pub async fn heartbeat(&mut self, lease: &pb::TrialLease) -> pb::LeaseDirective {
+        let resp = self
+            .client
+            .heartbeat(pb::HeartbeatRequest {
+                worker_id: self.id.clone(),
+                leases: vec![pb::LeaseRef {
+                    trial_id: lease.trial_id.clone(),
+                    lease_token: lease.lease_token.clone(),
+                }],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pb::LeaseDirective::try_from(resp.leases[0].directive).unwrap()
+    }
+
     pub async fn report(&mut self, lease: &pb::TrialLease, epochs: Vec<pb::EpochMetrics>) -> Result<(), tonic::Status> {
         self.client
             .report_epochs(pb::ReportEpochsRequest {

@@ -265,7 +265,7 @@ impl StoreWriter for SqliteStore {
     ) -> Result<CancelChunk> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         schema::require_sweep(&tx, sweep)?;
-        let mut targets: Vec<(String, String, u32)> = Vec::new();
+        let mut targets: Vec<(String, TrialState, u32)> = Vec::new();
         let mut next = None;
         if trial_ids.is_empty() {
             // Keyset order over the sweep's primary key: each chunk reads only its own rows.
@@ -274,11 +274,14 @@ impl StoreWriter for SqliteStore {
                  WHERE s.sweep_id = ?1 AND s.trial_id > ?2 AND t.state IN ('pending', 'leased', 'running', 'preempted') \
                  ORDER BY s.trial_id LIMIT ?3",
             )?;
-            targets = stmt
+            let rows: Vec<(String, String, u32)> = stmt
                 .query_map(params![sweep, after, limit as i64], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
+            for (id, state, attempt) in rows {
+                targets.push((id, state_of(state)?, attempt));
+            }
             if targets.len() == limit {
                 next = targets.last().map(|(id, _, _)| id.clone());
             }
@@ -287,6 +290,8 @@ impl StoreWriter for SqliteStore {
                 "SELECT t.state, t.attempt FROM sweep_trials s JOIN trials t ON t.id = s.trial_id \
                  WHERE s.sweep_id = ?1 AND s.trial_id = ?2",
             )?;
+            // A trial named twice is cancelled (and counted) once.
+            let mut seen = std::collections::HashSet::new();
             for id in trial_ids {
                 let Some((state, attempt)) = member
                     .query_row(params![sweep, id], |r| {
@@ -296,14 +301,15 @@ impl StoreWriter for SqliteStore {
                 else {
                     return Err(Error::NotFound(format!("trial {id} is not part of sweep {sweep}")));
                 };
-                if !state_of(state.clone())?.is_done() {
+                let state = state_of(state)?;
+                if !state.is_done() && seen.insert(id.as_str()) {
                     targets.push((id.clone(), state, attempt));
                 }
             }
         }
         let mut cancelled = 0;
         for (id, state, attempt) in targets {
-            if state_of(state)?.is_active() {
+            if state.is_active() {
                 lease::exec(
                     &tx,
                     "UPDATE attempts SET ended_ms = ?3, outcome = 'cancelled', reason = 'cancelled by a user' \
