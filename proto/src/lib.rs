@@ -13,6 +13,7 @@
 #[cfg(feature = "grpc")]
 pub mod client;
 pub mod convert;
+pub mod files;
 pub mod results;
 pub mod spec;
 pub mod state;

@@ -227,34 +227,31 @@ impl Shared {
             .collect()
     }
 
-    /// Signals the attempt a heartbeat status is about: by its lease token, or (from a
-    /// coordinator that does not send tokens) every attempt of its trial.
-    fn signal(&self, status: &pb::LeaseStatus, signal: Signal) {
+    /// Runs `f` on the attempt a heartbeat status is about: by its lease token, or (from a
+    /// coordinator that does not send tokens) on every attempt of its trial.
+    fn each_named(&self, status: &pb::LeaseStatus, f: impl Fn(&Running)) {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if !status.lease_token.is_empty() {
             if let Some(r) = running.get(&status.lease_token) {
-                r.signal.store(signal as u8, Ordering::Relaxed);
+                f(r);
             }
             return;
         }
-        for r in running.values().filter(|r| r.trial_id == status.trial_id) {
-            r.signal.store(signal as u8, Ordering::Relaxed);
-        }
+        running.values().filter(|r| r.trial_id == status.trial_id).for_each(f);
     }
 
-    /// Stops the trials `status` names for good: their checkpoints go once they stopped.
+    /// Signals the attempt a heartbeat status is about.
+    fn signal(&self, status: &pb::LeaseStatus, signal: Signal) {
+        self.each_named(status, |r| r.signal.store(signal as u8, Ordering::Relaxed));
+    }
+
+    /// Stops the attempt a heartbeat status is about for good: its checkpoints go once it
+    /// stopped.
     fn cancel(&self, status: &pb::LeaseStatus) {
-        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        for r in running
-            .iter()
-            .filter(|(token, r)| {
-                *token == &status.lease_token || (status.lease_token.is_empty() && r.trial_id == status.trial_id)
-            })
-            .map(|(_, r)| r)
-        {
+        self.each_named(status, |r| {
             r.cancelled.store(true, Ordering::Relaxed);
             r.signal.store(Signal::Stop as u8, Ordering::Relaxed);
-        }
+        });
     }
 
     fn signal_all(&self, signal: Signal) {

@@ -36,28 +36,12 @@ pub struct Files {
     pub client: (PathBuf, PathBuf),
 }
 
-/// Writes `text` to `path` atomically: into a new temporary file beside it, made 0600 from the
-/// start when `private` (a key is never readable by others, not even for a moment), then
-/// renamed over `path`.
+/// Writes `text` to `path` whole, created 0600 from the start when `private`
+/// ([`convsweep_proto::files::replace`]).
 fn write(path: &Path, text: &str, private: bool) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.partial", std::process::id()));
-    let written = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(if private { 0o600 } else { 0o644 })
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.with_context(|| format!("cannot write {}", path.display()))
+    convsweep_proto::files::replace(path, text.as_bytes(), if private { 0o600 } else { 0o644 })
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Makes a CA (`ca.pem`, `ca.key`), a coordinator certificate for `hosts` plus `localhost` and

@@ -4,7 +4,7 @@ use convsweep_coordinator::store::StoreReader;
 use convsweep_proto::{PROTOCOL_VERSION, TrialSpec, pb};
 use tonic::Code;
 
-use crate::common::{SPEC, Server, config, counts, epoch};
+use crate::common::{SPEC, Server, config, counts, epoch, store_lease};
 
 #[tokio::test]
 async fn a_fake_worker_runs_a_sweep_to_the_end() {
@@ -439,14 +439,7 @@ fn a_lease_from_a_version_7_state_is_checked_against_its_spec_epochs() {
         .submit(&spec.id, "", &spec.expand_canonical().unwrap(), 0)
         .unwrap();
     let worker = store.register_worker("w", "h", &[], 1, 0, "").unwrap();
-    let mut lease = None;
-    store
-        .batch(0, &mut |ops| {
-            lease = ops.lease(&worker, 1)?.leases.pop();
-            Ok(())
-        })
-        .unwrap();
-    let lease = lease.unwrap();
+    let lease = store_lease(&mut store, &worker, 1, 0).remove(0);
     drop(store);
     let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
     conn.execute_batch(

@@ -9,11 +9,9 @@
 //! were truncated or altered (a full disk, a bad sector, a partial copy) is refused with the
 //! reason, and the trial starts afresh rather than resume from garbage.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use convsweep_proto::pb;
+use convsweep_proto::{files, pb};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tch::Tensor;
@@ -166,23 +164,17 @@ impl CheckpointStore {
         let generation = previous.map_or(1, |g| g + 1);
         let tensors = self.tensors_path(trial, generation);
         let named: Vec<(&str, &Tensor)> = ck.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let tmp = self.temp_path(&tensors);
         let mut bytes = Vec::new();
         Tensor::save_multi_to_stream(&named, &mut bytes).map_err(|e| CheckpointError::Tensors {
             message: e.to_string(),
-            path: tmp.clone(),
+            path: tensors.clone(),
         })?;
-        if let Err(source) = self.replace(&tmp, &tensors, &bytes) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(CheckpointError::Io { path: tmp, source });
-        }
+        files::replace(&tensors, &bytes, 0o600).map_err(|(path, source)| CheckpointError::Io { path, source })?;
         ck.state.trial_id = trial.to_owned();
         ck.state.generation = generation;
         ck.state.checksum = checksum(&bytes, &ck.state);
         let state_path = self.state_path(trial);
-        let tmp = self.temp_path(&state_path);
-        if let Err(source) = self.replace(&tmp, &state_path, &ck.state.encode_to_vec()) {
-            let _ = std::fs::remove_file(&tmp);
+        if let Err((_, source)) = files::replace(&state_path, &ck.state.encode_to_vec(), 0o600) {
             let _ = std::fs::remove_file(&tensors);
             return Err(CheckpointError::Io {
                 path: state_path,
@@ -193,31 +185,6 @@ impl CheckpointStore {
             let _ = std::fs::remove_file(self.tensors_path(trial, old));
         }
         Ok(())
-    }
-
-    /// A temporary name for a new version of `path`, unique to this process and this write:
-    /// two attempts of a trial that share the folder (a lease lost but still training, and its
-    /// next attempt) never write into one file.
-    fn temp_path(&self, path: &Path) -> PathBuf {
-        static WRITES: AtomicU64 = AtomicU64::new(0);
-        let n = WRITES.fetch_add(1, Ordering::Relaxed);
-        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-        self.dir.join(format!("{name}.{}-{n}.partial", std::process::id()))
-    }
-
-    /// Writes `bytes` to `tmp` (created 0600, never an existing file), syncs it, renames it
-    /// over `path` and syncs the folder, so that the rename itself survives a crash.
-    fn replace(&self, tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(tmp, path)?;
-        std::fs::File::open(&self.dir)?.sync_all()
     }
 
     /// Deletes every checkpoint file of `trial`.
