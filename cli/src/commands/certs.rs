@@ -21,8 +21,27 @@ pub struct CertsArgs {
     /// Also write secret.json: a Kubernetes Secret of this name and type kubernetes.io/tls
     /// (tls.crt and tls.key: the coordinator's; ca.crt: the CA), the layout cert-manager
     /// writes, for `kubectl apply -f` (the Kubernetes base's certs Job does so).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = secret_name)]
     pub kubernetes_secret: Option<String>,
+}
+
+/// A Kubernetes object name (a DNS-1123 subdomain): what the API server would accept.
+fn secret_name(name: &str) -> std::result::Result<String, String> {
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !p.starts_with('-')
+            && !p.ends_with('-')
+    };
+    if name.len() <= 253 && name.split('.').all(part_ok) {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "{name:?} is not a Kubernetes object name: at most 253 characters of a-z, 0-9, '-' and '.', \
+             each dot-separated part starting and ending with a letter or digit (e.g. convsweep-tls)"
+        ))
+    }
 }
 
 /// The files [`make`] wrote.

@@ -273,6 +273,19 @@ fn certs_make_a_working_mtls_setup() {
         "no temporary file is left"
     );
 
+    // A name the API server would refuse is refused here, naming the flag and what is allowed.
+    let out = Command::new(BIN)
+        .args(["certs", "--kubernetes-secret", "TLS/../x", "--out"])
+        .arg(dir.path().join("refused"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--kubernetes-secret") && err.contains("a-z, 0-9"),
+        "{err}"
+    );
+    assert!(!dir.path().join("refused").exists());
+
     // The Secret a Kubernetes certs Job applies: the coordinator's pair and the CA, private.
     let k8s = dir.path().join("k8s");
     let out = Command::new(BIN)
