@@ -250,7 +250,7 @@ mod tests {
     use convsweep_proto::pb;
 
     use super::*;
-    use crate::store::{EpochsWrite, LeasePolicy, SqliteStore};
+    use crate::store::{EpochsWrite, LeasePolicy, SqliteStore, StoreWriter};
     use crate::sweep::SweepSpec;
 
     fn epoch(n: u32) -> pb::EpochMetrics {
@@ -268,11 +268,56 @@ mod tests {
     /// Four reports queued into one batch. The second meets a storage error half-way (its epoch
     /// row written, then marking the trial running fails): it alone is answered with the error
     /// and undone, epoch row included. The fourth names a lease token that is not current: it
-    /// alone is refused. The first and third commit.
+    /// alone is refused. The first and third commit. On SQLite and on PostgreSQL.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_failing_mid_batch_is_undone_alone_and_the_others_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = SqliteStore::open(dir.path(), LeasePolicy::default()).unwrap();
+        let db = dir.path().join(crate::store::DB_FILE);
+        let sqlite = SqliteStore::open(dir.path(), LeasePolicy::default()).unwrap();
+        failing_mid_batch(
+            Box::new(sqlite),
+            &|sql| rusqlite::Connection::open(&db).unwrap().execute_batch(sql).unwrap(),
+            &|sql| {
+                rusqlite::Connection::open(&db)
+                    .unwrap()
+                    .query_row(sql, [], |r| r.get::<_, rusqlite::types::Value>(0))
+                    .map(|v| match v {
+                        rusqlite::types::Value::Integer(n) => n.to_string(),
+                        rusqlite::types::Value::Text(t) => t,
+                        other => format!("{other:?}"),
+                    })
+                    .unwrap()
+            },
+            "CREATE TRIGGER broken BEFORE UPDATE OF state ON trials WHEN NEW.id = '{id}' \
+             BEGIN SELECT RAISE(ABORT, 'injected storage error'); END;",
+        )
+        .await;
+
+        let pg = convsweep_testkit::postgres::shared();
+        let name = pg.fresh_database();
+        let store = crate::store::PgStore::open(&pg.url(&name), LeasePolicy::default()).unwrap();
+        failing_mid_batch(
+            Box::new(store),
+            &|sql| {
+                pg.psql(&name, sql);
+            },
+            &|sql| pg.psql(&name, sql),
+            "CREATE FUNCTION broken() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'injected storage error'; END $$; \
+             CREATE TRIGGER broken BEFORE UPDATE OF state ON trials FOR EACH ROW WHEN (NEW.id = '{id}') \
+             EXECUTE FUNCTION broken();",
+        )
+        .await;
+    }
+
+    /// The case above on `store`; `exec` and `query` reach its database from the side, and
+    /// `trigger` (with `{id}` for the trial) makes one trial's state change fail.
+    async fn failing_mid_batch(
+        mut store: Box<dyn StoreWriter>,
+        exec: &dyn Fn(&str),
+        query: &dyn Fn(&str) -> String,
+        trigger: &str,
+    ) {
         let spec = SweepSpec::from_toml(
             "name = \"s\"\n[dataset]\nname = \"synthetic\"\n[model]\narch = \"resnet\"\ndepth = 8\n\
              init = \"kaiming-uniform\"\ntrain_mode = \"learned\"\n[train]\nepochs = 4\n[grid]\nkernel_size = [3, 5, 7]\n",
@@ -291,17 +336,9 @@ mod tests {
             .unwrap();
         assert_eq!(leases.len(), 3);
         // A storage error for one trial's state change only.
-        let other = rusqlite::Connection::open(dir.path().join(crate::store::DB_FILE)).unwrap();
-        other
-            .execute_batch(&format!(
-                "CREATE TRIGGER broken BEFORE UPDATE OF state ON trials WHEN NEW.id = '{}' \
-                 BEGIN SELECT RAISE(ABORT, 'injected storage error'); END;",
-                leases[1].trial_id
-            ))
-            .unwrap();
-        drop(other);
+        exec(&trigger.replace("{id}", &leases[1].trial_id));
 
-        let store: SharedWriter = Arc::new(Mutex::new(Box::new(store)));
+        let store: SharedWriter = Arc::new(Mutex::new(store));
         let commits = GroupCommit::new(store.clone(), Clock::default(), Arc::new(Metrics::new()));
         let write = |l: &pb::TrialLease| EpochsWrite {
             worker_id: worker.clone(),
@@ -342,23 +379,16 @@ mod tests {
         assert!(err.contains("injected storage error"), "{err}");
         assert!(matches!(results[3], Err(Error::StaleLease(_))), "{:?}", results[3]);
 
-        let conn = rusqlite::Connection::open(dir.path().join(crate::store::DB_FILE)).unwrap();
-        let stored = |t: &str| -> i64 {
-            conn.query_row("SELECT COUNT(*) FROM epochs WHERE trial_id = ?1", [t], |r| r.get(0))
-                .unwrap()
-        };
+        let stored = |t: &str| query(&format!("SELECT COUNT(*) FROM epochs WHERE trial_id = '{t}'"));
         assert_eq!(
             (
                 stored(&leases[0].trial_id),
                 stored(&leases[1].trial_id),
                 stored(&leases[2].trial_id)
             ),
-            (1, 0, 1)
+            ("1".to_owned(), "0".to_owned(), "1".to_owned())
         );
-        let state = |t: &str| -> String {
-            conn.query_row("SELECT state FROM trials WHERE id = ?1", [t], |r| r.get(0))
-                .unwrap()
-        };
+        let state = |t: &str| query(&format!("SELECT state FROM trials WHERE id = '{t}'"));
         assert_eq!(state(&leases[0].trial_id), "running");
         assert_eq!(state(&leases[1].trial_id), "leased", "its half-done write was undone");
     }

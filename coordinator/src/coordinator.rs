@@ -26,8 +26,8 @@ use crate::commit::{GroupCommit, SharedWriter, lock};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::store::{
-    Backend, CompleteWrite, Completed, EpochsWrite, Granted, HeartbeatWrite, LeasePolicy, LeaseWrite, SqliteBackend,
-    StoreReader, StoreWriter, Submitted,
+    Backend, CompleteWrite, Completed, EpochsWrite, Granted, HeartbeatWrite, LeasePolicy, LeaseWrite, PostgresBackend,
+    SqliteBackend, StoreReader, StoreWriter, Submitted,
 };
 use crate::sweep::{DEFAULT_MAX_SPEC_BYTES, DEFAULT_MAX_SWEEP_BYTES, DEFAULT_MAX_TRIALS_PER_SWEEP, SweepSpec};
 
@@ -37,8 +37,10 @@ pub const CANCEL_CHUNK: usize = 2_000;
 /// Runtime settings of a coordinator. Tests build it directly.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
-    /// Folder of the SQLite state (created when missing).
+    /// Folder of the SQLite state (created when missing); unused with a `store_url`.
     pub state_dir: PathBuf,
+    /// A PostgreSQL state (`postgres://...`) instead of the SQLite one in `state_dir`.
+    pub store_url: Option<String>,
     /// How often workers heartbeat.
     pub heartbeat_interval: Duration,
     /// A lease not renewed for this long expires (several heartbeat intervals).
@@ -77,6 +79,7 @@ impl Default for CoordinatorConfig {
     fn default() -> Self {
         CoordinatorConfig {
             state_dir: PathBuf::from("runs/coordinator"),
+            store_url: None,
             heartbeat_interval: Duration::from_secs(5),
             lease_timeout: Duration::from_secs(60),
             max_attempts: 3,
@@ -141,10 +144,13 @@ impl std::fmt::Debug for Coordinator {
 }
 
 impl Coordinator {
-    /// Opens the SQLite state in `config.state_dir` (recovering whatever it holds) and returns
-    /// a coordinator.
+    /// Opens the state `config` names (PostgreSQL at `store_url`, else SQLite in `state_dir`),
+    /// recovering whatever it holds, and returns a coordinator.
     pub fn open(config: CoordinatorConfig) -> Result<Arc<Coordinator>> {
-        let backend = Arc::new(SqliteBackend::new(&config.state_dir));
+        let backend: Arc<dyn Backend> = match &config.store_url {
+            Some(url) => Arc::new(PostgresBackend::new(url.clone())),
+            None => Arc::new(SqliteBackend::new(&config.state_dir)),
+        };
         Coordinator::open_with(config, backend)
     }
 

@@ -51,6 +51,14 @@ pub enum Error {
     /// SQLite failed; nothing was acknowledged.
     #[error("storage: {0}")]
     Storage(#[from] rusqlite::Error),
+    /// PostgreSQL failed (or could not be reached); nothing was acknowledged.
+    #[error("database: {context}: {}", pg_message(source))]
+    Database {
+        /// What the store was doing.
+        context: String,
+        /// The driver's error, with the server's message.
+        source: postgres::Error,
+    },
     /// The state folder could not be used.
     #[error("state folder: {0}")]
     Io(#[from] std::io::Error),
@@ -86,10 +94,44 @@ impl Error {
             | Error::Corrupt(_) => true,
             Error::SchemaMismatch { .. }
             | Error::Storage(_)
+            | Error::Database { .. }
             | Error::Io(_)
             | Error::Config(_)
             | Error::TlsFile { .. }
             | Error::Transport(_) => false,
+        }
+    }
+
+    /// A PostgreSQL error of `sql` (its first words name it in the message).
+    pub(crate) fn database(source: postgres::Error, sql: &str) -> Error {
+        let words: Vec<&str> = sql.split_whitespace().take(6).collect();
+        Error::Database {
+            context: words.join(" "),
+            source,
+        }
+    }
+
+    /// A database that could not be reached or dropped the connection, or a transaction the
+    /// database aborted to break a conflict (a deadlock, a serialization failure): the same
+    /// request may succeed when tried again.
+    pub fn is_transient(&self) -> bool {
+        let Error::Database { source, .. } = self else {
+            return false;
+        };
+        if source.is_closed() {
+            return true;
+        }
+        match source.code() {
+            // No server code: the connection itself failed.
+            None => true,
+            Some(code) => {
+                let c = code.code();
+                c.starts_with("08") // connection exception
+                    || c.starts_with("57P") // operator intervention: shutdown, crash, cannot connect now
+                    || c == "40001" // serialization failure
+                    || c == "40P01" // deadlock detected
+                    || c == "53300" // too many connections
+            }
         }
     }
 
@@ -98,6 +140,7 @@ impl Error {
     /// request was stored; the same request succeeds once there is room.
     pub fn is_out_of_space(&self) -> bool {
         match self {
+            Error::Database { source, .. } => source.code() == Some(&postgres::error::SqlState::DISK_FULL),
             Error::Storage(rusqlite::Error::SqliteFailure(f, _)) => {
                 f.code == rusqlite::ErrorCode::DiskFull || f.extended_code == rusqlite::ffi::SQLITE_IOERR_WRITE
             }
@@ -209,6 +252,27 @@ pub enum ConfigError {
     },
 }
 
+/// A PostgreSQL error in full: the server's message and code, or the driver's error and what
+/// caused it (a refused connection, a closed socket).
+fn pg_message(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let detail = db.detail().map(|d| format!(" ({d})")).unwrap_or_default();
+        return format!(
+            "{}: {}{detail} [SQLSTATE {}]",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+    }
+    let mut out = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        out.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    out
+}
+
 /// Results of the coordinator.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -226,8 +290,12 @@ impl From<Error> for tonic::Status {
                 "the coordinator's state folder is out of space ({msg}): nothing of this request was stored; \
                  retry once its disk has room (or its file-size limit is raised)"
             )),
+            _ if e.is_transient() => tonic::Status::unavailable(format!(
+                "the coordinator's database is unreachable or busy ({msg}): nothing of this request was stored; retry"
+            )),
             Error::SchemaMismatch { .. }
             | Error::Storage(_)
+            | Error::Database { .. }
             | Error::Io(_)
             | Error::Config(_)
             | Error::TlsFile { .. }

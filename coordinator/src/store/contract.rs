@@ -29,6 +29,22 @@ pub struct CancelChunk {
 /// Failed trials a sweep's status lists (the counts cover all of them).
 pub const MAX_LISTED_FAILURES: u32 = 1_000;
 
+/// A sweep's rate (trials per hour) and its time to go (s; -1 while unknown), from its
+/// counts, its `total` trials and when its first attempt started. Cancelled trials are done
+/// but were not run: the rate counts what workers finished.
+pub(crate) fn rate(counts: &pb::StateCounts, total: u32, first_start: Option<i64>, now: i64) -> (f64, f64) {
+    let finished = counts.succeeded + counts.failed;
+    let remaining = total - counts.done();
+    match first_start {
+        Some(start) if finished > 0 && now > start => {
+            let rate = f64::from(finished) / ((now - start) as f64 / 3_600_000.0);
+            (rate, f64::from(remaining) / rate * 3600.0)
+        }
+        _ if remaining == 0 => (0.0, 0.0),
+        _ => (0.0, -1.0),
+    }
+}
+
 /// A registered worker and when it was last heard from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerSeen {
@@ -42,10 +58,10 @@ pub struct WorkerSeen {
 
 /// The writes of a coordinator's state. One coordinator holds one writer; each method is one
 /// transaction, durable when it returns `Ok`.
-pub trait StoreWriter: Send {
+pub trait StoreWriter: Send + std::fmt::Debug {
     /// Runs `f` over the lease state machine in one transaction and commits it when `f`
     /// returns `Ok`; any `Err` (from `f` or the commit) means nothing of it was stored.
-    fn batch(&mut self, now: i64, f: &mut dyn FnMut(&mut dyn LeaseOps) -> Result<()>) -> Result<()>;
+    fn batch(&mut self, now: i64, f: &mut (dyn FnMut(&mut dyn LeaseOps) -> Result<()> + Send)) -> Result<()>;
 
     /// Creates a sweep and its trials (given as id and canonical JSON). Submitting the same
     /// trial set again changes nothing; another trial set under the same name is refused.
@@ -104,7 +120,7 @@ pub trait StoreWriter: Send {
 
 /// Read-only views of a coordinator's state: consistent snapshots that never wait for the
 /// writer nor hold it up.
-pub trait StoreReader: Send {
+pub trait StoreReader: Send + std::fmt::Debug {
     /// The ids of every sweep, oldest first.
     fn sweep_ids(&self) -> Result<Vec<String>>;
 

@@ -34,9 +34,36 @@
 //! as `unheard` and does not count against the trial's attempts, so a worker that asks for
 //! more than it runs, or never hears its answers, cannot fail a queued trial.
 
-use convsweep_proto::{Outcome, TrialId, TrialState, pb};
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::Result;
+use convsweep_proto::{Outcome, TrialId, TrialSpec, TrialState, pb};
+
+use crate::error::{Error, Result};
+
+/// A random token with a prefix (`w-` worker ids, `l-` lease tokens).
+pub(crate) fn new_token(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(n);
+    let a = h.finish();
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(a ^ n.rotate_left(17));
+    format!("{prefix}{a:016x}{:08x}", h.finish() as u32)
+}
+
+/// A stored state name; anything else is corrupt data.
+pub(crate) fn state_of(s: String) -> Result<TrialState> {
+    s.parse()
+        .map_err(|e: convsweep_proto::state::UnknownState| Error::Corrupt(format!("stored trial state: {e}")))
+}
+
+/// A stored spec; one that does not parse is corrupt data.
+pub(crate) fn spec_of(trial_id: &str, json: &str) -> Result<TrialSpec> {
+    TrialSpec::from_json(json).map_err(|e| Error::Corrupt(format!("stored spec of trial {trial_id}: {e}")))
+}
 
 /// Lease rules the store enforces.
 #[derive(Debug, Clone, Copy)]

@@ -8,13 +8,16 @@
 //! - [`lease`]: the lease state machine: its transitions, the rules a backend keeps
 //!   ([`LeasePolicy`]), the worker writes inside a transaction ([`LeaseOps`]) and the typed
 //!   writes that group commit batches ([`WorkerWrite`]).
-//! - [`sqlite`]: the embedded backend (SQLite in WAL mode in a state folder).
+//! - [`sqlite`]: the embedded backend (SQLite in WAL mode in a state folder), for one machine.
+//! - [`postgres`]: PostgreSQL, for clusters: no volume pins the coordinator to a node, and
+//!   several coordinators can share one state.
 //!
 //! A write is acknowledged only once its transaction is durable; a reader sees committed
 //! transactions only, and never blocks the writer.
 
 pub mod contract;
 pub mod lease;
+pub mod postgres;
 pub mod sqlite;
 
 pub use contract::{Backend, CancelChunk, MAX_LISTED_FAILURES, StoreReader, StoreWriter, Submitted, WorkerSeen};
@@ -22,4 +25,14 @@ pub use lease::{
     CompleteWrite, Completed, EpochsWrite, Expired, Granted, HeartbeatWrite, LeaseOps, LeasePolicy, LeaseWrite,
     WorkerWrite,
 };
+pub use postgres::{PgReader, PgStore, PostgresBackend, is_postgres_url};
 pub use sqlite::{DB_FILE, SCHEMA_VERSION, SqliteBackend, SqliteReader, SqliteStore};
+
+/// The backend a store location names: a `postgres://` URL, or else a SQLite state folder.
+pub fn backend_at(location: &str) -> std::sync::Arc<dyn Backend> {
+    if is_postgres_url(location) {
+        std::sync::Arc::new(PostgresBackend::new(location))
+    } else {
+        std::sync::Arc::new(SqliteBackend::new(location))
+    }
+}

@@ -42,6 +42,104 @@ pub fn config(dir: &std::path::Path) -> CoordinatorConfig {
     }
 }
 
+/// Which backend a test's coordinator keeps its state in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// SQLite in the test's folder.
+    Sqlite,
+    /// A database of the test's own on the test process's PostgreSQL server.
+    Postgres,
+}
+
+/// One test's state: a temporary folder, and on PostgreSQL a fresh database.
+pub struct State {
+    pub dir: tempfile::TempDir,
+    /// The database's name, on PostgreSQL.
+    pub database: Option<String>,
+}
+
+impl State {
+    pub fn new(store: Store) -> State {
+        State {
+            dir: tempfile::tempdir().unwrap(),
+            database: (store == Store::Postgres).then(|| convsweep_testkit::postgres::shared().fresh_database()),
+        }
+    }
+
+    /// The store's location: the PostgreSQL URL, or the folder.
+    pub fn url(&self) -> Option<String> {
+        self.database
+            .as_ref()
+            .map(|db| convsweep_testkit::postgres::shared().url(db))
+    }
+
+    /// The tests' coordinator settings ([`config`]) on this state.
+    pub fn config(&self) -> CoordinatorConfig {
+        CoordinatorConfig {
+            store_url: self.url(),
+            ..config(self.dir.path())
+        }
+    }
+
+    /// The backend of this state.
+    pub fn backend(&self) -> Arc<dyn convsweep_coordinator::store::Backend> {
+        match self.url() {
+            Some(url) => Arc::new(convsweep_coordinator::store::PostgresBackend::new(url)),
+            None => Arc::new(convsweep_coordinator::store::SqliteBackend::new(self.dir.path())),
+        }
+    }
+
+    /// The first column of the first row of a query, as text.
+    pub fn query(&self, sql: &str) -> String {
+        match &self.database {
+            Some(db) => convsweep_testkit::postgres::shared().psql(db, sql),
+            None => rusqlite::Connection::open(self.dir.path().join("state.db"))
+                .unwrap()
+                .query_row(sql, [], |r| r.get::<_, String>(0))
+                .unwrap(),
+        }
+    }
+
+    /// Runs SQL on the state behind the coordinator's back (what a crash or an operator
+    /// might leave).
+    pub fn sql(&self, sql: &str) {
+        match &self.database {
+            Some(db) => {
+                convsweep_testkit::postgres::shared().psql(db, sql);
+            }
+            None => rusqlite::Connection::open(self.dir.path().join("state.db"))
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap(),
+        }
+    }
+}
+
+/// Defines a test that runs once on each store: `mod NAME { fn sqlite(); fn postgres(); }`,
+/// each under the given test attribute (written first, before the test's doc comment).
+#[macro_export]
+macro_rules! on_both_stores {
+    (#[$attr:meta] $(#[doc = $doc:expr])* async fn $name:ident($store:ident: Store) $body:block) => {
+        $(#[doc = $doc])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[$attr]
+            async fn sqlite() {
+                run($crate::common::Store::Sqlite).await
+            }
+
+            #[$attr]
+            async fn postgres() {
+                run($crate::common::Store::Postgres).await
+            }
+
+            async fn run($store: $crate::common::Store) $body
+        }
+    };
+}
+
 pub struct Server {
     pub url: String,
     pub coordinator: Arc<Coordinator>,

@@ -4,12 +4,14 @@ use convsweep_coordinator::store::StoreReader;
 use convsweep_proto::{PROTOCOL_VERSION, TrialSpec, pb};
 use tonic::Code;
 
-use crate::common::{SPEC, Server, config, counts, epoch, store_lease};
+use crate::common::{SPEC, Server, State, config, counts, epoch, store_lease};
+use crate::on_both_stores;
 
+on_both_stores! {
 #[tokio::test]
-async fn a_fake_worker_runs_a_sweep_to_the_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(config(dir.path())).await;
+async fn a_fake_worker_runs_a_sweep_to_the_end(store: Store) {
+    let state = State::new(store);
+    let server = Server::start(state.config()).await;
     let mut admin = server.admin().await;
     let submitted = admin
         .submit_sweep(pb::SubmitSweepRequest { spec_toml: SPEC.into() })
@@ -56,11 +58,13 @@ async fn a_fake_worker_runs_a_sweep_to_the_end() {
     assert_eq!(status.workers_alive, 1);
     server.stop().await;
 }
+}
 
+on_both_stores! {
 #[tokio::test]
-async fn submitting_the_same_spec_twice_creates_nothing_new() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(config(dir.path())).await;
+async fn submitting_the_same_spec_twice_creates_nothing_new(store: Store) {
+    let state = State::new(store);
+    let server = Server::start(state.config()).await;
     let mut admin = server.admin().await;
     for expected_new in [4, 0] {
         let r = admin
@@ -96,6 +100,7 @@ async fn submitting_the_same_spec_twice_creates_nothing_new() {
         .into_inner();
     assert_eq!((r.trials, r.new_trials), (4, 2));
     server.stop().await;
+}
 }
 
 #[tokio::test]
@@ -189,10 +194,11 @@ async fn health_reports_serving() {
     server.stop().await;
 }
 
+on_both_stores! {
 #[tokio::test]
-async fn lease_long_polls_until_work_arrives() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(config(dir.path())).await;
+async fn lease_long_polls_until_work_arrives(store: Store) {
+    let state = State::new(store);
+    let server = Server::start(state.config()).await;
     let mut worker = server.worker().await;
     let waiting = tokio::spawn(async move { worker.lease(1, 5_000).await });
     // The call has looked, found nothing and parked: from here only work (or its 5 s) can end
@@ -213,11 +219,13 @@ async fn lease_long_polls_until_work_arrives() {
     assert_eq!(leases.len(), 1);
     server.stop().await;
 }
+}
 
+on_both_stores! {
 #[tokio::test]
-async fn stale_tokens_are_fenced_and_duplicates_acknowledged_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(config(dir.path())).await;
+async fn stale_tokens_are_fenced_and_duplicates_acknowledged_once(store: Store) {
+    let state = State::new(store);
+    let server = Server::start(state.config()).await;
     server.coordinator.submit(SPEC).unwrap();
     let mut worker = server.worker().await;
     let lease = worker.lease(1, 0).await.remove(0);
@@ -240,6 +248,7 @@ async fn stale_tokens_are_fenced_and_duplicates_acknowledged_once() {
     assert_eq!(counts(&status).succeeded, 1);
     server.stop().await;
 }
+}
 
 #[tokio::test]
 async fn malformed_reports_are_invalid_arguments() {
@@ -258,10 +267,11 @@ async fn malformed_reports_are_invalid_arguments() {
     server.stop().await;
 }
 
+on_both_stores! {
 #[tokio::test]
-async fn acknowledged_results_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(config(dir.path())).await;
+async fn acknowledged_results_survive_a_restart(store: Store) {
+    let state = State::new(store);
+    let server = Server::start(state.config()).await;
     server.coordinator.submit(SPEC).unwrap();
     let mut worker = server.worker().await;
     let lease = worker.lease(1, 0).await.remove(0);
@@ -274,7 +284,7 @@ async fn acknowledged_results_survive_a_restart() {
     worker.report(&held, vec![epoch(1, 0.2)]).await.unwrap();
     server.stop().await;
 
-    let server = Server::start(config(dir.path())).await;
+    let server = Server::start(state.config()).await;
     let status = server.coordinator.status("small").unwrap();
     let c = counts(&status);
     assert_eq!((c.succeeded, c.running, c.pending), (1, 1, 2));
@@ -296,11 +306,13 @@ async fn acknowledged_results_survive_a_restart() {
     assert_eq!(counts(&server.coordinator.status("small").unwrap()).succeeded, 2);
     server.stop().await;
 }
+}
 
+on_both_stores! {
 #[tokio::test]
-async fn evaluations_are_stored_with_the_result() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(config(dir.path())).await;
+async fn evaluations_are_stored_with_the_result(store: Store) {
+    let state = State::new(store);
+    let server = Server::start(state.config()).await;
     server.coordinator.submit(SPEC).unwrap();
     let mut worker = server.worker().await;
     let lease = worker.lease(1, 0).await.remove(0);
@@ -345,7 +357,7 @@ async fn evaluations_are_stored_with_the_result() {
         .await
         .unwrap();
     server.stop().await;
-    let results = convsweep_coordinator::store::SqliteReader::open(dir.path())
+    let results = state.backend().open_reader()
         .unwrap()
         .results(None)
         .unwrap();
@@ -366,6 +378,7 @@ async fn evaluations_are_stored_with_the_result() {
     assert_eq!(fil.len(), 1);
     assert_eq!(fil[0].stats.heatmap, vec![0.1; 9]);
     assert_eq!(fil[0].stats.fve_norm, Some(0.9));
+}
 }
 
 /// A state holds every spec, result and failure reason: its folder is made 0700, and the

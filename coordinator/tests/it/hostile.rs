@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use convsweep_proto::{PROTOCOL_VERSION, pb};
 use tonic::Code;
 
-use crate::common::{FakeWorker, SPEC, Server, config, counts, epoch, result, serve};
+use crate::common::{FakeWorker, SPEC, Server, State, config, counts, epoch, result, serve};
+use crate::on_both_stores;
 
 /// A worker registered with `slots`.
 async fn worker(server: &Server, slots: u32) -> FakeWorker {
@@ -21,10 +22,11 @@ fn refused(r: Result<impl std::fmt::Debug, tonic::Status>, field: &str) {
     assert!(status.message().contains(field), "{field}: {}", status.message());
 }
 
+on_both_stores! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_write_is_refused_alone_naming_its_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(config(dir.path())).await;
+async fn a_bad_write_is_refused_alone_naming_its_field(store: Store) {
+    let state = State::new(store);
+    let server = Server::start(state.config()).await;
     server.coordinator.submit(SPEC).unwrap();
     let mut w = worker(&server, 4).await;
     let leases = w.lease(4, 0).await;
@@ -174,11 +176,13 @@ async fn a_bad_write_is_refused_alone_naming_its_field() {
     );
     server.stop().await;
 }
+}
 
+on_both_stores! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_gets_no_more_than_its_slots_and_cannot_fail_a_trial_it_never_confirmed() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
+async fn a_worker_gets_no_more_than_its_slots_and_cannot_fail_a_trial_it_never_confirmed(store: Store) {
+    let state = State::new(store);
+    let mut c = state.config();
     c.lease_timeout = Duration::from_millis(600);
     c.expiry_interval = Duration::from_millis(50);
     let server = Server::start(c).await;
@@ -252,6 +256,7 @@ async fn a_worker_gets_no_more_than_its_slots_and_cannot_fail_a_trial_it_never_c
     assert_eq!(row.attempts, 4);
     server.stop().await;
 }
+}
 
 #[tokio::test]
 async fn register_bounds_what_a_worker_says_of_itself() {
@@ -279,10 +284,11 @@ async fn register_bounds_what_a_worker_says_of_itself() {
     server.stop().await;
 }
 
+on_both_stores! {
 #[tokio::test]
-async fn repeated_extends_cannot_pass_the_trial_cap() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
+async fn repeated_extends_cannot_pass_the_trial_cap(store: Store) {
+    let state = State::new(store);
+    let mut c = state.config();
     c.max_trials_per_sweep = 6;
     let server = Server::start(c).await;
     let mut admin = server.admin().await;
@@ -313,6 +319,7 @@ async fn repeated_extends_cannot_pass_the_trial_cap() {
     let n = counts(&server.coordinator.status("small").unwrap());
     assert_eq!(n.pending, 6, "nothing was added");
     server.stop().await;
+}
 }
 
 #[tokio::test]
@@ -462,14 +469,14 @@ async fn open_streams_have_a_limit_of_their_own() {
     stop.cancel();
 }
 
+on_both_stores! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 /// Registering again with the same instance (a retried call, a worker that registers anew) is
 /// the same worker, one row; workers gone longer than the retention, holding no lease, are
 /// pruned.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn register_is_idempotent_and_old_workers_are_pruned() {
-    use convsweep_coordinator::store::StoreReader;
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
+async fn register_is_idempotent_and_old_workers_are_pruned(store: Store) {
+    let state = State::new(store);
+    let mut c = state.config();
     c.worker_retention = Duration::from_secs(1);
     // The holder's lease must outlive the wait for the others to be pruned (it sends no
     // heartbeat): with the tests' 2 s it could expire first, and the holder be pruned too.
@@ -490,7 +497,7 @@ async fn register_is_idempotent_and_old_workers_are_pruned() {
         let again = w.client.register(register("i-1")).await.unwrap().into_inner().worker_id;
         assert_eq!(again, first);
     }
-    let reader = convsweep_coordinator::store::SqliteReader::open(dir.path()).unwrap();
+    let reader = state.backend().open_reader().unwrap();
     let named = |name: &str| reader.workers().unwrap().iter().filter(|x| x.name == name).count();
     assert_eq!(named("again"), 1, "one row for one instance");
     // A worker holding a lease stays however long it is silent; the others go.
@@ -510,15 +517,17 @@ async fn register_is_idempotent_and_old_workers_are_pruned() {
     assert_eq!(named("1-slot worker"), 1, "the lease holder was kept");
     server.stop().await;
 }
+}
 
+on_both_stores! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 /// A cancel of many trials runs in transactions of `CANCEL_CHUNK` and lets go of the writer
 /// between them (heartbeats and reports are stored meanwhile); a named cancel is checked whole
 /// first: one id not in the sweep, even past the first chunk, refuses it and cancels nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_cancel_runs_in_chunks_and_a_named_one_is_refused_whole() {
+async fn a_large_cancel_runs_in_chunks_and_a_named_one_is_refused_whole(store: Store) {
     use convsweep_coordinator::coordinator::CANCEL_CHUNK;
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(config(dir.path())).await;
+    let state = State::new(store);
+    let server = Server::start(state.config()).await;
     let spec = SPEC.replace("name = \"small\"", "name = \"big\"\nseeds = 1200");
     let (_, submitted) = server.coordinator.submit(&spec).unwrap();
     let total = submitted.trials as usize;
@@ -565,4 +574,5 @@ async fn a_large_cancel_runs_in_chunks_and_a_named_one_is_refused_whole() {
     // The worker holding a lease is told its trial was cancelled.
     assert_eq!(w.heartbeat(&held).await, pb::LeaseDirective::Cancel);
     server.stop().await;
+}
 }

@@ -1,11 +1,12 @@
-//! The lease state machine driven directly, under tokio's paused clock.
+//! The lease state machine driven directly, under tokio's paused clock, on each store.
 
 use std::time::Duration;
 
 use convsweep_coordinator::Coordinator;
 use convsweep_proto::{PROTOCOL_VERSION, pb};
 
-use crate::common::{SPEC, config, counts, result};
+use crate::common::{SPEC, State, counts, result};
+use crate::on_both_stores;
 
 fn register(c: &Coordinator) -> String {
     c.register(pb::RegisterRequest {
@@ -46,10 +47,11 @@ async fn heartbeat(c: &Coordinator, worker: &str, lease: &pb::TrialLease) -> pb:
     pb::LeaseDirective::try_from(resp.leases[0].directive).unwrap()
 }
 
+on_both_stores! {
 #[tokio::test(start_paused = true)]
-async fn heartbeats_keep_a_lease_and_silence_expires_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::open(config(dir.path())).unwrap();
+async fn heartbeats_keep_a_lease_and_silence_expires_it(store: Store) {
+    let state = State::new(store);
+    let c = Coordinator::open(state.config()).unwrap();
     c.submit(SPEC).unwrap();
     let w = register(&c);
     let lease = lease_one(&c, &w).await;
@@ -96,11 +98,13 @@ async fn heartbeats_keep_a_lease_and_silence_expires_it() {
     .unwrap();
     assert_eq!(counts(&c.status("small").unwrap()).succeeded, 1);
 }
+}
 
+on_both_stores! {
 #[tokio::test(start_paused = true)]
-async fn too_many_expired_attempts_fail_the_trial_with_every_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::open(config(dir.path())).unwrap(); // max_attempts = 2
+async fn too_many_expired_attempts_fail_the_trial_with_every_reason(store: Store) {
+    let state = State::new(store);
+    let c = Coordinator::open(state.config()).unwrap(); // max_attempts = 2
     c.submit(SPEC).unwrap();
     let w = register(&c);
     let first = lease_one(&c, &w).await;
@@ -126,11 +130,13 @@ async fn too_many_expired_attempts_fail_the_trial_with_every_reason() {
     // The next lease is another trial.
     assert_ne!(lease_one(&c, &w).await.trial_id, first.trial_id);
 }
+}
 
+on_both_stores! {
 #[tokio::test(start_paused = true)]
-async fn retryable_failures_retry_and_fatal_ones_do_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::open(config(dir.path())).unwrap();
+async fn retryable_failures_retry_and_fatal_ones_do_not(store: Store) {
+    let state = State::new(store);
+    let c = Coordinator::open(state.config()).unwrap();
     c.submit(SPEC).unwrap();
     let w = register(&c);
     let fail = async |lease: &pb::TrialLease, retryable: bool| {
@@ -155,11 +161,13 @@ async fn retryable_failures_retry_and_fatal_ones_do_not() {
     assert_eq!(counts(&status).failed, 1);
     assert!(status.sweeps[0].failures[0].reason.contains("not retryable"));
 }
+}
 
+on_both_stores! {
 #[tokio::test(start_paused = true)]
-async fn preempted_trials_are_leased_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::open(config(dir.path())).unwrap();
+async fn preempted_trials_are_leased_again(store: Store) {
+    let state = State::new(store);
+    let c = Coordinator::open(state.config()).unwrap();
     c.submit(SPEC).unwrap();
     let w = register(&c);
     let a = lease_one(&c, &w).await;
@@ -177,11 +185,13 @@ async fn preempted_trials_are_leased_again() {
     let again = lease_one(&c, &w).await;
     assert_eq!((again.trial_id.as_str(), again.attempt), (a.trial_id.as_str(), 2));
 }
+}
 
+on_both_stores! {
 #[tokio::test]
-async fn extending_a_sweep_creates_only_the_new_trials() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::open(config(dir.path())).unwrap();
+async fn extending_a_sweep_creates_only_the_new_trials(store: Store) {
+    let state = State::new(store);
+    let c = Coordinator::open(state.config()).unwrap();
     let (_, first) = c.submit(SPEC).unwrap();
     assert_eq!((first.trials, first.new_trials), (4, 4));
     let grown = SPEC.replace("kernel_size = [3, 5]", "kernel_size = [3, 5, 7]");
@@ -201,30 +211,27 @@ async fn extending_a_sweep_creates_only_the_new_trials() {
     ));
     assert_eq!(counts(&c.status("small").unwrap()).pending, 12);
 }
+}
 
+on_both_stores! {
 #[tokio::test]
-async fn leases_survive_the_time_a_coordinator_was_down() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::open(config(dir.path())).unwrap();
+async fn leases_survive_the_time_a_coordinator_was_down(store: Store) {
+    let state = State::new(store);
+    let c = Coordinator::open(state.config()).unwrap();
     c.submit(SPEC).unwrap();
     let w = register(&c);
     let lease = lease_one(&c, &w).await;
     drop(c);
     // The coordinator was down longer than the lease timeout (2 s): the deadline has passed.
-    let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
-    conn.execute(
-        "UPDATE trials SET lease_deadline_ms = lease_deadline_ms - 60000 WHERE state = 'leased'",
-        [],
-    )
-    .unwrap();
-    drop(conn);
-    let c = Coordinator::open(config(dir.path())).unwrap();
+    state.sql("UPDATE trials SET lease_deadline_ms = lease_deadline_ms - 60000 WHERE state = 'leased'");
+    let c = Coordinator::open(state.config()).unwrap();
     assert_eq!(
         c.expire_once().unwrap(),
         0,
         "the restart grants the lease a fresh timeout"
     );
     assert_eq!(heartbeat(&c, &w, &lease).await, pb::LeaseDirective::Continue);
+}
 }
 
 /// Lets the expiry loop run through `total` of paused time in steps of 100 ms.
@@ -242,10 +249,11 @@ async fn pass_time(total: Duration) {
     }
 }
 
+on_both_stores! {
 #[tokio::test(start_paused = true)]
-async fn a_stall_longer_than_the_lease_timeout_gives_the_leases_the_stall_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Coordinator::open(config(dir.path())).unwrap(); // lease 2 s, expiry every 100 ms
+async fn a_stall_longer_than_the_lease_timeout_gives_the_leases_the_stall_back(store: Store) {
+    let state = State::new(store);
+    let c = Coordinator::open(state.config()).unwrap(); // lease 2 s, expiry every 100 ms
     c.submit(SPEC).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let expiry = tokio::spawn(c.clone().run_expiry(stop.clone()));
@@ -266,4 +274,5 @@ async fn a_stall_longer_than_the_lease_timeout_gives_the_leases_the_stall_back()
     assert_eq!((n.leased, n.pending), (0, 4), "{n:?}");
     stop.cancel();
     expiry.await.unwrap();
+}
 }

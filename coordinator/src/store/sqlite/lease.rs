@@ -2,30 +2,14 @@
 //! transaction (group commit batches many into one), and lease expiry. The transitions and
 //! the refusal rule are [`crate::store::lease`]'s.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use convsweep_proto::{Outcome, TrialId, TrialState, pb};
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
-use super::schema::state_of;
 use crate::error::{Error, Result};
 use convsweep_proto::FieldError;
 
-use crate::store::lease::{Completed, Expired, Granted, LeaseOps, LeasePolicy};
-
-/// A random token with a prefix (`w-` worker ids, `l-` lease tokens).
-pub(super) fn new_token(prefix: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(n);
-    let a = h.finish();
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(a ^ n.rotate_left(17));
-    format!("{prefix}{a:016x}{:08x}", h.finish() as u32)
-}
+pub(super) use crate::store::lease::new_token;
+use crate::store::lease::{Completed, Expired, Granted, LeaseOps, LeasePolicy, state_of};
 
 /// The worker writes inside one open SQLite transaction, at one clock reading.
 pub(super) struct SqliteLeaseOps<'a> {

@@ -163,7 +163,7 @@ impl SqliteStore {
 }
 
 impl StoreWriter for SqliteStore {
-    fn batch(&mut self, now: i64, f: &mut dyn FnMut(&mut dyn LeaseOps) -> Result<()>) -> Result<()> {
+    fn batch(&mut self, now: i64, f: &mut (dyn FnMut(&mut dyn LeaseOps) -> Result<()> + Send)) -> Result<()> {
         let policy = self.policy;
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         f(&mut lease::SqliteLeaseOps { tx: &tx, policy, now })?;

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::lease;
 use super::schema::{self, DB_FILE, state_of};
 use crate::error::{Error, Result};
-use crate::store::contract::{MAX_LISTED_FAILURES, StoreReader, WorkerSeen};
+use crate::store::contract::{MAX_LISTED_FAILURES, StoreReader, WorkerSeen, rate};
 
 /// A read-only connection to a coordinator's state folder.
 pub struct SqliteReader {
@@ -78,17 +78,7 @@ impl StoreReader for SqliteReader {
             .prepare_cached("SELECT first_start_ms FROM sweep_started WHERE sweep_id = ?1")?
             .query_row([sweep_id], |r| r.get(0))
             .optional()?;
-        // Cancelled trials are done but were not run: the rate counts what workers finished.
-        let finished = counts.succeeded + counts.failed;
-        let remaining = total - counts.done();
-        let (trials_per_hour, eta_seconds) = match first_start {
-            Some(start) if finished > 0 && now > start => {
-                let rate = f64::from(finished) / ((now - start) as f64 / 3_600_000.0);
-                (rate, f64::from(remaining) / rate * 3600.0)
-            }
-            _ if remaining == 0 => (0.0, 0.0),
-            _ => (0.0, -1.0),
-        };
+        let (trials_per_hour, eta_seconds) = rate(&counts, total, first_start, now);
         let failures = {
             let mut stmt = self.conn.prepare_cached(
                 // CROSS JOIN keeps the failed trials (by their state index) the outer loop:

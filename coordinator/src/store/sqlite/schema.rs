@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use convsweep_proto::{TrialSpec, TrialState};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::error::{Error, Result};
@@ -320,16 +319,7 @@ pub(super) fn open_read_only(path: &Path) -> Result<Connection> {
     }
 }
 
-/// A stored state name; anything else is corrupt data.
-pub(super) fn state_of(s: String) -> Result<TrialState> {
-    s.parse()
-        .map_err(|e: convsweep_proto::state::UnknownState| Error::Corrupt(format!("stored trial state: {e}")))
-}
-
-/// A stored spec; one that does not parse is corrupt data.
-pub(super) fn spec_of(trial_id: &str, json: &str) -> Result<TrialSpec> {
-    TrialSpec::from_json(json).map_err(|e| Error::Corrupt(format!("stored spec of trial {trial_id}: {e}")))
-}
+pub(super) use crate::store::lease::{spec_of, state_of};
 
 /// Whether a sweep of that name exists.
 pub(super) fn sweep_exists(conn: &Connection, sweep: &str) -> Result<bool> {
