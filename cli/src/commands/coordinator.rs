@@ -18,9 +18,19 @@ use crate::Access;
 /// Flags of `convsweep coordinator`.
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize)]
 pub struct CoordinatorArgs {
-    /// Folder of the SQLite state (created when missing; reopened after a restart).
-    #[arg(long, env = "CONVSWEEP_STATE_DIR")]
-    pub state_dir: PathBuf,
+    /// Folder of the SQLite state (created when missing; reopened after a restart). Not
+    /// needed with --store, where it only holds the token the coordinator makes for itself.
+    #[arg(long, env = "CONVSWEEP_STATE_DIR", required_unless_present_any = ["store", "store_url_file"])]
+    pub state_dir: Option<PathBuf>,
+    /// Keep the state in PostgreSQL instead of SQLite: a `postgres://user:password@host:port/db`
+    /// URL (its schema is created on the first start). Several coordinators on one database
+    /// serve the same sweeps. A URL with a password is better given by --store-url-file or the
+    /// environment than on a command line others can read.
+    #[arg(long, env = "CONVSWEEP_STORE_URL", conflicts_with = "store_url_file")]
+    pub store: Option<String>,
+    /// A file that holds the --store URL (a mounted Secret), read at start.
+    #[arg(long, env = "CONVSWEEP_STORE_URL_FILE")]
+    pub store_url_file: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:50051", env = "CONVSWEEP_LISTEN")]
     pub listen: SocketAddr,
@@ -97,6 +107,29 @@ pub struct CoordinatorArgs {
 }
 
 impl CoordinatorArgs {
+    /// The PostgreSQL URL of --store or --store-url-file, checked to be one; `None` for SQLite.
+    pub fn store_url(&self) -> Result<Option<String>> {
+        let (url, flag) = match (&self.store, &self.store_url_file) {
+            (Some(url), _) => (url.trim().to_owned(), "--store".to_owned()),
+            (None, Some(file)) => (
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read --store-url-file {}", file.display()))?
+                    .trim()
+                    .to_owned(),
+                format!("the URL in --store-url-file {}", file.display()),
+            ),
+            (None, None) => return Ok(None),
+        };
+        if !convsweep_coordinator::store::is_postgres_url(&url) {
+            bail!(
+                "{flag} must be a postgres:// (or postgresql://) URL, got one starting {:?}; the SQLite state is \
+                 --state-dir",
+                url.chars().take_while(|c| *c != ':').take(20).collect::<String>()
+            );
+        }
+        Ok(Some(url))
+    }
+
     /// The server these flags describe (not yet validated against the address it listens on).
     pub fn server_config(&self, access: &Access) -> Result<ServerConfig> {
         let tls = match (&access.tls_cert, &access.tls_key) {
@@ -113,7 +146,8 @@ impl CoordinatorArgs {
         };
         Ok(ServerConfig {
             coordinator: CoordinatorConfig {
-                state_dir: self.state_dir.clone(),
+                state_dir: self.state_dir.clone().unwrap_or_default(),
+                store_url: self.store_url()?,
                 heartbeat_interval: Duration::from_secs(self.heartbeat_secs),
                 lease_timeout: Duration::from_secs(self.lease_timeout_secs),
                 max_attempts: self.max_attempts,
@@ -236,6 +270,12 @@ pub async fn serve(args: &CoordinatorArgs, access: &Access) -> Result<ExitCode> 
     // else checked out: a refused start leaves no state folder behind.
     let make_token = config.serve.token.is_none() && !args.insecure;
     if make_token {
+        if args.state_dir.is_none() {
+            bail!(
+                "no --token-file and no --state-dir to keep a token of its own in: coordinators on a shared --store \
+                 need the same token, so give each the same --token-file (or serve --insecure on purpose)"
+            );
+        }
         config.serve.token = Some(Secret::new("made-after-validation", "placeholder")?);
     }
     // The address it is told to listen on decides the token rule before anything is bound.
@@ -244,8 +284,8 @@ pub async fn serve(args: &CoordinatorArgs, access: &Access) -> Result<ExitCode> 
     }
     let main = listener(args.listen_fd, args.listen, "--listen-fd", "--listen")?;
     let ops = listener(args.ops_listen_fd, args.ops_listen, "--ops-listen-fd", "--ops-listen")?;
-    if make_token {
-        let (token, path, new) = state_token(&args.state_dir)?;
+    if let (true, Some(state_dir)) = (make_token, &args.state_dir) {
+        let (token, path, new) = state_token(state_dir)?;
         tracing::info!(
             path = %path.display(),
             new,

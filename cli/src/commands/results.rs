@@ -16,11 +16,14 @@ use crate::flags::refused;
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize)]
 pub struct ReportArgs {
     /// An export folder (Parquet files) or a coordinator's state folder (read-only).
-    #[arg(required_unless_present = "coordinator", conflicts_with = "coordinator")]
+    #[arg(required_unless_present_any = ["coordinator", "store"], conflicts_with_all = ["coordinator", "store"])]
     pub dir: Option<PathBuf>,
     /// Report from a running coordinator instead (its Export stream).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "store")]
     pub coordinator: Option<String>,
+    /// Report from a coordinator's PostgreSQL state instead (`postgres://...`, read-only).
+    #[arg(long, env = "CONVSWEEP_STORE_URL")]
+    pub store: Option<String>,
     /// Folder to write the report into.
     #[arg(long)]
     pub out: PathBuf,
@@ -36,13 +39,17 @@ pub struct ExportArgs {
     #[arg(
         long,
         env = "CONVSWEEP_STATE_DIR",
-        required_unless_present = "coordinator",
-        conflicts_with = "coordinator"
+        required_unless_present_any = ["coordinator", "store"],
+        conflicts_with_all = ["coordinator", "store"]
     )]
     pub state_dir: Option<PathBuf>,
     /// Export from a running coordinator instead (its Export stream, in chunks).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "store")]
     pub coordinator: Option<String>,
+    /// Export from a coordinator's PostgreSQL state instead (`postgres://...`, read-only: safe
+    /// beside live coordinators).
+    #[arg(long, env = "CONVSWEEP_STORE_URL")]
+    pub store: Option<String>,
     /// Folder to write the Parquet files into.
     #[arg(long)]
     pub out: PathBuf,
@@ -51,22 +58,29 @@ pub struct ExportArgs {
     pub sweep: Option<String>,
 }
 
-/// Where results come from: a folder (an export or a state) or a running coordinator.
+/// Where results come from: a folder (an export or a state), a PostgreSQL state or a running
+/// coordinator.
 #[derive(Debug)]
 pub enum Source {
     /// An export folder (Parquet) or a coordinator's state folder (read read-only).
     Dir(PathBuf),
+    /// A coordinator's PostgreSQL state (read read-only).
+    Store(String),
     /// A coordinator's Export stream.
     Remote(Connection),
 }
 
 impl Source {
     /// The source the flags name (clap makes sure exactly one is given).
-    pub fn of(dir: Option<&Path>, coordinator: Option<&str>, access: &Access) -> Result<Source> {
-        match (dir, coordinator) {
-            (Some(d), None) => Ok(Source::Dir(d.to_owned())),
-            (None, Some(url)) => Ok(Source::Remote(access.connection(url)?)),
-            _ => bail!("give either a folder or --coordinator URL"),
+    pub fn of(dir: Option<&Path>, store: Option<&str>, coordinator: Option<&str>, access: &Access) -> Result<Source> {
+        match (dir, store, coordinator) {
+            (Some(d), None, None) => Ok(Source::Dir(d.to_owned())),
+            (None, Some(url), None) if convsweep_coordinator::store::is_postgres_url(url) => {
+                Ok(Source::Store(url.to_owned()))
+            }
+            (None, Some(_), None) => bail!("--store must be a postgres:// URL (a state folder is given as a folder)"),
+            (None, None, Some(url)) => Ok(Source::Remote(access.connection(url)?)),
+            _ => bail!("give one of a folder, --store URL or --coordinator URL"),
         }
     }
 
@@ -74,6 +88,10 @@ impl Source {
     fn describe(&self) -> String {
         match self {
             Source::Dir(d) => d.display().to_string(),
+            Source::Store(url) => {
+                use convsweep_coordinator::store::Backend;
+                convsweep_coordinator::store::PostgresBackend::new(url.clone()).describe()
+            }
             Source::Remote(c) => c.url.clone(),
         }
     }
@@ -105,14 +123,19 @@ pub async fn remote_results(conn: &Connection, sweep: Option<&str>) -> Result<co
 #[cfg(feature = "analysis")]
 mod imp {
     use convsweep_analysis::Frames;
-    use convsweep_coordinator::store::{SqliteReader, StoreReader};
+    use convsweep_coordinator::store::{Backend, PostgresBackend, SqliteBackend};
 
     use super::*;
 
     /// The result frames of one sweep (or all) of a state folder, read-only: safe beside a live
     /// coordinator, never a migration.
     pub fn state_frames(state_dir: &Path, sweep: Option<&str>) -> Result<Frames> {
-        let results = SqliteReader::open(state_dir)?.results(sweep)?;
+        backend_frames(&SqliteBackend::new(state_dir), sweep)
+    }
+
+    /// The result frames of one sweep (or all) of a state, read-only.
+    fn backend_frames(backend: &dyn Backend, sweep: Option<&str>) -> Result<Frames> {
+        let results = backend.open_reader()?.results(sweep)?;
         Ok(Frames::from_results(&results)?)
     }
 
@@ -121,6 +144,10 @@ mod imp {
         Ok(match source {
             Source::Dir(dir) if Frames::is_export(dir) => Frames::read_parquet(dir)?,
             Source::Dir(dir) => state_frames(dir, None)?,
+            Source::Store(url) => {
+                let backend = PostgresBackend::new(url.clone());
+                tokio::task::spawn_blocking(move || backend_frames(&backend, None)).await??
+            }
             Source::Remote(conn) => Frames::from_results(&remote_results(conn, None).await?)?,
         })
     }
@@ -149,7 +176,12 @@ mod imp {
 
     /// `convsweep export`.
     pub async fn export(args: &ExportArgs, access: &Access) -> Result<ExitCode> {
-        let source = Source::of(args.state_dir.as_deref(), args.coordinator.as_deref(), access)?;
+        let source = Source::of(
+            args.state_dir.as_deref(),
+            args.store.as_deref(),
+            args.coordinator.as_deref(),
+            access,
+        )?;
         let mut frames = frames(&source).await?;
         if let Some(s) = &args.sweep {
             let name = pick_sweep(&frames, Some(s), &source)?;
@@ -163,7 +195,12 @@ mod imp {
 
     /// `convsweep report`.
     pub async fn report(args: &ReportArgs, access: &Access) -> Result<ExitCode> {
-        let source = Source::of(args.dir.as_deref(), args.coordinator.as_deref(), access)?;
+        let source = Source::of(
+            args.dir.as_deref(),
+            args.store.as_deref(),
+            args.coordinator.as_deref(),
+            access,
+        )?;
         let frames = frames(&source).await?;
         let name = pick_sweep(&frames, args.sweep.as_deref(), &source)?;
         let frames = frames.for_sweep(&name)?;

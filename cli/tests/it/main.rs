@@ -4,6 +4,7 @@ mod chaos;
 mod common;
 mod disk;
 mod isolation;
+mod postgres;
 mod processes;
 mod reading;
 mod security;
