@@ -23,6 +23,15 @@ impl Default for Clock {
 }
 
 impl Clock {
+    /// A clock that reads `wall_ms` now (another clock's reading: the database's, for
+    /// coordinators that share a state).
+    pub fn at(wall_ms: i64) -> Clock {
+        Clock {
+            base_wall_ms: wall_ms,
+            base: Instant::now(),
+        }
+    }
+
     /// Now, in Unix milliseconds.
     pub fn now_ms(&self) -> i64 {
         self.base_wall_ms + self.base.elapsed().as_millis() as i64

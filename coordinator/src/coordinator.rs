@@ -31,6 +31,8 @@ use crate::store::{
 };
 use crate::sweep::{DEFAULT_MAX_SPEC_BYTES, DEFAULT_MAX_SWEEP_BYTES, DEFAULT_MAX_TRIALS_PER_SWEEP, SweepSpec};
 
+mod replicas;
+
 /// Trials one transaction of a cancel takes: the writer is let go between them.
 pub const CANCEL_CHUNK: usize = 2_000;
 
@@ -132,6 +134,8 @@ pub struct Coordinator {
     events: tokio::sync::broadcast::Sender<pb::WatchEvent>,
     /// Workers heard from lately, by id (for "worker lost" events).
     alive: Mutex<std::collections::BTreeMap<String, String>>,
+    /// Where the state is shared with other coordinators (PostgreSQL): what they must hear.
+    replicas: Option<replicas::Replicas>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -161,7 +165,9 @@ impl Coordinator {
             max_attempts: config.max_attempts.max(1),
         };
         let mut store = backend.open_writer(policy)?;
-        let clock = Clock::default();
+        // Coordinators sharing a state set and check lease deadlines by the database's clock.
+        let shared_clock = store.database_clock_ms()?;
+        let clock = shared_clock.map_or_else(Clock::default, Clock::at);
         let opened_ms = clock.now_ms();
         let held = store.grant_restart_grace(opened_ms)?;
         let reader = backend.open_reader()?;
@@ -184,6 +190,7 @@ impl Coordinator {
             last_prune_ms: std::sync::atomic::AtomicI64::new(opened_ms),
             events: tokio::sync::broadcast::channel(4096).0,
             alive: Mutex::new(Default::default()),
+            replicas: shared_clock.map(|_| replicas::Replicas::new()),
         }))
     }
 
@@ -194,11 +201,15 @@ impl Coordinator {
     }
 
     fn emit(&self, event: pb::watch_event::Event) {
-        // No subscriber is not an error.
-        let _ = self.events.send(pb::WatchEvent {
+        let event = pb::WatchEvent {
             time_ms: self.clock.now_ms(),
             event: Some(event),
-        });
+        };
+        if let Some(r) = &self.replicas {
+            r.post_event(&event);
+        }
+        // No subscriber is not an error.
+        let _ = self.events.send(event);
     }
 
     fn trial_changed(
@@ -325,12 +336,32 @@ impl Coordinator {
         }
     }
 
+    /// `n` trials became leasable: wakes waiting `Lease` calls here and on the coordinators
+    /// that share the state.
+    fn new_work(&self, n: usize) {
+        self.wake(n);
+        if let Some(r) = &self.replicas {
+            r.post_work(n);
+        }
+    }
+
     /// The metrics in the OpenMetrics text format, with the gauges read from the store now.
     /// Blocking.
     pub fn scrape(&self) -> Result<String> {
         let now = self.clock.now_ms();
-        let (counts, workers) = self.read("scrape", |s| Ok((s.state_counts()?, s.workers()?)))?;
         let m = &self.metrics;
+        // Of coordinators that share a state, one reports its gauges: they sum over replicas.
+        let reports = self.replicas.as_ref().is_none_or(|r| r.leads());
+        m.state_reporter.set(i64::from(reports));
+        if !reports {
+            m.trials.clear();
+            m.queue_depth.set(0);
+            m.active_leases.set(0);
+            m.workers.clear();
+            m.oldest_heartbeat.clear();
+            return Ok(m.encode());
+        }
+        let (counts, workers) = self.read("scrape", |s| Ok((s.state_counts()?, s.workers()?)))?;
         m.trials.clear();
         let (mut queued, mut active) = (0i64, 0i64);
         for (sweep, state, n) in counts {
@@ -403,7 +434,7 @@ impl Coordinator {
             store_s = (started.elapsed() - expanded).as_secs_f64(),
             "sweep submitted"
         );
-        self.wake(submitted.new_trials as usize);
+        self.new_work(submitted.new_trials as usize);
         Ok((spec.id, submitted))
     }
 
@@ -416,7 +447,7 @@ impl Coordinator {
         let cap = self.config.max_trials_per_sweep;
         let submitted = self.timed("extend_sweep", |s| s.extend(&spec.id, spec_toml, &trials, now, cap))?;
         info!(sweep = %spec.id, trials = submitted.trials, new = submitted.new_trials, "sweep extended");
-        self.wake(submitted.new_trials as usize);
+        self.new_work(submitted.new_trials as usize);
         Ok((spec.id, submitted))
     }
 
@@ -466,7 +497,7 @@ impl Coordinator {
         let n = self.timed("resume", |s| s.resume(sweep))?;
         self.metrics.requeued("resumed", u64::from(n));
         info!(sweep, requeued = n, "sweep resumed");
-        self.wake(n as usize);
+        self.new_work(n as usize);
         Ok(n)
     }
 
@@ -651,7 +682,7 @@ impl Coordinator {
         }
         // A retried or preempted trial is leasable again: one waiting worker should look.
         if state.is_queued() {
-            self.wake(1);
+            self.new_work(1);
         }
         pb::CompleteResponse { duplicate, done }
     }
@@ -714,8 +745,28 @@ impl Coordinator {
             warn!(trial = %e.trial_id, now = %e.state, "lease expired");
             self.trial_changed(e.sweep_id.clone(), e.trial_id.as_str(), e.state, 0, "", "lease expired");
         }
-        self.wake(requeued);
+        self.new_work(requeued);
         Ok(touched.len())
+    }
+
+    /// Carries new work and events between the coordinators that share this one's state
+    /// (`replicas`), until cancelled; returns at once for a state of its own.
+    pub async fn run_bus(self: Arc<Self>, cancel: CancellationToken) {
+        let Some(replicas) = &self.replicas else { return };
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = std::thread::Builder::new().name("convsweep-bus".into()).spawn({
+            let (me, stop) = (self.clone(), stop.clone());
+            move || {
+                if let Some(r) = &me.replicas {
+                    r.listen(me.backend.as_ref(), &stop, &|n| me.wake(n), &me.events);
+                }
+            }
+        });
+        replicas.publish(&self.backend, &cancel).await;
+        stop.store(true, Ordering::SeqCst);
+        if let Ok(listener) = listener {
+            let _ = tokio::task::spawn_blocking(move || listener.join()).await;
+        }
     }
 
     /// Expires overdue leases and looks for lost workers every `expiry_interval` until

@@ -118,6 +118,9 @@ pub struct Metrics {
     pub epoch_rows: Counter,
     /// Writes per committed transaction (group commit).
     pub batch_size: Histogram,
+    /// 1 where this coordinator reports the state's gauges (always, alone on its state; one of
+    /// the coordinators that share a state), 0 where another does.
+    pub state_reporter: Gauge,
 }
 
 impl Default for Metrics {
@@ -144,6 +147,7 @@ impl Metrics {
             epoch_rows: Counter::default(),
             // 1 to 4096 writes.
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            state_reporter: Gauge::default(),
             registry: Registry::default(),
         };
         m.registry
@@ -201,6 +205,12 @@ impl Metrics {
             "convsweep_store_batch_writes",
             "Worker RPC writes committed per store transaction (group commit)",
             m.batch_size.clone(),
+        );
+        m.registry.register(
+            "convsweep_state_reporter",
+            "1 where this coordinator reports the state gauges (trials, queue depth, active leases, workers); of \
+             coordinators sharing a state one does, so that the gauges sum over them",
+            m.state_reporter.clone(),
         );
         m
     }

@@ -305,6 +305,7 @@ pub async fn serve_with(
 
     let cancel = CancellationToken::new();
     let expiry = tokio::spawn(coordinator.clone().run_expiry(cancel.clone()));
+    let bus = tokio::spawn(coordinator.clone().run_bus(cancel.clone()));
     info!(
         %addr,
         tls = config.tls.is_some(),
@@ -334,6 +335,7 @@ pub async fn serve_with(
         .await;
     cancel.cancel();
     let _ = expiry.await;
+    let _ = bus.await;
     info!(%addr, "coordinator stopped");
     Ok(served?)
 }

@@ -116,6 +116,13 @@ pub trait StoreWriter: Send + std::fmt::Debug {
 
     /// After a stall: every active lease's deadline moves `by_ms` later. Returns how many.
     fn extend_leases(&mut self, by_ms: i64) -> Result<usize>;
+
+    /// The database's clock (ms since the Unix epoch) where coordinators share a state, so
+    /// that they all set and check lease deadlines by one clock; `None` for a state of one
+    /// coordinator (its own clock is the one).
+    fn database_clock_ms(&mut self) -> Result<Option<i64>> {
+        Ok(None)
+    }
 }
 
 /// Read-only views of a coordinator's state: consistent snapshots that never wait for the
@@ -153,6 +160,27 @@ pub trait StoreReader: Send + std::fmt::Debug {
     fn results(&self, sweep: Option<&str>) -> Result<Results>;
 }
 
+/// Largest message a [`Bus`] carries, in bytes.
+pub const MAX_BUS_MESSAGE: usize = 7_000;
+
+/// Messages between the coordinators that share one state: new work, events for `Watch`, and
+/// which of them reports the state's gauges. Each coordinator holds two (one that publishes,
+/// one that receives); every message reaches every coordinator listening, its sender included.
+pub trait Bus: Send {
+    /// Sends each message (text of at most [`MAX_BUS_MESSAGE`] bytes).
+    fn publish(&mut self, messages: &[String]) -> Result<()>;
+
+    /// Waits up to `timeout` for messages and returns the ones that came (none after the
+    /// timeout). Messages sent while the connection was down are lost: they are hints (wake-ups
+    /// and events) that the state itself makes good.
+    fn receive(&mut self, timeout: std::time::Duration) -> Result<Vec<String>>;
+
+    /// Becomes, or stays, the one coordinator that reports the shared state's gauges (so that
+    /// they sum correctly over coordinators); `true` while it is. The role passes on when its
+    /// holder's connection ends.
+    fn lead(&mut self) -> Result<bool>;
+}
+
 /// Where a coordinator's state lives: opens its writer and its readers.
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// The writer, creating or migrating the state when needed.
@@ -163,4 +191,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Where the state is, for logs.
     fn describe(&self) -> String;
+
+    /// A connection to the other coordinators of a state several may share; `None` where the
+    /// state is one coordinator's alone (SQLite).
+    fn bus(&self) -> Result<Option<Box<dyn Bus>>> {
+        Ok(None)
+    }
 }

@@ -20,7 +20,9 @@ pub mod lease;
 pub mod postgres;
 pub mod sqlite;
 
-pub use contract::{Backend, CancelChunk, MAX_LISTED_FAILURES, StoreReader, StoreWriter, Submitted, WorkerSeen};
+pub use contract::{
+    Backend, Bus, CancelChunk, MAX_BUS_MESSAGE, MAX_LISTED_FAILURES, StoreReader, StoreWriter, Submitted, WorkerSeen,
+};
 pub use lease::{
     CompleteWrite, Completed, EpochsWrite, Expired, Granted, HeartbeatWrite, LeaseOps, LeasePolicy, LeaseWrite,
     WorkerWrite,

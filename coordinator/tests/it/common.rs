@@ -206,7 +206,15 @@ pub async fn serve(
     dir: &std::path::Path,
     serve: convsweep_coordinator::ServeConfig,
 ) -> (Arc<Coordinator>, convsweep_proto::client::Connection, CancellationToken) {
-    let coordinator = Coordinator::open(config(dir)).unwrap();
+    serve_on(config(dir), serve).await
+}
+
+/// [`serve`] with these coordinator settings.
+pub async fn serve_on(
+    config: CoordinatorConfig,
+    serve: convsweep_coordinator::ServeConfig,
+) -> (Arc<Coordinator>, convsweep_proto::client::Connection, CancellationToken) {
+    let coordinator = Coordinator::open(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();

@@ -11,6 +11,7 @@ mod hostile;
 mod lease;
 mod ops;
 mod reader;
+mod replicas;
 mod scale;
 mod security;
 mod streams;

@@ -2,22 +2,23 @@
 
 use std::time::Duration;
 
-use convsweep_coordinator::store::StoreReader;
 use convsweep_coordinator::{Limits, ServeConfig};
 use convsweep_proto::pb::watch_event::Event;
 use convsweep_proto::{TrialState, pb};
 
-use crate::common::{SPEC, Server, config, epoch, serve};
+use crate::common::{SPEC, Server, State, epoch, serve_on};
+use crate::on_both_stores;
 
+on_both_stores! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn export_streams_every_row_in_chunks_under_the_message_limit() {
-    let dir = tempfile::tempdir().unwrap();
+async fn export_streams_every_row_in_chunks_under_the_message_limit(store: Store) {
+    let state = State::new(store);
     let limits = Limits {
         max_message_bytes: 64 << 10,
         ..Default::default()
     };
-    let (coordinator, conn, stop) = serve(
-        dir.path(),
+    let (coordinator, conn, stop) = serve_on(
+        state.config(),
         ServeConfig {
             limits,
             ..Default::default()
@@ -76,7 +77,7 @@ async fn export_streams_every_row_in_chunks_under_the_message_limit() {
     assert!(chunks >= 4, "{chunks} chunks");
     assert_eq!(results.trials.len(), 4);
     assert_eq!(results.epochs.len(), 4000);
-    let direct = convsweep_coordinator::store::SqliteReader::open(dir.path())
+    let direct = state.backend().open_reader()
         .unwrap()
         .results(None)
         .unwrap();
@@ -94,11 +95,13 @@ async fn export_streams_every_row_in_chunks_under_the_message_limit() {
     assert!(err.message().contains("nope"));
     stop.cancel();
 }
+}
 
+on_both_stores! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_sends_snapshots_and_the_events_between_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(config(dir.path())).await;
+async fn watch_sends_snapshots_and_the_events_between_them(store: Store) {
+    let state = State::new(store);
+    let server = Server::start(state.config()).await;
     server.coordinator.submit(SPEC).unwrap();
     let mut admin = server.admin().await;
     let mut stream = admin
@@ -178,4 +181,5 @@ async fn watch_sends_snapshots_and_the_events_between_them() {
     assert_eq!(err.code(), tonic::Code::NotFound);
     drop((stream, admin));
     server.stop().await;
+}
 }

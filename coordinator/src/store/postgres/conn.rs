@@ -58,6 +58,9 @@ pub(super) struct Conn {
     url: String,
     client: Option<Client>,
     statements: HashMap<String, Statement>,
+    /// How many times it connected: a session-scoped state (a lock, LISTEN) held since a
+    /// generation is gone once the generation changed.
+    generation: u64,
     /// A transaction was begun and never ended: a panic unwound through it. The next one rolls
     /// it back first.
     open: bool,
@@ -76,6 +79,7 @@ impl Conn {
             url: url.to_owned(),
             client: None,
             statements: HashMap::new(),
+            generation: 0,
             open: false,
         };
         off_runtime(|| conn.reconnect())?;
@@ -98,6 +102,7 @@ impl Conn {
         })?;
         self.statements.clear();
         self.client = Some(client);
+        self.generation += 1;
         Ok(())
     }
 
@@ -114,6 +119,7 @@ impl Conn {
             f(&mut Session {
                 client,
                 statements: &mut self.statements,
+                generation: self.generation,
             })
         })
     }
@@ -160,9 +166,15 @@ impl Drop for Conn {
 pub(super) struct Session<'a> {
     client: &'a mut Client,
     statements: &'a mut HashMap<String, Statement>,
+    generation: u64,
 }
 
 impl Session<'_> {
+    /// Which connection of its [`Conn`] this is (see [`Conn::generation`]).
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     fn statement(&mut self, sql: &str) -> Result<Statement> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
@@ -193,6 +205,27 @@ impl Session<'_> {
     pub(super) fn opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
         let s = self.statement(sql)?;
         self.client.query_opt(&s, params).map_err(|e| Error::database(e, sql))
+    }
+
+    /// Waits up to `timeout` for the first notification of the channels this session listens
+    /// to, then takes the ones already there too (at most `max`).
+    pub(super) fn notifications(&mut self, timeout: std::time::Duration, max: usize) -> Result<Vec<String>> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let context = |e| Error::database(e, "wait for notifications");
+        let mut n = self.client.notifications();
+        let mut out = Vec::new();
+        let first = n.timeout_iter(timeout).next().map_err(context)?;
+        if let Some(first) = first {
+            out.push(first.payload().to_owned());
+            let mut more = n.iter();
+            while out.len() < max {
+                match more.next().map_err(context)? {
+                    Some(m) => out.push(m.payload().to_owned()),
+                    None => break,
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The row of a query that returns exactly one.

@@ -23,7 +23,7 @@ pub use read::PgReader;
 use convsweep_proto::{SweepId, TrialId, TrialState};
 
 use crate::error::{Error, Result};
-use crate::store::contract::{Backend, CancelChunk, StoreReader, StoreWriter, Submitted};
+use crate::store::contract::{Backend, Bus, CancelChunk, StoreReader, StoreWriter, Submitted};
 use crate::store::lease::{Expired, LeaseOps, LeasePolicy, new_token, state_of};
 use conn::{Conn, Session, redact, u32_of};
 use schema::{ADMIN_LOCK, require_sweep, sweep_exists};
@@ -66,6 +66,74 @@ impl Backend for PostgresBackend {
 
     fn describe(&self) -> String {
         redact(&self.url)
+    }
+
+    fn bus(&self) -> Result<Option<Box<dyn Bus>>> {
+        Ok(Some(Box::new(PgBus {
+            conn: Conn::connect(&self.url)?,
+            listening: None,
+            leading: None,
+        })))
+    }
+}
+
+/// The channel coordinators on one database talk over (`LISTEN`/`NOTIFY`).
+const CHANNEL: &str = "convsweep";
+
+/// The session advisory lock whose holder reports the state's gauges.
+const GAUGE_LOCK: i64 = ADMIN_LOCK + 1;
+
+/// [`Bus`] over PostgreSQL's `LISTEN`/`NOTIFY` on a connection of its own: notifications are
+/// sent at commit, to every session listening. What a session held (its `LISTEN`, the gauge
+/// lock) is taken again after a reconnect.
+#[derive(Debug)]
+struct PgBus {
+    conn: Conn,
+    /// The connection generation that listens.
+    listening: Option<u64>,
+    /// The connection generation that holds the gauge lock.
+    leading: Option<u64>,
+}
+
+impl Bus for PgBus {
+    fn publish(&mut self, messages: &[String]) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        // One transaction: one round trip per message, delivered together at commit.
+        self.conn.transaction("BEGIN", |s| {
+            for m in messages {
+                s.exec("SELECT pg_notify($1, $2)", &[&CHANNEL, m])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn receive(&mut self, timeout: std::time::Duration) -> Result<Vec<String>> {
+        let listening = self.listening;
+        let (generation, messages) = self.conn.run(move |s| {
+            // A new connection listens first.
+            if listening != Some(s.generation()) {
+                s.batch(&format!("LISTEN {CHANNEL}"))?;
+            }
+            Ok((s.generation(), s.notifications(timeout, 4096)?))
+        })?;
+        self.listening = Some(generation);
+        Ok(messages)
+    }
+
+    fn lead(&mut self) -> Result<bool> {
+        let leading = self.leading;
+        let (generation, lead) = self.conn.run(move |s| {
+            // Held for as long as the session lives.
+            if leading == Some(s.generation()) {
+                return Ok((s.generation(), true));
+            }
+            let got: bool = s.one("SELECT pg_try_advisory_lock($1)", &[&GAUGE_LOCK])?.get(0);
+            Ok((s.generation(), got))
+        })?;
+        self.leading = lead.then_some(generation);
+        Ok(lead)
     }
 }
 
@@ -417,6 +485,15 @@ impl StoreWriter for PgStore {
                 "UPDATE trials SET lease_deadline_ms = lease_deadline_ms + $1 WHERE state IN ('leased', 'running')",
                 &[&by_ms],
             )? as usize)
+        })
+    }
+
+    fn database_clock_ms(&mut self) -> Result<Option<i64>> {
+        self.conn.run(|s| {
+            Ok(Some(
+                s.one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint", &[])?
+                    .get(0),
+            ))
         })
     }
 
