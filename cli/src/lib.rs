@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 pub use access::Access;
 pub use logging::Logging;
 
-use commands::{admin, certs, coordinator, info, results, run as run_cmd, slurm, watch, worker};
+use commands::{admin, certs, coordinator, info, results, run as run_cmd, slurm, store, watch, worker};
 
 /// Sweeps of CNN training runs over kernel size, init scheme, architecture and more.
 #[derive(Debug, Clone, Parser, serde::Serialize)]
@@ -122,6 +122,9 @@ pub enum Command {
     /// Export results as Parquet (trials, epochs, robustness, filters), from a state folder
     /// (read-only) or from a running coordinator.
     Export(results::ExportArgs),
+    /// Move a coordinator's state between stores (`store copy --from DIR --to postgres://...`).
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// Follow sweeps live: a bar per sweep with ETA, the running trials, the last failures;
     /// exits when the sweep (or, without --sweep, every sweep) is done.
     Watch(watch::WatchArgs),
@@ -200,6 +203,7 @@ pub async fn run(cli: Cli, log: &Logging) -> Result<ExitCode> {
         Command::Report(args) => results::report(&args, &globals.access).await,
         Command::Export(args) => results::export(&args, &globals.access).await,
         Command::Watch(args) => watch::watch(&args, &globals.access).await,
+        Command::Store(command) => store::store(&command).await,
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`results`]: `export` and `report`.
 //! - [`watch`]: `watch`, the live view (its stream also drives `run`'s progress bar).
 //! - [`slurm`]: `slurm`, the array job of workers.
+//! - [`store`]: `store copy`, a state moved from SQLite into PostgreSQL.
 //! - [`certs`]: `certs`, a private CA and TLS certificates.
 //! - [`info`]: `model-info`, the size and cost of models.
 
@@ -18,6 +19,7 @@ pub mod info;
 pub mod results;
 pub mod run;
 pub mod slurm;
+pub mod store;
 pub mod watch;
 pub mod worker;
 

@@ -140,3 +140,206 @@ fn a_coordinator_on_postgres_runs_a_sweep_that_export_and_report_read() {
         std::fs::read_dir(&report).unwrap().collect::<Vec<_>>()
     );
 }
+
+/// A result with robustness rows and filter statistics (a layer without `fve_norm` among them).
+fn rich_result(i: u32) -> convsweep_proto::pb::TrialResult {
+    use convsweep_proto::pb;
+    let mut r = convsweep_testkit::scripted::result(0.5 + f64::from(i) / 100.0);
+    r.best_epoch = 1;
+    r.params_total = 1_000 + u64::from(i);
+    r.flops_per_image = 50_000;
+    r.wall_seconds = 1.25;
+    r.robustness = vec![
+        pb::RobustnessResult {
+            kind: "fgsm".into(),
+            name: "fgsm".into(),
+            eps: 1.0 / 255.0,
+            severity: 0,
+            accuracy: 0.3,
+            images: 64,
+        },
+        pb::RobustnessResult {
+            kind: "corruption".into(),
+            name: "gaussian_noise".into(),
+            eps: 0.0,
+            severity: 3,
+            accuracy: 0.4 + f64::from(i) / 1000.0,
+            images: 64,
+        },
+    ];
+    r.filters = vec![
+        pb::FilterStats {
+            stage: "init".into(),
+            layer: "conv1".into(),
+            kernel_size: 3,
+            filters: 16,
+            fve: 0.9,
+            fve_norm: Some(0.8),
+            sparsity: 0.1,
+            orthogonality: 0.5,
+            heatmap: (0..9).map(|c| f64::from(c) / 9.0).collect(),
+            folded: false,
+        },
+        pb::FilterStats {
+            stage: "final".into(),
+            layer: "block0.conv1".into(),
+            kernel_size: 3,
+            filters: 16,
+            fve: 0.7,
+            fve_norm: None,
+            sparsity: 0.2,
+            orthogonality: 0.4,
+            heatmap: vec![],
+            folded: true,
+        },
+    ];
+    r
+}
+
+/// A SQLite state of a finished sweep (scripted: every kind of row), with one trial failed and
+/// one still leased.
+async fn sqlite_state(dir: &std::path::Path) {
+    use convsweep_coordinator::{Coordinator, CoordinatorConfig};
+    use convsweep_proto::pb;
+    use convsweep_testkit::scripted::{epoch, lease_now, scripted_worker};
+    let c = Coordinator::open(CoordinatorConfig {
+        state_dir: dir.to_owned(),
+        ..Default::default()
+    })
+    .unwrap();
+    c.submit(&tiny_spec("moved")).unwrap();
+    let w = scripted_worker(&c, 8);
+    let leases = lease_now(&c, &w, 8).await;
+    assert_eq!(leases.len(), 8);
+    for (i, l) in leases.iter().enumerate() {
+        let i = i as u32;
+        if i == 7 {
+            break; // still leased
+        }
+        c.report_epochs(pb::ReportEpochsRequest {
+            worker_id: w.clone(),
+            trial_id: l.trial_id.clone(),
+            lease_token: l.lease_token.clone(),
+            epochs: vec![epoch(1, 0.4 + f64::from(i) / 100.0)],
+        })
+        .await
+        .unwrap();
+        let outcome = if i == 6 {
+            pb::complete_request::Outcome::Failed(pb::Failed {
+                retryable: false,
+                reason: "a scripted failure".into(),
+            })
+        } else {
+            pb::complete_request::Outcome::Succeeded(pb::Succeeded {
+                result: Some(rich_result(i)),
+            })
+        };
+        c.complete(pb::CompleteRequest {
+            worker_id: w.clone(),
+            trial_id: l.trial_id.clone(),
+            lease_token: l.lease_token.clone(),
+            outcome: Some(outcome),
+        })
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_copied_into_postgres_exports_and_reports_as_the_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    sqlite_state(&state).await;
+    let pg = convsweep_testkit::postgres::shared();
+    let store = pg.url(&pg.fresh_database());
+
+    let out = run(&["store", "copy", "--from", state.to_str().unwrap(), "--to", &store]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows = |table: &str| -> u64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(table))
+            .unwrap_or_else(|| panic!("{table} in {stdout}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    assert_eq!(
+        (
+            rows("trials"),
+            rows("epochs"),
+            rows("results"),
+            rows("robustness"),
+            rows("filters")
+        ),
+        (8, 7, 6, 12, 12),
+        "{stdout}"
+    );
+    assert!(stderr(&out).contains("match the original"), "{}", stderr(&out));
+
+    // Export and report from the copy and from the original: the same files, byte for byte.
+    for (what, source) in [
+        ("sqlite", vec!["--state-dir", state.to_str().unwrap()]),
+        ("pg", vec!["--store", &store]),
+    ] {
+        let out_dir = dir.path().join(format!("export-{what}"));
+        let mut args = vec!["export"];
+        args.extend(&source);
+        args.extend(["--out", out_dir.to_str().unwrap()]);
+        let out = run(&args);
+        assert!(out.status.success(), "{what}: {}", stderr(&out));
+    }
+    let files = |d: &str| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(dir.path().join(d))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (a, b) = (files("export-sqlite"), files("export-pg"));
+    assert_eq!(a.len(), 4, "{:?}", a.iter().map(|f| &f.0).collect::<Vec<_>>());
+    for ((name_a, bytes_a), (name_b, bytes_b)) in a.iter().zip(&b) {
+        assert_eq!(name_a, name_b);
+        assert!(bytes_a == bytes_b, "{name_a} differs between the original and the copy");
+    }
+    for (what, source) in [("sqlite", state.to_str().unwrap().to_owned()), ("pg", store.clone())] {
+        let out_dir = dir.path().join(format!("report-{what}"));
+        let args: Vec<&str> = if what == "pg" {
+            vec!["report", "--store", &source, "--out", out_dir.to_str().unwrap()]
+        } else {
+            vec!["report", &source, "--out", out_dir.to_str().unwrap()]
+        };
+        let out = run(&args);
+        assert!(out.status.success(), "{what}: {}", stderr(&out));
+    }
+    let report = |w: &str| std::fs::read_to_string(dir.path().join(format!("report-{w}/report.md"))).unwrap();
+    assert_eq!(report("sqlite"), report("pg"), "the same report from the copy");
+
+    // A second copy into the same database is refused, naming it; nothing changes.
+    let out = run(&["store", "copy", "--from", state.to_str().unwrap(), "--to", &store]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("already holds a coordinator state"),
+        "{}",
+        stderr(&out)
+    );
+    // A folder without a state is named.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = run(&[
+        "store",
+        "copy",
+        "--from",
+        empty.to_str().unwrap(),
+        "--to",
+        &pg.url(&pg.fresh_database()),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no coordinator state at"), "{}", stderr(&out));
+}

@@ -27,7 +27,7 @@ pub use lease::{
     CompleteWrite, Completed, EpochsWrite, Expired, Granted, HeartbeatWrite, LeaseOps, LeasePolicy, LeaseWrite,
     WorkerWrite,
 };
-pub use postgres::{PgReader, PgStore, PostgresBackend, is_postgres_url};
+pub use postgres::{PgReader, PgStore, PostgresBackend, TableCopy, copy_sqlite_to_postgres, is_postgres_url};
 pub use sqlite::{DB_FILE, SCHEMA_VERSION, SqliteBackend, SqliteReader, SqliteStore};
 
 /// The backend a store location names: a `postgres://` URL, or else a SQLite state folder.

@@ -8,16 +8,19 @@
 //! - `lease`: the lease state machine's writes and expiry in SQL, with the row locks that
 //!   replicas need;
 //! - `read`: [`PgReader`], status, snapshots, metrics and export in read-only transactions;
-//! - `schema`: the tables (the SQLite backend's, versioned alike) and how to open them.
+//! - `schema`: the tables (the SQLite backend's, versioned alike) and how to open them;
+//! - `copy`: a SQLite state folder copied into an empty database and verified table by table.
 //!
 //! A transaction that PostgreSQL aborts to break a conflict between replicas (a deadlock, a
 //! serialization failure) runs again, a few times, before its error is returned.
 
 mod conn;
+mod copy;
 mod lease;
 mod read;
 mod schema;
 
+pub use copy::{TableCopy, copy_sqlite_to_postgres};
 pub use read::PgReader;
 
 use convsweep_proto::{SweepId, TrialId, TrialState};
