@@ -51,6 +51,13 @@ fn is_loopback(host: &str, port: u16) -> bool {
 
 /// Refuses to send `token` in plaintext to `url` unless it stays on this machine or the user
 /// allowed it.
+/// [`check_plaintext`] for each address of a comma-separated list (coordinator replicas).
+fn check_every_address(urls: &str, allowed: bool) -> Result<()> {
+    urls.split(',')
+        .map(str::trim)
+        .try_for_each(|url| check_plaintext(url, allowed))
+}
+
 fn check_plaintext(url: &str, allowed: bool) -> Result<()> {
     let Some(rest) = url.strip_prefix("http://") else {
         return Ok(());
@@ -91,7 +98,7 @@ impl Access {
     pub fn connection(&self, url: &str) -> Result<Connection> {
         let token = self.token()?;
         if token.is_some() {
-            check_plaintext(url, self.allow_plaintext_token)?;
+            check_every_address(url, self.allow_plaintext_token)?;
         }
         Ok(Connection {
             url: url.to_owned(),
@@ -128,5 +135,16 @@ mod tests {
             assert!(e.contains("--allow-plaintext-token") && e.contains("https://"), "{e}");
             check_plaintext(url, true).unwrap();
         }
+    }
+
+    #[test]
+    fn every_address_of_a_replica_list_is_checked() {
+        // A remote plaintext address anywhere in the list is refused, naming it.
+        let e = check_every_address("http://127.0.0.1:1, http://10.0.0.1:2", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http://10.0.0.1:2"), "{e}");
+        check_every_address("http://127.0.0.1:1,https://10.0.0.1:2", false).unwrap();
+        check_every_address("http://127.0.0.1:1,http://10.0.0.1:2", true).unwrap();
     }
 }

@@ -224,10 +224,13 @@ impl GroupCommit {
                 Ok(Err(e)) => {
                     let why = e.to_string();
                     tracing::warn!(error = %why, writes = size, "a batch of writes failed to commit; none was stored");
-                    // Each caller gets its own error, of the same kind (a full state folder stays
-                    // one, so that workers are told to retry).
+                    // Each caller gets its own error, of the same kind (a full state folder or a
+                    // database out of reach stays one, so that workers are told to retry).
                     let kind = if e.is_out_of_space() {
                         std::io::ErrorKind::StorageFull
+                    } else if e.is_transient() {
+                        // A database out of reach: the callers are told to retry (UNAVAILABLE).
+                        std::io::ErrorKind::ConnectionAborted
                     } else {
                         std::io::ErrorKind::Other
                     };

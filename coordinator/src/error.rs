@@ -115,8 +115,11 @@ impl Error {
     /// database aborted to break a conflict (a deadlock, a serialization failure): the same
     /// request may succeed when tried again.
     pub fn is_transient(&self) -> bool {
-        let Error::Database { source, .. } = self else {
-            return false;
+        let source = match self {
+            Error::Database { source, .. } => source,
+            // A batch that failed so (the group commit keeps the kind).
+            Error::Io(e) => return e.kind() == std::io::ErrorKind::ConnectionAborted,
+            _ => return false,
         };
         if source.is_closed() {
             return true;

@@ -168,25 +168,45 @@ impl Connection {
         }
     }
 
-    fn endpoint(&self) -> Result<Endpoint, ClientError> {
+    /// The addresses `url` names: one, or several separated by commas (replicas of one
+    /// coordinator, tried in turn).
+    pub fn urls(&self) -> Vec<&str> {
+        self.url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+    }
+
+    /// An endpoint for each address.
+    fn endpoints(&self) -> Result<Vec<(String, Endpoint)>, ClientError> {
+        let urls = self.urls();
+        if urls.is_empty() {
+            return Err(ClientError::BadUrl {
+                url: self.url.clone(),
+                reason: "no address; use http://HOST:PORT (several, for replicas, separated by commas)".into(),
+            });
+        }
+        urls.into_iter()
+            .map(|url| Ok((url.to_owned(), self.endpoint(url)?)))
+            .collect()
+    }
+
+    fn endpoint(&self, url: &str) -> Result<Endpoint, ClientError> {
         let bad = |reason: String| ClientError::BadUrl {
-            url: self.url.clone(),
+            url: url.to_owned(),
             reason,
         };
-        let tls = if self.url.starts_with("https://") {
+        let tls = if url.starts_with("https://") {
             true
-        } else if self.url.starts_with("http://") {
+        } else if url.starts_with("http://") {
             false
         } else {
             return Err(bad("use http://HOST:PORT, or https://HOST:PORT for TLS".into()));
         };
-        let mut endpoint = Endpoint::from_shared(self.url.clone())
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
         if !tls {
             if self.tls_ca.is_some() || self.tls_cert.is_some() {
-                return Err(ClientError::TlsWithoutHttps { url: self.url.clone() });
+                return Err(ClientError::TlsWithoutHttps { url: url.to_owned() });
             }
             return Ok(endpoint);
         }
@@ -205,7 +225,7 @@ impl Connection {
             }
         }
         endpoint = endpoint.tls_config(config).map_err(|source| ClientError::Transport {
-            url: self.url.clone(),
+            url: url.to_owned(),
             source,
         })?;
         Ok(endpoint)
@@ -219,22 +239,37 @@ impl Connection {
         }))
     }
 
-    /// A channel that connects on first use (and reconnects), carrying the token.
+    /// A channel that connects on first use (and reconnects), carrying the token; over
+    /// several addresses, one that moves on to the next when a call finds its current one
+    /// unreachable.
     pub fn lazy(&self) -> Result<AuthChannel, ClientError> {
-        Ok(InterceptedService::new(self.endpoint()?.connect_lazy(), self.bearer()))
+        let channels = self
+            .endpoints()?
+            .into_iter()
+            .map(|(url, e)| (url, e.connect_lazy()))
+            .collect();
+        Ok(InterceptedService::new(Failover::new(channels, 0), self.bearer()))
     }
 
-    /// A channel connected now, carrying the token.
+    /// A channel connected now (to the first address that answers), carrying the token.
     pub async fn connect(&self) -> Result<AuthChannel, ClientError> {
-        let channel = self
-            .endpoint()?
-            .connect()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: self.url.clone(),
-                source,
-            })?;
-        Ok(InterceptedService::new(channel, self.bearer()))
+        let endpoints = self.endpoints()?;
+        let mut last = None;
+        for (i, (url, endpoint)) in endpoints.iter().enumerate() {
+            match endpoint.connect().await {
+                Ok(_) => {
+                    let channels = endpoints.iter().map(|(u, e)| (u.clone(), e.connect_lazy())).collect();
+                    return Ok(InterceptedService::new(Failover::new(channels, i), self.bearer()));
+                }
+                Err(source) => {
+                    last = Some(ClientError::Transport {
+                        url: url.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        Err(last.expect("at least one address"))
     }
 
     /// An `AdminService` client, connected now.
@@ -272,4 +307,78 @@ impl Interceptor for Bearer {
 }
 
 /// A channel whose calls carry the bearer token.
-pub type AuthChannel = InterceptedService<Channel, Bearer>;
+pub type AuthChannel = InterceptedService<Failover, Bearer>;
+
+/// A channel to one of several coordinators that serve the same state (replicas): calls go to
+/// the current one, and a call that finds it unreachable (a transport error: refused, reset,
+/// timed out) or answered `UNAVAILABLE` moves the channel on to the next, in turn, so that a
+/// caller's retry reaches another replica. With one address it is a plain channel.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    channels: std::sync::Arc<Vec<(String, Channel)>>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Failover {
+    fn new(channels: Vec<(String, Channel)>, current: usize) -> Failover {
+        Failover {
+            channels: std::sync::Arc::new(channels),
+            current: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(current)),
+        }
+    }
+
+    /// The address calls go to now.
+    pub fn current_url(&self) -> &str {
+        let i = self.current.load(std::sync::atomic::Ordering::SeqCst) % self.channels.len();
+        &self.channels[i].0
+    }
+
+    /// Moves on from channel `from` to the next (unless another call moved on already).
+    fn fail_over(&self, from: usize) {
+        use std::sync::atomic::Ordering;
+        let next = (from + 1) % self.channels.len();
+        if self.channels.len() > 1
+            && self
+                .current
+                .compare_exchange(from, next, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            tracing::warn!(from = %self.channels[from].0, to = %self.channels[next].0, "coordinator unreachable; trying the next address");
+        }
+    }
+}
+
+/// `grpc-status: 14` (UNAVAILABLE) in a trailers-only answer's headers.
+fn unavailable(headers: &tonic::codegen::http::HeaderMap) -> bool {
+    headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"14")
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for Failover {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        // Each call readies the channel it goes to.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let me = self.clone();
+        let i = me.current.load(std::sync::atomic::Ordering::SeqCst) % me.channels.len();
+        let mut channel = me.channels[i].1.clone();
+        Box::pin(async move {
+            let answer = async {
+                std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
+                channel.call(request).await
+            }
+            .await;
+            match &answer {
+                Err(_) => me.fail_over(i),
+                Ok(response) if unavailable(response.headers()) => me.fail_over(i),
+                Ok(_) => {}
+            }
+            answer
+        })
+    }
+}

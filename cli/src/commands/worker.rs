@@ -12,7 +12,8 @@ use crate::Globals;
 /// Flags of `convsweep worker`.
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize)]
 pub struct WorkerArgs {
-    /// Coordinator URL, e.g. http://10.0.0.5:50051.
+    /// Coordinator URL, e.g. http://10.0.0.5:50051; for coordinator replicas on one store,
+    /// several separated by commas (calls move on to the next when one is unreachable).
     #[arg(long, env = "CONVSWEEP_COORDINATOR")]
     pub coordinator: String,
     /// Trials to run at once on the device.
