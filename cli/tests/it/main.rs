@@ -1,6 +1,7 @@
 //! Integration tests of the `convsweep` binary: real worker processes over loopback gRPC.
 
 mod chaos;
+mod chaos_replicas;
 mod common;
 mod disk;
 mod isolation;

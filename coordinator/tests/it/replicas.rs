@@ -195,3 +195,105 @@ async fn two_replicas_serve_one_sweep_as_one_coordinator() {
     a.stop().await;
     b.stop().await;
 }
+
+/// PostgreSQL is killed (SIGKILL, the postmaster and every backend) while eight workers report
+/// epochs as fast as they can, and started again: every report that was acknowledged is in the
+/// database afterwards, the calls made while it was down are answered UNAVAILABLE (nothing
+/// half-applied: a retry is taken), and the coordinator goes on without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_report_survives_postgres_being_killed() {
+    let mut pg = convsweep_testkit::postgres::PgServer::start();
+    let db = pg.fresh_database();
+    let config = convsweep_coordinator::CoordinatorConfig {
+        store_url: Some(pg.url(&db)),
+        // Leases outlive the outage: this test is about writes, not expiry.
+        lease_timeout: Duration::from_secs(120),
+        ..crate::common::config(std::path::Path::new("/nonexistent"))
+    };
+    let server = Server::start(config).await;
+    server
+        .coordinator
+        .submit(
+            &SPEC
+                .replace("epochs = 2", "epochs = 100000")
+                .replace("name = \"small\"", "name = \"small\"\nseeds = 2"),
+        )
+        .unwrap();
+    const EPOCHS: u32 = 120;
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let mut w = server.worker_named(&format!("w{i}"), 1).await;
+        let lease = w.lease(1, 0).await.remove(0);
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut refusals, mut got) = (BTreeMap::<String, u32>::new(), Vec::new());
+            for n in 1..=EPOCHS {
+                let start = tokio::time::Instant::now();
+                loop {
+                    match w.report(&lease, vec![epoch(n, f64::from(n) / 1000.0)]).await {
+                        Ok(()) => break,
+                        Err(status) => {
+                            *refusals.entry(format!("{:?}", status.code())).or_default() += 1;
+                            assert!(start.elapsed() < Duration::from_secs(60), "never taken: {status:?}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                got.push(n);
+                acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            (lease.trial_id, got, refusals)
+        }));
+    }
+    // Kill it a third of the way in, mid-stream.
+    while acked.load(std::sync::atomic::Ordering::SeqCst) < 8 * EPOCHS / 3 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed_at = acked.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::task::block_in_place(|| pg.kill());
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let during = acked.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::task::block_in_place(|| pg.start_again());
+    let mut refused = BTreeMap::new();
+    let mut reports = Vec::new();
+    for t in tasks {
+        let (trial, got, refusals) = t.await.unwrap();
+        for (code, n) in refusals {
+            *refused.entry(code).or_insert(0) += n;
+        }
+        reports.push((trial, got));
+    }
+    eprintln!(
+        "killed after {killed_at} acknowledged reports ({during} by the time it was down); refusals: {refused:?}"
+    );
+    assert!(
+        during - killed_at <= 8,
+        "reports acknowledged while PostgreSQL was down: {}",
+        during - killed_at
+    );
+    assert!(
+        refused.contains_key("Unavailable"),
+        "calls made while it was down: {refused:?}"
+    );
+    assert!(
+        refused.keys().all(|c| c == "Unavailable"),
+        "only UNAVAILABLE, never a half-done write refused otherwise: {refused:?}"
+    );
+    // Every acknowledged report is stored, read through a fresh reader.
+    let results = convsweep_coordinator::store::PostgresBackend::new(pg.url(&db));
+    let results = {
+        use convsweep_coordinator::store::Backend;
+        tokio::task::block_in_place(|| results.open_reader().unwrap().results(None).unwrap())
+    };
+    for (trial, got) in &reports {
+        let stored: Vec<u32> = results
+            .epochs
+            .iter()
+            .filter(|e| &e.trial_id == trial)
+            .map(|e| e.metrics.epoch)
+            .collect();
+        assert_eq!(&stored, got, "trial {trial}: acknowledged epochs missing");
+    }
+    server.stop().await;
+}
