@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Renders every overlay with `kubectl kustomize`, validates the output offline with
-# `kubernetes-validate --strict` against Kubernetes 1.29 and 1.37 (custom resources only warn),
+# `kubernetes-validate --strict` against Kubernetes 1.29 and 1.37 (custom resources only warn:
+# invariants.py checks the fields their operators require),
 # and checks the invariants schemas cannot see (invariants.py), then that those checks catch a
 # manifest broken in each way they guard against (invariants.py --self-test). Run by CI.
 # kubernetes-validate is installed into the git-ignored .deps/py-tools when missing.
@@ -16,7 +17,7 @@ command -v kubectl >/dev/null || { echo "kubernetes: kubectl is needed to render
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 checks=()
-for overlay in cpu gpu cpu-job; do
+for overlay in cpu gpu cpu-job postgres postgres-single; do
     kubectl kustomize "$here/overlays/$overlay" > "$out/$overlay.yaml"
     for version in 1.29 1.37; do
         if ! PYTHONPATH="$tools" python3 -m kubernetes_validate --strict --quiet -k "$version" "$out/$overlay.yaml"; then

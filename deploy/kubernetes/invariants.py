@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
 """Checks the invariants of rendered convsweep manifests that a schema cannot see.
 
-Usage: invariants.py OVERLAY=RENDERED.yaml ...   (overlays named cpu, gpu, cpu-job)
+Usage: invariants.py OVERLAY=RENDERED.yaml ...   (overlays named cpu, gpu, cpu-job, postgres, ...)
        invariants.py --self-test OVERLAY=RENDERED.yaml ...   (each broken variant must fail)
 
-- the coordinator is one StatefulSet replica on a ReadWriteOnce volume, with the PriorityClass;
+- the coordinator is either one StatefulSet replica on a ReadWriteOnce volume (SQLite), or a
+  Deployment of at least two replicas on PostgreSQL (the replicated coordinator) with no
+  volume claim, required anti-affinity across nodes, a PodDisruptionBudget that keeps one, its
+  store URL read from a Secret (never inline), and a PostgreSQL beside it: a CloudNativePG
+  Cluster with the fields the operator requires (whose app Secret is the one it reads), or the
+  one-replica StatefulSet whose Service it dials, reachable from coordinator pods only; both
+  kinds carry the PriorityClass;
 - its startup, readiness and liveness probes are native gRPC probes on the ops port, which is
   the port CONVSWEEP_OPS_LISTEN serves;
 - the headless Service publishes not-ready addresses;
@@ -157,20 +163,88 @@ def check_network(overlay, by_kind):
             fail(overlay, f"{name} pods must take no ingress")
 
 
+COORDINATOR = {"app.kubernetes.io/name": "convsweep-coordinator"}
+
+
+def check_replicated(overlay, by_kind, deployment):
+    """The replicated coordinator: several stateless replicas on PostgreSQL."""
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    if (spec.get("replicas") or 1) < 2:
+        fail(overlay, f"the replicated coordinator needs at least two replicas, has {spec.get('replicas')}")
+    for v in pod.get("volumes", []):
+        if "persistentVolumeClaim" in v or "hostPath" in v:
+            fail(overlay, f"the replicated coordinator must hold no volume that pins it to a node: {v['name']}")
+    terms = pod.get("affinity", {}).get("podAntiAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", [])
+    if not any(t.get("topologyKey") == "kubernetes.io/hostname" and labels_of(t.get("labelSelector", {})) == COORDINATOR for t in terms):
+        fail(overlay, "the replicated coordinator needs required pod anti-affinity across nodes (kubernetes.io/hostname)")
+    pdbs = [p for p in by_kind.get("PodDisruptionBudget", []) if labels_of(p["spec"].get("selector", {})) == COORDINATOR]
+    if len(pdbs) != 1 or not (isinstance(pdbs[0]["spec"].get("minAvailable"), int) and pdbs[0]["spec"]["minAvailable"] >= 1):
+        fail(overlay, "the replicated coordinator needs one PodDisruptionBudget that keeps at least one replica (minAvailable >= 1)")
+    c = pod["containers"][0]
+    e = env(c)
+    if "CONVSWEEP_STORE_URL" in e or any(x["name"] == "CONVSWEEP_STORE_URL" for x in c.get("env", [])):
+        fail(overlay, "the store URL (with its password) must come from a Secret file, not an env value")
+    if "CONVSWEEP_STATE_DIR" in e:
+        fail(overlay, "the replicated coordinator keeps no state folder")
+    store_secret = mounted_secret(pod, c, e.get("CONVSWEEP_STORE_URL_FILE") or "")
+    if not store_secret:
+        fail(overlay, "CONVSWEEP_STORE_URL_FILE must lie on a Secret")
+    clusters = by_kind.get("Cluster", [])
+    databases = [s for s in by_kind.get("StatefulSet", []) if s["metadata"]["name"] == "convsweep-postgres"]
+    if len(clusters) + len(databases) != 1:
+        return fail(overlay, f"exactly one PostgreSQL beside the replicated coordinator, got {len(clusters)} Clusters and {len(databases)} StatefulSets")
+    for cl in clusters:
+        cs = cl["spec"]
+        if cl.get("apiVersion") != "postgresql.cnpg.io/v1":
+            fail(overlay, f"the Cluster must be postgresql.cnpg.io/v1, is {cl.get('apiVersion')}")
+        if not isinstance(cs.get("instances"), int) or cs["instances"] < 1:
+            fail(overlay, "the CloudNativePG Cluster needs spec.instances (>= 1)")
+        elif cs["instances"] < 2:
+            fail(overlay, "a CloudNativePG Cluster of one instance cannot fail over")
+        if not cs.get("storage", {}).get("size") and not cs.get("storage", {}).get("pvcTemplate"):
+            fail(overlay, "the CloudNativePG Cluster needs spec.storage.size (or a pvcTemplate)")
+        initdb = cs.get("bootstrap", {}).get("initdb", {})
+        if not initdb.get("database") or not initdb.get("owner"):
+            fail(overlay, "the CloudNativePG Cluster's bootstrap.initdb must name the database and its owner")
+        if store_secret != f"{cl['metadata']['name']}-app":
+            fail(overlay, f"the coordinator must read the store URL from the operator's Secret {cl['metadata']['name']}-app, reads {store_secret}")
+    for db in databases:
+        claims = db["spec"].get("volumeClaimTemplates", [])
+        if db["spec"].get("replicas") != 1 or not claims or claims[0]["spec"]["accessModes"] != ["ReadWriteOnce"]:
+            fail(overlay, "the single PostgreSQL is one replica on a ReadWriteOnce volume")
+        if not any(s["metadata"]["name"] == db["spec"].get("serviceName") for s in by_kind.get("Service", [])):
+            fail(overlay, "the single PostgreSQL needs its Service")
+        if store_secret != "convsweep-store":
+            fail(overlay, f"the coordinator reads its store URL from convsweep-store, reads {store_secret}")
+        guards = [
+            p for p in by_kind.get("NetworkPolicy", [])
+            if labels_of(p["spec"]["podSelector"]) == {"app.kubernetes.io/name": "convsweep-postgres"}
+        ]
+        peers = [peer for g in guards for rule in g["spec"].get("ingress", []) for peer in rule.get("from", []) or [{}]]
+        if not guards or any(labels_of(peer.get("podSelector", {})) != COORDINATOR or "namespaceSelector" in peer for peer in peers):
+            fail(overlay, "only coordinator pods may reach the single PostgreSQL")
+
+
 def check(overlay, docs):
     by_kind = {}
     for d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
-    sts = by_kind.get("StatefulSet", [])
-    if len(sts) != 1:
-        return fail(overlay, f"expected one StatefulSet, got {len(sts)}")
-    sts = sts[0]
-    spec = sts["spec"]
-    if spec.get("replicas") != 1:
-        fail(overlay, f"the coordinator must have exactly one replica, has {spec.get('replicas')}")
-    claims = spec.get("volumeClaimTemplates", [])
-    if not claims or claims[0]["spec"]["accessModes"] != ["ReadWriteOnce"]:
-        fail(overlay, "the coordinator's state must be a ReadWriteOnce volume claim")
+    coordinators = [
+        d for kind in ("StatefulSet", "Deployment") for d in by_kind.get(kind, [])
+        if d["metadata"]["name"] == "convsweep-coordinator"
+    ]
+    if len(coordinators) != 1:
+        return fail(overlay, f"expected one coordinator workload, got {len(coordinators)}")
+    spec = coordinators[0]["spec"]
+    if coordinators[0]["kind"] == "StatefulSet":
+        if spec.get("replicas") != 1:
+            fail(overlay, f"the coordinator must have exactly one replica, has {spec.get('replicas')}")
+        claims = spec.get("volumeClaimTemplates", [])
+        if not claims or claims[0]["spec"]["accessModes"] != ["ReadWriteOnce"]:
+            fail(overlay, "the coordinator's state must be a ReadWriteOnce volume claim")
+    else:
+        check_replicated(overlay, by_kind, coordinators[0])
     pod = spec["template"]["spec"]
     if pod.get("priorityClassName") != "convsweep-coordinator":
         fail(overlay, "the coordinator pod lacks its PriorityClass")
@@ -187,7 +261,10 @@ def check(overlay, docs):
     if not headless or not headless[0]["spec"].get("publishNotReadyAddresses"):
         fail(overlay, "the headless Service must publish not-ready addresses")
 
-    workers = by_kind.get("Deployment", []) + [j for j in by_kind.get("Job", []) if j["metadata"]["name"] != "convsweep-certs"]
+    workers = [
+        w for w in by_kind.get("Deployment", []) + by_kind.get("Job", [])
+        if w["metadata"]["name"].startswith("convsweep-worker")
+    ]
     if not workers:
         fail(overlay, "no workers")
     check_hardening(overlay, by_kind)
@@ -262,6 +339,28 @@ MUTATIONS = {
 }
 
 
+def coordinator_pod(docs):
+    return workload(docs, "convsweep-coordinator")["spec"]["template"]["spec"]
+
+
+def add_claim(docs):
+    coordinator_pod(docs)["volumes"].append({"name": "state", "persistentVolumeClaim": {"claimName": "state"}})
+
+
+# Each breaks one invariant of the replicated coordinator (overlays that have it).
+REPLICATED_MUTATIONS = {
+    "one replica": lambda docs: workload(docs, "convsweep-coordinator")["spec"].__setitem__("replicas", 1),
+    "a volume claim": add_claim,
+    "no anti-affinity": lambda docs: coordinator_pod(docs).pop("affinity"),
+    "no coordinator PDB": lambda docs: docs.__setitem__(slice(None), [d for d in docs if d["kind"] != "PodDisruptionBudget" or d["metadata"]["name"] != "convsweep-coordinator"]),
+    "store URL inline": lambda docs: set_env(coordinator_pod(docs)["containers"][0], "CONVSWEEP_STORE_URL", "postgres://u:pw@db/x"),
+    "no database": lambda docs: docs.__setitem__(slice(None), [d for d in docs if d["kind"] != "Cluster" and d["metadata"]["name"] != "convsweep-postgres"]),
+    "database open to all": lambda docs: [d["spec"].__setitem__("instances", 1) if d["kind"] == "Cluster" else None for d in docs]
+    if any(d["kind"] == "Cluster" for d in docs)
+    else next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "convsweep-postgres")["spec"]["ingress"][0].__setitem__("from", [{"namespaceSelector": {}}]),
+}
+
+
 def self_test(overlay, docs):
     """Every mutation of a rendered overlay that passes must fail the checks."""
     import copy
@@ -269,7 +368,10 @@ def self_test(overlay, docs):
     import io
 
     missed = []
-    for what, mutate in MUTATIONS.items():
+    mutations = dict(MUTATIONS)
+    if any(d["kind"] == "Deployment" and d["metadata"]["name"] == "convsweep-coordinator" for d in docs):
+        mutations.update(REPLICATED_MUTATIONS)
+    for what, mutate in mutations.items():
         broken = copy.deepcopy(docs)
         mutate(broken)
         before = fail.count
@@ -280,7 +382,7 @@ def self_test(overlay, docs):
         fail.count = before
     for what in missed:
         fail(overlay, f"self-test: the checks miss a manifest with {what}")
-    print(f"{overlay}: each of {len(MUTATIONS)} broken variants is caught" if not missed else f"{overlay}: self-test failed")
+    print(f"{overlay}: each of {len(mutations)} broken variants is caught" if not missed else f"{overlay}: self-test failed")
 
 
 def main(args):
