@@ -6,8 +6,12 @@
 # test traffic stays on 127.0.0.1). It submits a sweep from the host, `docker kill`s the
 # coordinator mid-sweep and starts it again on the same volume, stops one worker with SIGTERM
 # (checkpoint, preempted, resumed elsewhere), then exports and reports from the host through
-# the coordinator, and checks that every trial succeeded exactly once. It removes every
-# container, volume and image it made, and stops dockerd if it started it.
+# the coordinator, and checks that every trial succeeded exactly once. Then the replicated
+# coordinator: a PostgreSQL server on the host (Debian's, as the postgres user, in a temp
+# folder, on a port of its own), two coordinator containers on it that workers know by two
+# service names (`--coordinator A,B`), coordinator A killed mid-sweep and not started again:
+# every trial succeeds exactly once, through B. It removes every container, volume and image
+# it made, stops the PostgreSQL server by its data folder, and stops dockerd if it started it.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -16,9 +20,13 @@ prefix=convsweep-test-$$
 work=$(mktemp -d /tmp/convsweep-docker.XXXXXX)
 chmod 755 "$work"
 started_dockerd=""
+pg_bin=""
 cleanup() {
     set +e
-    docker rm -f "$prefix-coordinator" "$prefix-w1" "$prefix-w2" >/dev/null 2>&1
+    docker rm -f "$prefix-coordinator" "$prefix-w1" "$prefix-w2" "$prefix-a" "$prefix-b" "$prefix-w3" "$prefix-w4" >/dev/null 2>&1
+    if [ -n "$pg_bin" ] && [ -f "$work/pg/data/postmaster.pid" ]; then
+        runuser -u postgres -- "$pg_bin/pg_ctl" -D "$work/pg/data" -m immediate -w stop >/dev/null 2>&1
+    fi
     docker volume rm "$prefix-state" "$prefix-checkpoints" >/dev/null 2>&1
     docker rmi "convsweep-coordinator:$tag" "convsweep-worker:$tag" >/dev/null 2>&1
     docker image prune -f >/dev/null 2>&1
@@ -153,3 +161,63 @@ fi
 docker logs "$prefix-w2" 2>&1 | grep "resumed from checkpoint" | grep -q "$stopped" || {
     echo "docker: the stopped trial did not resume from its checkpoint on worker 2"; docker logs "$prefix-w2" 2>&1 | tail -30; exit 1; }
 echo "docker: export and report from the host; the preempted trial resumed from its checkpoint; test passed"
+
+# The replicated coordinator on PostgreSQL.
+scripts/postgres-deps.sh
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+pgport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$work/pg" && chown postgres "$work/pg"
+runuser -u postgres -- "$pg_bin/initdb" -D "$work/pg/data" --auth=trust --username=postgres --no-sync >/dev/null
+runuser -u postgres -- "$pg_bin/pg_ctl" -D "$work/pg/data" -l "$work/pg/log" -w \
+    -o "-p $pgport -k $work/pg -c listen_addresses=127.0.0.1" start >/dev/null
+psql() { "$pg_bin/psql" -X -q -t -A -h 127.0.0.1 -p "$pgport" -U postgres "$@"; }
+psql -d postgres -c "CREATE DATABASE convsweep"
+echo "postgres://postgres@127.0.0.1:$pgport/convsweep" > "$work/store-url"
+chmod 644 "$work/store-url"
+declare -A cport
+names=""
+for r in a b; do
+    cport[$r]=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    rops=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    docker run -d --name "$prefix-$r" --network host \
+        -v "$work/token:/var/run/convsweep/token:ro" -v "$work/store-url:/var/run/convsweep/store/uri:ro" \
+        -e CONVSWEEP_TOKEN_FILE=/var/run/convsweep/token -e CONVSWEEP_STORE_URL_FILE=/var/run/convsweep/store/uri \
+        -e CONVSWEEP_LISTEN="127.0.0.1:${cport[$r]}" -e CONVSWEEP_OPS_LISTEN="127.0.0.1:$rops" \
+        -e CONVSWEEP_HEARTBEAT_SECS=1 -e CONVSWEEP_LEASE_TIMEOUT_SECS=20 \
+        "convsweep-coordinator:$tag" >/dev/null
+    names="$names${names:+,}http://convsweep-coordinator-$r:${cport[$r]}"
+done
+urls="http://127.0.0.1:${cport[a]},http://127.0.0.1:${cport[b]}"
+for _ in $(seq 100); do "$bin" status --coordinator "http://127.0.0.1:${cport[b]}" >/dev/null 2>&1 && break; sleep 0.2; done
+for w in w3 w4; do
+    docker run -d --name "$prefix-$w" --network host \
+        --add-host convsweep-coordinator-a:127.0.0.1 --add-host convsweep-coordinator-b:127.0.0.1 \
+        -v "$work/token:/var/run/convsweep/token:ro" \
+        -e CONVSWEEP_TOKEN_FILE=/var/run/convsweep/token -e CONVSWEEP_COORDINATOR="$names" \
+        -e CONVSWEEP_WORKER_NAME="$prefix-$w" -e RUST_LOG=info \
+        "convsweep-worker:$tag" worker --device cpu --threads 1 >/dev/null
+done
+sed -e 's/^name = "docker"/name = "replicated"/' -e 's/^train_size = 2048/train_size = 512/' -e 's/^epochs = 16/epochs = 6/' \
+    "$work/sweep.toml" > "$work/replicated.toml"
+"$bin" submit "$work/replicated.toml" --coordinator "$urls" >/dev/null
+for _ in $(seq 600); do
+    [ "$(psql -d convsweep -c "SELECT COUNT(*) FROM trials WHERE state = 'running'")" -gt 0 ] && break
+    sleep 0.5
+done
+echo "docker: killing coordinator A mid-sweep (workers know A and B)"
+docker kill "$prefix-a" >/dev/null
+for _ in $(seq 900); do
+    [ "$(psql -d convsweep -c "SELECT COUNT(*) FROM trials WHERE state = 'succeeded'")" = 4 ] && break
+    sleep 1
+done
+once=$(psql -d convsweep -c "SELECT COUNT(*) || ' ' || COUNT(DISTINCT trial_id) FROM attempts WHERE outcome = 'succeeded'")
+[ "$once" = "4 4" ] || {
+    echo "docker: on PostgreSQL, succeeded attempts and trials: $once (want 4 4)"
+    for w in w3 w4; do echo "--- $w"; docker logs "$prefix-$w" 2>&1 | tail -20; done
+    exit 1
+}
+docker logs "$prefix-w3" 2>&1 | cat - <(docker logs "$prefix-w4" 2>&1) | grep -q "trying the next address" || {
+    echo "docker: no worker moved to coordinator B"; exit 1; }
+"$bin" report --store "$(cat "$work/store-url")" --out "$work/report-pg" >/dev/null
+[ -s "$work/report-pg/report.html" ] || { echo "docker: no report from the PostgreSQL state"; exit 1; }
+echo "docker: the replicated coordinator lost A mid-sweep; 4 trials succeeded once each through B; test passed"
