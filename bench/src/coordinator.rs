@@ -60,6 +60,18 @@ pub struct Args {
     /// benchmark).
     #[arg(long)]
     pub convsweep: Option<PathBuf>,
+    /// Keep the state in this PostgreSQL database (`postgres://...`; it must hold no state yet)
+    /// instead of SQLite.
+    #[arg(long, conflicts_with = "postgres")]
+    pub store: Option<String>,
+    /// Keep the state in PostgreSQL: a server of the bench's own (Debian's binaries, default
+    /// durability: fsync on), started for the run and stopped after.
+    #[arg(long)]
+    pub postgres: bool,
+    /// Coordinator replicas on the PostgreSQL store; simulated worker i talks to replica
+    /// i mod N.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
 }
 
 /// Latencies of one kind of call, in seconds.
@@ -117,13 +129,30 @@ fn raise_open_files() {
 }
 
 pub(crate) async fn start_coordinator(program: &Path, state: &Path, max_trials: u64) -> Result<Served> {
+    start_replica(program, state, None, "coordinator", &Secret::random()?, max_trials).await
+}
+
+/// A coordinator process on the SQLite state in `state`, or on the PostgreSQL `store` (its log
+/// then in `state` as `NAME.log`), with `token`.
+async fn start_replica(
+    program: &Path,
+    state: &Path,
+    store: Option<&str>,
+    name: &str,
+    token: &Secret,
+    max_trials: u64,
+) -> Result<Served> {
     use convsweep_testkit::listen;
     let (main, ops) = (listen::loopback()?, listen::loopback()?);
-    let token = Secret::random()?;
+    let token = token.clone();
     std::fs::create_dir_all(state)?;
-    let log = std::fs::File::create(state.join("coordinator.log"))?;
+    let log_path = state.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path)?;
     let mut cmd = std::process::Command::new(program);
-    cmd.args(["coordinator", "--state-dir"]).arg(state);
+    match store {
+        Some(url) => cmd.args(["coordinator", "--store", url]),
+        None => cmd.args(["coordinator", "--state-dir"]).arg(state),
+    };
     listen::hand_over(&mut cmd, "--listen-fd", &main);
     listen::hand_over(&mut cmd, "--ops-listen-fd", &ops)
         .args(["--max-trials-per-sweep", &max_trials.to_string()])
@@ -152,7 +181,7 @@ pub(crate) async fn start_coordinator(program: &Path, state: &Path, max_trials: 
         if started.elapsed() > Duration::from_secs(60) {
             bail!(
                 "the coordinator did not come up within 60 s; see {}",
-                state.join("coordinator.log").display()
+                log_path.display()
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -346,11 +375,43 @@ async fn slot(
     Ok(l)
 }
 
-async fn load(args: &Args, program: &Path, state: &Path) -> Result<serde_json::Value> {
-    if args.trials == 0 || args.workers == 0 || args.epochs == 0 || args.slots == 0 {
-        bail!("--workers, --trials, --epochs and --slots must each be at least 1");
+async fn load(args: &Args, program: &Path, state: &Path, store: Option<&str>) -> Result<serde_json::Value> {
+    if args.trials == 0 || args.workers == 0 || args.epochs == 0 || args.slots == 0 || args.replicas == 0 {
+        bail!("--workers, --trials, --epochs, --slots and --replicas must each be at least 1");
     }
-    let served = start_coordinator(program, state, args.trials.max(1_000_000)).await?;
+    if args.replicas > 1 && store.is_none() {
+        bail!(
+            "--replicas {} needs a PostgreSQL store (--postgres or --store): SQLite serves one coordinator",
+            args.replicas
+        );
+    }
+    if let Some(url) = store {
+        let backend = convsweep_coordinator::store::PostgresBackend::new(url.to_owned());
+        let held = tokio::task::spawn_blocking(move || {
+            use convsweep_coordinator::store::Backend;
+            backend.open_reader().and_then(|r| r.sweep_ids())
+        })
+        .await?;
+        if let Ok(sweeps) = held
+            && !sweeps.is_empty()
+        {
+            bail!(
+                "the database at --store already holds sweeps ({}); give the bench an empty one",
+                sweeps.join(", ")
+            );
+        }
+    }
+    let token = Secret::random()?;
+    let mut replicas = Vec::with_capacity(args.replicas);
+    for i in 0..args.replicas {
+        let name = if store.is_some() {
+            format!("replica-{i}")
+        } else {
+            "coordinator".into()
+        };
+        replicas.push(start_replica(program, state, store, &name, &token, args.trials.max(1_000_000)).await?);
+    }
+    let served = &replicas[0];
     let mut admin = served.connection().admin().await?;
     admin
         .submit_sweep(pb::SubmitSweepRequest {
@@ -366,7 +427,7 @@ async fn load(args: &Args, program: &Path, state: &Path) -> Result<serde_json::V
     );
     let mut clients = Vec::with_capacity(args.workers);
     for i in 0..args.workers {
-        let mut client = WorkerServiceClient::new(served.connection().connect().await?);
+        let mut client = WorkerServiceClient::new(replicas[i % replicas.len()].connection().connect().await?);
         let id = client
             .register(pb::RegisterRequest {
                 protocol_version: PROTOCOL_VERSION,
@@ -385,7 +446,15 @@ async fn load(args: &Args, program: &Path, state: &Path) -> Result<serde_json::V
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let last_done = Arc::new(Mutex::new(started));
-    let (cpu0, _) = served.usage()?;
+    let usage = |replicas: &[Served]| -> Result<(f64, u64)> {
+        let mut total = (0.0, 0);
+        for r in replicas {
+            let (cpu, rss) = r.usage()?;
+            total = (total.0 + cpu, total.1.max(rss));
+        }
+        Ok(total)
+    };
+    let (cpu0, _) = usage(&replicas)?;
     let probe = {
         let ops = served.ops.clone();
         let done = done.clone();
@@ -444,22 +513,28 @@ async fn load(args: &Args, program: &Path, state: &Path) -> Result<serde_json::V
     let elapsed = last_done.lock().await.duration_since(started).as_secs_f64();
     let mut health = probe.await??;
     progress.abort();
-    let (cpu1, peak_rss) = served.usage()?;
-    let expiries = served.metric("convsweep_lease_expirations").await?;
-    let batches = served.metric("convsweep_store_batch_writes_count").await?;
-    let batched = served.metric("convsweep_store_batch_writes_sum").await?;
-    let writer_busy = served
-        .metric("convsweep_store_transaction_seconds_sum{op=\"write_batch\"}")
-        .await?;
-    served.stop().await?;
+    let (cpu1, peak_rss) = usage(&replicas)?;
+    // Counters summed over replicas; the writer's busy time per replica.
+    let (mut expiries, mut batches, mut batched, mut writer_busy) = (0.0, 0.0, 0.0, 0.0);
+    for r in &replicas {
+        expiries += r.metric("convsweep_lease_expirations").await?;
+        batches += r.metric("convsweep_store_batch_writes_count").await?;
+        batched += r.metric("convsweep_store_batch_writes_sum").await?;
+        writer_busy += r
+            .metric("convsweep_store_transaction_seconds_sum{op=\"write_batch\"}")
+            .await?
+            / replicas.len() as f64;
+    }
+    for r in replicas {
+        r.stop().await?;
+    }
 
     // Every trial succeeded exactly once, with all its epochs.
-    let dir = state.to_owned();
-    let results = tokio::task::spawn_blocking(move || {
-        use convsweep_coordinator::store::StoreReader;
-        convsweep_coordinator::store::SqliteReader::open(&dir)?.results(None)
-    })
-    .await??;
+    let backend = convsweep_coordinator::store::backend_at(&match store {
+        Some(url) => url.to_owned(),
+        None => state.display().to_string(),
+    });
+    let results = tokio::task::spawn_blocking(move || backend.open_reader()?.results(None)).await??;
     let succeeded = results
         .trials
         .iter()
@@ -469,6 +544,8 @@ async fn load(args: &Args, program: &Path, state: &Path) -> Result<serde_json::V
     let complete = succeeded == args.trials && epoch_rows == args.trials * u64::from(args.epochs);
     let trials_per_s = args.trials as f64 / elapsed;
     let out = json!({
+        "store": if store.is_some() { "postgres" } else { "sqlite" },
+        "replicas": args.replicas,
         "workers": args.workers,
         "slots": args.slots,
         "trials": args.trials,
@@ -507,7 +584,9 @@ async fn load(args: &Args, program: &Path, state: &Path) -> Result<serde_json::V
 
 fn print_load(v: &serde_json::Value) {
     println!(
-        "convsweep: {:.0} trials/s, {:.0} epoch rows/s over {:.1} s ({} workers x {} slots)",
+        "convsweep ({}, {} replica(s)): {:.0} trials/s, {:.0} epoch rows/s over {:.1} s ({} workers x {} slots)",
+        v["store"].as_str().unwrap_or("?"),
+        v["replicas"],
         v["trials_per_s"].as_f64().unwrap_or(0.0),
         v["epoch_rows_per_s"].as_f64().unwrap_or(0.0),
         v["seconds"].as_f64().unwrap_or(0.0),
@@ -788,7 +867,15 @@ pub async fn bench(args: Args) -> Result<ExitCode> {
     let report = if args.sizes {
         sizes(&program, &dir).await?
     } else {
-        let mine = load(&args, &program, &dir.join("load")).await?;
+        // A PostgreSQL server of the bench's own lives as long as the run.
+        let server = args.postgres.then(convsweep_testkit::postgres::PgServer::start_durable);
+        let store = match (&args.store, &server) {
+            (Some(url), _) => Some(url.clone()),
+            (None, Some(pg)) => Some(pg.url(&pg.fresh_database())),
+            (None, None) => None,
+        };
+        let mine = load(&args, &program, &dir.join("load"), store.as_deref()).await?;
+        drop(server);
         let theirs = if args.no_peer {
             None
         } else {

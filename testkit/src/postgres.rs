@@ -25,6 +25,9 @@ pub struct PgServer {
     user: Option<(u32, u32)>,
     /// The watchdog shell's pid (the server is its child).
     watchdog: Option<u32>,
+    /// Whether it syncs to disk (`fsync`, `full_page_writes`): off for tests, where a killed
+    /// server (not a crashed machine) loses nothing either way; on for benchmarks.
+    durable: bool,
 }
 
 /// The server every test of this process shares (started on first use).
@@ -98,9 +101,19 @@ fn run_as(user: Option<(u32, u32)>, program: &Path) -> Command {
 }
 
 impl PgServer {
-    /// Creates a cluster in a new temporary folder and starts it; panics, with the server's
-    /// log, when it does not come up.
+    /// Creates a cluster in a new temporary folder and starts it without syncing to disk;
+    /// panics, with the server's log, when it does not come up.
     pub fn start() -> PgServer {
+        PgServer::create(false)
+    }
+
+    /// [`PgServer::start`] with PostgreSQL's default durability (`fsync` and
+    /// `full_page_writes` on), for measurements beside SQLite's `synchronous = FULL`.
+    pub fn start_durable() -> PgServer {
+        PgServer::create(true)
+    }
+
+    fn create(durable: bool) -> PgServer {
         let bin = bin_dir();
         let user = server_user();
         static N: AtomicU32 = AtomicU32::new(0);
@@ -137,6 +150,7 @@ impl PgServer {
             port: 0,
             user,
             watchdog: None,
+            durable,
         };
         server.start_again();
         server
@@ -197,11 +211,16 @@ impl PgServer {
                 self.port = free_port();
             }
             let port = self.port;
+            let sync = if self.durable {
+                ""
+            } else {
+                "-c fsync=off -c full_page_writes=off"
+            };
             // The watchdog: the server in the background; once this test process is gone, a
             // fast shutdown and the folder removed. It exits by itself when the server does.
             let script = format!(
-                r#""$1/postgres" -D "$2/data" -p {port} -k "$2" -c listen_addresses=127.0.0.1 -c fsync=off \
-                   -c full_page_writes=off -c max_connections=200 -c shared_buffers=32MB >>"$2/log" 2>&1 &
+                r#""$1/postgres" -D "$2/data" -p {port} -k "$2" -c listen_addresses=127.0.0.1 {sync} \
+                   -c max_connections=200 -c shared_buffers=32MB >>"$2/log" 2>&1 &
                 pg=$!
                 while [ -d /proc/{parent} ]; do
                     kill -0 $pg 2>/dev/null || exit 0
