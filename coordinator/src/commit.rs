@@ -68,17 +68,17 @@ fn refused_before_writing(e: &Error) -> bool {
 impl<W: WorkerWrite> Queued for Pending<W> {
     fn apply(&mut self, ops: &mut dyn LeaseOps, pass: Pass) -> Result<bool> {
         let done = match pass {
-            Pass::Plain => {
-                let done = self.write.apply(ops);
-                if let Err(e) = &done
-                    && !refused_before_writing(e)
-                {
+            Pass::Plain => match self.write.apply(ops) {
+                // The database aborted the whole transaction (a deadlock with another
+                // coordinator's): the backend runs the batch again, every write of it.
+                Err(e) if e.is_conflict() => return Err(e),
+                Err(e) if !refused_before_writing(&e) => {
                     tracing::debug!(error = %e, "one write of a batch failed; the batch runs again write by write");
-                    self.done = Some(done);
+                    self.done = Some(Err(e));
                     return Ok(false);
                 }
-                done
-            }
+                done => done,
+            },
             Pass::Isolated => {
                 ops.begin_write()?;
                 let done = self.write.apply(ops);

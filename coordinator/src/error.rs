@@ -111,6 +111,15 @@ impl Error {
         }
     }
 
+    /// A transaction the database aborted to break a conflict between concurrent ones (a
+    /// deadlock, a serialization failure): the whole transaction, run again, may succeed.
+    pub fn is_conflict(&self) -> bool {
+        use postgres::error::SqlState;
+        matches!(self, Error::Database { source, .. }
+            if source.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+                || source.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED))
+    }
+
     /// A database that could not be reached or dropped the connection, or a transaction the
     /// database aborted to break a conflict (a deadlock, a serialization failure): the same
     /// request may succeed when tried again.

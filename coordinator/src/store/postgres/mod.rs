@@ -165,7 +165,7 @@ impl PgStore {
         let mut tries = 0;
         loop {
             match self.conn.transaction("BEGIN", &mut f) {
-                Err(e) if is_conflict(&e) && tries < CONFLICT_RETRIES => {
+                Err(e) if e.is_conflict() && tries < CONFLICT_RETRIES => {
                     tries += 1;
                     tracing::debug!(error = %e, tries, "a transaction met a conflict; it runs again");
                 }
@@ -238,21 +238,13 @@ impl PgStore {
         }
         for (state, n) in counts.into_iter().filter(|(_, n)| *n > 0) {
             s.exec(
-                "INSERT INTO sweep_progress (sweep_id, state, n) VALUES ($1, $2, $3) \
-                 ON CONFLICT (sweep_id, state) DO UPDATE SET n = sweep_progress.n + excluded.n",
+                "INSERT INTO sweep_progress (sweep_id, state, shard, n) VALUES ($1, $2, 0, $3) \
+                 ON CONFLICT (sweep_id, state, shard) DO UPDATE SET n = sweep_progress.n + excluded.n",
                 &[&sweep, &state, &n],
             )?;
         }
         Ok((created, linked))
     }
-}
-
-/// A transaction PostgreSQL aborted to break a conflict: running it again may succeed.
-fn is_conflict(e: &Error) -> bool {
-    use postgres::error::SqlState;
-    matches!(e, Error::Database { source, .. }
-        if source.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
-            || source.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED))
 }
 
 impl StoreWriter for PgStore {

@@ -78,7 +78,7 @@ impl StoreReader for PgReader {
             let mut counts = pb::StateCounts::default();
             let mut total = 0;
             for r in s.rows(
-                "SELECT state, n FROM sweep_progress WHERE sweep_id = $1 AND n > 0",
+                "SELECT state, SUM(n)::bigint FROM sweep_progress WHERE sweep_id = $1 GROUP BY state HAVING SUM(n) > 0",
                 &[&sweep_id],
             )? {
                 let n = u32_of(r.get(1), "progress count")?;
@@ -121,7 +121,8 @@ impl StoreReader for PgReader {
     fn state_counts(&self) -> Result<Vec<(String, TrialState, u32)>> {
         self.read(|s| {
             s.rows(
-                "SELECT sweep_id, state, n FROM sweep_progress WHERE n > 0 ORDER BY sweep_id, state",
+                "SELECT sweep_id, state, SUM(n)::bigint FROM sweep_progress GROUP BY sweep_id, state HAVING SUM(n) > 0 \
+                 ORDER BY sweep_id, state",
                 &[],
             )?
             .into_iter()

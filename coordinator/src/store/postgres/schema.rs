@@ -124,11 +124,15 @@ CREATE TABLE IF NOT EXISTS filters (
     seq BIGSERIAL NOT NULL,
     PRIMARY KEY (trial_id, stage, layer)
 );
+-- Trials per sweep and state, as counts per shard that add up: each connection writes its own
+-- shard (its backend pid), so that coordinators writing at once never wait on, or deadlock over,
+-- one hot counter row. Readers sum the shards.
 CREATE TABLE IF NOT EXISTS sweep_progress (
     sweep_id TEXT COLLATE "C" NOT NULL,
     state TEXT COLLATE "C" NOT NULL,
+    shard BIGINT NOT NULL DEFAULT 0,
     n BIGINT NOT NULL,
-    PRIMARY KEY (sweep_id, state)
+    PRIMARY KEY (sweep_id, state, shard)
 );
 CREATE TABLE IF NOT EXISTS sweep_started (
     sweep_id TEXT COLLATE "C" PRIMARY KEY,
@@ -136,11 +140,12 @@ CREATE TABLE IF NOT EXISTS sweep_started (
 );
 CREATE OR REPLACE FUNCTION convsweep_progress_on_state() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE sweep_progress SET n = n - 1
-        WHERE state = OLD.state AND sweep_id IN (SELECT sweep_id FROM sweep_trials WHERE trial_id = NEW.id);
-    INSERT INTO sweep_progress (sweep_id, state, n)
-        SELECT sweep_id, NEW.state, 1 FROM sweep_trials WHERE trial_id = NEW.id
-        ON CONFLICT (sweep_id, state) DO UPDATE SET n = sweep_progress.n + 1;
+    INSERT INTO sweep_progress (sweep_id, state, shard, n)
+        SELECT sweep_id, OLD.state, pg_backend_pid(), -1 FROM sweep_trials WHERE trial_id = NEW.id
+        ON CONFLICT (sweep_id, state, shard) DO UPDATE SET n = sweep_progress.n - 1;
+    INSERT INTO sweep_progress (sweep_id, state, shard, n)
+        SELECT sweep_id, NEW.state, pg_backend_pid(), 1 FROM sweep_trials WHERE trial_id = NEW.id
+        ON CONFLICT (sweep_id, state, shard) DO UPDATE SET n = sweep_progress.n + 1;
     RETURN NULL;
 END $$;
 CREATE OR REPLACE TRIGGER progress_on_state AFTER UPDATE OF state ON trials
