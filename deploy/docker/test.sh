@@ -216,8 +216,10 @@ once=$(psql -d convsweep -c "SELECT COUNT(*) || ' ' || COUNT(DISTINCT trial_id) 
     for w in w3 w4; do echo "--- $w"; docker logs "$prefix-$w" 2>&1 | tail -20; done
     exit 1
 }
-docker logs "$prefix-w3" 2>&1 | cat - <(docker logs "$prefix-w4" 2>&1) | grep -q "trying the next address" || {
-    echo "docker: no worker moved to coordinator B"; exit 1; }
+# (Read whole first: grep -q leaving a pipe early would fail it under pipefail.)
+worker_logs=$(docker logs "$prefix-w3" 2>&1; docker logs "$prefix-w4" 2>&1)
+grep -q "trying the next address" <<<"$worker_logs" || {
+    echo "docker: no worker moved to coordinator B"; tail -40 <<<"$worker_logs"; exit 1; }
 "$bin" report --store "$(cat "$work/store-url")" --out "$work/report-pg" >/dev/null
 [ -s "$work/report-pg/report.html" ] || { echo "docker: no report from the PostgreSQL state"; exit 1; }
 echo "docker: the replicated coordinator lost A mid-sweep; 4 trials succeeded once each through B; test passed"
