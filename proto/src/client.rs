@@ -257,8 +257,13 @@ impl Connection {
         let mut last = None;
         for (i, (url, endpoint)) in endpoints.iter().enumerate() {
             match endpoint.connect().await {
-                Ok(_) => {
-                    let channels = endpoints.iter().map(|(u, e)| (u.clone(), e.connect_lazy())).collect();
+                Ok(connected) => {
+                    // The connected channel for this address, lazy ones for the others.
+                    let channels = endpoints
+                        .iter()
+                        .enumerate()
+                        .map(|(j, (u, e))| (u.clone(), if j == i { connected.clone() } else { e.connect_lazy() }))
+                        .collect();
                     return Ok(InterceptedService::new(Failover::new(channels, i), self.bearer()));
                 }
                 Err(source) => {

@@ -46,22 +46,6 @@ const TRIALS: u32 = 24;
 /// The kill schedule's seed unless `CHAOS_SEED` says otherwise.
 const DEFAULT_SEED: u64 = 0x5EED_C4A0_5151_0001;
 
-/// A small xorshift generator for the kill schedule.
-struct Dice(u64);
-
-impl Dice {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 struct Cluster {
     dir: PathBuf,
     /// The coordinator's port, held here across its restarts.
@@ -88,11 +72,7 @@ impl Cluster {
     }
 
     fn log(&self, name: &str) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("logs").join(name))
-            .unwrap()
+        append_log(&self.dir, name)
     }
 
     fn start_coordinator(&mut self) {
@@ -289,12 +269,7 @@ async fn wait_all_succeeded(cluster: &Cluster, limit: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_every_trial_succeeds_once_with_undisturbed_results() {
-    let seed: u64 = match std::env::var("CHAOS_SEED") {
-        Ok(s) => s.parse().unwrap_or_else(|_| panic!("CHAOS_SEED={s} is not a number")),
-        Err(_) => DEFAULT_SEED,
-    };
-    eprintln!("chaos seed {seed} (CHAOS_SEED={seed} replays the kill schedule)");
-    let mut dice = Dice(seed | 1);
+    let (mut dice, _) = Dice::from_env(DEFAULT_SEED);
     // Scheduled kills: the coordinator at two progress marks, a worker at a third (trials
     // succeeded so far).
     let first = 1 + dice.below(u64::from(TRIALS) / 3) as u32;

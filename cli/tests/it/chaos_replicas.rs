@@ -50,18 +50,6 @@ const TRIALS: u32 = 20;
 /// The schedule's seed unless `CHAOS_SEED` says otherwise.
 const DEFAULT_SEED: u64 = 0x5EED_C4A0_5151_0027;
 
-/// A small xorshift generator for the schedule.
-struct Dice(u64);
-
-impl Dice {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Coordinator replicas on one database, and workers that know them all.
 struct Cluster {
     dir: PathBuf,
@@ -88,11 +76,7 @@ impl Cluster {
     }
 
     fn log(&self, name: &str) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("logs").join(name))
-            .unwrap()
+        append_log(&self.dir, name)
     }
 
     fn start_replica(&mut self, i: usize) {
@@ -254,18 +238,14 @@ fn comparable(store: &str) -> BTreeMap<String, Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_on_postgres_every_trial_succeeds_once_through_replica_and_database_kills() {
-    let seed: u64 = match std::env::var("CHAOS_SEED") {
-        Ok(s) => s.parse().unwrap_or_else(|_| panic!("CHAOS_SEED={s} is not a number")),
-        Err(_) => DEFAULT_SEED,
-    };
-    let mut dice = Dice(seed | 1);
+    let (mut dice, _) = Dice::from_env(DEFAULT_SEED);
     // Four replica kills (A, B, A, B) and one database kill at rising marks (trials succeeded),
     // all before the last trials.
     let mut marks: Vec<u32> = (0..5).map(|_| 1 + dice.below(u64::from(TRIALS) - 6) as u32).collect();
     marks.sort_unstable();
     let database_mark = marks.remove(2);
     eprintln!(
-        "chaos seed {seed} (CHAOS_SEED={seed} replays it): replica kills at {marks:?} succeeded (A, B, A, B), \
+        "chaos schedule: replica kills at {marks:?} succeeded (A, B, A, B), \
          PostgreSQL killed at {database_mark}"
     );
     let dir = tempfile::tempdir().unwrap();

@@ -108,3 +108,38 @@ pub fn listen_on<'a>(cmd: &'a mut Command, main: &std::net::TcpListener) -> &'a 
 
 pub use convsweep_testkit::listen::{loopback, url};
 pub use convsweep_testkit::scripted::{lease_now, scripted_worker};
+
+/// A small xorshift generator for a chaos test's schedule.
+pub struct Dice(u64);
+
+impl Dice {
+    /// The generator of `CHAOS_SEED`, or of `default` without it; the seed is printed.
+    pub fn from_env(default: u64) -> (Dice, u64) {
+        let seed: u64 = match std::env::var("CHAOS_SEED") {
+            Ok(s) => s.parse().unwrap_or_else(|_| panic!("CHAOS_SEED={s} is not a number")),
+            Err(_) => default,
+        };
+        eprintln!("chaos seed {seed} (CHAOS_SEED={seed} replays the schedule)");
+        (Dice(seed | 1), seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A log file in `dir`/logs, appended to across restarts of its process.
+pub fn append_log(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("logs").join(name))
+        .unwrap()
+}
