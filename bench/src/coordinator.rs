@@ -295,6 +295,8 @@ fn epoch(n: u32) -> pb::EpochMetrics {
         test_loss: 1.0,
         test_acc: 0.5,
         seconds: 0.0,
+        val_loss: None,
+        val_acc: None,
     }
 }
 

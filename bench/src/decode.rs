@@ -73,6 +73,7 @@ pub fn bench_decode(args: DecodeArgs) -> Result<ExitCode> {
                 image_size: Some(size),
                 classes: None,
                 val_labels: None,
+                val_fraction: None,
             };
             spec.canonicalize();
             let mut paths = folder::list(&spec, root, cores)?.train.paths;

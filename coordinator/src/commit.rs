@@ -265,6 +265,8 @@ mod tests {
             test_loss: 1.0,
             test_acc: 0.5,
             seconds: 1.0,
+            val_loss: None,
+            val_acc: None,
         }
     }
 

@@ -25,6 +25,7 @@ use crate::clock::Clock;
 use crate::commit::{GroupCommit, SharedWriter, lock};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::stopping::Cells;
 use crate::store::{
     Backend, CompleteWrite, Completed, EpochsWrite, Granted, HeartbeatWrite, LeasePolicy, LeaseWrite, PostgresBackend,
     SqliteBackend, StoreReader, StoreWriter, Submitted,
@@ -136,6 +137,11 @@ pub struct Coordinator {
     alive: Mutex<std::collections::BTreeMap<String, String>>,
     /// Where the state is shared with other coordinators (PostgreSQL): what they must hear.
     replicas: Option<replicas::Replicas>,
+    /// Epochs or outcomes arrived since the last stopping pass.
+    stopping_due: AtomicBool,
+    /// Each sweep's stopping design (trial id to its cell), by sweep, with the spec it was
+    /// computed from.
+    stopping_cells: Mutex<std::collections::HashMap<String, (String, Arc<Cells>)>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -191,6 +197,8 @@ impl Coordinator {
             events: tokio::sync::broadcast::channel(4096).0,
             alive: Mutex::new(Default::default()),
             replicas: shared_clock.map(|_| replicas::Replicas::new()),
+            stopping_due: AtomicBool::new(true),
+            stopping_cells: Mutex::default(),
         }))
     }
 
@@ -501,6 +509,19 @@ impl Coordinator {
         Ok(n)
     }
 
+    /// Re-queues the trials of a sweep that a stopping rule stopped (all, or `trial_ids`), to
+    /// train to their full budget. Blocking.
+    pub fn resume_stopped(&self, sweep: &str, trial_ids: &[String]) -> Result<u32> {
+        if let Some(id) = self.read("not_in_sweep", |r| r.not_in_sweep(sweep, trial_ids))? {
+            return Err(Error::NotFound(format!("trial {id} is not part of sweep {sweep}")));
+        }
+        let n = self.timed("resume_stopped", |s| s.resume_stopped(sweep, trial_ids))?;
+        self.metrics.requeued("resumed", u64::from(n));
+        info!(sweep, requeued = n, "stopped trials resumed to their full budget");
+        self.new_work(n as usize);
+        Ok(n)
+    }
+
     /// Registers a worker after checking its protocol version. Blocking.
     pub fn register(&self, req: pb::RegisterRequest) -> Result<pb::RegisterResponse> {
         if req.protocol_version != PROTOCOL_VERSION {
@@ -621,6 +642,7 @@ impl Coordinator {
         };
         // The events need the epochs after the write took them.
         self.commits.write(write.clone()).await?;
+        self.stopping_due.store(true, Ordering::SeqCst);
         self.metrics.epoch_rows.inc_by(write.epochs.len() as u64);
         for e in write.epochs {
             debug!(trial = %write.trial_id, epoch = e.epoch, test_acc = e.test_acc, "epoch reported");
@@ -659,12 +681,15 @@ impl Coordinator {
             state,
             sweep_id,
         } = done;
-        let done = state.is_done();
+        // A stopped trial may be resumed to its full budget from its checkpoint: the worker
+        // keeps it.
+        let done = state.is_done() && state != TrialState::Stopped;
         if duplicate {
             info!(trial = %trial_id, "duplicate completion acknowledged");
             return pb::CompleteResponse { duplicate, done };
         }
         let reason = outcome.reason().unwrap_or_default();
+        self.stopping_due.store(true, Ordering::SeqCst);
         self.trial_changed(sweep_id, &trial_id, state, 0, &worker_id, reason);
         match (outcome.kind(), state) {
             (OutcomeKind::Failed, TrialState::Pending) => self.metrics.requeued("retryable_failure", 1),
@@ -679,6 +704,7 @@ impl Coordinator {
                 warn!(trial = %trial_id, retryable, state = %state, reason = %reason, "trial attempt failed")
             }
             Outcome::Preempted { reason } => info!(trial = %trial_id, reason = %reason, "trial preempted"),
+            Outcome::Stopped { epochs } => info!(trial = %trial_id, epochs, "trial stopped by the stopping rule"),
         }
         // A retried or preempted trial is leasable again: one waiting worker should look.
         if state.is_queued() {
@@ -749,6 +775,76 @@ impl Coordinator {
         Ok(touched.len())
     }
 
+    /// Runs the stopping rules of every sweep that has one: decides what the recorded curves
+    /// allow, stores it and stops the trials of stopped configurations. Returns how many
+    /// decisions it made. Blocking.
+    pub fn decide_once(&self) -> Result<usize> {
+        let mut made = 0;
+        for sweep in self.read("sweep_ids", |r| r.sweep_ids())? {
+            let toml = self.read("sweep_spec", |r| r.sweep_spec(&sweep))?;
+            let Some((stopping, cells)) = self.stopping_design(&sweep, &toml)? else {
+                continue;
+            };
+            let results = self.read("stopping_results", |r| r.results(Some(&sweep)))?;
+            let now = self.clock.now_ms();
+            let decided = crate::stopping::decide(&stopping, &sweep, &cells, &results, now);
+            let state: std::collections::HashMap<&str, TrialState> =
+                results.trials.iter().map(|t| (t.trial_id.as_str(), t.state)).collect();
+            // Trials to mark: those not done yet (a done one has nothing left to stop).
+            let stops: Vec<(String, u32)> = decided
+                .stops
+                .into_iter()
+                .filter(|(id, _)| state.get(id.as_str()).is_some_and(|s| !s.is_done()))
+                .collect();
+            if decided.decisions.is_empty() && stops.is_empty() {
+                continue;
+            }
+            for d in &decided.decisions {
+                info!(
+                    sweep = %sweep, rule = %d.rule, group = %d.group, config = %d.config, rung = d.rung, kept = d.kept,
+                    metric = %d.metric, value = d.value, rank = d.rank, of = d.ranked, trials = %d.trials, inputs = %d.inputs,
+                    "stopping decision"
+                );
+            }
+            let ended = self.timed("record_decisions", |s| {
+                s.record_decisions(&decided.decisions, &stops, now)
+            })?;
+            for id in &ended {
+                self.trial_changed(
+                    sweep.clone(),
+                    id,
+                    TrialState::Stopped,
+                    0,
+                    "",
+                    "stopped by the stopping rule",
+                );
+            }
+            made += decided.decisions.len();
+        }
+        Ok(made)
+    }
+
+    /// A sweep's stopping rule and design, when it has one (cached per spec text).
+    fn stopping_design(&self, sweep: &str, toml: &str) -> Result<Option<(crate::stopping::StoppingSpec, Arc<Cells>)>> {
+        // A stored spec was checked when it was submitted; one this version cannot read has
+        // no rule it knows.
+        let Ok(spec) = SweepSpec::from_toml(toml) else {
+            return Ok(None);
+        };
+        let Some(stopping) = spec.stopping.clone() else {
+            return Ok(None);
+        };
+        let mut cache = lock(&self.stopping_cells);
+        if let Some((text, cells)) = cache.get(sweep)
+            && text == toml
+        {
+            return Ok(Some((stopping, cells.clone())));
+        }
+        let cells = Arc::new(spec.stopping_cells()?);
+        cache.insert(sweep.to_owned(), (toml.to_owned(), cells.clone()));
+        Ok(Some((stopping, cells)))
+    }
+
     /// Carries new work and events between the coordinators that share this one's state
     /// (`replicas`), until cancelled; returns at once for a state of its own.
     pub async fn run_bus(self: Arc<Self>, cancel: CancellationToken) {
@@ -783,7 +879,17 @@ impl Coordinator {
                 }
                 _ = tick.tick() => {
                     let me = self.clone();
-                    let pass = tokio::task::spawn_blocking(move || (me.expire_pass(true), me.watch_workers())).await;
+                    let pass = tokio::task::spawn_blocking(move || {
+                        // Replicas hear of each other's epochs through the state only.
+                        let due = me.stopping_due.swap(false, Ordering::SeqCst) || me.replicas.is_some();
+                        let decided = if due { me.decide_once() } else { Ok(0) };
+                        if let Err(e) = decided {
+                            warn!(error = %e, "the stopping pass failed; will retry");
+                            me.stopping_due.store(true, Ordering::SeqCst);
+                        }
+                        (me.expire_pass(true), me.watch_workers())
+                    })
+                    .await;
                     match pass {
                         Ok((expired, workers)) => {
                             if let Err(e) = expired {

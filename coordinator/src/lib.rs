@@ -49,6 +49,7 @@ pub mod coordinator;
 pub mod error;
 pub mod metrics;
 pub mod server;
+pub mod stopping;
 pub mod store;
 pub mod sweep;
 

@@ -33,6 +33,7 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
+use crate::stopping::{Cell, GridFacts, StoppingSpec};
 
 /// Short grid-axis names and the trial-spec field each one sets.
 pub const AXIS_ALIASES: &[(&str, &str)] = &[
@@ -112,6 +113,8 @@ struct RawSweep {
     eval: Option<toml::Table>,
     #[serde(default)]
     grid: Option<toml::Table>,
+    #[serde(default)]
+    stopping: Option<toml::Table>,
 }
 
 /// One grid axis: the trial-spec field it sets and its values.
@@ -138,6 +141,8 @@ pub struct SweepSpec {
     base: serde_json::Map<String, Json>,
     /// Grid axes, sorted by name.
     pub axes: Vec<Axis>,
+    /// The stopping rule (`[stopping]`), when there is one.
+    pub stopping: Option<StoppingSpec>,
 }
 
 /// The dotted path and serialised size of the largest value under `map` (lists counted whole).
@@ -246,7 +251,7 @@ impl SweepSpec {
             let field = if path == "." { "spec".to_owned() } else { path };
             let msg = e.inner().message().to_owned();
             let hint = if msg.contains("unknown field") {
-                " (top-level keys: name, description, seeds, [dataset], [model], [train], [eval], [grid])"
+                " (top-level keys: name, description, seeds, [dataset], [model], [train], [eval], [grid], [stopping])"
             } else {
                 ""
             };
@@ -322,13 +327,85 @@ impl SweepSpec {
             }
         }
 
-        Ok(SweepSpec {
+        let mut spec = SweepSpec {
             id,
             description: raw.description,
             seeds,
             base,
             axes,
-        })
+            stopping: None,
+        };
+        if let Some(table) = raw.stopping {
+            spec.stopping = spec.parse_stopping(table)?;
+        }
+        Ok(spec)
+    }
+
+    /// Checks a `[stopping]` section against this sweep's grid.
+    fn parse_stopping(&self, table: toml::Table) -> Result<Option<StoppingSpec>> {
+        let first = self.point(0)?;
+        let axis = |path: &str| self.axes.iter().find(|a| a.path == path);
+        let min_epochs = match axis("train.epochs") {
+            Some(a) => a.values.iter().filter_map(Json::as_u64).min().unwrap_or(0) as u32,
+            None => first.train.epochs,
+        };
+        let all_have_val = match axis("dataset.val_fraction") {
+            Some(a) => a.values.iter().all(|v| !v.is_null()),
+            None => first.dataset.val_fraction.is_some(),
+        };
+        let facts = GridFacts {
+            axes: self
+                .axes
+                .iter()
+                .map(|a| (a.name.as_str(), a.values.as_slice()))
+                .collect(),
+            min_epochs,
+            all_have_val,
+            seeds: self.seeds.len(),
+        };
+        StoppingSpec::parse(table, &facts, &|name| resolve_axis(name).ok()).map_err(Error::InvalidSpec)
+    }
+
+    /// Where each trial sits in the design a stopping rule races: its configuration, group,
+    /// seed and whether it is exempt, by trial id (empty without a stopping rule).
+    pub fn stopping_cells(&self) -> Result<std::collections::HashMap<String, Cell>> {
+        let mut out = std::collections::HashMap::new();
+        let Some(stopping) = &self.stopping else { return Ok(out) };
+        let points = self.axes.iter().map(|a| a.values.len()).product::<usize>().max(1);
+        for n in 0..self.grid_size() {
+            let spec = self.point(n)?;
+            let mut rest = n % points;
+            let mut index = vec![0usize; self.axes.len()];
+            for (pos, axis) in self.axes.iter().enumerate().rev() {
+                index[pos] = rest % axis.values.len();
+                rest /= axis.values.len();
+            }
+            let (mut config, mut group, mut exempt) = (Vec::new(), Vec::new(), false);
+            for (axis, &i) in self.axes.iter().zip(&index) {
+                let value = &axis.values[i];
+                let label = format!("{}={}", axis.name, crate::stopping::spec::show(value));
+                if stopping.within.contains(&axis.name) {
+                    group.push(label);
+                } else {
+                    config.push(label);
+                }
+                if stopping
+                    .exempt
+                    .iter()
+                    .any(|(a, vs)| *a == axis.name && vs.contains(value))
+                {
+                    exempt = true;
+                }
+            }
+            let join = |v: Vec<String>| if v.is_empty() { "all".to_owned() } else { v.join(" ") };
+            out.entry(spec.id().to_string()).or_insert(Cell {
+                config: join(config),
+                group: join(group),
+                seed: spec.seed,
+                exempt,
+            });
+        }
+        Ok(out)
     }
 
     /// Number of grid points times seeds (before merging equal trials).

@@ -92,6 +92,11 @@ pub enum Outcome {
         /// Why, for people.
         reason: String,
     },
+    /// Stopped on the coordinator's STOP directive (a stopping rule) after `epochs` epochs.
+    Stopped {
+        /// Epochs finished and reported.
+        epochs: u32,
+    },
 }
 
 impl Outcome {
@@ -102,13 +107,14 @@ impl Outcome {
             Outcome::Succeeded(_) => OutcomeKind::Succeeded,
             Outcome::Failed { .. } => OutcomeKind::Failed,
             Outcome::Preempted { .. } => OutcomeKind::Preempted,
+            Outcome::Stopped { .. } => OutcomeKind::Stopped,
         }
     }
 
     /// Why it did not succeed (none for a success).
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Outcome::Succeeded(_) => None,
+            Outcome::Succeeded(_) | Outcome::Stopped { .. } => None,
             Outcome::Failed { reason, .. } | Outcome::Preempted { reason } => Some(reason),
         }
     }
@@ -122,7 +128,7 @@ impl TryFrom<Option<pb::complete_request::Outcome>> for Outcome {
         match m {
             None => Err(FieldError::new(
                 "outcome",
-                "missing: one of succeeded, failed, preempted is required",
+                "missing: one of succeeded, failed, preempted, stopped is required",
             )),
             Some(O::Succeeded(s)) => {
                 let mut result = s.result.ok_or_else(|| FieldError::new("succeeded.result", "missing"))?;
@@ -137,6 +143,7 @@ impl TryFrom<Option<pb::complete_request::Outcome>> for Outcome {
             Some(O::Preempted(p)) => Ok(Outcome::Preempted {
                 reason: text::reason(&p.reason),
             }),
+            Some(O::Stopped(s)) => Ok(Outcome::Stopped { epochs: s.epochs }),
         }
     }
 }
@@ -146,7 +153,7 @@ impl TryFrom<Option<pb::complete_request::Outcome>> for Outcome {
 pub fn validate_outcome(o: &Outcome) -> Result<(), FieldError> {
     match o {
         Outcome::Succeeded(r) => validate_result(r),
-        Outcome::Failed { .. } | Outcome::Preempted { .. } => Ok(()),
+        Outcome::Failed { .. } | Outcome::Preempted { .. } | Outcome::Stopped { .. } => Ok(()),
     }
 }
 
@@ -157,6 +164,7 @@ impl From<Outcome> for pb::complete_request::Outcome {
             Outcome::Succeeded(result) => O::Succeeded(pb::Succeeded { result: Some(result) }),
             Outcome::Failed { retryable, reason } => O::Failed(pb::Failed { retryable, reason }),
             Outcome::Preempted { reason } => O::Preempted(pb::Preempted { reason }),
+            Outcome::Stopped { epochs } => O::Stopped(pb::Stopped { epochs }),
         }
     }
 }
@@ -321,6 +329,18 @@ pub fn validate_epochs(epochs: &[pb::EpochMetrics]) -> Result<(), FieldError> {
         }
         for (field, v) in [("train_acc", e.train_acc), ("test_acc", e.test_acc)] {
             accuracy(format!("epochs[{i}].{field}"), v)?;
+        }
+        if let Some(v) = e.val_loss {
+            not_negative(format!("epochs[{i}].val_loss"), v)?;
+        }
+        if let Some(v) = e.val_acc {
+            accuracy(format!("epochs[{i}].val_acc"), v)?;
+        }
+        if e.val_loss.is_some() != e.val_acc.is_some() {
+            return Err(FieldError::new(
+                format!("epochs[{i}].val_acc"),
+                "val_loss and val_acc come together (both with a validation split, neither without)",
+            ));
         }
     }
     Ok(())

@@ -68,4 +68,6 @@ pub struct Results {
     pub robustness: Vec<RobustnessRow>,
     /// Filter statistics by trial, stage and layer.
     pub filters: Vec<FilterRow>,
+    /// Stopping rules' decisions by sweep, rung, group and configuration.
+    pub decisions: Vec<pb::ExportDecision>,
 }

@@ -9,8 +9,8 @@ use crate::spec::FieldError;
 
 /// Where a trial is in its life.
 ///
-/// `pending -> leased -> running -> succeeded | failed | preempted | cancelled`; an expired lease
-/// or a preemption returns it to `pending` with the next attempt.
+/// `pending -> leased -> running -> succeeded | failed | preempted | cancelled | stopped`; an
+/// expired lease or a preemption returns it to `pending` with the next attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TrialState {
     /// Waiting for a worker.
@@ -27,11 +27,14 @@ pub enum TrialState {
     Preempted,
     /// Stopped by a user.
     Cancelled,
+    /// Stopped by a stopping rule at a rung: a censored result (its epochs so far), never
+    /// averaged with finished trials; resumable to its full budget.
+    Stopped,
 }
 
 impl TrialState {
     /// Every state, in lifecycle order.
-    pub const ALL: [TrialState; 7] = [
+    pub const ALL: [TrialState; 8] = [
         TrialState::Pending,
         TrialState::Leased,
         TrialState::Running,
@@ -39,6 +42,7 @@ impl TrialState {
         TrialState::Failed,
         TrialState::Preempted,
         TrialState::Cancelled,
+        TrialState::Stopped,
     ];
 
     /// The name stored and printed.
@@ -51,6 +55,7 @@ impl TrialState {
             TrialState::Failed => "failed",
             TrialState::Preempted => "preempted",
             TrialState::Cancelled => "cancelled",
+            TrialState::Stopped => "stopped",
         }
     }
 
@@ -65,9 +70,13 @@ impl TrialState {
     }
 
     /// Whether nothing more will happen to the trial unless a user resumes it: it succeeded,
-    /// failed for good or was cancelled. A sweep is done when all of its trials are.
+    /// failed for good, was cancelled or stopped by a stopping rule. A sweep is done when all of
+    /// its trials are.
     pub fn is_done(self) -> bool {
-        matches!(self, TrialState::Succeeded | TrialState::Failed | TrialState::Cancelled)
+        matches!(
+            self,
+            TrialState::Succeeded | TrialState::Failed | TrialState::Cancelled | TrialState::Stopped
+        )
     }
 }
 
@@ -79,7 +88,9 @@ impl fmt::Display for TrialState {
 
 /// A state name that is not one of [`TrialState::ALL`].
 #[derive(Debug, thiserror::Error)]
-#[error("unknown trial state {0:?}; expected one of pending, leased, running, succeeded, failed, preempted, cancelled")]
+#[error(
+    "unknown trial state {0:?}; expected one of pending, leased, running, succeeded, failed, preempted, cancelled, stopped"
+)]
 pub struct UnknownState(pub String);
 
 impl FromStr for TrialState {
@@ -103,6 +114,7 @@ impl From<TrialState> for pb::TrialState {
             TrialState::Failed => pb::TrialState::Failed,
             TrialState::Preempted => pb::TrialState::Preempted,
             TrialState::Cancelled => pb::TrialState::Cancelled,
+            TrialState::Stopped => pb::TrialState::Stopped,
         }
     }
 }
@@ -119,10 +131,11 @@ impl TrialState {
             Ok(pb::TrialState::Failed) => Ok(TrialState::Failed),
             Ok(pb::TrialState::Preempted) => Ok(TrialState::Preempted),
             Ok(pb::TrialState::Cancelled) => Ok(TrialState::Cancelled),
+            Ok(pb::TrialState::Stopped) => Ok(TrialState::Stopped),
             Ok(pb::TrialState::Unspecified) | Err(_) => Err(FieldError::new(
                 field,
                 format!(
-                    "{value} is not a trial state; expected one of 1 (pending) to 7 (cancelled) \
+                    "{value} is not a trial state; expected one of 1 (pending) to 8 (stopped) \
                      (a peer of protocol version 1 sends states as text)"
                 ),
             )),
@@ -147,6 +160,7 @@ impl pb::StateCounts {
             TrialState::Failed => self.failed,
             TrialState::Preempted => self.preempted,
             TrialState::Cancelled => self.cancelled,
+            TrialState::Stopped => self.stopped,
         }
     }
 
@@ -160,6 +174,7 @@ impl pb::StateCounts {
             TrialState::Failed => &mut self.failed,
             TrialState::Preempted => &mut self.preempted,
             TrialState::Cancelled => &mut self.cancelled,
+            TrialState::Stopped => &mut self.stopped,
         }
     }
 
@@ -197,6 +212,8 @@ pub enum OutcomeKind {
     Failed,
     /// Stopped by its worker's shutdown.
     Preempted,
+    /// Stopped at a rung by a stopping rule.
+    Stopped,
 }
 
 impl OutcomeKind {
@@ -206,6 +223,7 @@ impl OutcomeKind {
             OutcomeKind::Succeeded => "succeeded",
             OutcomeKind::Failed => "failed",
             OutcomeKind::Preempted => "preempted",
+            OutcomeKind::Stopped => "stopped",
         }
     }
 }
@@ -233,7 +251,7 @@ mod tests {
         for state in TrialState::ALL {
             assert_eq!(TrialState::from_wire(state.to_wire(), "state").unwrap(), state);
         }
-        for bad in [0, 8, -1] {
+        for bad in [0, 9, -1] {
             let err = TrialState::from_wire(bad, "trials.state").unwrap_err().to_string();
             assert!(err.contains("trials.state") && err.contains(&bad.to_string()), "{err}");
         }
@@ -251,6 +269,6 @@ mod tests {
         }
         assert_eq!(counts.queued(), 1 + (1 << 5));
         assert_eq!(counts.active(), (1 << 1) + (1 << 2));
-        assert_eq!(counts.done(), (1 << 3) + (1 << 4) + (1 << 6));
+        assert_eq!(counts.done(), (1 << 3) + (1 << 4) + (1 << 6) + (1 << 7));
     }
 }

@@ -30,7 +30,7 @@ pub struct SweepJson {
     pub sweep: String,
     /// Its trials.
     pub total: u32,
-    /// Trials done (succeeded, failed or cancelled).
+    /// Trials done (succeeded, failed, cancelled or stopped).
     pub done: u32,
     /// Trials workers hold (leased or running).
     pub active: u32,
@@ -181,6 +181,7 @@ mod tests {
                     failed: 1,
                     preempted: 1,
                     cancelled: 1,
+                    stopped: 0,
                 }),
                 trials_per_hour: 6.0,
                 eta_seconds: -1.0,

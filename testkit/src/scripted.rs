@@ -38,6 +38,18 @@ pub fn epoch(n: u32, acc: f64) -> pb::EpochMetrics {
         test_loss: 1.0,
         test_acc: acc,
         seconds: 0.1,
+        val_loss: None,
+        val_acc: None,
+    }
+}
+
+/// An epoch's metrics with a validation split: validation accuracy `val_acc`, test and train
+/// accuracy `acc`.
+pub fn epoch_with_val(n: u32, acc: f64, val_acc: f64) -> pb::EpochMetrics {
+    pb::EpochMetrics {
+        val_loss: Some(1.0 - val_acc),
+        val_acc: Some(val_acc),
+        ..epoch(n, acc)
     }
 }
 

@@ -245,6 +245,19 @@ impl Shared {
         self.each_named(status, |r| r.signal.store(signal as u8, Ordering::Relaxed));
     }
 
+    /// Asks the attempt a heartbeat status is about to end at its epoch's end as stopped, unless
+    /// it is already being stopped harder (cancelled, lost, preempted).
+    fn halt(&self, status: &pb::LeaseStatus) {
+        self.each_named(status, |r| {
+            let _ = r.signal.compare_exchange(
+                Signal::Run as u8,
+                Signal::Halt as u8,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        });
+    }
+
     /// Stops the attempt a heartbeat status is about for good: its checkpoints go once it
     /// stopped.
     fn cancel(&self, status: &pb::LeaseStatus) {
@@ -513,6 +526,10 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration, stop: Cancellat
                         Ok(pb::LeaseDirective::Lost) => {
                             warn!(trial = %status.trial_id, "lease lost; stopping the trial");
                             shared.signal(&status, Signal::Stop);
+                        }
+                        Ok(pb::LeaseDirective::Stop) => {
+                            info!(trial = %status.trial_id, "stopped by the sweep's stopping rule; ending it after this epoch");
+                            shared.halt(&status);
                         }
                         _ => {}
                     }

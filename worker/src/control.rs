@@ -21,6 +21,9 @@ pub enum Signal {
     Stop = 1,
     /// Stop, keep what can be kept, and report the trial preempted (worker shutdown).
     Preempt = 2,
+    /// A stopping rule stopped the trial: finish the epoch under way, checkpoint, and report
+    /// the trial stopped with its epochs so far (a censored result, resumable later).
+    Halt = 3,
 }
 
 impl Signal {
@@ -30,6 +33,7 @@ impl Signal {
         match n {
             0 => Signal::Run,
             1 => Signal::Stop,
+            3 => Signal::Halt,
             _ => Signal::Preempt,
         }
     }
@@ -206,6 +210,9 @@ pub enum TrainError {
     /// Stopped by the worker's shutdown.
     #[error("preempted by worker shutdown after epoch {0}")]
     Preempted(u32),
+    /// Stopped by a stopping rule (the coordinator's STOP) after this many epochs.
+    #[error("stopped by the sweep's stopping rule after epoch {0}")]
+    Halted(u32),
     /// libtorch or the trainer failed otherwise.
     #[error("{0}")]
     Internal(String),
@@ -249,7 +256,7 @@ impl TrainError {
     /// Whether another attempt of the same spec could succeed.
     pub fn retryable(&self) -> bool {
         match self {
-            TrainError::NonFinite { .. } | TrainError::OutOfMemory(_) => false,
+            TrainError::NonFinite { .. } | TrainError::OutOfMemory(_) | TrainError::Halted(_) => false,
             TrainError::Data(_)
             | TrainError::Device(_)
             | TrainError::Internal(_)
@@ -264,6 +271,7 @@ impl TrainError {
             TrainError::Preempted(_) => Outcome::Preempted {
                 reason: self.to_string(),
             },
+            TrainError::Halted(epochs) => Outcome::Stopped { epochs },
             other => Outcome::Failed {
                 retryable: other.retryable(),
                 reason: other.to_string(),

@@ -51,6 +51,13 @@ pub struct CancelArgs {
 pub struct ResumeArgs {
     /// The sweep.
     pub sweep: String,
+    /// Re-queue the trials a stopping rule stopped, to train to their full budget from their
+    /// checkpoints (instead of the failed and cancelled ones).
+    #[arg(long)]
+    pub stopped: bool,
+    /// With --stopped: only this trial (repeat for several).
+    #[arg(long = "trial", requires = "stopped")]
+    pub trials: Vec<String>,
     /// Coordinator URL.
     #[arg(long, env = "CONVSWEEP_COORDINATOR")]
     pub coordinator: String,
@@ -138,6 +145,8 @@ pub async fn resume(args: &ResumeArgs, access: &Access) -> Result<ExitCode> {
         .await?
         .resume(pb::ResumeRequest {
             sweep_id: args.sweep.clone(),
+            stopped: args.stopped,
+            trial_ids: args.trials.clone(),
         })
         .await
         .map_err(|s| refused(format!("resume {}", args.sweep), s))?

@@ -28,6 +28,8 @@ async fn keep_writing(c: Arc<Coordinator>, stop: Arc<AtomicBool>, writes: Arc<At
                 test_loss: 1.0,
                 test_acc: 0.5,
                 seconds: 0.1,
+                val_loss: None,
+                val_acc: None,
             }],
         })
         .await
@@ -188,6 +190,8 @@ async fn remote_export_and_report_match_the_state_folder() {
                     test_loss: 1.1,
                     test_acc: acc,
                     seconds: 2.0,
+                    val_loss: None,
+                    val_acc: None,
                 }],
             })
             .await

@@ -212,10 +212,20 @@ impl AdminService for AdminApi {
     }
 
     async fn resume(&self, req: Request<pb::ResumeRequest>) -> Result<Response<pb::ResumeResponse>, Status> {
-        let sweep = req.into_inner().sweep_id;
-        Ok(Response::new(pb::ResumeResponse {
-            requeued: blocking(&self.coordinator, move |c| c.resume(&sweep)).await?,
-        }))
+        let req = req.into_inner();
+        let requeued = if req.stopped {
+            blocking(&self.coordinator, move |c| {
+                c.resume_stopped(&req.sweep_id, &req.trial_ids)
+            })
+            .await?
+        } else if !req.trial_ids.is_empty() {
+            return Err(Status::invalid_argument(
+                "trial_ids: only with stopped (failed and cancelled trials are resumed a sweep at a time)",
+            ));
+        } else {
+            blocking(&self.coordinator, move |c| c.resume(&req.sweep_id)).await?
+        };
+        Ok(Response::new(pb::ResumeResponse { requeued }))
     }
 
     async fn extend_sweep(

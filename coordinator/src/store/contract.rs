@@ -90,6 +90,22 @@ pub trait StoreWriter: Send + std::fmt::Debug {
     /// Re-queues the failed and cancelled trials of `sweep` with a fresh set of attempts.
     fn resume(&mut self, sweep: &str) -> Result<u32>;
 
+    /// Re-queues the trials of `sweep` a stopping rule stopped (every one, or those of
+    /// `trial_ids`), to train to their full budget from their checkpoints: no rule stops them
+    /// again.
+    fn resume_stopped(&mut self, sweep: &str, trial_ids: &[String]) -> Result<u32>;
+
+    /// Stores a stopping rule's decisions (a decision stored before is kept as it was) and marks
+    /// each trial of `stops` with the rung its configuration was stopped at, unless it was
+    /// marked before or resumed past a decision: a queued trial ends `stopped` at once, a held
+    /// one is told STOP by its next heartbeat. Returns the trials that ended `stopped` here.
+    fn record_decisions(
+        &mut self,
+        decisions: &[pb::ExportDecision],
+        stops: &[(String, u32)],
+        now: i64,
+    ) -> Result<Vec<String>>;
+
     /// Records a worker and returns its id: a new one, or, for an `instance` registered
     /// before, that worker's (its row updated).
     fn register_worker(
@@ -158,6 +174,10 @@ pub trait StoreReader: Send + std::fmt::Debug {
     /// Every result row of one sweep (`NotFound` when there is none of that name), or of
     /// every sweep, from one consistent snapshot.
     fn results(&self, sweep: Option<&str>) -> Result<Results>;
+
+    /// The spec a sweep was submitted (or last extended) with (`NotFound` when there is no
+    /// sweep of that name).
+    fn sweep_spec(&self, sweep: &str) -> Result<String>;
 }
 
 /// Largest message a [`Bus`] carries, in bytes.

@@ -65,6 +65,32 @@ pub(crate) fn spec_of(trial_id: &str, json: &str) -> Result<TrialSpec> {
     TrialSpec::from_json(json).map_err(|e| Error::Corrupt(format!("stored spec of trial {trial_id}: {e}")))
 }
 
+/// What a heartbeat tells the holder of an active lease: go on, or stop at the epoch's end
+/// when a stopping rule stopped its configuration (`stop_rung` set and not resumed past, -1).
+pub(crate) fn active_directive(stop_rung: Option<i64>) -> pb::LeaseDirective {
+    match stop_rung {
+        Some(rung) if rung >= 0 => pb::LeaseDirective::Stop,
+        _ => pb::LeaseDirective::Continue,
+    }
+}
+
+/// The reason a `stopped` completion records (none for other outcomes); a `stopped` that no
+/// stopping rule asked for is refused, naming the field.
+pub(crate) fn stopped_reason(trial_id: &str, stop_rung: Option<i64>, outcome: &Outcome) -> Result<Option<String>> {
+    let Outcome::Stopped { epochs } = outcome else {
+        return Ok(None);
+    };
+    match stop_rung {
+        Some(rung) if rung >= 0 => Ok(Some(format!(
+            "stopped after epoch {epochs} by the sweep's stopping rule (its configuration was stopped at rung {rung})"
+        ))),
+        _ => Err(Error::InvalidArgument(convsweep_proto::FieldError::new(
+            "outcome.stopped",
+            format!("no stopping rule stopped trial {trial_id}; only a trial told STOP in a heartbeat ends stopped"),
+        ))),
+    }
+}
+
 /// Lease rules the store enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct LeasePolicy {

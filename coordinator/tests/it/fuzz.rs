@@ -658,6 +658,7 @@ fn mutated_messages_on_every_rpc_never_panic_and_change_nothing_unless_accepted(
             admin("Resume"),
             pb::ResumeRequest {
                 sweep_id: "small".into(),
+                ..Default::default()
             }
             .encode_to_vec(),
             false,

@@ -414,6 +414,7 @@ fn a_version_1_state_folder_is_migrated() {
          ALTER TABLE trials DROP COLUMN resume_floor; ALTER TABLE trials DROP COLUMN lease_heard;
          ALTER TABLE trials DROP COLUMN planned_epochs;
          DROP INDEX workers_by_instance; ALTER TABLE workers DROP COLUMN instance;
+         ALTER TABLE epochs DROP COLUMN val_loss; ALTER TABLE epochs DROP COLUMN val_acc; ALTER TABLE trials DROP COLUMN stop_rung; DROP TABLE decisions;
          UPDATE meta SET value = '1' WHERE key = 'schema_version';",
     )
     .unwrap();
@@ -456,7 +457,7 @@ fn a_lease_from_a_version_7_state_is_checked_against_its_spec_epochs() {
     drop(store);
     let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
     conn.execute_batch(
-        "ALTER TABLE trials DROP COLUMN planned_epochs; UPDATE meta SET value = '7' WHERE key = 'schema_version';",
+        "ALTER TABLE trials DROP COLUMN planned_epochs; ALTER TABLE epochs DROP COLUMN val_loss; ALTER TABLE epochs DROP COLUMN val_acc; ALTER TABLE trials DROP COLUMN stop_rung; DROP TABLE decisions; UPDATE meta SET value = '7' WHERE key = 'schema_version';",
     )
     .unwrap();
     drop(conn);
@@ -479,6 +480,55 @@ fn a_lease_from_a_version_7_state_is_checked_against_its_spec_epochs() {
     );
 }
 
+/// A version 8 state (before stopping rules) migrates in place: its epochs keep their figures
+/// with no validation split, its lease goes on, and the new columns and table take writes.
+#[test]
+fn a_version_8_state_gains_validation_columns_and_the_decisions_table() {
+    use convsweep_coordinator::store::StoreWriter;
+    use convsweep_coordinator::sweep::SweepSpec;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = convsweep_coordinator::store::SqliteStore::open(dir.path(), Default::default()).unwrap();
+    let spec = SweepSpec::from_toml(
+        "name = \"s\"\n[dataset]\nname = \"synthetic\"\n[model]\narch = \"resnet\"\ndepth = 8\n\
+         init = \"kaiming-uniform\"\ntrain_mode = \"learned\"\nkernel_size = 3\n[train]\nepochs = 4\n",
+    )
+    .unwrap();
+    store
+        .submit(&spec.id, "", &spec.expand_canonical().unwrap(), 0)
+        .unwrap();
+    let worker = store.register_worker("w", "h", &[], 1, 0, "").unwrap();
+    let lease = store_lease(&mut store, &worker, 1, 0).remove(0);
+    let report = |store: &mut convsweep_coordinator::store::SqliteStore, e: pb::EpochMetrics| {
+        store
+            .batch(1, &mut |ops| {
+                ops.report_epochs(&worker, &lease.trial_id, &lease.lease_token, &[e])
+            })
+            .unwrap();
+    };
+    report(&mut store, epoch(1, 0.5));
+    drop(store);
+    let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE epochs DROP COLUMN val_loss; ALTER TABLE epochs DROP COLUMN val_acc; \
+         ALTER TABLE trials DROP COLUMN stop_rung; DROP TABLE decisions; \
+         UPDATE meta SET value = '8' WHERE key = 'schema_version';",
+    )
+    .unwrap();
+    drop(conn);
+    let mut store = convsweep_coordinator::store::SqliteStore::open(dir.path(), Default::default()).unwrap();
+    report(&mut store, convsweep_testkit::scripted::epoch_with_val(2, 0.5, 0.625));
+    let reader = convsweep_coordinator::store::SqliteReader::open(dir.path()).unwrap();
+    let results = reader.results(None).unwrap();
+    let vals: Vec<Option<f64>> = results.epochs.iter().map(|e| e.metrics.val_acc).collect();
+    assert_eq!(vals, vec![None, Some(0.625)]);
+    assert!(results.decisions.is_empty());
+    let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+    let version: String = conn
+        .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, "9");
+}
+
 #[test]
 fn a_version_3_state_folder_gains_the_conv_algorithm_column() {
     let dir = tempfile::tempdir().unwrap();
@@ -491,6 +541,7 @@ fn a_version_3_state_folder_gains_the_conv_algorithm_column() {
          ALTER TABLE results DROP COLUMN report_seconds; ALTER TABLE results DROP COLUMN train_images;
          ALTER TABLE trials DROP COLUMN lease_heard; ALTER TABLE trials DROP COLUMN planned_epochs;
          DROP INDEX workers_by_instance; ALTER TABLE workers DROP COLUMN instance;
+         ALTER TABLE epochs DROP COLUMN val_loss; ALTER TABLE epochs DROP COLUMN val_acc; ALTER TABLE trials DROP COLUMN stop_rung; DROP TABLE decisions;
          UPDATE meta SET value = '3' WHERE key = 'schema_version';",
     )
     .unwrap();

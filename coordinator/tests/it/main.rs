@@ -14,4 +14,5 @@ mod reader;
 mod replicas;
 mod scale;
 mod security;
+mod stopping;
 mod streams;

@@ -81,6 +81,12 @@ pub struct DatasetSpec {
     /// `train/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_labels: Option<String>,
+    /// Hold out this share of the training images (after `train_size`) as a validation split:
+    /// the same images for every trial (drawn with a fixed seed), never trained on, evaluated
+    /// after every epoch. Stopping rules decide on it; the test set stays untouched by any
+    /// decision. Absent: no validation split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_fraction: Option<f64>,
 }
 
 /// Most classes a trial may name (ImageNet-21k has 21,841).
@@ -133,6 +139,8 @@ impl DatasetSpec {
 
 /// Most images a split of a dataset on disk may be cut to (ImageNet-21k has 14 million).
 pub const MAX_DATASET_IMAGES: u32 = 100_000_000;
+/// Largest share of the training set `dataset.val_fraction` may hold out.
+pub const MAX_VAL_FRACTION: f64 = 0.5;
 /// Most images of a synthetic split: it is generated in memory.
 pub const MAX_SYNTHETIC_IMAGES: u32 = 1_000_000;
 
@@ -197,6 +205,20 @@ impl DatasetSpec {
                     ));
                 }
                 _ => {}
+            }
+        }
+        if let Some(f) = d.val_fraction {
+            if !(f.is_finite() && f > 0.0 && f <= MAX_VAL_FRACTION) {
+                return Err(FieldError::new(
+                    "dataset.val_fraction",
+                    format!("the share of training images held out, in (0, {MAX_VAL_FRACTION}], got {f}"),
+                ));
+            }
+            if d.name == DatasetName::Imagefolder {
+                return Err(FieldError::new(
+                    "dataset.val_fraction",
+                    "imagefolder streams its training files and has no held-out split yet; use a dataset held in memory",
+                ));
             }
         }
         if let Some(noise) = d.noise

@@ -116,6 +116,7 @@ pub(crate) mod tests {
                 image_size: None,
                 classes: None,
                 val_labels: None,
+                val_fraction: None,
             },
             model: ModelSpec {
                 arch: Arch::Resnet,

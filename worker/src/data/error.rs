@@ -26,6 +26,14 @@ pub enum DataError {
     /// A dataset spec without the folder its files are in.
     #[error("dataset {0:?} needs `dataset.root`, the folder holding its files")]
     Unsupported(DatasetName),
+    /// A split the spec asks for that the dataset's images cannot make.
+    #[error("{field}: {problem}")]
+    Split {
+        /// The spec field.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 /// A file or folder that is not there; `hint` says what belongs there.

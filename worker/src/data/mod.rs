@@ -30,6 +30,8 @@ pub struct Dataset {
     pub train: Split,
     /// Test split.
     pub test: Split,
+    /// Validation split held out of the training images (`dataset.val_fraction`), if any.
+    pub val: Option<Split>,
     /// Classes.
     pub classes: i64,
     /// Per-channel mean of training pixels in `[0, 1]`.
@@ -43,6 +45,7 @@ impl Dataset {
         Dataset {
             train: self.train.shallow_clone(),
             test: self.test.shallow_clone(),
+            val: self.val.as_ref().map(Split::shallow_clone),
             classes: self.classes,
             mean: self.mean.clone(),
             std: self.std.clone(),
@@ -178,6 +181,7 @@ impl DataCache {
                 Dataset {
                     train: train.to_device(device),
                     test: test.to_device(device),
+                    val: None,
                     classes,
                     mean,
                     std,
@@ -188,8 +192,43 @@ impl DataCache {
         let mut ds = full.shallow_clone();
         ds.train = full.train.first(spec.train_size);
         ds.test = full.test.first(spec.test_size);
+        if let Some(fraction) = spec.val_fraction {
+            let (train, val) = hold_out(&ds.train, fraction)?;
+            ds.train = train;
+            ds.val = Some(val);
+        }
         Ok(ds)
     }
+}
+
+/// Seed of the permutation that picks the validation images: fixed, so that every trial of
+/// every seed holds out the same images.
+const VAL_SPLIT_SEED: u64 = 0x7661_6c5f_7370_6c69;
+
+/// Splits `train` into what is trained on and a validation split of `fraction` of its images
+/// (rounded, at least one), chosen by a fixed permutation; both keep the original order.
+pub fn hold_out(train: &Split, fraction: f64) -> Result<(Split, Split), DataError> {
+    let n = train.len();
+    let n_val = ((n as f64 * fraction).round() as i64).max(1);
+    if train.files.is_some() || n_val >= n {
+        return Err(DataError::Split {
+            field: "dataset.val_fraction",
+            problem: format!(
+                "{fraction} of {n} training images leaves {} to train on; hold out less or train on more",
+                n - n_val.min(n)
+            ),
+        });
+    }
+    let mut order = Rng::new(VAL_SPLIT_SEED).permutation(n as usize);
+    let (val, rest) = order.split_at_mut(n_val as usize);
+    val.sort_unstable();
+    rest.sort_unstable();
+    let device = train.labels.device();
+    let pick = |idx: &[i64]| {
+        let idx = Tensor::from_slice(idx).to_device(device);
+        Split::new(train.images.index_select(0, &idx), train.labels.index_select(0, &idx))
+    };
+    Ok((pick(rest), pick(val)))
 }
 
 /// Images per batch of a pass over `images` (`[N, C, H, W]`) whose batch is `base` for CIFAR's
@@ -297,6 +336,7 @@ mod tests {
             image_size: None,
             classes: None,
             val_labels: None,
+            val_fraction: None,
         };
         let ds = cache.get(&spec, Device::Cpu).unwrap();
         assert_eq!(ds.train.len(), 100);
@@ -308,5 +348,48 @@ mod tests {
         }
         let again = cache.get(&spec, Device::Cpu).unwrap();
         assert!(again.train.images.equal(&ds.train.images));
+        assert!(ds.val.is_none());
+    }
+
+    #[test]
+    fn a_validation_split_is_held_out_the_same_way_for_every_trial() {
+        let cache = DataCache::default();
+        let mut spec = DatasetSpec {
+            name: DatasetName::Synthetic,
+            root: None,
+            train_size: Some(100),
+            test_size: Some(30),
+            noise: None,
+            data_seed: None,
+            image_size: None,
+            classes: None,
+            val_labels: None,
+            val_fraction: Some(0.2),
+        };
+        let ds = cache.get(&spec, Device::Cpu).unwrap();
+        let val = ds.val.as_ref().expect("a validation split");
+        assert_eq!((ds.train.len(), val.len(), ds.test.len()), (80, 20, 30));
+        // Disjoint and together the whole training set: every image of the full set is in
+        // exactly one of them.
+        spec.val_fraction = None;
+        let full = cache.get(&spec, Device::Cpu).unwrap();
+        let flat = |s: &Split| s.images.view([s.len(), -1]);
+        let (all, train, val) = (flat(&full.train), flat(&ds.train), flat(val));
+        for i in 0..100 {
+            let row = all.get(i);
+            let in_train = (0..80).filter(|&j| train.get(j).equal(&row)).count();
+            let in_val = (0..20).filter(|&j| val.get(j).equal(&row)).count();
+            assert_eq!(in_train + in_val, 1, "image {i}");
+        }
+        spec.val_fraction = Some(0.2);
+        let again = cache.get(&spec, Device::Cpu).unwrap();
+        assert!(again.val.unwrap().images.equal(&ds.val.as_ref().unwrap().images));
+        spec.val_fraction = Some(0.5);
+        spec.train_size = Some(1);
+        let err = cache.get(&spec, Device::Cpu).unwrap_err().to_string();
+        assert!(
+            err.contains("dataset.val_fraction") && err.contains("leaves 0"),
+            "{err}"
+        );
     }
 }

@@ -93,7 +93,8 @@ pub fn robustness(
     let mut out = Evaluation::default();
     let mut guarded = |what: String, f: &mut dyn FnMut() -> pb::RobustnessResult| -> Result<(), Interrupted> {
         match ctl.signal() {
-            Signal::Run => {}
+            // A stopping rule's halt after the last epoch: the trial has its budget; finish.
+            Signal::Run | Signal::Halt => {}
             other => return Err(Interrupted(other)),
         }
         match catch_panic(f) {

@@ -272,7 +272,7 @@ impl Trainer for ProcessTrainer {
             let signal = ctl.peek_signal() as u32;
             if signal != sent {
                 sent = signal;
-                if signal != Signal::Run as u32 && stop_sent.is_none() {
+                if signal != Signal::Run as u32 && signal != Signal::Halt as u32 && stop_sent.is_none() {
                     stop_sent = Some(Instant::now());
                 }
                 if let Some(w) = stdin.as_mut() {

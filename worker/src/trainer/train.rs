@@ -280,7 +280,8 @@ impl<'a> TrialRun<'a> {
         let mut lr = lr_at(t.schedule, t.lr, self.step.saturating_sub(1), total_steps, warmup);
         for b in cursor.next_batch..self.batches_per_epoch {
             match ctl.signal() {
-                Signal::Run => {}
+                // A stopping rule's halt waits for the epoch's end.
+                Signal::Run | Signal::Halt => {}
                 Signal::Stop => return Err(TrainError::Stopped),
                 Signal::Preempt => {
                     cursor.seconds += session.elapsed().as_secs_f64();
@@ -349,6 +350,11 @@ impl<'a> TrialRun<'a> {
             &self.data.test.labels,
             t.label_smoothing,
         );
+        let val = self
+            .data
+            .val
+            .as_ref()
+            .map(|v| evaluate(&self.net, &v.images, &v.labels, t.label_smoothing));
         self.times.epoch_eval_seconds += test_started.elapsed().as_secs_f64();
         let metrics = pb::EpochMetrics {
             epoch,
@@ -358,6 +364,8 @@ impl<'a> TrialRun<'a> {
             test_loss,
             test_acc,
             seconds: cursor.seconds + session.elapsed().as_secs_f64(),
+            val_loss: val.map(|v| v.0),
+            val_acc: val.map(|v| v.1),
         };
         tracing::info!(
             epoch,
@@ -626,8 +634,13 @@ pub fn train_trial(
         match trained {
             Ok(metrics) => {
                 ctl.epoch(metrics);
-                if run.epochs_done() % every == 0 || run.epochs_done() == spec.train.epochs {
+                let halted = ctl.peek_signal() == Signal::Halt && run.epochs_done() < spec.train.epochs;
+                if halted || run.epochs_done() % every == 0 || run.epochs_done() == spec.train.epochs {
                     save(&mut run);
+                }
+                if halted {
+                    tracing::info!(epoch = run.epochs_done(), "stopped by the sweep's stopping rule");
+                    return Err(TrainError::Halted(run.epochs_done()));
                 }
             }
             Err(TrainError::Preempted(epoch)) => {

@@ -756,6 +756,8 @@ async fn an_invalid_report_fails_its_trial_for_good_naming_the_field() {
         test_loss: 1.0,
         test_acc: 0.5,
         seconds: 0.1,
+        val_loss: None,
+        val_acc: None,
     };
     let trainer = Scripted::new(move |lease, ctl| match lease.spec.model.kernel_size {
         3 => {

@@ -35,6 +35,7 @@ pub fn trial(model: ModelSpec, train_size: u32, epochs: u32) -> TrialSpec {
             image_size: None,
             classes: None,
             val_labels: None,
+            val_fraction: None,
         },
         model,
         train: TrainSpec {

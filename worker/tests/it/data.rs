@@ -18,6 +18,7 @@ pub(crate) fn spec(name: DatasetName, root: &Path) -> DatasetSpec {
         image_size: None,
         classes: None,
         val_labels: None,
+        val_fraction: None,
     }
 }
 

@@ -306,3 +306,60 @@ fn where_the_time_went_is_recorded_and_carried_through_a_checkpoint() {
     assert!(after.train_seconds > before.train_seconds);
     assert!(after.epoch_eval_seconds > before.epoch_eval_seconds);
 }
+
+/// A stopping rule's halt: the trial finishes the epoch under way, checkpoints and ends
+/// `Halted` with its epochs so far (each with its validation figures); resumed later, it
+/// continues from that checkpoint to its full budget.
+#[test]
+fn a_halted_trial_ends_at_its_epoch_with_a_checkpoint_and_resumes_to_its_budget() {
+    use std::sync::atomic::Ordering;
+
+    use convsweep_worker::control::{Signal, TrainError, TrialEvent};
+    use convsweep_worker::trainer::{CheckpointStore, train_trial};
+
+    let mut spec = trial(model(8, 4, 3, TrainMode::Frozen), 128, 3);
+    spec.dataset.val_fraction = Some(0.25);
+    spec.canonicalize();
+    spec.validate().unwrap();
+    let data = DataCache::default().get(&spec.dataset, Device::Cpu).unwrap();
+    assert_eq!((data.train.len(), data.val.as_ref().unwrap().len()), (96, 32));
+    let dir = tempfile::tempdir().unwrap();
+    // Checkpoints every 5 epochs: the halt writes one of its own.
+    let store = CheckpointStore::new(dir.path(), 5).unwrap();
+    let (ctl, signal, mut events) = TrialControl::new();
+    signal.store(Signal::Halt as u8, Ordering::Relaxed);
+    let ended = train_trial(&spec, Device::Cpu, &data, &ctl, Some((&store, "halted")));
+    assert!(matches!(ended, Err(TrainError::Halted(1))), "{ended:?}");
+    let mut reported = Vec::new();
+    while let Ok(TrialEvent::Epoch(m)) = events.try_recv() {
+        reported.push(m);
+    }
+    assert_eq!(reported.len(), 1, "the epoch under way, no more");
+    let (val_loss, val_acc) = (reported[0].val_loss.unwrap(), reported[0].val_acc.unwrap());
+    assert!(
+        val_loss.is_finite() && (0.0..=1.0).contains(&val_acc),
+        "{val_loss} {val_acc}"
+    );
+    assert_eq!(
+        store.load("halted").unwrap().unwrap().state.epoch,
+        1,
+        "checkpointed at the halt"
+    );
+
+    let (ctl, _signal, mut events) = TrialControl::new();
+    let result = train_trial(&spec, Device::Cpu, &data, &ctl, Some((&store, "halted"))).unwrap();
+    let mut epochs = Vec::new();
+    while let Ok(TrialEvent::Epoch(m)) = events.try_recv() {
+        epochs.push(m.epoch);
+    }
+    assert_eq!(
+        epochs,
+        vec![1, 2, 3],
+        "epoch 1 again from the checkpoint's history, then 2 and 3"
+    );
+    assert_eq!(
+        result.times.unwrap().train_images,
+        3 * 96,
+        "three epochs of the 96 training images"
+    );
+}

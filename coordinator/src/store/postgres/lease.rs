@@ -9,7 +9,7 @@ use convsweep_proto::{FieldError, Outcome, TrialId, TrialState, pb};
 
 use super::conn::{Session, u32_of};
 use crate::error::{Error, Result};
-use crate::store::lease::{Completed, Expired, Granted, LeaseOps, LeasePolicy, new_token, state_of};
+use crate::store::lease::{self, Completed, Expired, Granted, LeaseOps, LeasePolicy, new_token, state_of};
 
 /// The worker writes inside one open transaction, at one clock reading.
 pub(super) struct PgLeaseOps<'s, 'c> {
@@ -150,6 +150,8 @@ struct Held {
     attempt: i64,
     /// The epochs its trial trains.
     planned: Option<i64>,
+    /// The rung a stopping rule stopped its configuration at (`trials.stop_rung`).
+    stop_rung: Option<i64>,
 }
 
 impl Held {
@@ -167,7 +169,7 @@ impl Held {
 fn check_lease(s: &mut Session<'_>, trial_id: &str, token: &str) -> Result<Held> {
     let found = s.opt(
         "SELECT state, lease_token, attempt, worker_id, \
-         COALESCE(planned_epochs, (spec_json::json -> 'train' ->> 'epochs')::bigint) \
+         COALESCE(planned_epochs, (spec_json::json -> 'train' ->> 'epochs')::bigint), stop_rung \
          FROM trials WHERE id = $1 FOR UPDATE",
         &[&trial_id],
     )?;
@@ -178,6 +180,7 @@ fn check_lease(s: &mut Session<'_>, trial_id: &str, token: &str) -> Result<Held>
     let held = Held {
         attempt: r.get(2),
         planned: r.get(4),
+        stop_rung: r.get(5),
     };
     let state = state_of(state)?;
     if current.as_deref() != Some(token) || !state.is_active() {
@@ -202,12 +205,12 @@ fn heartbeat(
     let mut out = Vec::with_capacity(leases.len());
     for l in leases {
         let directive = match check_lease(s, &l.trial_id, &l.lease_token) {
-            Ok(_) => {
+            Ok(held) => {
                 s.exec(
                     "UPDATE trials SET lease_deadline_ms = $2, lease_heard = TRUE WHERE id = $1",
                     &[&l.trial_id, &deadline],
                 )?;
-                pb::LeaseDirective::Continue
+                lease::active_directive(held.stop_rung)
             }
             Err(Error::StaleLease(_) | Error::NotFound(_)) => {
                 let state: Option<String> = s
@@ -250,11 +253,12 @@ fn report_epochs(
     }
     for e in epochs {
         s.exec(
-            "INSERT INTO epochs (trial_id, epoch, attempt, lr, train_loss, train_acc, test_loss, test_acc, seconds) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+            "INSERT INTO epochs (trial_id, epoch, attempt, lr, train_loss, train_acc, test_loss, test_acc, seconds, \
+             val_loss, val_acc) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (trial_id, epoch) DO UPDATE SET attempt = excluded.attempt, lr = excluded.lr, \
              train_loss = excluded.train_loss, train_acc = excluded.train_acc, test_loss = excluded.test_loss, \
-             test_acc = excluded.test_acc, seconds = excluded.seconds",
+             test_acc = excluded.test_acc, seconds = excluded.seconds, val_loss = excluded.val_loss, \
+             val_acc = excluded.val_acc",
             &[
                 &trial_id,
                 &i64::from(e.epoch),
@@ -265,6 +269,8 @@ fn report_epochs(
                 &e.test_loss,
                 &e.test_acc,
                 &e.seconds,
+                &e.val_loss,
+                &e.val_acc,
             ],
         )?;
     }
@@ -403,6 +409,7 @@ fn complete(
     }
     let held = check_lease(s, trial_id, token)?;
     let attempt = held.attempt;
+    let stopped_reason = lease::stopped_reason(trial_id, held.stop_rung, outcome)?;
     if let Outcome::Succeeded(r) = outcome {
         let planned = held.planned(trial_id)?;
         if r.best_epoch > planned {
@@ -497,6 +504,14 @@ fn complete(
                 &[&trial_id],
             )?;
             TrialState::Preempted
+        }
+        Outcome::Stopped { .. } => {
+            s.exec(
+                "UPDATE trials SET state = 'stopped', lease_token = NULL, lease_deadline_ms = NULL, reason = $2, \
+                 finished_ms = $3 WHERE id = $1",
+                &[&trial_id, &stopped_reason, &now],
+            )?;
+            TrialState::Stopped
         }
     };
     Ok(Completed {

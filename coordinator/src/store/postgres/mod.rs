@@ -23,7 +23,7 @@ mod schema;
 pub use copy::{TableCopy, copy_sqlite_to_postgres};
 pub use read::PgReader;
 
-use convsweep_proto::{SweepId, TrialId, TrialState};
+use convsweep_proto::{SweepId, TrialId, TrialState, pb};
 
 use crate::error::{Error, Result};
 use crate::store::contract::{Backend, Bus, CancelChunk, StoreReader, StoreWriter, Submitted};
@@ -415,6 +415,76 @@ impl StoreWriter for PgStore {
                 &[&sweep],
             )?;
             Ok(n as u32)
+        })
+    }
+
+    fn resume_stopped(&mut self, sweep: &str, trial_ids: &[String]) -> Result<u32> {
+        let trial_ids = trial_ids.to_vec();
+        self.write(move |s| {
+            require_sweep(s, sweep)?;
+            let set = "UPDATE trials SET state = 'pending', reason = NULL, finished_ms = NULL, resume_floor = attempt, \
+                       stop_rung = -1 WHERE state = 'stopped' AND id IN (SELECT trial_id FROM sweep_trials WHERE sweep_id = $1)";
+            let mut n = 0;
+            if trial_ids.is_empty() {
+                n += s.exec(set, &[&sweep])?;
+            } else {
+                for id in &trial_ids {
+                    n += s.exec(&format!("{set} AND id = $2"), &[&sweep, id])?;
+                }
+            }
+            Ok(n as u32)
+        })
+    }
+
+    fn record_decisions(
+        &mut self,
+        decisions: &[pb::ExportDecision],
+        stops: &[(String, u32)],
+        now: i64,
+    ) -> Result<Vec<String>> {
+        let (decisions, stops) = (decisions.to_vec(), stops.to_vec());
+        self.write(move |s| {
+            for d in &decisions {
+                s.exec(
+                    "INSERT INTO decisions (sweep_id, config, rung, group_key, rule, kept, metric, value, seeds, rank, \
+                     ranked, trials, inputs, decided_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT DO NOTHING",
+                    &[
+                        &d.sweep_id,
+                        &d.config,
+                        &i64::from(d.rung),
+                        &d.group,
+                        &d.rule,
+                        &d.kept,
+                        &d.metric,
+                        &d.value,
+                        &i64::from(d.seeds),
+                        &i64::from(d.rank),
+                        &i64::from(d.ranked),
+                        &d.trials,
+                        &d.inputs,
+                        &d.decided_ms,
+                    ],
+                )?;
+            }
+            let mut ended = Vec::new();
+            for (trial, rung) in &stops {
+                let rung = i64::from(*rung);
+                s.exec(
+                    "UPDATE trials SET stop_rung = $2 WHERE id = $1 AND stop_rung IS NULL",
+                    &[trial, &rung],
+                )?;
+                let n = s.exec(
+                    "UPDATE trials SET state = 'stopped', lease_token = NULL, lease_deadline_ms = NULL, finished_ms = $3, \
+                     reason = 'stopped before it ran further by the sweep''s stopping rule (its configuration was stopped at rung ' || $2::bigint || ')' \
+                     WHERE id = $1 AND stop_rung = $2 AND state IN ('pending', 'preempted')",
+                    &[trial, &rung, &now],
+                )?;
+                if n > 0 {
+                    ended.push(trial.clone());
+                }
+            }
+            Ok(ended)
         })
     }
 

@@ -210,6 +210,14 @@ impl StoreReader for PgReader {
         })
     }
 
+    fn sweep_spec(&self, sweep: &str) -> Result<String> {
+        self.read(|s| {
+            s.opt("SELECT spec_toml FROM sweeps WHERE id = $1", &[&sweep])?
+                .map(|r| r.get(0))
+                .ok_or_else(|| Error::NotFound(format!("no sweep named {sweep:?}")))
+        })
+    }
+
     fn results(&self, sweep: Option<&str>) -> Result<Results> {
         self.in_transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", |s| {
             if let Some(sweep) = sweep {
@@ -220,6 +228,7 @@ impl StoreReader for PgReader {
                 epochs: epoch_rows(s, sweep)?,
                 robustness: robustness_rows(s, sweep)?,
                 filters: filter_rows(s, sweep)?,
+                decisions: decision_rows(s, sweep)?,
             })
         })
     }
@@ -352,8 +361,8 @@ fn filter_rows(s: &mut Session<'_>, sweep: Option<&str>) -> Result<Vec<FilterRow
 fn epoch_rows(s: &mut Session<'_>, sweep: Option<&str>) -> Result<Vec<EpochRow>> {
     s.rows(
         &format!(
-            "SELECT trial_id, attempt, epoch, lr, train_loss, train_acc, test_loss, test_acc, seconds \
-             FROM epochs WHERE {OF_SWEEP} ORDER BY trial_id, epoch"
+            "SELECT trial_id, attempt, epoch, lr, train_loss, train_acc, test_loss, test_acc, seconds, val_loss, \
+             val_acc FROM epochs WHERE {OF_SWEEP} ORDER BY trial_id, epoch"
         ),
         &[&sweep],
     )?
@@ -370,7 +379,38 @@ fn epoch_rows(s: &mut Session<'_>, sweep: Option<&str>) -> Result<Vec<EpochRow>>
                 test_loss: r.get(6),
                 test_acc: r.get(7),
                 seconds: r.get(8),
+                val_loss: r.get(9),
+                val_acc: r.get(10),
             },
+        })
+    })
+    .collect()
+}
+
+/// Every stopping decision of one sweep (or all), by sweep, rung, group and configuration.
+fn decision_rows(s: &mut Session<'_>, sweep: Option<&str>) -> Result<Vec<pb::ExportDecision>> {
+    s.rows(
+        "SELECT sweep_id, rule, group_key, config, rung, kept, metric, value, seeds, rank, ranked, trials, inputs, \
+         decided_ms FROM decisions WHERE ($1::text IS NULL OR sweep_id = $1) ORDER BY sweep_id, rung, group_key, config",
+        &[&sweep],
+    )?
+    .into_iter()
+    .map(|r| {
+        Ok(pb::ExportDecision {
+            sweep_id: r.get(0),
+            rule: r.get(1),
+            group: r.get(2),
+            config: r.get(3),
+            rung: u32_of(r.get(4), "rung")?,
+            kept: r.get(5),
+            metric: r.get(6),
+            value: r.get(7),
+            seeds: u32_of(r.get(8), "seeds")?,
+            rank: u32_of(r.get(9), "rank")?,
+            ranked: u32_of(r.get(10), "ranked")?,
+            trials: r.get(11),
+            inputs: r.get(12),
+            decided_ms: r.get(13),
         })
     })
     .collect()

@@ -11,7 +11,7 @@ use crate::store::sqlite::SCHEMA_VERSION;
 
 use super::conn::{Conn, Session, redact};
 
-/// Every `CREATE` of version 8, idempotent. Run under an advisory lock, so that replicas
+/// Every `CREATE` of version 9, idempotent. Run under an advisory lock, so that replicas
 /// starting together do not race over the catalog.
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT COLLATE "C" PRIMARY KEY, value TEXT COLLATE "C" NOT NULL);
@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS trials (
     finished_ms BIGINT,
     resume_floor BIGINT NOT NULL DEFAULT 0,
     lease_heard BOOLEAN NOT NULL DEFAULT TRUE,
-    planned_epochs BIGINT
+    planned_epochs BIGINT,
+    stop_rung BIGINT
 );
 CREATE INDEX IF NOT EXISTS trials_by_state ON trials(state, seq);
 CREATE INDEX IF NOT EXISTS trials_leasable ON trials(seq) WHERE state IN ('pending', 'preempted');
@@ -70,7 +71,26 @@ CREATE TABLE IF NOT EXISTS epochs (
     test_loss DOUBLE PRECISION NOT NULL,
     test_acc DOUBLE PRECISION NOT NULL,
     seconds DOUBLE PRECISION NOT NULL,
+    val_loss DOUBLE PRECISION,
+    val_acc DOUBLE PRECISION,
     PRIMARY KEY (trial_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    sweep_id TEXT COLLATE "C" NOT NULL REFERENCES sweeps(id),
+    config TEXT COLLATE "C" NOT NULL,
+    rung BIGINT NOT NULL,
+    group_key TEXT COLLATE "C" NOT NULL,
+    rule TEXT COLLATE "C" NOT NULL,
+    kept BOOLEAN NOT NULL,
+    metric TEXT COLLATE "C" NOT NULL,
+    value DOUBLE PRECISION NOT NULL,
+    seeds BIGINT NOT NULL,
+    rank BIGINT NOT NULL,
+    ranked BIGINT NOT NULL,
+    trials TEXT COLLATE "C" NOT NULL,
+    inputs TEXT COLLATE "C" NOT NULL,
+    decided_ms BIGINT NOT NULL,
+    PRIMARY KEY (sweep_id, group_key, config, rung)
 );
 CREATE TABLE IF NOT EXISTS results (
     trial_id TEXT COLLATE "C" PRIMARY KEY REFERENCES trials(id),
@@ -219,9 +239,17 @@ pub(super) fn open_writable(url: &str) -> Result<Conn> {
         s.exec("SELECT pg_advisory_xact_lock($1)", &[&ADMIN_LOCK])?;
         // Refuse another version, or another program's tables, before touching anything.
         if has_meta(s, &url)? {
-            match stored_version(s)? {
+            match stored_version(s)?.as_deref() {
                 Some(v) if v == SCHEMA_VERSION.to_string() => {}
-                Some(v) => return Err(mismatch(&url, &v)),
+                // v8 -> v9: validation metrics per epoch, the rung a stopping rule stopped a
+                // trial at (the decisions table comes with SCHEMA).
+                Some("8") => s.batch(
+                    "ALTER TABLE epochs ADD COLUMN IF NOT EXISTS val_loss DOUBLE PRECISION;
+                     ALTER TABLE epochs ADD COLUMN IF NOT EXISTS val_acc DOUBLE PRECISION;
+                     ALTER TABLE trials ADD COLUMN IF NOT EXISTS stop_rung BIGINT;
+                     UPDATE meta SET value = '9' WHERE key = 'schema_version';",
+                )?,
+                Some(v) => return Err(mismatch(&url, v)),
                 None => {}
             }
         }

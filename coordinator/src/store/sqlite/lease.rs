@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use convsweep_proto::FieldError;
 
 pub(super) use crate::store::lease::new_token;
-use crate::store::lease::{Completed, Expired, Granted, LeaseOps, LeasePolicy, state_of};
+use crate::store::lease::{self, Completed, Expired, Granted, LeaseOps, LeasePolicy, state_of};
 
 /// The worker writes inside one open SQLite transaction, at one clock reading.
 pub(super) struct SqliteLeaseOps<'a> {
@@ -168,6 +168,8 @@ struct Held {
     attempt: u32,
     /// The epochs its trial trains.
     planned: Option<u32>,
+    /// The rung a stopping rule stopped its configuration at (`trials.stop_rung`).
+    stop_rung: Option<i64>,
 }
 
 impl Held {
@@ -185,7 +187,7 @@ fn check_lease(tx: &Connection, trial_id: &str, token: &str) -> Result<Held> {
     let found = row(
         tx,
         "SELECT state, lease_token, attempt, worker_id, \
-         COALESCE(planned_epochs, json_extract(spec_json, '$.train.epochs')) FROM trials WHERE id = ?1",
+         COALESCE(planned_epochs, json_extract(spec_json, '$.train.epochs')), stop_rung FROM trials WHERE id = ?1",
         [trial_id],
         |r| {
             let planned: Option<i64> = r.get(4)?;
@@ -195,6 +197,7 @@ fn check_lease(tx: &Connection, trial_id: &str, token: &str) -> Result<Held> {
                 Held {
                     attempt: r.get(2)?,
                     planned: planned.and_then(|n| u32::try_from(n).ok()),
+                    stop_rung: r.get(5)?,
                 },
                 r.get::<_, Option<String>>(3)?,
             ))
@@ -228,13 +231,13 @@ fn heartbeat(
     let mut out = Vec::with_capacity(leases.len());
     for l in leases {
         let directive = match check_lease(tx, &l.trial_id, &l.lease_token) {
-            Ok(_) => {
+            Ok(held) => {
                 exec(
                     tx,
                     "UPDATE trials SET lease_deadline_ms = ?2, lease_heard = 1 WHERE id = ?1",
                     params![l.trial_id, deadline],
                 )?;
-                pb::LeaseDirective::Continue
+                lease::active_directive(held.stop_rung)
             }
             Err(Error::StaleLease(_) | Error::NotFound(_)) => {
                 let state: Option<String> = row(tx, "SELECT state FROM trials WHERE id = ?1", [&l.trial_id], |r| {
@@ -279,8 +282,8 @@ fn report_epochs(
     }
     {
         let mut stmt = tx.prepare_cached(
-            "INSERT OR REPLACE INTO epochs (trial_id, epoch, attempt, lr, train_loss, train_acc, test_loss, test_acc, seconds) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT OR REPLACE INTO epochs (trial_id, epoch, attempt, lr, train_loss, train_acc, test_loss, test_acc, seconds, \
+             val_loss, val_acc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
         for e in epochs {
             stmt.execute(params![
@@ -292,7 +295,9 @@ fn report_epochs(
                 e.train_acc,
                 e.test_loss,
                 e.test_acc,
-                e.seconds
+                e.seconds,
+                e.val_loss,
+                e.val_acc
             ])?;
         }
     }
@@ -418,6 +423,7 @@ fn complete(
     }
     let held = check_lease(tx, trial_id, token)?;
     let attempt = held.attempt;
+    let stopped_reason = lease::stopped_reason(trial_id, held.stop_rung, outcome)?;
     if let Outcome::Succeeded(r) = outcome {
         let planned = held.planned(trial_id)?;
         if r.best_epoch > planned {
@@ -503,6 +509,14 @@ fn complete(
                 [trial_id],
             )?;
             TrialState::Preempted
+        }
+        Outcome::Stopped { .. } => {
+            exec(
+                tx,
+                "UPDATE trials SET state = 'stopped', lease_token = NULL, lease_deadline_ms = NULL, reason = ?2, finished_ms = ?3 WHERE id = ?1",
+                params![trial_id, stopped_reason, now],
+            )?;
+            TrialState::Stopped
         }
     };
     Ok(Completed {

@@ -20,7 +20,7 @@ use schema::state_of;
 
 use std::path::{Path, PathBuf};
 
-use convsweep_proto::{SweepId, TrialId, TrialState};
+use convsweep_proto::{SweepId, TrialId, TrialState, pb};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{Error, Result};
@@ -339,6 +339,76 @@ impl StoreWriter for SqliteStore {
         )?;
         tx.commit()?;
         Ok(n as u32)
+    }
+
+    fn resume_stopped(&mut self, sweep: &str, trial_ids: &[String]) -> Result<u32> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        schema::require_sweep(&tx, sweep)?;
+        let of_sweep = "state = 'stopped' AND id IN (SELECT trial_id FROM sweep_trials WHERE sweep_id = ?1)";
+        let set = "UPDATE trials SET state = 'pending', reason = NULL, finished_ms = NULL, resume_floor = attempt, stop_rung = -1";
+        let mut n = 0;
+        if trial_ids.is_empty() {
+            n += tx.execute(&format!("{set} WHERE {of_sweep}"), [sweep])?;
+        } else {
+            for id in trial_ids {
+                n += tx.execute(&format!("{set} WHERE {of_sweep} AND id = ?2"), params![sweep, id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(n as u32)
+    }
+
+    fn record_decisions(
+        &mut self,
+        decisions: &[pb::ExportDecision],
+        stops: &[(String, u32)],
+        now: i64,
+    ) -> Result<Vec<String>> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for d in decisions {
+            lease::exec(
+                &tx,
+                "INSERT OR IGNORE INTO decisions (sweep_id, config, rung, group_key, rule, kept, metric, value, seeds, \
+                 rank, ranked, trials, inputs, decided_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                params![
+                    d.sweep_id,
+                    d.config,
+                    d.rung,
+                    d.group,
+                    d.rule,
+                    d.kept,
+                    d.metric,
+                    d.value,
+                    d.seeds,
+                    d.rank,
+                    d.ranked,
+                    d.trials,
+                    d.inputs,
+                    d.decided_ms
+                ],
+            )?;
+        }
+        let mut ended = Vec::new();
+        for (trial, rung) in stops {
+            lease::exec(
+                &tx,
+                "UPDATE trials SET stop_rung = ?2 WHERE id = ?1 AND stop_rung IS NULL",
+                params![trial, rung],
+            )?;
+            let n = lease::exec(
+                &tx,
+                "UPDATE trials SET state = 'stopped', lease_token = NULL, lease_deadline_ms = NULL, finished_ms = ?3, \
+                 reason = 'stopped before it ran further by the sweep''s stopping rule (its configuration was stopped at rung ' || ?2 || ')' \
+                 WHERE id = ?1 AND stop_rung = ?2 AND state IN ('pending', 'preempted')",
+                params![trial, rung, now],
+            )?;
+            if n > 0 {
+                ended.push(trial.clone());
+            }
+        }
+        tx.commit()?;
+        Ok(ended)
     }
 
     fn register_worker(

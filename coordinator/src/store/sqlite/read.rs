@@ -209,6 +209,14 @@ impl StoreReader for SqliteReader {
     fn results(&self, sweep: Option<&str>) -> Result<Results> {
         results(&self.conn, sweep)
     }
+
+    fn sweep_spec(&self, sweep: &str) -> Result<String> {
+        lease::row(&self.conn, "SELECT spec_toml FROM sweeps WHERE id = ?1", [sweep], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .ok_or_else(|| Error::NotFound(format!("no sweep named {sweep:?}")))
+    }
 }
 
 /// Every result of one sweep (or all) of the state behind `conn`, in one read transaction.
@@ -223,6 +231,7 @@ fn results(conn: &Connection, sweep: Option<&str>) -> Result<Results> {
             epochs: epoch_rows(conn, sweep)?,
             robustness: robustness_rows(conn, sweep)?,
             filters: filter_rows(conn, sweep)?,
+            decisions: decision_rows(conn, sweep)?,
         })
     };
     let out = read();
@@ -372,7 +381,7 @@ fn filter_rows(conn: &Connection, sweep: Option<&str>) -> Result<Vec<FilterRow>>
 /// Every stored epoch, by trial and epoch.
 fn epoch_rows(conn: &Connection, sweep: Option<&str>) -> Result<Vec<EpochRow>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT trial_id, attempt, epoch, lr, train_loss, train_acc, test_loss, test_acc, seconds \
+        "SELECT trial_id, attempt, epoch, lr, train_loss, train_acc, test_loss, test_acc, seconds, val_loss, val_acc \
          FROM epochs WHERE {OF_SWEEP} ORDER BY trial_id, epoch"
     ))?;
     let rows = stmt.query_map([sweep], |r| {
@@ -387,7 +396,36 @@ fn epoch_rows(conn: &Connection, sweep: Option<&str>) -> Result<Vec<EpochRow>> {
                 test_loss: r.get(6)?,
                 test_acc: r.get(7)?,
                 seconds: r.get(8)?,
+                val_loss: r.get(9)?,
+                val_acc: r.get(10)?,
             },
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Every stopping decision of one sweep (or all), by sweep, rung, group and configuration.
+fn decision_rows(conn: &Connection, sweep: Option<&str>) -> Result<Vec<pb::ExportDecision>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT sweep_id, rule, group_key, config, rung, kept, metric, value, seeds, rank, ranked, trials, inputs, \
+         decided_ms FROM decisions WHERE (?1 IS NULL OR sweep_id = ?1) ORDER BY sweep_id, rung, group_key, config",
+    )?;
+    let rows = stmt.query_map([sweep], |r| {
+        Ok(pb::ExportDecision {
+            sweep_id: r.get(0)?,
+            rule: r.get(1)?,
+            group: r.get(2)?,
+            config: r.get(3)?,
+            rung: r.get(4)?,
+            kept: r.get(5)?,
+            metric: r.get(6)?,
+            value: r.get(7)?,
+            seeds: r.get(8)?,
+            rank: r.get(9)?,
+            ranked: r.get(10)?,
+            trials: r.get(11)?,
+            inputs: r.get(12)?,
+            decided_ms: r.get(13)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

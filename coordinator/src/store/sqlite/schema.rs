@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 pub const DB_FILE: &str = "state.db";
 
 /// The schema version this convsweep writes and reads.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,8 +35,12 @@ CREATE TABLE IF NOT EXISTS trials (
     finished_ms INTEGER,
     resume_floor INTEGER NOT NULL DEFAULT 0,
     lease_heard INTEGER NOT NULL DEFAULT 1,
-    planned_epochs INTEGER
+    planned_epochs INTEGER,
+    stop_rung INTEGER
 );
+-- trials.stop_rung: the rung at which a stopping rule stopped the trial's configuration (a
+-- worker holding it is told to stop; a queued one ends `stopped` at once); -1 once a user
+-- resumed it past that decision; NULL otherwise.
 -- trials.planned_epochs: train.epochs of spec_json, copied when the trial is leased, so that
 -- every epoch report is checked without parsing the JSON (NULL before a lease, and for a lease
 -- a version 7 coordinator granted).
@@ -76,7 +80,27 @@ CREATE TABLE IF NOT EXISTS epochs (
     test_loss REAL NOT NULL,
     test_acc REAL NOT NULL,
     seconds REAL NOT NULL,
+    val_loss REAL,
+    val_acc REAL,
     PRIMARY KEY (trial_id, epoch)
+);
+-- A stopping rule's decisions: one per configuration (a grid point over its seeds) and rung.
+CREATE TABLE IF NOT EXISTS decisions (
+    sweep_id TEXT NOT NULL REFERENCES sweeps(id),
+    config TEXT NOT NULL,
+    rung INTEGER NOT NULL,
+    group_key TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    kept INTEGER NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    seeds INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    ranked INTEGER NOT NULL,
+    trials TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    decided_ms INTEGER NOT NULL,
+    PRIMARY KEY (sweep_id, group_key, config, rung)
 );
 CREATE TABLE IF NOT EXISTS results (
     trial_id TEXT PRIMARY KEY REFERENCES trials(id),
@@ -207,23 +231,30 @@ pub(super) fn open_writable(path: &Path) -> Result<Connection> {
                 [SCHEMA_VERSION.to_string()],
             )?;
         }
-        Some(v @ ("1" | "2" | "3" | "4" | "5" | "6" | "7")) => {
+        Some(v @ ("1" | "2" | "3" | "4" | "5" | "6" | "7" | "8")) => {
             // v6 -> v7: whether a lease was confirmed by its worker (leases of an older state
             // count as confirmed), and the instance a worker registered with.
             // v7 -> v8: the epochs a leased trial trains (NULL: read from its spec).
+            // v8 -> v9: validation metrics per epoch (NULL where none was held out), the rung
+            // a stopping rule stopped a trial at (the decisions table came with SCHEMA).
             let mut steps = String::from("BEGIN;");
-            if v != "6" && v != "7" {
+            if !matches!(v, "6" | "7" | "8") {
                 steps.push_str(&steps_to_6(v));
             }
-            if v != "7" {
+            if !matches!(v, "7" | "8") {
                 steps.push_str(
                     "ALTER TABLE trials ADD COLUMN lease_heard INTEGER NOT NULL DEFAULT 1;
                      ALTER TABLE workers ADD COLUMN instance TEXT;",
                 );
             }
+            if v != "8" {
+                steps.push_str("ALTER TABLE trials ADD COLUMN planned_epochs INTEGER;");
+            }
             steps.push_str(
-                "ALTER TABLE trials ADD COLUMN planned_epochs INTEGER;
-                 UPDATE meta SET value = '8' WHERE key = 'schema_version';
+                "ALTER TABLE epochs ADD COLUMN val_loss REAL;
+                 ALTER TABLE epochs ADD COLUMN val_acc REAL;
+                 ALTER TABLE trials ADD COLUMN stop_rung INTEGER;
+                 UPDATE meta SET value = '9' WHERE key = 'schema_version';
                  COMMIT;",
             );
             conn.execute_batch(&steps)?;

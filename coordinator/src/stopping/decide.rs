@@ -1,0 +1,366 @@
+//! The decisions of a stopping rule, as a pure function of a sweep's recorded curves and the
+//! decisions already stored: the coordinator runs it after epochs arrive, and a test runs it
+//! as the oracle on the same rows. Successive halving and the median rule decide a group's rung
+//! once every configuration of the group reached it, from values at that epoch only, so that
+//! the decisions are the same whatever the workers, the order of arrival or restarts; ASHA
+//! decides each configuration as it arrives (order-dependent, its inputs recorded).
+
+use std::collections::{BTreeMap, HashMap};
+
+use convsweep_proto::results::Results;
+use convsweep_proto::{TrialState, pb};
+
+use super::spec::{Rule, StoppingSpec};
+
+/// Where one trial sits in the sweep's design.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cell {
+    /// Its configuration: the grid values other than the groups' and the seed, e.g.
+    /// `expansion=4 train_mode=frozen`.
+    pub config: String,
+    /// Its comparison group: the values of the `within` axes, e.g. `kernel_size=3`.
+    pub group: String,
+    /// Its seed.
+    pub seed: u64,
+    /// Whether its cell always runs to the end.
+    pub exempt: bool,
+}
+
+/// Every trial of a sweep's design, by trial id.
+pub type Cells = HashMap<String, Cell>;
+
+/// What a pass decided.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decided {
+    /// New decisions (stored ones are not repeated).
+    pub decisions: Vec<pb::ExportDecision>,
+    /// Every trial of a stopped configuration with the rung it was stopped at (stored ones
+    /// included: the store takes each once).
+    pub stops: Vec<(String, u32)>,
+    /// The pilot's rank fidelity per rung (mean Kendall tau over pilot groups), once measured.
+    pub pilot_tau: BTreeMap<u32, f64>,
+}
+
+/// A configuration's value at a rung: its seeds' mean, not yet known, or out of the race (an
+/// evidence trial ended without reaching the rung: failed or cancelled).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Value {
+    Mean(f64),
+    Waiting,
+    Out,
+}
+
+struct Config<'a> {
+    name: &'a str,
+    group: &'a str,
+    exempt: bool,
+    /// Trials by seed.
+    trials: Vec<(u64, &'a str)>,
+}
+
+/// Decides what can be decided now. `cells` maps each trial id of the sweep to its place.
+pub fn decide<'c>(
+    spec: &StoppingSpec,
+    sweep: &str,
+    cells: &'c HashMap<String, Cell>,
+    results: &Results,
+    now_ms: i64,
+) -> Decided {
+    let metric = spec.metric;
+    // Metric values by trial and epoch; trial states.
+    let mut values: HashMap<&str, BTreeMap<u32, f64>> = HashMap::new();
+    for e in &results.epochs {
+        if let Some(v) = metric.of(&e.metrics) {
+            values
+                .entry(e.trial_id.as_str())
+                .or_default()
+                .insert(e.metrics.epoch, v);
+        }
+    }
+    let states: HashMap<&str, (TrialState, u32)> = results
+        .trials
+        .iter()
+        .filter(|t| t.sweep_id == sweep)
+        .map(|t| (t.trial_id.as_str(), (t.state, t.spec.train.epochs)))
+        .collect();
+    // By group and configuration: a configuration's label repeats in every group.
+    let mut configs: BTreeMap<(&str, &str), Config<'c>> = BTreeMap::new();
+    for (id, cell) in cells {
+        let c = configs
+            .entry((cell.group.as_str(), cell.config.as_str()))
+            .or_insert_with(|| Config {
+                name: &cell.config,
+                group: &cell.group,
+                exempt: cell.exempt,
+                trials: Vec::new(),
+            });
+        c.trials.push((cell.seed, id.as_str()));
+    }
+    for c in configs.values_mut() {
+        c.trials.sort();
+    }
+    let mut groups: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
+    for c in configs.values() {
+        groups.entry(c.group).or_default().push((c.group, c.name));
+    }
+    let stored: HashMap<(&str, &str, u32), &pb::ExportDecision> = results
+        .decisions
+        .iter()
+        .filter(|d| d.sweep_id == sweep)
+        .map(|d| ((d.group.as_str(), d.config.as_str(), d.rung), d))
+        .collect();
+    let value_at = |c: &Config<'c>, rung: u32| -> (Value, Vec<&'c str>) {
+        let evidence: Vec<&str> = c
+            .trials
+            .iter()
+            .take(spec.min_seeds as usize)
+            .map(|(_, id)| *id)
+            .collect();
+        let mut sum = 0.0;
+        for id in &evidence {
+            match values.get(id).and_then(|v| v.get(&rung)) {
+                Some(v) => sum += v,
+                None => {
+                    let done = states.get(id).is_some_and(|(s, _)| s.is_done());
+                    return (if done { Value::Out } else { Value::Waiting }, evidence);
+                }
+            }
+        }
+        (Value::Mean(sum / evidence.len() as f64), evidence)
+    };
+    let better = |a: f64, b: f64| {
+        if metric.higher_is_better() {
+            b.total_cmp(&a)
+        } else {
+            a.total_cmp(&b)
+        }
+    };
+
+    let mut out = Decided::default();
+    // The pilot: its groups run in full; the others wait for it to finish.
+    let pilot: Vec<&str> = groups.keys().take(spec.pilot as usize).copied().collect();
+    let pilot_done = pilot.iter().all(|g| {
+        groups[g]
+            .iter()
+            .flat_map(|c| configs[c].trials.iter())
+            .all(|(_, id)| states.get(id).is_some_and(|(s, _)| s.is_done()))
+    });
+    if !pilot.is_empty() && pilot_done {
+        for &rung in &spec.rungs {
+            let mut taus = Vec::new();
+            for g in &pilot {
+                let (mut early, mut last) = (Vec::new(), Vec::new());
+                for c in &groups[g] {
+                    let c = &configs[c];
+                    let finals: Option<Vec<f64>> = c
+                        .trials
+                        .iter()
+                        .take(spec.min_seeds as usize)
+                        .map(|(_, id)| {
+                            let planned = states.get(id).map(|(_, e)| *e)?;
+                            values.get(id).and_then(|v| v.get(&planned)).copied()
+                        })
+                        .collect();
+                    if let (Value::Mean(v), Some(f)) = (value_at(c, rung).0, finals) {
+                        early.push(v);
+                        last.push(f.iter().sum::<f64>() / f.len() as f64);
+                    }
+                }
+                if let Some(t) = convsweep_proto::rank::kendall_tau_b(&early, &last) {
+                    taus.push(t);
+                }
+            }
+            if !taus.is_empty() {
+                out.pilot_tau.insert(rung, taus.iter().sum::<f64>() / taus.len() as f64);
+            }
+        }
+    }
+    let mut decided_now: HashMap<(String, String, u32), bool> = HashMap::new();
+    let kept_at = |c: &Config<'_>, rung: u32, now: &HashMap<(String, String, u32), bool>| -> Option<bool> {
+        stored
+            .get(&(c.group, c.name, rung))
+            .map(|d| d.kept)
+            .or_else(|| now.get(&(c.group.to_owned(), c.name.to_owned(), rung)).copied())
+    };
+    for (group, names) in &groups {
+        if pilot.contains(group) || (!pilot.is_empty() && !pilot_done) {
+            continue;
+        }
+        let mut alive: Vec<&Config<'_>> = names.iter().map(|n| &configs[n]).filter(|c| !c.exempt).collect();
+        for &rung in &spec.rungs {
+            if alive.is_empty() {
+                break;
+            }
+            let measured: Vec<(&Config<'_>, Value, Vec<&str>)> = alive
+                .iter()
+                .map(|c| {
+                    let (v, ev) = value_at(c, rung);
+                    (*c, v, ev)
+                })
+                .collect();
+            let decided_here = alive.iter().any(|c| kept_at(c, rung, &decided_now).is_some());
+            if !decided_here || spec.rule == Rule::Asha {
+                let tau_gate = spec.min_tau.and_then(|min| {
+                    let tau = out.pilot_tau.get(&rung).copied();
+                    match tau {
+                        Some(t) if t >= min => None,
+                        t => Some(format!(
+                            "pilot Kendall tau at rung {rung} is {} (min_tau {min}): nothing is pruned here",
+                            t.map_or("unmeasured".to_owned(), |t| format!("{t:.3}"))
+                        )),
+                    }
+                });
+                match spec.rule {
+                    Rule::SuccessiveHalving | Rule::Median => {
+                        if measured.iter().any(|(_, v, _)| *v == Value::Waiting) {
+                            break;
+                        }
+                        let mut ranked: Vec<(&Config<'_>, f64, &Vec<&str>)> = measured
+                            .iter()
+                            .filter_map(|(c, v, ev)| match v {
+                                Value::Mean(m) => Some((*c, *m, ev)),
+                                _ => None,
+                            })
+                            .collect();
+                        ranked.sort_by(|a, b| better(a.1, b.1).then_with(|| a.2[0].cmp(b.2[0])));
+                        let n = ranked.len();
+                        let cut = match spec.rule {
+                            Rule::Median => {
+                                let mut v: Vec<f64> = ranked.iter().map(|r| r.1).collect();
+                                v.sort_by(|a, b| a.total_cmp(b));
+                                let median = if n == 0 {
+                                    0.0
+                                } else if n % 2 == 1 {
+                                    v[n / 2]
+                                } else {
+                                    (v[n / 2 - 1] + v[n / 2]) / 2.0
+                                };
+                                Cut::Median(median)
+                            }
+                            _ => Cut::Keep(((spec.keep * n as f64).ceil() as usize).max(1)),
+                        };
+                        let inputs = inputs_json(ranked.iter().map(|r| (r.0.name, r.1)), tau_gate.as_deref());
+                        for (i, (c, v, ev)) in ranked.iter().enumerate() {
+                            let kept = tau_gate.is_some()
+                                || match cut {
+                                    Cut::Keep(k) => i < k,
+                                    Cut::Median(m) => better(*v, m) != std::cmp::Ordering::Greater,
+                                };
+                            decided_now.insert((c.group.to_owned(), c.name.to_owned(), rung), kept);
+                            out.decisions.push(decision(
+                                spec,
+                                sweep,
+                                group,
+                                c.name,
+                                rung,
+                                kept,
+                                *v,
+                                ev,
+                                i + 1,
+                                n,
+                                &inputs,
+                                now_ms,
+                            ));
+                        }
+                    }
+                    Rule::Asha => {
+                        // Everything the group recorded at this rung so far, decided or not.
+                        let recorded: Vec<(&str, f64, &str)> = names
+                            .iter()
+                            .map(|n| &configs[n])
+                            .filter(|c| !c.exempt)
+                            .filter_map(|c| match value_at(c, rung) {
+                                (Value::Mean(v), ev) => Some((c.name, v, ev[0])),
+                                _ => None,
+                            })
+                            .collect();
+                        for (c, v, ev) in &measured {
+                            let Value::Mean(v) = v else { continue };
+                            if kept_at(c, rung, &decided_now).is_some() {
+                                continue;
+                            }
+                            let mut order: Vec<&(&str, f64, &str)> = recorded.iter().collect();
+                            order.sort_by(|a, b| better(a.1, b.1).then_with(|| a.2.cmp(b.2)));
+                            let n = order.len();
+                            let rank = order.iter().position(|r| r.0 == c.name).map_or(n, |p| p + 1);
+                            let keep = ((spec.keep * n as f64).ceil() as usize).max(1);
+                            let kept = tau_gate.is_some() || rank <= keep;
+                            let inputs = inputs_json(order.iter().map(|r| (r.0, r.1)), tau_gate.as_deref());
+                            decided_now.insert((c.group.to_owned(), c.name.to_owned(), rung), kept);
+                            out.decisions.push(decision(
+                                spec, sweep, group, c.name, rung, kept, *v, ev, rank, n, &inputs, now_ms,
+                            ));
+                        }
+                    }
+                }
+            }
+            // Who goes on to the next rung: kept here (an undecided one waits, under ASHA).
+            alive.retain(|c| kept_at(c, rung, &decided_now) == Some(true));
+        }
+    }
+    // Every trial of a configuration stopped at some rung (its earliest).
+    for c in configs.values() {
+        let first_stop = spec
+            .rungs
+            .iter()
+            .copied()
+            .find(|&r| kept_at(c, r, &decided_now) == Some(false));
+        if let Some(rung) = first_stop {
+            for (_, id) in &c.trials {
+                out.stops.push(((*id).to_owned(), rung));
+            }
+        }
+    }
+    out.stops.sort();
+    out
+}
+
+enum Cut {
+    Keep(usize),
+    Median(f64),
+}
+
+fn inputs_json<'a>(values: impl Iterator<Item = (&'a str, f64)>, note: Option<&str>) -> String {
+    let mut map = serde_json::Map::new();
+    for (c, v) in values {
+        map.insert(c.to_owned(), serde_json::json!(v));
+    }
+    let mut out = serde_json::json!({ "values": map });
+    if let Some(n) = note {
+        out["note"] = serde_json::Value::String(n.to_owned());
+    }
+    out.to_string()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decision(
+    spec: &StoppingSpec,
+    sweep: &str,
+    group: &str,
+    config: &str,
+    rung: u32,
+    kept: bool,
+    value: f64,
+    evidence: &[&str],
+    rank: usize,
+    ranked: usize,
+    inputs: &str,
+    now_ms: i64,
+) -> pb::ExportDecision {
+    pb::ExportDecision {
+        sweep_id: sweep.to_owned(),
+        rule: spec.rule.as_str().to_owned(),
+        group: group.to_owned(),
+        config: config.to_owned(),
+        rung,
+        kept,
+        metric: spec.metric.as_str().to_owned(),
+        value,
+        seeds: evidence.len() as u32,
+        rank: rank as u32,
+        ranked: ranked as u32,
+        trials: evidence.join(","),
+        inputs: inputs.to_owned(),
+        decided_ms: now_ms,
+    }
+}
