@@ -364,3 +364,201 @@ fn decision(
         decided_ms: now_ms,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use convsweep_proto::results::{EpochRow, TrialRow};
+
+    use super::*;
+    use crate::stopping::spec::{Metric, Rule};
+
+    fn spec(rule: Rule) -> StoppingSpec {
+        StoppingSpec {
+            rule,
+            metric: Metric::ValAcc,
+            rungs: vec![1, 2],
+            keep: 0.5,
+            within: vec![],
+            exempt: vec![],
+            min_seeds: 1,
+            pilot: 0,
+            min_tau: None,
+        }
+    }
+
+    /// Trials placed in groups and configurations, with their validation curves.
+    struct Design {
+        cells: Cells,
+        results: Results,
+    }
+
+    impl Design {
+        fn new() -> Design {
+            Design {
+                cells: Cells::new(),
+                results: Results::default(),
+            }
+        }
+
+        fn add(&mut self, group: &str, config: &str, seed: u64, exempt: bool, curve: &[f64], state: TrialState) {
+            let id = format!("{group}-{config}-{seed}");
+            self.cells.insert(
+                id.clone(),
+                Cell {
+                    config: config.into(),
+                    group: group.into(),
+                    seed,
+                    exempt,
+                },
+            );
+            let mut spec = convsweep_proto::TrialSpec::from_json(
+                r#"{"dataset":{"name":"synthetic"},"model":{"arch":"resnet","kernel_size":3,"train_mode":"learned","init":"kaiming-uniform"},"seed":0}"#,
+            )
+            .unwrap();
+            spec.train.epochs = 3;
+            self.results.trials.push(TrialRow {
+                sweep_id: "s".into(),
+                trial_id: id.clone(),
+                spec,
+                state,
+                attempts: 1,
+                reason: None,
+                worker_id: None,
+                result: None,
+            });
+            for (i, v) in curve.iter().enumerate() {
+                self.results.epochs.push(EpochRow {
+                    trial_id: id.clone(),
+                    attempt: 1,
+                    metrics: pb::EpochMetrics {
+                        epoch: i as u32 + 1,
+                        val_acc: Some(*v),
+                        val_loss: Some(1.0 - v),
+                        ..Default::default()
+                    },
+                });
+            }
+        }
+
+        fn decide(&mut self, spec: &StoppingSpec) -> Decided {
+            let d = decide(spec, "s", &self.cells, &self.results, 0);
+            self.results.decisions.extend(d.decisions.iter().cloned());
+            d
+        }
+    }
+
+    fn kept(d: &[pb::ExportDecision], rung: u32) -> Vec<(&str, bool)> {
+        d.iter()
+            .filter(|d| d.rung == rung)
+            .map(|d| (d.config.as_str(), d.kept))
+            .collect()
+    }
+
+    #[test]
+    fn the_median_rule_waits_for_the_group_and_stops_below_the_median() {
+        let mut d = Design::new();
+        d.add("g", "a", 0, false, &[0.5], TrialState::Running);
+        d.add("g", "b", 0, false, &[0.7, 0.8], TrialState::Running);
+        d.add("g", "c", 0, false, &[], TrialState::Running);
+        assert!(
+            d.decide(&spec(Rule::Median)).decisions.is_empty(),
+            "c has not reached rung 1"
+        );
+        d.results.epochs.push(EpochRow {
+            trial_id: "g-c-0".into(),
+            attempt: 1,
+            metrics: pb::EpochMetrics {
+                epoch: 1,
+                val_acc: Some(0.6),
+                ..Default::default()
+            },
+        });
+        let out = d.decide(&spec(Rule::Median));
+        // Median of 0.5, 0.6, 0.7 is 0.6: a (below) stops, c (at it) and b go on.
+        assert_eq!(kept(&out.decisions, 1), vec![("b", true), ("c", true), ("a", false)]);
+        assert_eq!(out.stops, vec![("g-a-0".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn asha_decides_each_arrival_against_what_was_recorded_and_says_so() {
+        let mut d = Design::new();
+        d.add("g", "a", 0, false, &[0.5], TrialState::Running);
+        let first = d.decide(&spec(Rule::Asha));
+        assert_eq!(kept(&first.decisions, 1), vec![("a", true)], "alone at the rung: kept");
+        d.add("g", "b", 0, false, &[0.7], TrialState::Running);
+        d.add("g", "c", 0, false, &[0.4], TrialState::Running);
+        let second = d.decide(&spec(Rule::Asha));
+        // b and c each against a, b, c (ceil(0.5 * 3) = 2 kept): b first, c third.
+        assert_eq!(kept(&second.decisions, 1), vec![("b", true), ("c", false)]);
+        assert!(
+            second.decisions[1].inputs.contains("\"a\":0.5"),
+            "{}",
+            second.decisions[1].inputs
+        );
+        // The same curves arriving at once keep a and b and stop c as well, but had c come
+        // first it would have been kept: ASHA's order dependence, recorded in its inputs.
+        let mut alone = Design::new();
+        alone.add("g", "c", 0, false, &[0.4], TrialState::Running);
+        assert_eq!(kept(&alone.decide(&spec(Rule::Asha)).decisions, 1), vec![("c", true)]);
+    }
+
+    #[test]
+    fn exempt_cells_always_finish_and_failed_evidence_leaves_the_race() {
+        let mut d = Design::new();
+        d.add("g", "a", 0, false, &[0.9, 0.9], TrialState::Running);
+        d.add("g", "b", 0, false, &[0.8, 0.1], TrialState::Running);
+        d.add("g", "base", 0, true, &[0.0, 0.0], TrialState::Running);
+        d.add("g", "nan", 0, false, &[], TrialState::Failed);
+        let out = d.decide(&spec(Rule::SuccessiveHalving));
+        // Rung 1: a and b ranked (the failed one is out, the exempt one not raced): one kept.
+        assert_eq!(kept(&out.decisions, 1), vec![("a", true), ("b", false)]);
+        // Rung 2: a alone is kept.
+        assert_eq!(kept(&out.decisions, 2), vec![("a", true)]);
+        assert_eq!(out.stops, vec![("g-b-0".to_owned(), 1)]);
+        assert!(out.decisions.iter().all(|d| d.config != "base" && d.config != "nan"));
+    }
+
+    #[test]
+    fn a_pilot_measures_rank_fidelity_first_and_min_tau_keeps_everything_where_it_is_low() {
+        let mut s = spec(Rule::SuccessiveHalving);
+        s.pilot = 1;
+        s.min_tau = Some(0.5);
+        s.rungs = vec![1];
+        let mut d = Design::new();
+        // Pilot group "a": the rung-1 order is the reverse of the final one (tau -1).
+        d.add("a", "x", 0, false, &[0.9, 0.5, 0.1], TrialState::Running);
+        d.add("a", "y", 0, false, &[0.5, 0.6, 0.2], TrialState::Running);
+        d.add("a", "z", 0, false, &[0.1, 0.7, 0.3], TrialState::Running);
+        d.add("b", "x", 0, false, &[0.9], TrialState::Running);
+        d.add("b", "y", 0, false, &[0.5], TrialState::Running);
+        let waiting = d.decide(&s);
+        assert!(
+            waiting.decisions.is_empty(),
+            "the pilot has not finished: {:?}",
+            waiting.decisions
+        );
+        for t in d.results.trials.iter_mut().filter(|t| t.trial_id.starts_with("a-")) {
+            t.state = TrialState::Succeeded;
+        }
+        let out = d.decide(&s);
+        assert_eq!(out.pilot_tau.get(&1).copied(), Some(-1.0));
+        // Group b at rung 1: pruning would stop y, but the pilot's tau is below min_tau.
+        assert_eq!(kept(&out.decisions, 1), vec![("x", true), ("y", true)]);
+        assert!(
+            out.decisions[1].inputs.contains("min_tau"),
+            "{}",
+            out.decisions[1].inputs
+        );
+        assert!(out.decisions.iter().all(|d| d.group == "b"), "pilot groups run in full");
+        // With a faithful pilot, the same group is pruned.
+        let mut faithful = Design::new();
+        faithful.add("a", "x", 0, false, &[0.9, 0.5, 0.3], TrialState::Succeeded);
+        faithful.add("a", "y", 0, false, &[0.5, 0.6, 0.2], TrialState::Succeeded);
+        faithful.add("a", "z", 0, false, &[0.1, 0.7, 0.1], TrialState::Succeeded);
+        faithful.add("b", "x", 0, false, &[0.9], TrialState::Running);
+        faithful.add("b", "y", 0, false, &[0.5], TrialState::Running);
+        let out = faithful.decide(&s);
+        assert_eq!(out.pilot_tau.get(&1).copied(), Some(1.0));
+        assert_eq!(kept(&out.decisions, 1), vec![("x", true), ("y", false)]);
+    }
+}

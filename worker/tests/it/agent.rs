@@ -228,6 +228,59 @@ async fn cancelled_running_trials_stop_at_the_next_heartbeat() {
     s.drain_and_join(agent).await;
 }
 
+/// A stopping rule through the agent: the coordinator decides at rung 1 from the reported
+/// validation accuracy, its heartbeat answer says STOP for the two worse configurations, their
+/// trainers see the halt and end `stopped`; the better two run to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_directive_halts_the_trial_and_it_ends_stopped() {
+    let s = coordinator().await;
+    let spec = SPEC.replace("name = \"synthetic\"", "name = \"synthetic\"\nval_fraction = 0.2")
+        + "[train]\nepochs = 2\n[stopping]\nrule = \"successive-halving\"\nrungs = [1]\nkeep = 0.5\n";
+    s.coordinator.submit(&spec).unwrap();
+    let trainer = Scripted::new(|lease, ctl| {
+        let k = lease.spec.model.kernel_size;
+        let val = f64::from(k) / 10.0;
+        ctl.epoch(pb::EpochMetrics {
+            epoch: 1,
+            lr: 0.1,
+            train_loss: 1.0,
+            train_acc: 0.5,
+            test_loss: 1.0,
+            test_acc: 0.5,
+            seconds: 0.1,
+            val_loss: Some(1.0 - val),
+            val_acc: Some(val),
+        });
+        if k >= 7 {
+            return success();
+        }
+        until(ctl, |sig| {
+            (sig == Signal::Halt).then_some(TrainEnd::Finished(Outcome::Stopped { epochs: 1 }))
+        })
+    });
+    let agent = tokio::spawn(run(config(&s.url, 4), trainer, CancellationToken::new()));
+    let status = wait_for(&s.coordinator, "all done", |c| c.succeeded + c.stopped == 4).await;
+    let counts = status.counts.unwrap();
+    assert_eq!((counts.succeeded, counts.stopped), (2, 2), "{counts:?}");
+    let results = s.coordinator.export("agent").await.unwrap();
+    for t in &results.trials {
+        let want = if t.spec.model.kernel_size >= 7 {
+            convsweep_proto::TrialState::Succeeded
+        } else {
+            convsweep_proto::TrialState::Stopped
+        };
+        assert_eq!(t.state, want, "k={}", t.spec.model.kernel_size);
+    }
+    let stopped: Vec<String> = results
+        .decisions
+        .iter()
+        .filter(|d| !d.kept)
+        .map(|d| d.config.clone())
+        .collect();
+    assert_eq!(stopped, vec!["kernel_size=3".to_owned(), "kernel_size=5".to_owned()]);
+    s.drain_and_join(agent).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_preempts_running_trials_within_the_grace_period() {
     let s = coordinator().await;
