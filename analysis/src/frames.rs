@@ -4,8 +4,8 @@
 use std::fs::File;
 use std::path::Path;
 
-use convsweep_proto::pb;
 use convsweep_proto::results::{EpochRow, FilterRow, Results, RobustnessRow, TrialRow};
+use convsweep_proto::{TrialState, pb};
 use polars::prelude::*;
 
 use crate::error::{Error, Result};
@@ -18,6 +18,8 @@ pub const EPOCHS_FILE: &str = "epochs.parquet";
 pub const ROBUSTNESS_FILE: &str = "robustness.parquet";
 /// Filter statistics at initialisation and at the end.
 pub const FILTERS_FILE: &str = "filters.parquet";
+/// File name of the `decisions` table (stopping rules) in an export.
+pub const DECISIONS_FILE: &str = "decisions.parquet";
 
 /// The tables of a sweep's results.
 #[derive(Debug, Clone)]
@@ -32,6 +34,8 @@ pub struct Frames {
     pub robustness: DataFrame,
     /// One row per trial, stage (init | final) and spatial layer.
     pub filters: DataFrame,
+    /// One row per stopping decision: a configuration kept or stopped at a rung of its group.
+    pub decisions: DataFrame,
 }
 
 fn opt<T: Copy>(rows: &[TrialRow], f: impl Fn(&pb::TrialResult) -> T) -> Vec<Option<T>> {
@@ -66,9 +70,15 @@ pub fn trials_frame(rows: &[TrialRow]) -> Result<DataFrame> {
         "state" => s(&|r| r.state.to_string()),
         "attempts" => u(&|r| r.attempts),
         "reason" => rows.iter().map(|r| r.reason.clone()).collect::<Vec<Option<String>>>(),
+        // Failed because the training loss turned non-finite (never retried).
+        "diverged" => rows
+            .iter()
+            .map(|r| r.state == TrialState::Failed && r.reason.as_deref().is_some_and(|w| w.contains("non-finite")))
+            .collect::<Vec<bool>>(),
         "dataset" => s(&|r| json_name(&r.spec.dataset.name)),
         "train_size" => rows.iter().map(|r| r.spec.dataset.train_size).collect::<Vec<Option<u32>>>(),
         "test_size" => rows.iter().map(|r| r.spec.dataset.test_size).collect::<Vec<Option<u32>>>(),
+        "val_fraction" => rows.iter().map(|r| r.spec.dataset.val_fraction).collect::<Vec<Option<f64>>>(),
         "image_size" => rows.iter().map(|r| r.spec.dataset.image_size).collect::<Vec<Option<u32>>>(),
         "class_subset" => rows.iter().map(|r| class_subset(&r.spec.dataset)).collect::<Vec<Option<u32>>>(),
         "arch" => s(&|r| json_name(&r.spec.model.arch)),
@@ -123,6 +133,10 @@ pub fn trials_frame(rows: &[TrialRow]) -> Result<DataFrame> {
             .map(|t| t.map(|t| t.train_images as f64 / t.train_seconds))
             .collect::<Vec<Option<f64>>>(),
         "conv_algorithm" => rows.iter().map(|r| r.result.as_ref().map(|x| x.conv_algorithm.clone())).collect::<Vec<Option<String>>>(),
+        // Where the sweep's stopping rule places the trial (null without one).
+        "stop_group" => rows.iter().map(|r| r.cell.as_ref().map(|c| c.group.clone())).collect::<Vec<Option<String>>>(),
+        "stop_config" => rows.iter().map(|r| r.cell.as_ref().map(|c| c.config.clone())).collect::<Vec<Option<String>>>(),
+        "stop_exempt" => rows.iter().map(|r| r.cell.as_ref().map(|c| c.exempt)).collect::<Vec<Option<bool>>>(),
     )?;
     // Overfitting at the end: train minus test accuracy, test minus train loss, and how far the
     // last epoch falls below the best.
@@ -183,6 +197,28 @@ fn json_name<T: serde::Serialize>(v: &T) -> String {
     }
 }
 
+/// The `decisions` table: each stopping decision with what it was decided on.
+pub fn decisions_frame(rows: &[pb::ExportDecision]) -> Result<DataFrame> {
+    let s = |f: fn(&pb::ExportDecision) -> &str| rows.iter().map(|d| f(d).to_owned()).collect::<Vec<String>>();
+    let u = |f: fn(&pb::ExportDecision) -> u32| rows.iter().map(f).collect::<Vec<u32>>();
+    Ok(df!(
+        "sweep" => s(|d| &d.sweep_id),
+        "rule" => s(|d| &d.rule),
+        "group" => s(|d| &d.group),
+        "config" => s(|d| &d.config),
+        "rung" => u(|d| d.rung),
+        "kept" => rows.iter().map(|d| d.kept).collect::<Vec<bool>>(),
+        "metric" => s(|d| &d.metric),
+        "value" => rows.iter().map(|d| d.value).collect::<Vec<f64>>(),
+        "seeds" => u(|d| d.seeds),
+        "rank" => u(|d| d.rank),
+        "ranked" => u(|d| d.ranked),
+        "trials" => s(|d| &d.trials),
+        "inputs" => s(|d| &d.inputs),
+        "decided_ms" => rows.iter().map(|d| d.decided_ms).collect::<Vec<i64>>(),
+    )?)
+}
+
 /// The `epochs` table.
 pub fn epochs_frame(rows: &[EpochRow]) -> Result<DataFrame> {
     let m = |f: fn(&pb::EpochMetrics) -> f64| rows.iter().map(|r| f(&r.metrics)).collect::<Vec<f64>>();
@@ -196,6 +232,8 @@ pub fn epochs_frame(rows: &[EpochRow]) -> Result<DataFrame> {
         "test_loss" => m(|e| e.test_loss),
         "test_acc" => m(|e| e.test_acc),
         "seconds" => m(|e| e.seconds),
+        "val_loss" => rows.iter().map(|r| r.metrics.val_loss).collect::<Vec<Option<f64>>>(),
+        "val_acc" => rows.iter().map(|r| r.metrics.val_acc).collect::<Vec<Option<f64>>>(),
     )?
     .lazy()
     .with_columns([
@@ -216,6 +254,16 @@ impl Frames {
             .filter(col("kind").eq(lit("corruption")))
             .group_by([col("trial_id")])
             .agg([col("accuracy").mean().alias("mean_corruption_acc")]);
+        let epochs = epochs_frame(&results.epochs)?;
+        // How far each trial got, and its test accuracy there: a stopped trial's censored
+        // observation ("at least this, at that epoch").
+        let reached = epochs.clone().lazy().group_by([col("trial_id")]).agg([
+            col("epoch").max().alias("epochs_reached"),
+            col("test_acc")
+                .sort_by([col("epoch")], SortMultipleOptions::default())
+                .last()
+                .alias("last_test_acc"),
+        ]);
         let trials = trials_frame(&results.trials)?
             .lazy()
             .join(
@@ -224,12 +272,19 @@ impl Frames {
                 [col("trial_id")],
                 JoinArgs::new(JoinType::Left),
             )
+            .join(
+                reached,
+                [col("trial_id")],
+                [col("trial_id")],
+                JoinArgs::new(JoinType::Left),
+            )
             .collect()?;
         Ok(Frames {
             trials,
-            epochs: epochs_frame(&results.epochs)?,
+            epochs,
             robustness,
             filters: filters_frame(&results.filters)?,
+            decisions: decisions_frame(&results.decisions)?,
         })
     }
 
@@ -250,6 +305,12 @@ impl Frames {
             epochs: read(EPOCHS_FILE)?,
             robustness: read(ROBUSTNESS_FILE)?,
             filters: read(FILTERS_FILE)?,
+            // Exports written before stopping rules have no decisions.
+            decisions: if dir.join(DECISIONS_FILE).exists() {
+                read(DECISIONS_FILE)?
+            } else {
+                decisions_frame(&[])?
+            },
         })
     }
 
@@ -282,6 +343,12 @@ impl Frames {
             epochs: only(&self.epochs)?,
             robustness: only(&self.robustness)?,
             filters: only(&self.filters)?,
+            decisions: self
+                .decisions
+                .clone()
+                .lazy()
+                .filter(col("sweep").eq(lit(sweep)))
+                .collect()?,
             trials,
         })
     }
@@ -295,6 +362,7 @@ impl Frames {
             (EPOCHS_FILE, &self.epochs),
             (ROBUSTNESS_FILE, &self.robustness),
             (FILTERS_FILE, &self.filters),
+            (DECISIONS_FILE, &self.decisions),
         ] {
             let path = out.join(name);
             let tmp = out.join(format!(".{name}.partial"));

@@ -25,7 +25,7 @@ use crate::clock::Clock;
 use crate::commit::{GroupCommit, SharedWriter, lock};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::stopping::Cells;
+use crate::stopping::{Cell, Cells};
 use crate::store::{
     Backend, CompleteWrite, Completed, EpochsWrite, Granted, HeartbeatWrite, LeasePolicy, LeaseWrite, PostgresBackend,
     SqliteBackend, StoreReader, StoreWriter, Submitted,
@@ -139,9 +139,6 @@ pub struct Coordinator {
     replicas: Option<replicas::Replicas>,
     /// Epochs or outcomes arrived since the last stopping pass.
     stopping_due: AtomicBool,
-    /// Each sweep's stopping design (trial id to its cell), by sweep, with the spec it was
-    /// computed from.
-    stopping_cells: Mutex<std::collections::HashMap<String, (String, Arc<Cells>)>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -198,7 +195,6 @@ impl Coordinator {
             alive: Mutex::new(Default::default()),
             replicas: shared_clock.map(|_| replicas::Replicas::new()),
             stopping_due: AtomicBool::new(true),
-            stopping_cells: Mutex::default(),
         }))
     }
 
@@ -782,10 +778,27 @@ impl Coordinator {
         let mut made = 0;
         for sweep in self.read("sweep_ids", |r| r.sweep_ids())? {
             let toml = self.read("sweep_spec", |r| r.sweep_spec(&sweep))?;
-            let Some((stopping, cells)) = self.stopping_design(&sweep, &toml)? else {
+            // A stored spec was checked when it was submitted; one this version cannot read
+            // has no rule it knows.
+            let Some(stopping) = SweepSpec::from_toml(&toml).ok().and_then(|s| s.stopping) else {
                 continue;
             };
+            // The reader places every trial in the rule's design.
             let results = self.read("stopping_results", |r| r.results(Some(&sweep)))?;
+            let cells: Cells = results
+                .trials
+                .iter()
+                .filter_map(|t| {
+                    let c = t.cell.as_ref()?;
+                    let cell = Cell {
+                        config: c.config.clone(),
+                        group: c.group.clone(),
+                        seed: t.spec.seed,
+                        exempt: c.exempt,
+                    };
+                    Some((t.trial_id.clone(), cell))
+                })
+                .collect();
             let now = self.clock.now_ms();
             let decided = crate::stopping::decide(&stopping, &sweep, &cells, &results, now);
             let state: std::collections::HashMap<&str, TrialState> =
@@ -822,27 +835,6 @@ impl Coordinator {
             made += decided.decisions.len();
         }
         Ok(made)
-    }
-
-    /// A sweep's stopping rule and design, when it has one (cached per spec text).
-    fn stopping_design(&self, sweep: &str, toml: &str) -> Result<Option<(crate::stopping::StoppingSpec, Arc<Cells>)>> {
-        // A stored spec was checked when it was submitted; one this version cannot read has
-        // no rule it knows.
-        let Ok(spec) = SweepSpec::from_toml(toml) else {
-            return Ok(None);
-        };
-        let Some(stopping) = spec.stopping.clone() else {
-            return Ok(None);
-        };
-        let mut cache = lock(&self.stopping_cells);
-        if let Some((text, cells)) = cache.get(sweep)
-            && text == toml
-        {
-            return Ok(Some((stopping, cells.clone())));
-        }
-        let cells = Arc::new(spec.stopping_cells()?);
-        cache.insert(sweep.to_owned(), (toml.to_owned(), cells.clone()));
-        Ok(Some((stopping, cells)))
     }
 
     /// Carries new work and events between the coordinators that share this one's state

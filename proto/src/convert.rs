@@ -358,6 +358,9 @@ impl From<TrialRow> for pb::ExportTrial {
             reason: r.reason,
             worker_id: r.worker_id,
             result: r.result,
+            stop_group: r.cell.as_ref().map(|c| c.group.clone()),
+            stop_config: r.cell.as_ref().map(|c| c.config.clone()),
+            stop_exempt: r.cell.as_ref().is_some_and(|c| c.exempt),
         }
     }
 }
@@ -376,6 +379,14 @@ impl TryFrom<pb::ExportTrial> for TrialRow {
             reason: m.reason,
             worker_id: m.worker_id,
             result: m.result,
+            cell: match (m.stop_group, m.stop_config) {
+                (Some(group), Some(config)) => Some(crate::results::StopCell {
+                    group,
+                    config,
+                    exempt: m.stop_exempt,
+                }),
+                _ => None,
+            },
         })
     }
 }
@@ -385,7 +396,7 @@ fn required<T>(v: Option<T>, field: &str) -> Result<T, FieldError> {
 }
 
 /// Splits `results` into export chunks of about `budget` encoded bytes each (at least one row
-/// per chunk): all trials first, then epochs, robustness and filter rows.
+/// per chunk): all trials first, then epochs, robustness, filter and decision rows.
 pub fn export_chunks(results: Results, budget: usize) -> Vec<pb::ExportChunk> {
     use prost::Message;
     let mut chunks = Vec::new();
@@ -434,6 +445,11 @@ pub fn export_chunks(results: Results, budget: usize) -> Vec<pb::ExportChunk> {
         let mut f = Some(f);
         push(&mut chunk, &mut size, len, &mut |c| c.filters.extend(f.take()));
     }
+    for d in results.decisions {
+        let len = d.encoded_len();
+        let mut d = Some(d);
+        push(&mut chunk, &mut size, len, &mut |c| c.decisions.extend(d.take()));
+    }
     if size > 0 || chunks.is_empty() {
         chunks.push(chunk);
     }
@@ -464,6 +480,7 @@ pub fn add_export_chunk(results: &mut Results, chunk: pb::ExportChunk) -> Result
             stats: required(f.stats, "filters.stats")?,
         });
     }
+    results.decisions.extend(chunk.decisions);
     Ok(())
 }
 

@@ -26,6 +26,19 @@ pub struct TrialRow {
     /// Final metrics, once succeeded (its `robustness` and `filters` are empty: those are rows
     /// of their own).
     pub result: Option<pb::TrialResult>,
+    /// Where the sweep's stopping rule places it (none without a stopping rule).
+    pub cell: Option<StopCell>,
+}
+
+/// A trial's place in a stopping rule's design (labels as in the decisions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopCell {
+    /// The comparison group, e.g. `kernel_size=3`.
+    pub group: String,
+    /// The configuration, e.g. `expansion=4 train_mode=frozen`.
+    pub config: String,
+    /// Whether it always runs to the end.
+    pub exempt: bool,
 }
 
 /// One epoch of one trial.

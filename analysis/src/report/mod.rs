@@ -66,11 +66,16 @@ impl Report {
                 .collect()?
                 .height())
         };
-        let (succeeded, failed) = (count("succeeded")?, count("failed")?);
+        let (succeeded, failed, stopped) = (count("succeeded")?, count("failed")?, count("stopped")?);
         let summary = format!(
-            "{} trials: {succeeded} succeeded, {failed} failed, {} unfinished; {min_seeds} seed(s); factors that vary: {}.",
+            "{} trials: {succeeded} succeeded, {failed} failed, {}{} unfinished; {min_seeds} seed(s); factors that vary: {}.",
             trials.height(),
-            trials.height() - succeeded - failed,
+            if stopped > 0 {
+                format!("{stopped} stopped by the stopping rule (censored), ")
+            } else {
+                String::new()
+            },
+            trials.height() - succeeded - failed - stopped,
             if varying.is_empty() {
                 "none".to_owned()
             } else {
@@ -93,6 +98,15 @@ impl Report {
             views::paper::view(trials)?,
             views::claims::view(frames)?,
         ]);
+        if stopped > 0 {
+            // The paper check and the claims compare finished trials only: say so where it counts.
+            for s in sections.iter_mut().filter(|s| s.id == "paper" || s.id == "claims") {
+                s.text.push_str(&format!(
+                    " Finished trials only: the {stopped} trial(s) a stopping rule stopped are censored and left out."
+                ));
+            }
+        }
+        sections.extend(views::budget::view(frames)?);
         Ok(Report {
             title: title.into(),
             summary,

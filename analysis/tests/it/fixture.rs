@@ -142,6 +142,7 @@ pub fn results() -> Results {
             reason: None,
             worker_id: None,
             result: None,
+            cell: None,
         };
         if (k, mode, seed) == (5, "frozen", 2) {
             r.trials.push(row); // unfinished: stays leased

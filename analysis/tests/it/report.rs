@@ -217,6 +217,7 @@ fn an_imagenet_sweep_fills_table_2_and_its_paper_check() {
                 best_test_acc: acc,
                 ..Default::default()
             }),
+            cell: None,
         });
     }
     let f = Frames::from_results(&results).unwrap();

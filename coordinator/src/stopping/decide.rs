@@ -425,6 +425,7 @@ mod tests {
                 reason: None,
                 worker_id: None,
                 result: None,
+                cell: None,
             });
             for (i, v) in curve.iter().enumerate() {
                 self.results.epochs.push(EpochRow {

@@ -15,6 +15,7 @@
 //! A write is acknowledged only once its transaction is durable; a reader sees committed
 //! transactions only, and never blocks the writer.
 
+mod cells;
 pub mod contract;
 pub mod lease;
 pub mod postgres;

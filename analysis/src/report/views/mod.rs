@@ -2,6 +2,7 @@
 //! [`Section`](super::Section) from the frames (and the factors that vary in the sweep).
 
 pub mod accuracy;
+pub mod budget;
 pub mod claims;
 pub mod cost;
 pub mod filters;

@@ -223,13 +223,23 @@ impl StoreReader for PgReader {
             if let Some(sweep) = sweep {
                 require_sweep(s, sweep)?;
             }
-            Ok(Results {
+            let mut results = Results {
                 trials: trial_rows(s, sweep)?,
                 epochs: epoch_rows(s, sweep)?,
                 robustness: robustness_rows(s, sweep)?,
                 filters: filter_rows(s, sweep)?,
                 decisions: decision_rows(s, sweep)?,
-            })
+            };
+            let specs: Vec<(String, String)> = s
+                .rows(
+                    "SELECT id, spec_toml FROM sweeps WHERE $1::text IS NULL OR id = $1",
+                    &[&sweep],
+                )?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            crate::store::cells::place(&mut results, &specs)?;
+            Ok(results)
         })
     }
 }
@@ -294,6 +304,7 @@ fn trial_rows(s: &mut Session<'_>, sweep: Option<&str>) -> Result<Vec<TrialRow>>
             worker_id,
             result,
             trial_id,
+            cell: None,
         });
     }
     Ok(out)

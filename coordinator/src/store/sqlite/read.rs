@@ -226,13 +226,19 @@ fn results(conn: &Connection, sweep: Option<&str>) -> Result<Results> {
         if let Some(sweep) = sweep {
             schema::require_sweep(conn, sweep)?;
         }
-        Ok(Results {
+        let mut results = Results {
             trials: trial_rows(conn, sweep)?,
             epochs: epoch_rows(conn, sweep)?,
             robustness: robustness_rows(conn, sweep)?,
             filters: filter_rows(conn, sweep)?,
             decisions: decision_rows(conn, sweep)?,
-        })
+        };
+        let specs: Vec<(String, String)> = conn
+            .prepare_cached("SELECT id, spec_toml FROM sweeps WHERE ?1 IS NULL OR id = ?1")?
+            .query_map([sweep], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        crate::store::cells::place(&mut results, &specs)?;
+        Ok(results)
     };
     let out = read();
     conn.execute_batch("COMMIT")?;
@@ -311,6 +317,7 @@ fn trial_rows(conn: &Connection, sweep: Option<&str>) -> Result<Vec<TrialRow>> {
             reason,
             worker_id,
             result,
+            cell: None,
         });
     }
     Ok(out)
