@@ -48,6 +48,7 @@ pub mod config;
 pub mod coordinator;
 pub mod error;
 pub mod metrics;
+pub mod search;
 pub mod server;
 pub mod stopping;
 pub mod store;

@@ -33,6 +33,7 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
+use crate::search::Search;
 use crate::stopping::{Cell, GridFacts, StoppingSpec};
 
 /// Short grid-axis names and the trial-spec field each one sets.
@@ -115,6 +116,8 @@ struct RawSweep {
     grid: Option<toml::Table>,
     #[serde(default)]
     stopping: Option<toml::Table>,
+    #[serde(default)]
+    search: Option<toml::Table>,
 }
 
 /// One grid axis: the trial-spec field it sets and its values.
@@ -143,6 +146,9 @@ pub struct SweepSpec {
     pub axes: Vec<Axis>,
     /// The stopping rule (`[stopping]`), when there is one.
     pub stopping: Option<StoppingSpec>,
+    /// Random-search fields (`[search]`), when there are any: each sample's draws are crossed
+    /// with the grid and the seeds.
+    pub search: Option<Search>,
 }
 
 /// The dotted path and serialised size of the largest value under `map` (lists counted whole).
@@ -202,6 +208,14 @@ impl SweepSpec {
         let digits = |n: u64| n.to_string().len() as u64;
         let seed_digits = self.seeds.iter().copied().map(digits).max().unwrap_or(1);
         bound += seed_digits.saturating_sub(digits(self.seeds[0]));
+        // A drawn number is at most 24 characters (6 significant digits and an exponent); a
+        // choice at most its longest value.
+        for axis in self.search.iter().flat_map(|s| &s.axes) {
+            bound += match &axis.dist {
+                crate::search::Distribution::Choice(values) => values.iter().map(len).max().unwrap_or(0),
+                _ => 24,
+            };
+        }
         if bound > max_spec_bytes {
             let base = largest_leaf(&self.base, "");
             let (field, size) = match (widest, base) {
@@ -251,7 +265,7 @@ impl SweepSpec {
             let field = if path == "." { "spec".to_owned() } else { path };
             let msg = e.inner().message().to_owned();
             let hint = if msg.contains("unknown field") {
-                " (top-level keys: name, description, seeds, [dataset], [model], [train], [eval], [grid], [stopping])"
+                " (top-level keys: name, description, seeds, [dataset], [model], [train], [eval], [grid], [stopping], [search])"
             } else {
                 ""
             };
@@ -259,7 +273,8 @@ impl SweepSpec {
         })?;
 
         let id = SweepId::parse(&raw.name).map_err(Error::InvalidSpec)?;
-        check_size(raw.grid.as_ref(), raw.seeds.as_ref(), max_trials)?;
+        let samples = raw.search.as_ref().map_or(1, crate::search::samples_of);
+        check_size(raw.grid.as_ref(), raw.seeds.as_ref(), samples, max_trials)?;
         let seeds = match raw.seeds {
             None => vec![0],
             Some(Seeds::Count(0)) => return Err(invalid("seeds", "must be at least 1 (a count) or a non-empty list")),
@@ -327,6 +342,19 @@ impl SweepSpec {
             }
         }
 
+        let search = match raw.search {
+            None => None,
+            Some(table) => {
+                let taken: Vec<&str> = axes.iter().map(|a| a.path.as_str()).collect();
+                let resolve = |name: &str| resolve_axis(name).ok();
+                let search = Search::parse(table, &resolve, &taken, &|v| match toml_to_json(v) {
+                    Json::String(s) if s == "none" => Json::Null,
+                    v => v,
+                })
+                .map_err(Error::InvalidSpec)?;
+                Some(search)
+            }
+        };
         let mut spec = SweepSpec {
             id,
             description: raw.description,
@@ -334,6 +362,7 @@ impl SweepSpec {
             base,
             axes,
             stopping: None,
+            search,
         };
         if let Some(table) = raw.stopping {
             spec.stopping = spec.parse_stopping(table)?;
@@ -371,16 +400,14 @@ impl SweepSpec {
     pub fn stopping_cells(&self) -> Result<std::collections::HashMap<String, Cell>> {
         let mut out = std::collections::HashMap::new();
         let Some(stopping) = &self.stopping else { return Ok(out) };
-        let points = self.axes.iter().map(|a| a.values.len()).product::<usize>().max(1);
         for n in 0..self.grid_size() {
             let spec = self.point(n)?;
-            let mut rest = n % points;
-            let mut index = vec![0usize; self.axes.len()];
-            for (pos, axis) in self.axes.iter().enumerate().rev() {
-                index[pos] = rest % axis.values.len();
-                rest /= axis.values.len();
-            }
+            let (_, sample, index) = self.place(n);
             let (mut config, mut group, mut exempt) = (Vec::new(), Vec::new(), false);
+            // A searched configuration is its drawn values.
+            for (axis, v) in self.search.as_ref().map(|s| s.draw(sample)).unwrap_or_default() {
+                config.push(format!("{}={}", axis.name, crate::stopping::spec::show(&v)));
+            }
             for (axis, &i) in self.axes.iter().zip(&index) {
                 let value = &axis.values[i];
                 let label = format!("{}={}", axis.name, crate::stopping::spec::show(value));
@@ -408,9 +435,30 @@ impl SweepSpec {
         Ok(out)
     }
 
-    /// Number of grid points times seeds (before merging equal trials).
+    /// Number of grid points times search samples times seeds (before merging equal trials).
     pub fn grid_size(&self) -> usize {
-        self.axes.iter().map(|a| a.values.len()).product::<usize>() * self.seeds.len()
+        self.axes.iter().map(|a| a.values.len()).product::<usize>() * self.samples() * self.seeds.len()
+    }
+
+    /// Search samples (1 without a `[search]`).
+    fn samples(&self) -> usize {
+        self.search.as_ref().map_or(1, |s| s.samples as usize)
+    }
+
+    /// Where point `n` lies: its seed, its search sample and its index on each axis (seed
+    /// outermost, then the sample, then the axes, the last fastest).
+    fn place(&self, n: usize) -> (u64, u32, Vec<usize>) {
+        let points = self.axes.iter().map(|a| a.values.len()).product::<usize>().max(1);
+        let per_seed = points * self.samples();
+        let seed = self.seeds[n / per_seed];
+        let sample = (n % per_seed) / points;
+        let mut rest = n % points;
+        let mut index = vec![0usize; self.axes.len()];
+        for (pos, axis) in self.axes.iter().enumerate().rev() {
+            index[pos] = rest % axis.values.len();
+            rest /= axis.values.len();
+        }
+        (seed, sample as u32, index)
     }
 
     /// Every trial of the sweep: canonical, validated, without duplicates, in expansion order.
@@ -426,28 +474,32 @@ impl SweepSpec {
         Ok(trials)
     }
 
-    /// The spec of grid point `n` in expansion order (seed outermost, last axis fastest).
+    /// The spec of grid point `n` in expansion order (seed outermost, then the search sample,
+    /// last axis fastest).
     fn point(&self, n: usize) -> Result<TrialSpec> {
-        let points = self.axes.iter().map(|a| a.values.len()).product::<usize>().max(1);
-        let seed = self.seeds[n / points];
-        let mut rest = n % points;
-        let mut index = vec![0usize; self.axes.len()];
-        for (pos, axis) in self.axes.iter().enumerate().rev() {
-            index[pos] = rest % axis.values.len();
-            rest /= axis.values.len();
-        }
+        let (seed, sample, index) = self.place(n);
         let mut value = Json::Object(self.base.clone());
         for (axis, &i) in self.axes.iter().zip(&index) {
             set_path(&mut value, &axis.path, axis.values[i].clone());
         }
+        let drawn = self.search.as_ref().map(|s| s.draw(sample)).unwrap_or_default();
+        for (axis, v) in &drawn {
+            set_path(&mut value, &axis.path, v.clone());
+        }
         set_path(&mut value, "seed", Json::from(seed));
         trial_from_json(value).map_err(|e| {
-            let point: BTreeMap<&str, String> = self
+            let mut point: BTreeMap<&str, String> = self
                 .axes
                 .iter()
                 .zip(&index)
                 .map(|(axis, &i)| (axis.name.as_str(), axis.values[i].to_string()))
                 .collect();
+            if self.search.is_some() {
+                point.insert("search sample", sample.to_string());
+            }
+            for (axis, v) in &drawn {
+                point.insert(axis.name.as_str(), v.to_string());
+            }
             grid_point_error(e, &point, seed)
         })
     }
@@ -525,9 +577,10 @@ pub fn trials_from_settings(settings: &[String]) -> Result<Vec<TrialSpec>> {
     SweepSpec::from_toml(&text)?.expand()
 }
 
-/// Refuses a grid (times its seeds) of more than `max_trials` trials, from the counts alone.
-fn check_size(grid: Option<&toml::Table>, seeds: Option<&Seeds>, max_trials: u64) -> Result<()> {
-    let mut points: Option<u64> = Some(1);
+/// Refuses a grid (times its search samples and seeds) of more than `max_trials` trials, from
+/// the counts alone.
+fn check_size(grid: Option<&toml::Table>, seeds: Option<&Seeds>, samples: u64, max_trials: u64) -> Result<()> {
+    let mut points: Option<u64> = Some(samples);
     for values in grid.into_iter().flat_map(|g| g.values()) {
         // An empty axis is refused later; counted as one value here, so that it cannot hide
         // a seed count that would not fit in memory (the fuzzer's `seeds = 2^63 - 1` with
@@ -539,7 +592,7 @@ fn check_size(grid: Option<&toml::Table>, seeds: Option<&Seeds>, max_trials: u64
         return Err(invalid(
             "grid",
             format!(
-                "the grid has {} points, over the limit of {max_trials} trials per sweep \
+                "the grid (times its search samples) has {} points, over the limit of {max_trials} trials per sweep \
                  (the coordinator's --max-trials-per-sweep)",
                 points.map_or_else(|| "more than 2^64".to_owned(), |p| p.to_string())
             ),
@@ -1031,6 +1084,63 @@ init = ["kaiming-uniform", "kaiming-normal"]
         assert!(e.contains("KEY=VALUE"), "{e}");
         let e = set(&["arch=vgg"]).unwrap_err().to_string();
         assert!(e.contains("model.arch") && e.contains("resnet50"), "{e}");
+    }
+
+    #[test]
+    fn a_search_crosses_its_draws_with_the_grid_and_seeds_and_extends_by_new_draws_only() {
+        let search = |samples: u32| {
+            format!(
+                "{DEMO}\n[search]\nsamples = {samples}\n\"train.lr\" = {{ loguniform = [1e-3, 1e-1] }}\n\
+                 \"train.weight_decay\" = {{ uniform = [0.0, 0.001] }}\n"
+            )
+        };
+        let four = SweepSpec::from_toml(&search(4)).unwrap();
+        let trials = four.expand().unwrap();
+        // 2 kernel sizes x 2 train modes x 2 inits x 4 samples x 1 seed.
+        assert_eq!(trials.len(), 32);
+        let lrs: std::collections::BTreeSet<String> = trials.iter().map(|t| t.train.lr.to_string()).collect();
+        assert_eq!(lrs.len(), 4, "one lr per sample, shared by the grid's points: {lrs:?}");
+        assert!(trials.iter().all(|t| (1e-3..1e-1).contains(&t.train.lr)));
+        // The same spec gives the same trials; a larger sample count only adds trials.
+        let again: Vec<String> = SweepSpec::from_toml(&search(4))
+            .unwrap()
+            .expand()
+            .unwrap()
+            .iter()
+            .map(|t| t.id().to_string())
+            .collect();
+        let ids: Vec<String> = trials.iter().map(|t| t.id().to_string()).collect();
+        assert_eq!(again, ids);
+        let six: std::collections::BTreeSet<String> = SweepSpec::from_toml(&search(6))
+            .unwrap()
+            .expand()
+            .unwrap()
+            .iter()
+            .map(|t| t.id().to_string())
+            .collect();
+        assert_eq!(six.len(), 48);
+        assert!(
+            ids.iter().all(|id| six.contains(id)),
+            "every draw of 4 samples is among those of 6"
+        );
+        // A searched field that is also a grid axis, and a draw a trial refuses, are named.
+        let e = err_of(&format!(
+            "{DEMO}\n[search]\nsamples = 2\nkernel_size = {{ choice = [3, 5] }}\n"
+        ));
+        assert!(
+            e.field == "search.kernel_size" && e.message.contains("[grid] axis too"),
+            "{e}"
+        );
+        let e = err_of(&format!(
+            "{DEMO}\n[search]\nsamples = 2\n\"train.momentum\" = {{ uniform = [-1.0, -0.5] }}\n"
+        ));
+        assert!(
+            e.field.contains("momentum") && e.message.contains("search sample"),
+            "{e}"
+        );
+        // Sizes count the samples before anything is drawn.
+        let e = SweepSpec::from_toml_capped(&search(1000), 100).unwrap_err().to_string();
+        assert!(e.contains("8000") && e.contains("search samples"), "{e}");
     }
 
     #[test]

@@ -201,7 +201,7 @@ fn rich_result(i: u32) -> convsweep_proto::pb::TrialResult {
 async fn sqlite_state(dir: &std::path::Path) {
     use convsweep_coordinator::{Coordinator, CoordinatorConfig};
     use convsweep_proto::pb;
-    use convsweep_testkit::scripted::{epoch, lease_now, scripted_worker};
+    use convsweep_testkit::scripted::{epoch_with_val, lease_now, scripted_worker};
     let c = Coordinator::open(CoordinatorConfig {
         state_dir: dir.to_owned(),
         ..Default::default()
@@ -220,7 +220,7 @@ async fn sqlite_state(dir: &std::path::Path) {
             worker_id: w.clone(),
             trial_id: l.trial_id.clone(),
             lease_token: l.lease_token.clone(),
-            epochs: vec![epoch(1, 0.4 + f64::from(i) / 100.0)],
+            epochs: vec![epoch_with_val(1, 0.4 + f64::from(i) / 100.0, 0.3)],
         })
         .await
         .unwrap();
@@ -243,6 +243,17 @@ async fn sqlite_state(dir: &std::path::Path) {
         .await
         .unwrap();
     }
+    drop(c);
+    // A stopping rule's rows (a decision, a trial marked at its rung) written as a coordinator
+    // of a sweep with one would.
+    let conn = rusqlite::Connection::open(dir.join("state.db")).unwrap();
+    conn.execute_batch(&format!(
+        "INSERT INTO decisions (sweep_id, config, rung, group_key, rule, kept, metric, value, seeds, rank, ranked, \
+         trials, inputs, decided_ms) VALUES ('moved', 'kernel_size=5', 1, 'all', 'successive-halving', 0, 'val_acc', \
+         0.3, 1, 2, 2, '{0}', '{{\"values\":{{}}}}', 7); UPDATE trials SET stop_rung = 1 WHERE id = '{0}';",
+        leases[7].trial_id
+    ))
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,9 +280,10 @@ async fn a_state_copied_into_postgres_exports_and_reports_as_the_original() {
             rows("epochs"),
             rows("results"),
             rows("robustness"),
-            rows("filters")
+            rows("filters"),
+            rows("decisions")
         ),
-        (8, 7, 6, 12, 12),
+        (8, 7, 6, 12, 12, 1),
         "{stdout}"
     );
     assert!(stderr(&out).contains("match the original"), "{}", stderr(&out));
@@ -303,7 +315,7 @@ async fn a_state_copied_into_postgres_exports_and_reports_as_the_original() {
         v
     };
     let (a, b) = (files("export-sqlite"), files("export-pg"));
-    assert_eq!(a.len(), 4, "{:?}", a.iter().map(|f| &f.0).collect::<Vec<_>>());
+    assert_eq!(a.len(), 5, "{:?}", a.iter().map(|f| &f.0).collect::<Vec<_>>());
     for ((name_a, bytes_a), (name_b, bytes_b)) in a.iter().zip(&b) {
         assert_eq!(name_a, name_b);
         assert!(bytes_a == bytes_b, "{name_a} differs between the original and the copy");
