@@ -6,6 +6,8 @@
 //! - [`step`] (no subcommand): training images/s of the reference configurations against
 //!   PyTorch eager (`bench/pytorch_reference.py`), round by round.
 //! - [`trial`]: whole trials through the real worker path against that step, and slots.
+//! - [`stopping`]: one sweep in full and with each stopping rule: budget saved, decisions,
+//!   what each kept of the full run's best.
 //! - [`coordinator`]: a coordinator process under simulated workers, against Ray Tune; or
 //!   large sweeps (`--sizes`).
 //! - [`rpc`]: what token auth and TLS cost a call.
@@ -13,7 +15,7 @@
 //! - [`decode`] and [`decode_pipeline`]: the imagefolder pipeline's images/s.
 //! - [`files`]: the `convsweep` binary and the peers' scripts the benchmarks start.
 //!
-//! The benchmarks that start `convsweep` processes (`trial`, `coordinator`) run the `convsweep`
+//! The benchmarks that start `convsweep` processes (`trial`, `stopping`, `coordinator`) run the `convsweep`
 //! binary beside this one (`cargo build --release -p convsweep` puts it there), or `--convsweep`.
 
 mod coordinator;
@@ -23,6 +25,7 @@ mod files;
 mod ops;
 mod rpc;
 mod step;
+mod stopping;
 mod trial;
 
 use std::process::ExitCode;
@@ -59,6 +62,9 @@ enum Target {
     /// training images/s against the step benchmark of the same model, where each trial's
     /// time went, and trials per hour with S slots against one.
     Trial(trial::TrialArgs),
+    /// One sweep run in full and with each stopping rule, side by side: trial-seconds saved,
+    /// the decisions, and how well each kept what the full run found best.
+    Stopping(stopping::StoppingArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +85,7 @@ fn main() -> ExitCode {
             Some(Target::Coordinator(args)) => coordinator::bench(args).await,
             Some(Target::Decode(args)) => decode::bench_decode(args),
             Some(Target::Trial(args)) => trial::bench_trial(args).await,
+            Some(Target::Stopping(args)) => stopping::bench_stopping(args).await,
         }
     });
     match result {

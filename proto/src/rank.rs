@@ -74,8 +74,9 @@ mod tests {
     fn recall_counts_the_final_top_k_found_early() {
         assert_eq!(top_k_recall(&[4.0, 3.0, 2.0, 1.0], &[4.0, 3.0, 2.0, 1.0], 2), Some(1.0));
         assert_eq!(top_k_recall(&[1.0, 2.0, 3.0, 4.0], &[4.0, 3.0, 2.0, 1.0], 2), Some(0.0));
-        assert_eq!(top_k_recall(&[4.0, 1.0, 3.0, 2.0], &[4.0, 3.0, 2.0, 1.0], 2), Some(1.0));
-        assert_eq!(top_k_recall(&[4.0, 1.0, 2.0, 3.0], &[4.0, 3.0, 2.0, 1.0], 2), Some(0.5));
+        // The same two on top in another order: all found.
+        assert_eq!(top_k_recall(&[3.0, 4.0, 1.0, 2.0], &[4.0, 3.0, 2.0, 1.0], 2), Some(1.0));
+        assert_eq!(top_k_recall(&[4.0, 1.0, 3.0, 2.0], &[4.0, 3.0, 2.0, 1.0], 2), Some(0.5));
         assert_eq!(top_k_recall(&[], &[], 1), None);
     }
 }

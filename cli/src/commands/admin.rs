@@ -164,7 +164,7 @@ pub fn status_text(resp: &pb::GetStatusResponse) -> String {
     for s in &resp.sweeps {
         let c = s.counts.unwrap_or_default();
         out.push_str(&format!(
-            "sweep {}: {}/{} done | pending {} leased {} running {} succeeded {} failed {} preempted {} cancelled {}\n",
+            "sweep {}: {}/{} done | pending {} leased {} running {} succeeded {} failed {} preempted {} cancelled {}{}\n",
             s.sweep_id,
             c.done(),
             s.total,
@@ -174,7 +174,12 @@ pub fn status_text(resp: &pb::GetStatusResponse) -> String {
             c.succeeded,
             c.failed,
             c.preempted,
-            c.cancelled
+            c.cancelled,
+            if c.stopped > 0 {
+                format!(" stopped {}", c.stopped)
+            } else {
+                String::new()
+            }
         ));
         if s.trials_per_hour > 0.0 {
             out.push_str(&format!(
