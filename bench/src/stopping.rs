@@ -253,31 +253,25 @@ fn design(full: &Results, ruled: &Option<&Results>) -> Truth {
 fn figure(rule: &str, r: &Results, wall: f64, truth: &Truth) -> RunFigures {
     let count = |s: TrialState| r.trials.iter().filter(|t| t.state == s).count();
     let spent: f64 = r.epochs.iter().map(|e| e.metrics.seconds).sum();
-    // A stopped trial would have run its whole budget at its pace.
-    let mut full = 0.0;
-    let per_epoch = {
-        let n = r.epochs.len().max(1) as f64;
-        spent / n
-    };
-    for t in &r.trials {
+    // A stopped trial would have run the rest of its budget at its pace (the run's, for one
+    // that never ran).
+    let per_epoch = spent / r.epochs.len().max(1) as f64;
+    let mut unspent = 0.0;
+    for t in r.trials.iter().filter(|t| t.state == TrialState::Stopped) {
         let mine: Vec<f64> = r
             .epochs
             .iter()
             .filter(|e| e.trial_id == t.trial_id)
             .map(|e| e.metrics.seconds)
             .collect();
-        let secs: f64 = mine.iter().sum();
-        if t.state == TrialState::Stopped {
-            let pace = if mine.is_empty() {
-                per_epoch
-            } else {
-                secs / mine.len() as f64
-            };
-            full += pace * f64::from(t.spec.train.epochs);
+        let pace = if mine.is_empty() {
+            per_epoch
         } else {
-            full += secs;
-        }
+            mine.iter().sum::<f64>() / mine.len() as f64
+        };
+        unspent += pace * (f64::from(t.spec.train.epochs) - mine.len() as f64).max(0.0);
     }
+    let full = spent + unspent;
     let state: BTreeMap<&str, TrialState> = r.trials.iter().map(|t| (t.trial_id.as_str(), t.state)).collect();
     let (mut recall_sum, mut groups, mut best_kept) = (0.0, 0usize, 0usize);
     for (g, configs) in &truth.configs {

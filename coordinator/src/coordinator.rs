@@ -505,13 +505,44 @@ impl Coordinator {
         Ok(n)
     }
 
-    /// Re-queues the trials of a sweep that a stopping rule stopped (all, or `trial_ids`), to
-    /// train to their full budget. Blocking.
-    pub fn resume_stopped(&self, sweep: &str, trial_ids: &[String]) -> Result<u32> {
+    /// Re-queues the trials of a sweep that a stopping rule stopped (all, or those of
+    /// `trial_ids`, or of the comparison `groups`), to train to their full budget. Blocking.
+    pub fn resume_stopped(&self, sweep: &str, trial_ids: &[String], groups: &[String]) -> Result<u32> {
         if let Some(id) = self.read("not_in_sweep", |r| r.not_in_sweep(sweep, trial_ids))? {
             return Err(Error::NotFound(format!("trial {id} is not part of sweep {sweep}")));
         }
-        let n = self.timed("resume_stopped", |s| s.resume_stopped(sweep, trial_ids))?;
+        let mut ids = trial_ids.to_vec();
+        if !groups.is_empty() {
+            let results = self.read("resume_groups", |r| r.results(Some(sweep)))?;
+            let known: std::collections::BTreeSet<&str> = results
+                .trials
+                .iter()
+                .filter_map(|t| t.cell.as_ref())
+                .map(|c| c.group.as_str())
+                .collect();
+            if let Some(g) = groups.iter().find(|g| !known.contains(g.as_str())) {
+                return Err(Error::NotFound(format!(
+                    "sweep {sweep} has no comparison group {g:?}; its groups: {}",
+                    if known.is_empty() {
+                        "none (it has no stopping rule)".to_owned()
+                    } else {
+                        known.iter().map(|g| format!("{g:?}")).collect::<Vec<_>>().join(", ")
+                    }
+                )));
+            }
+            ids.extend(
+                results
+                    .trials
+                    .iter()
+                    .filter(|t| t.state == TrialState::Stopped)
+                    .filter(|t| t.cell.as_ref().is_some_and(|c| groups.contains(&c.group)))
+                    .map(|t| t.trial_id.clone()),
+            );
+            if ids.is_empty() {
+                return Ok(0);
+            }
+        }
+        let n = self.timed("resume_stopped", |s| s.resume_stopped(sweep, &ids))?;
         self.metrics.requeued("resumed", u64::from(n));
         info!(sweep, requeued = n, "stopped trials resumed to their full budget");
         self.new_work(n as usize);
@@ -801,6 +832,9 @@ impl Coordinator {
                 .collect();
             let now = self.clock.now_ms();
             let decided = crate::stopping::decide(&stopping, &sweep, &cells, &results, now);
+            for (rung, tau) in &decided.pilot_tau {
+                debug!(sweep = %sweep, rung, tau, "pilot rank fidelity (Kendall tau, rung against final)");
+            }
             let state: std::collections::HashMap<&str, TrialState> =
                 results.trials.iter().map(|t| (t.trial_id.as_str(), t.state)).collect();
             // Trials to mark: those not done yet (a done one has nothing left to stop).

@@ -140,12 +140,14 @@ pub(crate) fn x_axis(varying: &[&'static str]) -> Option<(&'static str, &'static
 }
 
 /// Mean, std and n of final test accuracy (%) of the succeeded trials `filter` selects, by
-/// `by` (an [`aggregate`] of them: groups without a succeeded trial are absent).
+/// `by` (an [`aggregate`] of them: groups without a succeeded or stopped trial are absent; a
+/// group's stopped trials are in its flag only).
 pub(crate) fn stats_by(trials: &DataFrame, by: &[&str], filter: Expr) -> Result<DataFrame> {
+    // Stopped trials come along to be named in the flags (never in a mean).
     let succeeded = trials
         .clone()
         .lazy()
-        .filter(filter.and(col("state").eq(lit("succeeded"))))
+        .filter(filter.and(col("state").eq(lit("succeeded")).or(col("state").eq(lit("stopped")))))
         .collect()?;
     aggregate(
         &succeeded,

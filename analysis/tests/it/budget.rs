@@ -102,6 +102,15 @@ fn the_report_censors_stopped_trials_and_measures_budget_and_rank_fidelity() {
     let flag = acc.column("flag").unwrap().str().unwrap().get(row).unwrap();
     assert!(flag.contains("2 stopped at 2: >= 30.0%"), "{flag}");
 
+    // The paper's layouts say so too, where a cell has no finished trial.
+    let table1 = report.table("table1").unwrap();
+    let shown: Vec<String> = table1
+        .columns()
+        .iter()
+        .flat_map(|c| (0..table1.height()).map(move |i| c.get(i).unwrap().to_string()))
+        .collect();
+    assert!(shown.iter().any(|v| v.contains("2 stopped at 2: >= 30.0%")), "{table1}");
+
     // 2 x 4 x 10 s x 2 finishers + 2 x 2 x 10 s stopped = 200 s spent; the full grid 240 s.
     let budget = report.table("budget").unwrap();
     let f = |c: &str| budget.column(c).unwrap().f64().unwrap().get(0).unwrap();

@@ -58,6 +58,10 @@ pub struct ResumeArgs {
     /// With --stopped: only this trial (repeat for several).
     #[arg(long = "trial", requires = "stopped")]
     pub trials: Vec<String>,
+    /// With --stopped: only the trials of this comparison group, as the report's decisions name
+    /// it (e.g. "kernel_size=3"; repeat for several).
+    #[arg(long = "group", requires = "stopped")]
+    pub groups: Vec<String>,
     /// Coordinator URL.
     #[arg(long, env = "CONVSWEEP_COORDINATOR")]
     pub coordinator: String,
@@ -147,6 +151,7 @@ pub async fn resume(args: &ResumeArgs, access: &Access) -> Result<ExitCode> {
             sweep_id: args.sweep.clone(),
             stopped: args.stopped,
             trial_ids: args.trials.clone(),
+            groups: args.groups.clone(),
         })
         .await
         .map_err(|s| refused(format!("resume {}", args.sweep), s))?

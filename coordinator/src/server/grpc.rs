@@ -215,12 +215,12 @@ impl AdminService for AdminApi {
         let req = req.into_inner();
         let requeued = if req.stopped {
             blocking(&self.coordinator, move |c| {
-                c.resume_stopped(&req.sweep_id, &req.trial_ids)
+                c.resume_stopped(&req.sweep_id, &req.trial_ids, &req.groups)
             })
             .await?
-        } else if !req.trial_ids.is_empty() {
+        } else if !req.trial_ids.is_empty() || !req.groups.is_empty() {
             return Err(Status::invalid_argument(
-                "trial_ids: only with stopped (failed and cancelled trials are resumed a sweep at a time)",
+                "trial_ids and groups: only with stopped (failed and cancelled trials are resumed a sweep at a time)",
             ));
         } else {
             blocking(&self.coordinator, move |c| c.resume(&req.sweep_id)).await?

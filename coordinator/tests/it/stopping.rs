@@ -373,9 +373,9 @@ async fn a_stopped_outcome_nobody_asked_for_is_refused_and_stopped_trials_resume
     );
 
     // Resuming stopped trials: none yet; a trial outside the sweep is named.
-    assert_eq!(c.resume_stopped("budget", &[]).unwrap(), 0);
+    assert_eq!(c.resume_stopped("budget", &[], &[]).unwrap(), 0);
     let err = c
-        .resume_stopped("budget", &["0123456789abcdef".into()])
+        .resume_stopped("budget", &["0123456789abcdef".into()], &[])
         .unwrap_err()
         .to_string();
     assert!(err.contains("0123456789abcdef"), "{err}");
@@ -432,7 +432,10 @@ async fn a_stopped_outcome_nobody_asked_for_is_refused_and_stopped_trials_resume
     assert_eq!(status(&c).stopped, 6);
 
     // Resumed to the full budget: queued again, and no rule stops them a second time.
-    assert_eq!(c.resume_stopped("budget", &[]).unwrap(), 6);
+    let err = c.resume_stopped("budget", &[], &["kernel_size=4".into()]).unwrap_err().to_string();
+    assert!(err.contains("kernel_size=4") && err.contains("\"kernel_size=3\", \"kernel_size=5\""), "{err}");
+    assert_eq!(c.resume_stopped("budget", &[], &["kernel_size=3".into()]).unwrap(), 3, "one group's");
+    assert_eq!(c.resume_stopped("budget", &[], &[]).unwrap(), 3, "the rest");
     assert_eq!(status(&c).stopped, 0);
     c.decide_once().unwrap();
     assert_eq!(status(&c).stopped, 0, "resumed past the decision");
@@ -517,4 +520,29 @@ fn a_stopping_section_is_checked_field_by_field() {
     // rule = "none" is no rule.
     let spec = SweepSpec::from_toml(&SPEC.replace("rule = \"successive-halving\"", "rule = \"none\"")).unwrap();
     assert!(spec.stopping.is_none());
+}
+
+/// A version 8 PostgreSQL state (before stopping rules) migrates in place when a coordinator
+/// opens it: validation columns, the stop rung and the decisions table, version 9.
+#[test]
+fn a_version_8_postgres_state_migrates_to_9() {
+    let state = State::new(Store::Postgres);
+    let c = Coordinator::open(state.config()).unwrap();
+    c.submit(SPEC).unwrap();
+    drop(c);
+    state.sql(
+        "ALTER TABLE epochs DROP COLUMN val_loss; ALTER TABLE epochs DROP COLUMN val_acc; \
+         ALTER TABLE trials DROP COLUMN stop_rung; DROP TABLE decisions; \
+         UPDATE meta SET value = '8' WHERE key = 'schema_version';",
+    );
+    let c = Coordinator::open(state.config()).unwrap();
+    assert_eq!(state.query("SELECT value FROM meta WHERE key = 'schema_version'"), "9");
+    assert_eq!(
+        state.query(
+            "SELECT count(*)::text FROM information_schema.columns WHERE table_name IN ('epochs', 'trials') \
+             AND column_name IN ('val_loss', 'val_acc', 'stop_rung')"
+        ),
+        "3"
+    );
+    assert_eq!(c.decide_once().unwrap(), 0, "the decisions table is there again");
 }

@@ -74,7 +74,7 @@ pub fn view(frames: &Frames) -> Result<Option<Section>> {
     };
     // Spent against the full grid: a stopped trial would have trained its whole budget at the
     // pace it had (the sweep's pace for one that never ran).
-    let (mut used, mut full, mut stopped) = (0.0, 0.0, 0u32);
+    let (mut used, mut unspent, mut stopped) = (0.0, 0.0, 0u32);
     for (id, trial) in &trials {
         let (secs, reached) = spent.get(id).copied().unwrap_or((0.0, 0));
         used += secs;
@@ -85,11 +85,10 @@ pub fn view(frames: &Frames) -> Result<Option<Section>> {
             } else {
                 per_epoch
             };
-            full += pace * trial.planned;
-        } else {
-            full += secs;
+            unspent += pace * (trial.planned - f64::from(reached)).max(0.0);
         }
     }
+    let full = used + unspent;
     let saved = if full > 0.0 { 100.0 * (full - used) / full } else { 0.0 };
     let rules: BTreeSet<String> = (0..d.height()).map(|i| cell(d, "rule", i)).collect();
     let rule = rules.into_iter().collect::<Vec<_>>().join(", ");

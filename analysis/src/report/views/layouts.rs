@@ -9,14 +9,21 @@ use crate::error::Result;
 use crate::report::grouping::*;
 use crate::report::section::Section;
 
-fn lookup(df: &DataFrame, keys: &[(&str, &str)]) -> (Option<f64>, Option<f64>, u32) {
+/// A cell's mean ± std (n), with the aggregate's note on stopped (censored) trials.
+fn lookup(df: &DataFrame, keys: &[(&str, &str)]) -> String {
     for i in 0..df.height() {
         if keys.iter().all(|(c, v)| cell(df, c, i) == *v) {
             let n = f64_at(df, "n", i).unwrap_or(0.0) as u32;
-            return (f64_at(df, "mean", i), f64_at(df, "std", i), n);
+            let value = pm(f64_at(df, "mean", i), f64_at(df, "std", i), n);
+            let flag = cell(df, "flag", i);
+            return match flag.split(", ").find(|part| part.contains("stopped")) {
+                Some(stopped) if n == 0 => stopped.to_owned(),
+                Some(stopped) => format!("{value} [{stopped}]"),
+                None => value,
+            };
         }
     }
-    (None, None, 0)
+    pm(None, None, 0)
 }
 
 /// Numbers by value (so that k = 9 comes before k = 11), anything else as text; `-` (absent)
@@ -68,8 +75,7 @@ fn layout(
             .map(|k| {
                 let mut cond: Vec<(&str, &str)> = keys.iter().copied().zip(k.iter().map(String::as_str)).collect();
                 cond.extend(extra.iter().map(|(c, v)| (*c, v.as_str())));
-                let (m, s, n) = lookup(stats, &cond);
-                pm(m, s, n)
+                lookup(stats, &cond)
             })
             .collect();
         out.push(Column::new(heading.as_str().into(), values));
