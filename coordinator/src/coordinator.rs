@@ -25,7 +25,6 @@ use crate::clock::Clock;
 use crate::commit::{GroupCommit, SharedWriter, lock};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::stopping::{Cell, Cells};
 use crate::store::{
     Backend, CompleteWrite, Completed, EpochsWrite, Granted, HeartbeatWrite, LeasePolicy, LeaseWrite, PostgresBackend,
     SqliteBackend, StoreReader, StoreWriter, Submitted,
@@ -816,22 +815,8 @@ impl Coordinator {
             };
             // The reader places every trial in the rule's design.
             let results = self.read("stopping_results", |r| r.results(Some(&sweep)))?;
-            let cells: Cells = results
-                .trials
-                .iter()
-                .filter_map(|t| {
-                    let c = t.cell.as_ref()?;
-                    let cell = Cell {
-                        config: c.config.clone(),
-                        group: c.group.clone(),
-                        seed: t.spec.seed,
-                        exempt: c.exempt,
-                    };
-                    Some((t.trial_id.clone(), cell))
-                })
-                .collect();
             let now = self.clock.now_ms();
-            let decided = crate::stopping::decide(&stopping, &sweep, &cells, &results, now);
+            let decided = crate::stopping::decide(&stopping, &sweep, &results, now);
             for (rung, tau) in &decided.pilot_tau {
                 debug!(sweep = %sweep, rung, tau, "pilot rank fidelity (Kendall tau, rung against final)");
             }

@@ -36,5 +36,5 @@
 pub mod decide;
 pub mod spec;
 
-pub use decide::{Cell, Cells, Decided, decide};
+pub use decide::{Decided, decide};
 pub use spec::{GridFacts, Metric, Rule, StoppingSpec};

@@ -28,13 +28,14 @@
 
 use std::collections::BTreeMap;
 
+use convsweep_proto::results::StopCell;
 use convsweep_proto::{FieldError, SweepId, TrialId, TrialSpec};
 use serde::Deserialize;
 use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
 use crate::search::Search;
-use crate::stopping::{Cell, GridFacts, StoppingSpec};
+use crate::stopping::{GridFacts, StoppingSpec};
 
 /// Short grid-axis names and the trial-spec field each one sets.
 pub const AXIS_ALIASES: &[(&str, &str)] = &[
@@ -395,9 +396,9 @@ impl SweepSpec {
         StoppingSpec::parse(table, &facts, &|name| resolve_axis(name).ok()).map_err(Error::InvalidSpec)
     }
 
-    /// Where each trial sits in the design a stopping rule races: its configuration, group,
-    /// seed and whether it is exempt, by trial id (empty without a stopping rule).
-    pub fn stopping_cells(&self) -> Result<std::collections::HashMap<String, Cell>> {
+    /// Where each trial sits in the design a stopping rule races: its group, configuration and
+    /// whether it is exempt, by trial id (empty without a stopping rule).
+    pub fn stopping_cells(&self) -> Result<std::collections::HashMap<String, StopCell>> {
         let mut out = std::collections::HashMap::new();
         let Some(stopping) = &self.stopping else { return Ok(out) };
         for n in 0..self.grid_size() {
@@ -425,10 +426,9 @@ impl SweepSpec {
                 }
             }
             let join = |v: Vec<String>| if v.is_empty() { "all".to_owned() } else { v.join(" ") };
-            out.entry(spec.id().to_string()).or_insert(Cell {
+            out.entry(spec.id().to_string()).or_insert(StopCell {
                 config: join(config),
                 group: join(group),
-                seed: spec.seed,
                 exempt,
             });
         }
@@ -1102,22 +1102,13 @@ init = ["kaiming-uniform", "kaiming-normal"]
         assert_eq!(lrs.len(), 4, "one lr per sample, shared by the grid's points: {lrs:?}");
         assert!(trials.iter().all(|t| (1e-3..1e-1).contains(&t.train.lr)));
         // The same spec gives the same trials; a larger sample count only adds trials.
-        let again: Vec<String> = SweepSpec::from_toml(&search(4))
-            .unwrap()
-            .expand()
-            .unwrap()
-            .iter()
-            .map(|t| t.id().to_string())
-            .collect();
+        let ids_of = |samples: u32| -> Vec<String> {
+            let spec = SweepSpec::from_toml(&search(samples)).unwrap();
+            spec.expand().unwrap().iter().map(|t| t.id().to_string()).collect()
+        };
         let ids: Vec<String> = trials.iter().map(|t| t.id().to_string()).collect();
-        assert_eq!(again, ids);
-        let six: std::collections::BTreeSet<String> = SweepSpec::from_toml(&search(6))
-            .unwrap()
-            .expand()
-            .unwrap()
-            .iter()
-            .map(|t| t.id().to_string())
-            .collect();
+        assert_eq!(ids_of(4), ids);
+        let six: std::collections::BTreeSet<String> = ids_of(6).into_iter().collect();
         assert_eq!(six.len(), 48);
         assert!(
             ids.iter().all(|id| six.contains(id)),

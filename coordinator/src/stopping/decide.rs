@@ -12,23 +12,6 @@ use convsweep_proto::{TrialState, pb};
 
 use super::spec::{Rule, StoppingSpec};
 
-/// Where one trial sits in the sweep's design.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cell {
-    /// Its configuration: the grid values other than the groups' and the seed, e.g.
-    /// `expansion=4 train_mode=frozen`.
-    pub config: String,
-    /// Its comparison group: the values of the `within` axes, e.g. `kernel_size=3`.
-    pub group: String,
-    /// Its seed.
-    pub seed: u64,
-    /// Whether its cell always runs to the end.
-    pub exempt: bool,
-}
-
-/// Every trial of a sweep's design, by trial id.
-pub type Cells = HashMap<String, Cell>;
-
 /// What a pass decided.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Decided {
@@ -58,14 +41,9 @@ struct Config<'a> {
     trials: Vec<(u64, &'a str)>,
 }
 
-/// Decides what can be decided now. `cells` maps each trial id of the sweep to its place.
-pub fn decide<'c>(
-    spec: &StoppingSpec,
-    sweep: &str,
-    cells: &'c HashMap<String, Cell>,
-    results: &Results,
-    now_ms: i64,
-) -> Decided {
+/// Decides what can be decided now, over the trials of `sweep` that `results` places in the
+/// rule's design (their `cell`, as the store's readers fill it).
+pub fn decide<'c>(spec: &StoppingSpec, sweep: &str, results: &'c Results, now_ms: i64) -> Decided {
     let metric = spec.metric;
     // Metric values by trial and epoch; trial states.
     let mut values: HashMap<&str, BTreeMap<u32, f64>> = HashMap::new();
@@ -85,7 +63,12 @@ pub fn decide<'c>(
         .collect();
     // By group and configuration: a configuration's label repeats in every group.
     let mut configs: BTreeMap<(&str, &str), Config<'c>> = BTreeMap::new();
-    for (id, cell) in cells {
+    let placed = results
+        .trials
+        .iter()
+        .filter(|t| t.sweep_id == sweep)
+        .filter_map(|t| Some((t, t.cell.as_ref()?)));
+    for (t, cell) in placed {
         let c = configs
             .entry((cell.group.as_str(), cell.config.as_str()))
             .or_insert_with(|| Config {
@@ -94,7 +77,7 @@ pub fn decide<'c>(
                 exempt: cell.exempt,
                 trials: Vec::new(),
             });
-        c.trials.push((cell.seed, id.as_str()));
+        c.trials.push((t.spec.seed, t.trial_id.as_str()));
     }
     for c in configs.values_mut() {
         c.trials.sort();
@@ -103,11 +86,13 @@ pub fn decide<'c>(
     for c in configs.values() {
         groups.entry(c.group).or_default().push((c.group, c.name));
     }
-    let stored: HashMap<(&str, &str, u32), &pb::ExportDecision> = results
+    // Kept or stopped, by group, configuration and rung: what was stored, then what this pass
+    // decides.
+    let mut kept: HashMap<(&'c str, &'c str, u32), bool> = results
         .decisions
         .iter()
         .filter(|d| d.sweep_id == sweep)
-        .map(|d| ((d.group.as_str(), d.config.as_str(), d.rung), d))
+        .map(|d| ((d.group.as_str(), d.config.as_str(), d.rung), d.kept))
         .collect();
     let value_at = |c: &Config<'c>, rung: u32| -> (Value, Vec<&'c str>) {
         let evidence: Vec<&str> = c
@@ -175,30 +160,23 @@ pub fn decide<'c>(
             }
         }
     }
-    let mut decided_now: HashMap<(String, String, u32), bool> = HashMap::new();
-    let kept_at = |c: &Config<'_>, rung: u32, now: &HashMap<(String, String, u32), bool>| -> Option<bool> {
-        stored
-            .get(&(c.group, c.name, rung))
-            .map(|d| d.kept)
-            .or_else(|| now.get(&(c.group.to_owned(), c.name.to_owned(), rung)).copied())
-    };
     for (group, names) in &groups {
         if pilot.contains(group) || (!pilot.is_empty() && !pilot_done) {
             continue;
         }
-        let mut alive: Vec<&Config<'_>> = names.iter().map(|n| &configs[n]).filter(|c| !c.exempt).collect();
+        let mut alive: Vec<&Config<'c>> = names.iter().map(|n| &configs[n]).filter(|c| !c.exempt).collect();
         for &rung in &spec.rungs {
             if alive.is_empty() {
                 break;
             }
-            let measured: Vec<(&Config<'_>, Value, Vec<&str>)> = alive
+            let measured: Vec<(&Config<'c>, Value, Vec<&str>)> = alive
                 .iter()
                 .map(|c| {
                     let (v, ev) = value_at(c, rung);
                     (*c, v, ev)
                 })
                 .collect();
-            let decided_here = alive.iter().any(|c| kept_at(c, rung, &decided_now).is_some());
+            let decided_here = alive.iter().any(|c| kept.contains_key(&(c.group, c.name, rung)));
             if !decided_here || spec.rule == Rule::Asha {
                 let tau_gate = spec.min_tau.and_then(|min| {
                     let tau = out.pilot_tau.get(&rung).copied();
@@ -215,7 +193,7 @@ pub fn decide<'c>(
                         if measured.iter().any(|(_, v, _)| *v == Value::Waiting) {
                             break;
                         }
-                        let mut ranked: Vec<(&Config<'_>, f64, &Vec<&str>)> = measured
+                        let mut ranked: Vec<(&Config<'c>, f64, &Vec<&str>)> = measured
                             .iter()
                             .filter_map(|(c, v, ev)| match v {
                                 Value::Mean(m) => Some((*c, *m, ev)),
@@ -237,23 +215,23 @@ pub fn decide<'c>(
                                 };
                                 Cut::Median(median)
                             }
-                            _ => Cut::Keep(((spec.keep * n as f64).ceil() as usize).max(1)),
+                            _ => Cut::Keep(spec.kept_of(n)),
                         };
                         let inputs = inputs_json(ranked.iter().map(|r| (r.0.name, r.1)), tau_gate.as_deref());
                         for (i, (c, v, ev)) in ranked.iter().enumerate() {
-                            let kept = tau_gate.is_some()
+                            let keep = tau_gate.is_some()
                                 || match cut {
                                     Cut::Keep(k) => i < k,
                                     Cut::Median(m) => better(*v, m) != std::cmp::Ordering::Greater,
                                 };
-                            decided_now.insert((c.group.to_owned(), c.name.to_owned(), rung), kept);
+                            kept.insert((c.group, c.name, rung), keep);
                             out.decisions.push(decision(
                                 spec,
                                 sweep,
                                 group,
                                 c.name,
                                 rung,
-                                kept,
+                                keep,
                                 *v,
                                 ev,
                                 i + 1,
@@ -276,26 +254,25 @@ pub fn decide<'c>(
                             .collect();
                         for (c, v, ev) in &measured {
                             let Value::Mean(v) = v else { continue };
-                            if kept_at(c, rung, &decided_now).is_some() {
+                            if kept.contains_key(&(c.group, c.name, rung)) {
                                 continue;
                             }
                             let mut order: Vec<&(&str, f64, &str)> = recorded.iter().collect();
                             order.sort_by(|a, b| better(a.1, b.1).then_with(|| a.2.cmp(b.2)));
                             let n = order.len();
                             let rank = order.iter().position(|r| r.0 == c.name).map_or(n, |p| p + 1);
-                            let keep = ((spec.keep * n as f64).ceil() as usize).max(1);
-                            let kept = tau_gate.is_some() || rank <= keep;
+                            let keep = tau_gate.is_some() || rank <= spec.kept_of(n);
                             let inputs = inputs_json(order.iter().map(|r| (r.0, r.1)), tau_gate.as_deref());
-                            decided_now.insert((c.group.to_owned(), c.name.to_owned(), rung), kept);
+                            kept.insert((c.group, c.name, rung), keep);
                             out.decisions.push(decision(
-                                spec, sweep, group, c.name, rung, kept, *v, ev, rank, n, &inputs, now_ms,
+                                spec, sweep, group, c.name, rung, keep, *v, ev, rank, n, &inputs, now_ms,
                             ));
                         }
                     }
                 }
             }
             // Who goes on to the next rung: kept here (an undecided one waits, under ASHA).
-            alive.retain(|c| kept_at(c, rung, &decided_now) == Some(true));
+            alive.retain(|c| kept.get(&(c.group, c.name, rung)) == Some(&true));
         }
     }
     // Every trial of a configuration stopped at some rung (its earliest).
@@ -304,7 +281,7 @@ pub fn decide<'c>(
             .rungs
             .iter()
             .copied()
-            .find(|&r| kept_at(c, r, &decided_now) == Some(false));
+            .find(|&r| kept.get(&(c.group, c.name, r)) == Some(&false));
         if let Some(rung) = first_stop {
             for (_, id) in &c.trials {
                 out.stops.push(((*id).to_owned(), rung));
@@ -367,7 +344,7 @@ fn decision(
 
 #[cfg(test)]
 mod tests {
-    use convsweep_proto::results::{EpochRow, TrialRow};
+    use convsweep_proto::results::{EpochRow, StopCell, TrialRow};
 
     use super::*;
     use crate::stopping::spec::{Metric, Rule};
@@ -388,34 +365,24 @@ mod tests {
 
     /// Trials placed in groups and configurations, with their validation curves.
     struct Design {
-        cells: Cells,
         results: Results,
     }
 
     impl Design {
         fn new() -> Design {
             Design {
-                cells: Cells::new(),
                 results: Results::default(),
             }
         }
 
         fn add(&mut self, group: &str, config: &str, seed: u64, exempt: bool, curve: &[f64], state: TrialState) {
             let id = format!("{group}-{config}-{seed}");
-            self.cells.insert(
-                id.clone(),
-                Cell {
-                    config: config.into(),
-                    group: group.into(),
-                    seed,
-                    exempt,
-                },
-            );
             let mut spec = convsweep_proto::TrialSpec::from_json(
                 r#"{"dataset":{"name":"synthetic"},"model":{"arch":"resnet","kernel_size":3,"train_mode":"learned","init":"kaiming-uniform"},"seed":0}"#,
             )
             .unwrap();
             spec.train.epochs = 3;
+            spec.seed = seed;
             self.results.trials.push(TrialRow {
                 sweep_id: "s".into(),
                 trial_id: id.clone(),
@@ -425,7 +392,11 @@ mod tests {
                 reason: None,
                 worker_id: None,
                 result: None,
-                cell: None,
+                cell: Some(StopCell {
+                    group: group.into(),
+                    config: config.into(),
+                    exempt,
+                }),
             });
             for (i, v) in curve.iter().enumerate() {
                 self.results.epochs.push(EpochRow {
@@ -442,7 +413,7 @@ mod tests {
         }
 
         fn decide(&mut self, spec: &StoppingSpec) -> Decided {
-            let d = decide(spec, "s", &self.cells, &self.results, 0);
+            let d = decide(spec, "s", &self.results, 0);
             self.results.decisions.extend(d.decisions.iter().cloned());
             d
         }

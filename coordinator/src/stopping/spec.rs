@@ -148,6 +148,11 @@ pub struct GridFacts<'a> {
 }
 
 impl StoppingSpec {
+    /// How many of `n` ranked configurations a rung keeps: `ceil(keep * n)`, at least one.
+    pub fn kept_of(&self, n: usize) -> usize {
+        ((self.keep * n as f64).ceil() as usize).max(1)
+    }
+
     /// Parses a `[stopping]` table: `None` for `rule = "none"` (the default). Every error
     /// names its field and what is allowed.
     pub fn parse(

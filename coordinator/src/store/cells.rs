@@ -2,7 +2,7 @@
 //! whether it is exempt), from the spec the sweep was submitted with: what the report needs to
 //! measure rank fidelity, and what the coordinator's stopping pass decides over.
 
-use convsweep_proto::results::{Results, StopCell};
+use convsweep_proto::results::Results;
 
 use crate::error::Result;
 use crate::sweep::SweepSpec;
@@ -18,11 +18,7 @@ pub(crate) fn place(results: &mut Results, specs: &[(String, String)]) -> Result
         }
         let cells = spec.stopping_cells()?;
         for t in results.trials.iter_mut().filter(|t| &t.sweep_id == sweep) {
-            t.cell = cells.get(&t.trial_id).map(|c| StopCell {
-                group: c.group.clone(),
-                config: c.config.clone(),
-                exempt: c.exempt,
-            });
+            t.cell = cells.get(&t.trial_id).cloned();
         }
     }
     Ok(())

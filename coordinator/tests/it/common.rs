@@ -28,6 +28,11 @@ kernel_size = [3, 5]
 train_mode = ["learned", "frozen"]
 "#;
 
+/// What a migration test undoes of schema 9 (on SQLite and PostgreSQL alike) to make a
+/// version 8 state.
+pub const UNDO_V9: &str = "ALTER TABLE epochs DROP COLUMN val_loss; ALTER TABLE epochs DROP COLUMN val_acc; \
+                           ALTER TABLE trials DROP COLUMN stop_rung; DROP TABLE decisions;";
+
 pub fn config(dir: &std::path::Path) -> CoordinatorConfig {
     CoordinatorConfig {
         state_dir: dir.to_owned(),

@@ -4,7 +4,7 @@ use convsweep_coordinator::store::StoreReader;
 use convsweep_proto::{PROTOCOL_VERSION, TrialSpec, pb};
 use tonic::Code;
 
-use crate::common::{SPEC, Server, State, config, counts, epoch, store_lease};
+use crate::common::{SPEC, Server, State, UNDO_V9, config, counts, epoch, store_lease};
 use crate::on_both_stores;
 
 on_both_stores! {
@@ -404,7 +404,7 @@ fn a_version_1_state_folder_is_migrated() {
     drop(convsweep_coordinator::store::SqliteStore::open(dir.path(), Default::default()).unwrap());
     // Turn it into what version 1 wrote.
     let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "DROP TABLE robustness; DROP TABLE filters;
          ALTER TABLE results DROP COLUMN eval_error; ALTER TABLE results DROP COLUMN eval_seconds;
          ALTER TABLE results DROP COLUMN conv_algorithm;
@@ -414,9 +414,8 @@ fn a_version_1_state_folder_is_migrated() {
          ALTER TABLE trials DROP COLUMN resume_floor; ALTER TABLE trials DROP COLUMN lease_heard;
          ALTER TABLE trials DROP COLUMN planned_epochs;
          DROP INDEX workers_by_instance; ALTER TABLE workers DROP COLUMN instance;
-         ALTER TABLE epochs DROP COLUMN val_loss; ALTER TABLE epochs DROP COLUMN val_acc; ALTER TABLE trials DROP COLUMN stop_rung; DROP TABLE decisions;
-         UPDATE meta SET value = '1' WHERE key = 'schema_version';",
-    )
+         UPDATE meta SET value = '1' WHERE key = 'schema_version'; {UNDO_V9}"
+    ))
     .unwrap();
     drop(conn);
     let store = convsweep_coordinator::store::SqliteStore::open(dir.path(), Default::default()).unwrap();
@@ -436,10 +435,13 @@ fn a_version_1_state_folder_is_migrated() {
     conn.prepare("SELECT instance FROM workers").unwrap();
 }
 
-/// A lease granted by a version 7 coordinator has no copy of its trial's epochs: after the
-/// migration its reports are still checked against them, read from the trial's spec.
-#[test]
-fn a_lease_from_a_version_7_state_is_checked_against_its_spec_epochs() {
+/// A SQLite state with one 4-epoch trial leased: its folder, store, worker and lease.
+fn leased_state() -> (
+    tempfile::TempDir,
+    convsweep_coordinator::store::SqliteStore,
+    String,
+    pb::TrialLease,
+) {
     use convsweep_coordinator::store::StoreWriter;
     use convsweep_coordinator::sweep::SweepSpec;
     let dir = tempfile::tempdir().unwrap();
@@ -454,10 +456,19 @@ fn a_lease_from_a_version_7_state_is_checked_against_its_spec_epochs() {
         .unwrap();
     let worker = store.register_worker("w", "h", &[], 1, 0, "").unwrap();
     let lease = store_lease(&mut store, &worker, 1, 0).remove(0);
+    (dir, store, worker, lease)
+}
+
+/// A lease granted by a version 7 coordinator has no copy of its trial's epochs: after the
+/// migration its reports are still checked against them, read from the trial's spec.
+#[test]
+fn a_lease_from_a_version_7_state_is_checked_against_its_spec_epochs() {
+    use convsweep_coordinator::store::StoreWriter;
+    let (dir, store, worker, lease) = leased_state();
     drop(store);
     let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
     conn.execute_batch(
-        "ALTER TABLE trials DROP COLUMN planned_epochs; ALTER TABLE epochs DROP COLUMN val_loss; ALTER TABLE epochs DROP COLUMN val_acc; ALTER TABLE trials DROP COLUMN stop_rung; DROP TABLE decisions; UPDATE meta SET value = '7' WHERE key = 'schema_version';",
+        &format!("ALTER TABLE trials DROP COLUMN planned_epochs; {UNDO_V9} UPDATE meta SET value = '7' WHERE key = 'schema_version';"),
     )
     .unwrap();
     drop(conn);
@@ -485,19 +496,7 @@ fn a_lease_from_a_version_7_state_is_checked_against_its_spec_epochs() {
 #[test]
 fn a_version_8_state_gains_validation_columns_and_the_decisions_table() {
     use convsweep_coordinator::store::StoreWriter;
-    use convsweep_coordinator::sweep::SweepSpec;
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = convsweep_coordinator::store::SqliteStore::open(dir.path(), Default::default()).unwrap();
-    let spec = SweepSpec::from_toml(
-        "name = \"s\"\n[dataset]\nname = \"synthetic\"\n[model]\narch = \"resnet\"\ndepth = 8\n\
-         init = \"kaiming-uniform\"\ntrain_mode = \"learned\"\nkernel_size = 3\n[train]\nepochs = 4\n",
-    )
-    .unwrap();
-    store
-        .submit(&spec.id, "", &spec.expand_canonical().unwrap(), 0)
-        .unwrap();
-    let worker = store.register_worker("w", "h", &[], 1, 0, "").unwrap();
-    let lease = store_lease(&mut store, &worker, 1, 0).remove(0);
+    let (dir, mut store, worker, lease) = leased_state();
     let report = |store: &mut convsweep_coordinator::store::SqliteStore, e: pb::EpochMetrics| {
         store
             .batch(1, &mut |ops| {
@@ -508,11 +507,9 @@ fn a_version_8_state_gains_validation_columns_and_the_decisions_table() {
     report(&mut store, epoch(1, 0.5));
     drop(store);
     let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
-    conn.execute_batch(
-        "ALTER TABLE epochs DROP COLUMN val_loss; ALTER TABLE epochs DROP COLUMN val_acc; \
-         ALTER TABLE trials DROP COLUMN stop_rung; DROP TABLE decisions; \
-         UPDATE meta SET value = '8' WHERE key = 'schema_version';",
-    )
+    conn.execute_batch(&format!(
+        "{UNDO_V9} UPDATE meta SET value = '8' WHERE key = 'schema_version';"
+    ))
     .unwrap();
     drop(conn);
     let mut store = convsweep_coordinator::store::SqliteStore::open(dir.path(), Default::default()).unwrap();
@@ -534,16 +531,15 @@ fn a_version_3_state_folder_gains_the_conv_algorithm_column() {
     let dir = tempfile::tempdir().unwrap();
     drop(convsweep_coordinator::store::SqliteStore::open(dir.path(), Default::default()).unwrap());
     let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "ALTER TABLE results DROP COLUMN conv_algorithm;
          ALTER TABLE results DROP COLUMN startup_seconds; ALTER TABLE results DROP COLUMN train_seconds;
          ALTER TABLE results DROP COLUMN epoch_eval_seconds; ALTER TABLE results DROP COLUMN checkpoint_seconds;
          ALTER TABLE results DROP COLUMN report_seconds; ALTER TABLE results DROP COLUMN train_images;
          ALTER TABLE trials DROP COLUMN lease_heard; ALTER TABLE trials DROP COLUMN planned_epochs;
          DROP INDEX workers_by_instance; ALTER TABLE workers DROP COLUMN instance;
-         ALTER TABLE epochs DROP COLUMN val_loss; ALTER TABLE epochs DROP COLUMN val_acc; ALTER TABLE trials DROP COLUMN stop_rung; DROP TABLE decisions;
-         UPDATE meta SET value = '3' WHERE key = 'schema_version';",
-    )
+         UPDATE meta SET value = '3' WHERE key = 'schema_version'; {UNDO_V9}"
+    ))
     .unwrap();
     drop(conn);
     drop(convsweep_coordinator::store::SqliteStore::open(dir.path(), Default::default()).unwrap());

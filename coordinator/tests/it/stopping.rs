@@ -11,7 +11,7 @@ use convsweep_coordinator::Coordinator;
 use convsweep_proto::{TrialSpec, TrialState, pb};
 use convsweep_testkit::scripted::{epoch_with_val, lease_now, result, scripted_worker};
 
-use crate::common::{State, Store};
+use crate::common::{State, Store, UNDO_V9};
 use crate::on_both_stores;
 
 /// Two groups (kernel size), four learning rates each (0.1 exempt), three seeds of which the
@@ -530,11 +530,9 @@ fn a_version_8_postgres_state_migrates_to_9() {
     let c = Coordinator::open(state.config()).unwrap();
     c.submit(SPEC).unwrap();
     drop(c);
-    state.sql(
-        "ALTER TABLE epochs DROP COLUMN val_loss; ALTER TABLE epochs DROP COLUMN val_acc; \
-         ALTER TABLE trials DROP COLUMN stop_rung; DROP TABLE decisions; \
-         UPDATE meta SET value = '8' WHERE key = 'schema_version';",
-    );
+    state.sql(&format!(
+        "{UNDO_V9} UPDATE meta SET value = '8' WHERE key = 'schema_version';"
+    ));
     let c = Coordinator::open(state.config()).unwrap();
     assert_eq!(state.query("SELECT value FROM meta WHERE key = 'schema_version'"), "9");
     assert_eq!(

@@ -323,10 +323,9 @@ mod tests {
         assert_eq!(batch_for(&images(3, 512), 8), 8);
     }
 
-    #[test]
-    fn stats_and_subsets() {
-        let cache = DataCache::default();
-        let spec = DatasetSpec {
+    /// 100 training and 30 test images of the synthetic set, holding out `val_fraction`.
+    fn synthetic(val_fraction: Option<f64>) -> DatasetSpec {
+        DatasetSpec {
             name: DatasetName::Synthetic,
             root: None,
             train_size: Some(100),
@@ -336,8 +335,14 @@ mod tests {
             image_size: None,
             classes: None,
             val_labels: None,
-            val_fraction: None,
-        };
+            val_fraction,
+        }
+    }
+
+    #[test]
+    fn stats_and_subsets() {
+        let cache = DataCache::default();
+        let spec = synthetic(None);
         let ds = cache.get(&spec, Device::Cpu).unwrap();
         assert_eq!(ds.train.len(), 100);
         assert_eq!(ds.test.len(), 30);
@@ -354,18 +359,7 @@ mod tests {
     #[test]
     fn a_validation_split_is_held_out_the_same_way_for_every_trial() {
         let cache = DataCache::default();
-        let mut spec = DatasetSpec {
-            name: DatasetName::Synthetic,
-            root: None,
-            train_size: Some(100),
-            test_size: Some(30),
-            noise: None,
-            data_seed: None,
-            image_size: None,
-            classes: None,
-            val_labels: None,
-            val_fraction: Some(0.2),
-        };
+        let mut spec = synthetic(Some(0.2));
         let ds = cache.get(&spec, Device::Cpu).unwrap();
         let val = ds.val.as_ref().expect("a validation split");
         assert_eq!((ds.train.len(), val.len(), ds.test.len()), (80, 20, 30));
