@@ -174,10 +174,9 @@ fn distinct<T: Ord>(values: impl Iterator<Item = T>) -> usize {
     values.collect::<std::collections::BTreeSet<_>>().len()
 }
 
-/// Two decimals, without a negative zero.
+/// Percentage points as the report prints them: one decimal, without a negative zero.
 pub fn pp(v: f64) -> String {
-    let s = format!("{v:.2}");
-    if s == "-0.00" { "0.00".to_owned() } else { s }
+    convsweep_proto::numbers::percent(v)
 }
 
 /// Which side of `threshold` the interval is on: `above` is what the claim says.

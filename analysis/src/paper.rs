@@ -333,9 +333,9 @@ pub fn verdict(p: &Published, mean: f64, std: f64, n: u32) -> String {
         let diff = (mean - p.mean).abs();
         let rule = format!("one published run: within {SINGLE_RUN_TOLERANCE:.1}");
         return if diff <= SINGLE_RUN_TOLERANCE {
-            format!("agrees (|diff| {diff:.2}, {rule})")
+            format!("agrees (|diff| {diff:.1}, {rule})")
         } else {
-            format!("differs (|diff| {diff:.2}, {rule})")
+            format!("differs (|diff| {diff:.1}, {rule})")
         };
     }
     if n < 2 {
@@ -344,9 +344,9 @@ pub fn verdict(p: &Published, mean: f64, std: f64, n: u32) -> String {
     let se = (std * std / f64::from(n) + p.std * p.std / f64::from(p.runs)).sqrt();
     let diff = (mean - p.mean).abs();
     if diff <= 1.96 * se {
-        format!("agrees (|diff| {diff:.2} <= 1.96 SE {:.2})", 1.96 * se)
+        format!("agrees (|diff| {diff:.1} <= 1.96 SE {:.1})", 1.96 * se)
     } else {
-        format!("differs (|diff| {diff:.2} > 1.96 SE {:.2})", 1.96 * se)
+        format!("differs (|diff| {diff:.1} > 1.96 SE {:.1})", 1.96 * se)
     }
 }
 
@@ -359,7 +359,7 @@ mod tests {
         let p = &PUBLISHED[0]; // 91.60 ± 0.23
         assert!(verdict(p, 91.5, 0.2, 4).starts_with("agrees"));
         // |diff| 1.0 against 1.96 * sqrt(0.04/4 + 0.0529/4) = 0.30: differs.
-        assert!(verdict(p, 90.6, 0.2, 4).starts_with("differs (|diff| 1.00 > 1.96 SE 0.30)"));
+        assert!(verdict(p, 90.6, 0.2, 4).starts_with("differs (|diff| 1.0 > 1.96 SE 0.3)"));
         assert_eq!(verdict(p, 91.6, 0.0, 1), "too few seeds to say (n = 1)");
         // Table 2: one run, so a fixed tolerance, and one reproduced seed is enough.
         let t2 = PUBLISHED
@@ -367,8 +367,8 @@ mod tests {
             .find(|c| c.table == "Table 2" && c.column == "LCx128 / frozen")
             .unwrap();
         assert_eq!((t2.mean, t2.runs), (72.31, 1));
-        assert!(verdict(t2, 71.5, 0.0, 1).starts_with("agrees (|diff| 0.81, one published run: within 1.0"));
-        assert!(verdict(t2, 70.0, 0.0, 1).starts_with("differs (|diff| 2.31"));
+        assert!(verdict(t2, 71.5, 0.0, 1).starts_with("agrees (|diff| 0.8, one published run: within 1.0"));
+        assert!(verdict(t2, 70.0, 0.0, 1).starts_with("differs (|diff| 2.3,"));
         assert_eq!(
             PUBLISHED.iter().filter(|c| c.table == "Table 2").count(),
             9,

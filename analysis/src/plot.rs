@@ -73,13 +73,7 @@ fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
 }
 
 fn label(v: f64) -> String {
-    if v == v.round() && v.abs() < 1e6 {
-        format!("{}", v as i64)
-    } else if v.abs() >= 0.01 {
-        format!("{v:.2}").trim_end_matches('0').trim_end_matches('.').to_owned()
-    } else {
-        format!("{v:.1e}")
-    }
+    convsweep_proto::numbers::readable(v)
 }
 
 impl LineChart {

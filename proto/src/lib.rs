@@ -14,6 +14,7 @@
 pub mod client;
 pub mod convert;
 pub mod files;
+pub mod numbers;
 pub mod rank;
 pub mod results;
 pub mod spec;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use convsweep_proto::numbers::{percent, readable};
 use polars::prelude::*;
 
 use crate::aggregate::{Aggregation, aggregate};
@@ -45,7 +46,7 @@ pub(crate) fn cell(df: &DataFrame, column: &str, i: usize) -> String {
         None | Some(AnyValue::Null) => "-".into(),
         Some(AnyValue::String(s)) => s.to_owned(),
         Some(AnyValue::StringOwned(s)) => s.to_string(),
-        Some(AnyValue::Float64(x)) => format!("{x}"),
+        Some(AnyValue::Float64(x)) => readable(x),
         Some(v) => v.to_string(),
     }
 }
@@ -100,8 +101,8 @@ pub(crate) fn seeds(trials: &DataFrame) -> Result<u32> {
 /// Mean ± std (n) as text, or `-`.
 pub(crate) fn pm(mean: Option<f64>, std: Option<f64>, n: u32) -> String {
     match (mean, std) {
-        (Some(m), Some(s)) => format!("{m:.2} ± {s:.2} ({n})"),
-        (Some(m), None) => format!("{m:.2} ({n})"),
+        (Some(m), Some(s)) => format!("{} ± {} ({n})", percent(m), percent(s)),
+        (Some(m), None) => format!("{} ({n})", percent(m)),
         _ => "-".into(),
     }
 }

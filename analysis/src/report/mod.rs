@@ -224,7 +224,10 @@ fn html_table(df: &DataFrame) -> String {
     for i in 0..df.height() {
         h.push_str("<tr>");
         for c in df.columns() {
-            let v = c.get(i).map(crate::tables::format_cell).unwrap_or_default();
+            let v = c
+                .get(i)
+                .map(|v| crate::tables::format_cell(c.name(), v))
+                .unwrap_or_default();
             let class = if c.name().as_str() == "flag" && !v.is_empty() {
                 " class=\"t flag\""
             } else if c.dtype().is_primitive_numeric() {

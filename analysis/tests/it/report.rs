@@ -104,22 +104,22 @@ fn the_report_has_every_view() {
     let md = report.markdown();
     // The paper check finds Table 1's CIFAR-10 baseline (91.60 ± 0.23): 91.60 ± 0.40 over 3.
     assert!(
-        md.contains("| Table 1 | cifar10 | baseline | 91.60 ± 0.23 | 91.60 ± 0.40 | 3 | agrees"),
+        md.contains("| Table 1 | cifar10 | baseline | 91.60 ± 0.23 | 91.6 ± 0.4 | 3 | agrees"),
         "{md}"
     );
     assert!(md.contains("not in this sweep"));
     // The claims: the fixture's gap grows by 3.9 pp per +1 of k over 2 seeds per cell; it has
     // no LC-blocks, so the E claims say so.
-    assert!(md.contains("| gap grows with k | holds | 3.90 |"), "{md}");
+    assert!(md.contains("| gap grows with k | holds | 3.9 |"), "{md}");
     assert!(md.contains("needs LC-blocks with E >= 8"), "{md}");
     // Each attack's curve starts at radius 0 from the clean accuracy on the same images.
     for kind in ["fgsm", "pgd"] {
         assert!(
-            md.contains(&format!("| {kind} | 0.00 | 3 | learned | 3 | 0 | 0 | 91.60 |")),
+            md.contains(&format!("| {kind} | 0 | 3 | learned | 3 | 0 | 0 | 91.6 |")),
             "{md}"
         );
     }
-    assert!(md.contains("| clean | 0 | 3 | learned | 91.60 |"), "{md}");
+    assert!(md.contains("| clean | 0 | 3 | learned | 91.6 |"), "{md}");
     let out = tempfile::tempdir().unwrap();
     let written = report.write(out.path()).unwrap();
     let plots: usize = report.sections.iter().map(|s| s.plots.len()).sum();
@@ -235,17 +235,17 @@ fn an_imagenet_sweep_fills_table_2_and_its_paper_check() {
     assert_eq!(
         rows,
         [
-            "| baseline | 38.01 (1) | 71.90 (1) |",
-            "| LC x1 | 61.31 (1) | - |",
-            "| LC x8 | 70.00 (1) | 71.85 (1) |"
+            "| baseline | 38.0 (1) | 71.9 (1) |",
+            "| LC x1 | 61.3 (1) | - |",
+            "| LC x8 | 70.0 (1) | 71.9 (1) |"
         ],
         "{md}"
     );
     // The paper check against one published run each: within 1 point agrees.
     for want in [
-        r"| Table 2 | imagefolder | baseline / frozen | 37.85 | 38.01 | 1 | agrees (\|diff\| 0.16, one published run: within 1.0) |",
-        r"| Table 2 | imagefolder | baseline / learned | 72.60 | 71.90 | 1 | agrees (\|diff\| 0.70, one published run: within 1.0) |",
-        r"| Table 2 | imagefolder | LCx8 / frozen | 71.30 | 70.00 | 1 | differs (\|diff\| 1.30, one published run: within 1.0) |",
+        r"| Table 2 | imagefolder | baseline / frozen | 37.85 | 38.0 | 1 | agrees (\|diff\| 0.2, one published run: within 1.0) |",
+        r"| Table 2 | imagefolder | baseline / learned | 72.60 | 71.9 | 1 | agrees (\|diff\| 0.7, one published run: within 1.0) |",
+        r"| Table 2 | imagefolder | LCx8 / frozen | 71.30 | 70.0 | 1 | differs (\|diff\| 1.3, one published run: within 1.0) |",
         r"| Table 2 | imagefolder | LCx64 / frozen | 72.46 | - | 0 | not in this sweep |",
     ] {
         assert!(md.contains(want), "{want}\n{md}");

@@ -2,6 +2,7 @@
 //! configuration, with a verdict. Which trials match which cell, and the recipe each must have
 //! used to be compared, is in [`crate::paper`].
 
+use convsweep_proto::numbers::percent;
 use polars::prelude::*;
 
 use crate::aggregate::{Aggregation, aggregate};
@@ -81,6 +82,7 @@ pub fn view(trials: &DataFrame) -> Result<Section> {
         table.push(p.table);
         dataset.push(p.dataset);
         column.push(p.column);
+        // Quoted as the paper prints it (two decimals).
         published.push(if p.runs == 1 {
             format!("{:.2}", p.mean)
         } else {
@@ -116,9 +118,9 @@ pub fn view(trials: &DataFrame) -> Result<Section> {
         // One seed has no spread; the verdict then says there are too few.
         let std = stats.column("std")?.f64()?.get(0).unwrap_or(0.0);
         reproduced.push(if n == 1 {
-            format!("{mean:.2}")
+            percent(mean)
         } else {
-            format!("{mean:.2} ± {std:.2}")
+            format!("{} ± {}", percent(mean), percent(std))
         });
         verdicts.push(verdict(p, mean, std, n));
     }
