@@ -9,7 +9,8 @@
 //! - [`paper`]: the published Tables 1 and 3 and the verdict of a reproduced cell.
 //! - [`claims`]: the paper's directional claims as tests over seeds, with verdicts.
 //! - [`plot`]: dependency-free SVG charts.
-//! - [`tables`]: Markdown rendering.
+//! - [`tables`]: Markdown and text rendering, numbers formatted for reading.
+//! - [`tensorboard`]: a sweep as TensorBoard logs (scalars per trial, hyper-parameters).
 //! - [`error`]: [`Error`], what can go wrong while exporting or analysing.
 
 pub mod aggregate;
@@ -20,6 +21,7 @@ pub mod paper;
 pub mod plot;
 pub mod report;
 pub mod tables;
+pub mod tensorboard;
 
 pub use error::{Error, Result};
 pub use frames::Frames;

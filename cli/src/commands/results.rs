@@ -51,8 +51,13 @@ pub struct ExportArgs {
     #[arg(long, env = "CONVSWEEP_STORE_URL")]
     pub store: Option<String>,
     /// Folder to write the Parquet files into.
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required_unless_present = "tensorboard")]
+    pub out: Option<PathBuf>,
+    /// Folder to write TensorBoard logs into: one run per trial (named by its factors), its
+    /// epoch scalars and final figures, and the sweep's hyper-parameters (`tensorboard --logdir
+    /// DIR`; one folder per sweep when there are several).
+    #[arg(long, value_name = "DIR")]
+    pub tensorboard: Option<PathBuf>,
     /// Only this sweep.
     #[arg(long)]
     pub sweep: Option<String>,
@@ -187,8 +192,22 @@ mod imp {
             let name = pick_sweep(&frames, Some(s), &source)?;
             frames = frames.for_sweep(&name)?;
         }
-        for path in frames.write_parquet(&args.out)? {
-            println!("{}", path.display());
+        if let Some(out) = &args.out {
+            for path in frames.write_parquet(out)? {
+                println!("{}", path.display());
+            }
+        }
+        if let Some(dir) = &args.tensorboard {
+            let written = convsweep_analysis::tensorboard::write(&frames, dir)?;
+            for logdir in &written.logdirs {
+                println!("{}", logdir.display());
+            }
+            eprintln!(
+                "TensorBoard: {} runs, {} scalars; view with `tensorboard --logdir {}`",
+                written.runs,
+                written.scalars,
+                written.logdirs.first().unwrap_or(dir).display()
+            );
         }
         Ok(ExitCode::SUCCESS)
     }

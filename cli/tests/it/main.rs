@@ -9,4 +9,5 @@ mod postgres;
 mod processes;
 mod reading;
 mod security;
+mod tensorboard;
 mod watch;
