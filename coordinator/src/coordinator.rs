@@ -238,13 +238,19 @@ impl Coordinator {
     /// (every sweep when `sweep_id` is empty). Blocking: call it off the async threads.
     pub fn snapshot(&self, sweep_id: &str) -> Result<pb::WatchSnapshot> {
         let status = self.status(sweep_id)?;
-        let (active, accuracy) = self.read("snapshot", |s| {
-            Ok((s.active_trials(sweep_id)?, s.accuracy_so_far(sweep_id)?))
+        let (active, accuracy, (curves, curves_left_out)) = self.read("snapshot", |s| {
+            Ok((
+                s.active_trials(sweep_id)?,
+                s.accuracy_so_far(sweep_id)?,
+                s.config_curves(sweep_id)?,
+            ))
         })?;
         Ok(pb::WatchSnapshot {
             status: Some(status),
             active,
             accuracy,
+            curves,
+            curves_left_out,
         })
     }
 

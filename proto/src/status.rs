@@ -21,6 +21,12 @@ pub struct StatusJson {
     /// Mean final test accuracy so far by kernel size and train mode (a snapshot's only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<Vec<AccuracyJson>>,
+    /// Each configuration's test accuracy per epoch over its seeds (a snapshot's only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub curves: Option<Vec<CurveJson>>,
+    /// Configurations whose curves were left out (a snapshot's only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub curves_left_out: Option<u32>,
 }
 
 /// One sweep's progress.
@@ -76,6 +82,21 @@ pub struct ActiveJson {
     pub epochs: u32,
     /// Test accuracy of the last reported epoch.
     pub test_acc: f64,
+    /// Every reported epoch as `[epoch, test accuracy, train accuracy]`.
+    pub curve: Vec<(u32, f64, f64)>,
+}
+
+/// One configuration's learning curve over its seeds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CurveJson {
+    /// The sweep.
+    pub sweep: String,
+    /// The factors that tell it from the sweep's other configurations.
+    pub label: String,
+    /// Trials (seeds) that reported.
+    pub trials: u32,
+    /// `[epoch, mean, lowest, highest, seeds]` of test accuracy, by epoch.
+    pub points: Vec<(u32, f64, f64, f64, u32)>,
 }
 
 /// Mean final test accuracy of one cell.
@@ -125,6 +146,8 @@ impl From<&pb::GetStatusResponse> for StatusJson {
             sweeps: r.sweeps.iter().map(SweepJson::from).collect(),
             active: None,
             accuracy: None,
+            curves: None,
+            curves_left_out: None,
         }
     }
 }
@@ -144,6 +167,7 @@ impl From<&pb::WatchSnapshot> for StatusJson {
                     epoch: a.epoch,
                     epochs: a.epochs,
                     test_acc: a.test_acc,
+                    curve: a.curve.iter().map(|p| (p.epoch, p.test_acc, p.train_acc)).collect(),
                 })
                 .collect(),
         );
@@ -159,6 +183,22 @@ impl From<&pb::WatchSnapshot> for StatusJson {
                 })
                 .collect(),
         );
+        out.curves = Some(
+            s.curves
+                .iter()
+                .map(|c| CurveJson {
+                    sweep: c.sweep_id.clone(),
+                    label: c.label.clone(),
+                    trials: c.trials,
+                    points: c
+                        .points
+                        .iter()
+                        .map(|p| (p.epoch, p.mean, p.lo, p.hi, p.seeds))
+                        .collect(),
+                })
+                .collect(),
+        );
+        out.curves_left_out = Some(s.curves_left_out);
         out
     }
 }
@@ -214,10 +254,25 @@ mod tests {
                 ..Default::default()
             }],
             accuracy: vec![],
+            curves: vec![pb::ConfigCurve {
+                sweep_id: "s".into(),
+                label: "k=3".into(),
+                trials: 2,
+                points: vec![pb::BandPoint {
+                    epoch: 1,
+                    mean: 0.5,
+                    lo: 0.4,
+                    hi: 0.6,
+                    seeds: 2,
+                    train_mean: 0.55,
+                }],
+            }],
+            curves_left_out: 0,
         };
         let full = serde_json::to_value(StatusJson::from(&snapshot)).unwrap();
         assert_eq!(full["sweeps"], plain["sweeps"]);
         assert_eq!(full["active"][0]["state"], "running");
         assert_eq!(full["accuracy"], serde_json::json!([]));
+        assert_eq!(full["curves"][0]["points"], serde_json::json!([[1, 0.5, 0.4, 0.6, 2]]));
     }
 }

@@ -190,7 +190,7 @@ pub fn status_text(resp: &pb::GetStatusResponse) -> String {
             out.push_str(&format!(
                 "  throughput {:.1} trials/h, ETA {}\n",
                 s.trials_per_hour,
-                format_duration(s.eta_seconds)
+                convsweep_proto::numbers::duration(s.eta_seconds)
             ));
         }
         for f in &s.failures {
@@ -201,19 +201,6 @@ pub fn status_text(resp: &pb::GetStatusResponse) -> String {
         }
     }
     out
-}
-
-/// `1h02m`, `3m05s`, `12s`, or `unknown` for negative values.
-pub fn format_duration(seconds: f64) -> String {
-    if seconds < 0.0 || !seconds.is_finite() {
-        return "unknown".into();
-    }
-    let s = seconds.round() as u64;
-    match (s / 3600, (s % 3600) / 60, s % 60) {
-        (0, 0, sec) => format!("{sec}s"),
-        (0, m, sec) => format!("{m}m{sec:02}s"),
-        (h, m, _) => format!("{h}h{m:02}m"),
-    }
 }
 
 /// `convsweep status`.
@@ -232,17 +219,4 @@ pub async fn status(args: &StatusArgs, access: &Access) -> Result<ExitCode> {
         print!("{}", status_text(&resp));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(format_duration(-1.0), "unknown");
-        assert_eq!(format_duration(12.4), "12s");
-        assert_eq!(format_duration(185.0), "3m05s");
-        assert_eq!(format_duration(3720.0), "1h02m");
-    }
 }

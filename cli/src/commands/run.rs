@@ -47,7 +47,6 @@ mod imp {
     use indicatif::{ProgressBar, ProgressStyle};
 
     use super::*;
-    use crate::commands::admin::format_duration;
     use crate::commands::watch;
     use crate::commands::worker::WorkerArgs;
     use crate::local::{self, Followed, Local};
@@ -160,7 +159,7 @@ mod imp {
         bar.set_length(u64::from(s.total));
         bar.set_position(u64::from(c.done()));
         let eta = if s.eta_seconds >= 0.0 {
-            format!(", ETA {}", format_duration(s.eta_seconds))
+            format!(", ETA {}", convsweep_proto::numbers::duration(s.eta_seconds))
         } else {
             String::new()
         };

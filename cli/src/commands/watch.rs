@@ -1,7 +1,9 @@
 //! `convsweep watch`: a coordinator's `Watch` stream as a live view, as a Ray Tune user gets
 //! from its status table: a bar per sweep with ETA, the running trials with attempt, epoch and
-//! current test accuracy, and the last failures with their reasons. `convsweep run` follows
-//! its sweep through the same stream.
+//! current test accuracy, and the last failures with their reasons. On a terminal, each running
+//! trial's test accuracy per epoch and each configuration's mean over its seeds are drawn as
+//! sparklines (the status page's curves, in a line each). `convsweep run` follows its sweep
+//! through the same stream.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -13,7 +15,6 @@ use convsweep_proto::pb;
 use convsweep_proto::pb::watch_event::Event;
 use serde::Serialize;
 
-use super::admin::format_duration;
 use crate::Access;
 use crate::flags::refused;
 
@@ -32,6 +33,21 @@ pub struct WatchArgs {
 const LAST_FAILURES: usize = 5;
 /// Running trials shown.
 const RUNNING_SHOWN: usize = 12;
+/// Configuration curves shown per sweep (on a terminal).
+const CURVES_SHOWN: usize = 12;
+/// Epochs a sparkline shows at most (the last ones).
+const SPARK_EPOCHS: usize = 30;
+
+/// Accuracies (fractions) as a sparkline on the absolute scale 0..1, so that lines compare:
+/// `▁` is below 1/8, `█` 7/8 and above; the last [`SPARK_EPOCHS`] values.
+pub fn sparkline(accs: impl IntoIterator<Item = f64>) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let accs: Vec<f64> = accs.into_iter().collect();
+    accs[accs.len().saturating_sub(SPARK_EPOCHS)..]
+        .iter()
+        .map(|a| BARS[(a.clamp(0.0, 1.0) * 8.0).floor().min(7.0) as usize])
+        .collect()
+}
 
 fn bar(done: u32, total: u32, width: usize) -> String {
     let filled = if total == 0 {
@@ -65,8 +81,9 @@ pub fn finished(snapshot: &pb::WatchSnapshot) -> bool {
     !sweeps.is_empty() && sweeps.iter().all(|s| s.total > 0 && done(s) == s.total)
 }
 
-/// The view of one snapshot, as lines of text.
-pub fn render(snapshot: &pb::WatchSnapshot) -> String {
+/// The view of one snapshot, as lines of text; with `curves` (a terminal), sparklines of the
+/// running trials' and the configurations' test accuracy per epoch.
+pub fn render(snapshot: &pb::WatchSnapshot, curves: bool) -> String {
     let mut out = String::new();
     let status = snapshot.status.clone().unwrap_or_default();
     out.push_str(&format!("workers alive: {}\n", status.workers_alive));
@@ -76,7 +93,7 @@ pub fn render(snapshot: &pb::WatchSnapshot) -> String {
     for s in &status.sweeps {
         let c = s.counts.unwrap_or_default();
         let eta = if s.eta_seconds >= 0.0 && done(s) < s.total {
-            format!(", ETA {}", format_duration(s.eta_seconds))
+            format!(", ETA {}", convsweep_proto::numbers::duration(s.eta_seconds))
         } else {
             String::new()
         };
@@ -93,9 +110,14 @@ pub fn render(snapshot: &pb::WatchSnapshot) -> String {
         let running: Vec<&pb::ActiveTrial> = snapshot.active.iter().filter(|a| a.sweep_id == s.sweep_id).collect();
         for a in running.iter().take(RUNNING_SHOWN) {
             let acc = if a.epoch > 0 {
-                format!("test acc {:5.1}%", a.test_acc * 100.0)
+                format!("test acc {:>5}%", convsweep_proto::numbers::percent(a.test_acc * 100.0))
             } else {
                 "starting".to_owned()
+            };
+            let acc = if curves && !a.curve.is_empty() {
+                format!("{acc} {}", sparkline(a.curve.iter().map(|p| p.test_acc)))
+            } else {
+                acc
             };
             out.push_str(&format!(
                 "  {} {:<44} attempt {} epoch {:>3}/{:<3} {acc}\n",
@@ -108,6 +130,26 @@ pub fn render(snapshot: &pb::WatchSnapshot) -> String {
         }
         if running.len() > RUNNING_SHOWN {
             out.push_str(&format!("  ... and {} more running\n", running.len() - RUNNING_SHOWN));
+        }
+        let configs: Vec<&pb::ConfigCurve> = snapshot.curves.iter().filter(|c| c.sweep_id == s.sweep_id).collect();
+        if curves && !configs.is_empty() {
+            out.push_str("  mean test accuracy per epoch over seeds:\n");
+            for c in configs.iter().take(CURVES_SHOWN) {
+                let last = c.points.last().map_or(0.0, |p| p.mean);
+                out.push_str(&format!(
+                    "    {:<36} {:>5}% ({} seeds) {}\n",
+                    shorten(&c.label, 36),
+                    convsweep_proto::numbers::percent(last * 100.0),
+                    c.trials,
+                    sparkline(c.points.iter().map(|p| p.mean))
+                ));
+            }
+            if configs.len() > CURVES_SHOWN {
+                out.push_str(&format!(
+                    "    ... and {} more configurations\n",
+                    configs.len() - CURVES_SHOWN
+                ));
+            }
         }
         for f in s.failures.iter().rev().take(LAST_FAILURES) {
             out.push_str(&format!(
@@ -196,7 +238,7 @@ pub async fn watch(args: &WatchArgs, access: &Access) -> Result<ExitCode> {
         conn,
         sweep,
         |s| {
-            let view = render(s);
+            let view = render(s, tty);
             let mut out = std::io::stdout().lock();
             if tty {
                 // Redraw in place.
@@ -289,10 +331,44 @@ mod tests {
                 epoch: 3,
                 epochs: 5,
                 test_acc: 0.4217,
+                curve: [0.12, 0.3, 0.4217]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| pb::CurvePoint {
+                        epoch: i as u32 + 1,
+                        test_acc: *a,
+                        train_acc: *a,
+                    })
+                    .collect(),
             }],
             accuracy: vec![],
+            curves: vec![pb::ConfigCurve {
+                sweep_id: "demo".into(),
+                label: "k=5 frozen".into(),
+                trials: 2,
+                points: [0.1, 0.55, 0.99]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| pb::BandPoint {
+                        epoch: i as u32 + 1,
+                        mean: *m,
+                        lo: *m,
+                        hi: *m,
+                        seeds: 2,
+                        train_mean: *m,
+                    })
+                    .collect(),
+            }],
+            curves_left_out: 0,
         };
-        let view = render(&snapshot);
+        let plain = render(&snapshot, false);
+        assert!(!plain.contains('▁') && !plain.contains("mean test accuracy"), "{plain}");
+        let view = render(&snapshot, true);
+        assert!(view.contains("test acc  42.2% ▁▃▄"), "{view}");
+        assert!(
+            view.contains("k=5 frozen") && view.contains("99.0% (2 seeds) ▁▅█"),
+            "{view}"
+        );
         assert!(
             view.contains("demo [###############---------------] 4/8 done"),
             "{view}"

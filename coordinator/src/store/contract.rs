@@ -171,6 +171,11 @@ pub trait StoreReader: Send + std::fmt::Debug {
     /// when `sweep` is empty).
     fn accuracy_so_far(&self, sweep: &str) -> Result<Vec<pb::AccuracyCell>>;
 
+    /// Each configuration's learning curve over its seeds (at most
+    /// [`curves::MAX_CURVES`](super::curves::MAX_CURVES), in sweep and label order) and how
+    /// many were left out (every sweep's when `sweep` is empty).
+    fn config_curves(&self, sweep: &str) -> Result<(Vec<pb::ConfigCurve>, u32)>;
+
     /// Every result row of one sweep (`NotFound` when there is none of that name), or of
     /// every sweep, from one consistent snapshot.
     fn results(&self, sweep: Option<&str>) -> Result<Results>;

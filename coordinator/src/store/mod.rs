@@ -17,6 +17,7 @@
 
 mod cells;
 pub mod contract;
+pub mod curves;
 pub mod lease;
 pub mod postgres;
 pub mod sqlite;

@@ -427,6 +427,157 @@ async fn the_status_page_in_a_real_browser_sees_trials_finish() {
     stop.cancel();
 }
 
+/// The status page's learning curves on a sweep of 1,000 trials in headless Chromium: every
+/// configuration's mean curve with its band, the running trials' curves, which grow as epochs
+/// arrive, and the page's own drawing time under a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_draws_learning_curves_of_a_1000_trial_sweep() {
+    use std::io::BufRead;
+    let modules = workspace().join(".deps/node/node_modules");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !(modules.join("playwright-core").exists() && std::path::Path::new(&chromium).exists()) {
+        eprintln!(
+            "SKIPPED the_status_page_draws_learning_curves_of_a_1000_trial_sweep: no headless Chromium or no \
+             playwright-core; run scripts/browser-deps.sh (scripts/test.sh does)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Leases that outlive the test: the scripted worker sends no heartbeats.
+    let coordinator = Coordinator::open(convsweep_coordinator::CoordinatorConfig {
+        lease_timeout: std::time::Duration::from_secs(600),
+        ..config(dir.path())
+    })
+    .unwrap();
+    // 4 kernel sizes x 25 learning rates x 10 seeds.
+    let lrs: Vec<String> = (1..=25).map(|i| format!("{}", f64::from(i) * 0.004)).collect();
+    let spec = format!(
+        r#"
+name = "big"
+seeds = 10
+[dataset]
+name = "synthetic"
+train_size = 64
+test_size = 32
+[model]
+arch = "resnet"
+depth = 8
+width = 4
+init = "kaiming-uniform"
+train_mode = "frozen"
+[train]
+epochs = 5
+[grid]
+kernel_size = [3, 5, 7, 9]
+"train.lr" = [{}]
+"#,
+        lrs.join(", ")
+    );
+    coordinator.submit(&spec).unwrap();
+    let worker = scripted_worker(&coordinator, 1000);
+    let mut leases = Vec::new();
+    while leases.len() < 1000 {
+        let got = lease_now(&coordinator, &worker, 1000).await;
+        assert!(!got.is_empty(), "all 1000 trials lease");
+        leases.extend(got);
+    }
+    let report = |l: &pb::TrialLease, e: u32| {
+        let spec = convsweep_proto::TrialSpec::from_json(&l.spec_json).unwrap();
+        let acc = (0.1 + 0.1 * f64::from(e) + spec.train.lr + 0.002 * spec.seed as f64).min(1.0);
+        pb::ReportEpochsRequest {
+            worker_id: worker.clone(),
+            trial_id: l.trial_id.clone(),
+            lease_token: l.lease_token.clone(),
+            epochs: vec![epoch(e, acc)],
+        }
+    };
+    // 992 trials report 2 epochs and finish; 8 keep running.
+    for (i, l) in leases.iter().enumerate() {
+        for e in 1..=2 {
+            coordinator.report_epochs(report(l, e)).await.unwrap();
+        }
+        if i >= 8 {
+            coordinator
+                .complete(pb::CompleteRequest {
+                    worker_id: worker.clone(),
+                    trial_id: l.trial_id.clone(),
+                    lease_token: l.lease_token.clone(),
+                    outcome: Some(pb::complete_request::Outcome::Succeeded(pb::Succeeded {
+                        result: Some(crate::common::result(0.5)),
+                    })),
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = ops.local_addr().unwrap().port();
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let (c, s) = (coordinator.clone(), stop.clone());
+        async move {
+            convsweep_coordinator::serve_ops(ops, c, &ServeConfig::default(), async move { s.cancelled().await }).await
+        }
+    });
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let screenshot = dir.path().join("curves.png");
+    let mut browser = KillOnDrop(
+        std::process::Command::new("node")
+            .arg(workspace().join("coordinator/tests/browser/curves.cjs"))
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .arg(&screenshot)
+            .env("NODE_PATH", &modules)
+            .env("CHROMIUM", &chromium)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("node runs"),
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = browser.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv())
+        .await
+        .expect("the curves were drawn within a minute")
+        .expect("the browser script printed");
+    let first: serde_json::Value = serde_json::from_str(ready.strip_prefix("ready ").expect(&ready)).unwrap();
+    assert_eq!(first["running"], 16, "test and train of the 8 running trials: {first}");
+    assert_eq!(first["longest"], 2, "{first}");
+    assert_eq!(first["configs"], 100, "one mean curve per configuration: {first}");
+    assert_eq!(first["bands"], 100, "each with its band over seeds: {first}");
+    // The third epoch of the running trials arrives: their curves grow.
+    for l in &leases[..8] {
+        coordinator.report_epochs(report(l, 3)).await.unwrap();
+    }
+    let line = tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv())
+        .await
+        .expect("the browser saw a curve grow within a minute")
+        .expect("the browser script reported");
+    assert!(browser.0.wait().unwrap().success(), "{line}");
+    let seen: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(seen["later"]["longest"], 3, "{seen}");
+    assert_eq!(seen["errors"].as_array().unwrap().len(), 0, "no script errors: {seen}");
+    let ms = seen["maxDrawMs"].as_f64().unwrap();
+    assert!(
+        ms < 1000.0,
+        "the page draws the curves of 1,000 trials in under a second: {ms} ms"
+    );
+    eprintln!("curves of 1,000 trials drawn in at most {ms} ms");
+    if let Some(keep) = std::env::var_os("CONVSWEEP_KEEP_CURVES_SCREENSHOT") {
+        std::fs::copy(&screenshot, keep).unwrap();
+    }
+    stop.cancel();
+}
+
 /// Clients hammering the status get 429 past the ops port's rate, while its health endpoints
 /// answer every time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

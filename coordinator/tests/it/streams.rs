@@ -6,7 +6,7 @@ use convsweep_coordinator::{Limits, ServeConfig};
 use convsweep_proto::pb::watch_event::Event;
 use convsweep_proto::{TrialState, pb};
 
-use crate::common::{SPEC, Server, State, epoch, serve_on};
+use crate::common::{SPEC, Server, State, epoch, lease_now, scripted_worker, serve_on};
 use crate::on_both_stores;
 
 on_both_stores! {
@@ -181,5 +181,76 @@ async fn watch_sends_snapshots_and_the_events_between_them(store: Store) {
     assert_eq!(err.code(), tonic::Code::NotFound);
     drop((stream, admin));
     server.stop().await;
+}
+}
+
+on_both_stores! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_carry_each_running_trials_curve_and_each_configurations_band(store: Store) {
+    let state = State::new(store);
+    let c = convsweep_coordinator::Coordinator::open(convsweep_coordinator::CoordinatorConfig {
+        lease_timeout: Duration::from_secs(600),
+        ..state.config()
+    })
+    .unwrap();
+    // 2 kernel sizes x 2 train modes x 3 seeds.
+    c.submit(&format!("seeds = 3\n{SPEC}")).unwrap();
+    let worker = scripted_worker(&c, 12);
+    let leases = lease_now(&c, &worker, 12).await;
+    assert_eq!(leases.len(), 12);
+    let place = |l: &pb::TrialLease| {
+        let s = convsweep_proto::TrialSpec::from_json(&l.spec_json).unwrap();
+        (s.model.kernel_size, s.model.train_mode.as_str().to_owned(), s.seed)
+    };
+    // k=3 learned: its 3 seeds report epoch 1 at 0.2, 0.3 and 0.4 (seed 2 also epoch 2 at
+    // 0.6) and stay running; k=5 frozen seed 0 reports epoch 1 at 0.5 and succeeds.
+    for l in &leases {
+        let (k, mode, seed) = place(l);
+        let epochs = match (k, mode.as_str()) {
+            (3, "learned") if seed == 2 => vec![epoch(1, 0.4), epoch(2, 0.6)],
+            (3, "learned") => vec![epoch(1, 0.2 + 0.1 * seed as f64)],
+            (5, "frozen") if seed == 0 => vec![epoch(1, 0.5)],
+            _ => continue,
+        };
+        c.report_epochs(pb::ReportEpochsRequest {
+            worker_id: worker.clone(),
+            trial_id: l.trial_id.clone(),
+            lease_token: l.lease_token.clone(),
+            epochs,
+        })
+        .await
+        .unwrap();
+        if k == 5 {
+            c.complete(pb::CompleteRequest {
+                worker_id: worker.clone(),
+                trial_id: l.trial_id.clone(),
+                lease_token: l.lease_token.clone(),
+                outcome: Some(pb::complete_request::Outcome::Succeeded(pb::Succeeded {
+                    result: Some(convsweep_testkit::scripted::result(0.5)),
+                })),
+            })
+            .await
+            .unwrap();
+        }
+    }
+    let s = c.snapshot("small").unwrap();
+    let seed2 = leases.iter().find(|l| place(l) == (3, "learned".into(), 2)).unwrap();
+    let a = s.active.iter().find(|a| a.trial_id == seed2.trial_id).unwrap();
+    let curve: Vec<(u32, f64)> = a.curve.iter().map(|p| (p.epoch, p.test_acc)).collect();
+    assert_eq!(curve, [(1, 0.4), (2, 0.6)], "the running trial's curve, in epoch order");
+    assert!(s.active.iter().filter(|a| a.curve.is_empty()).count() == 8, "the others have none yet");
+    let labels: Vec<&str> = s.curves.iter().map(|c| c.label.as_str()).collect();
+    assert_eq!(labels, ["k=3 learned", "k=5 frozen"], "the factors that differ");
+    let k3 = &s.curves[0];
+    assert_eq!(k3.trials, 3);
+    let points: Vec<(u32, u32)> = k3.points.iter().map(|p| (p.epoch, p.seeds)).collect();
+    assert_eq!(points, [(1, 3), (2, 1)]);
+    let first = &k3.points[0];
+    assert!(
+        (first.mean - 0.3).abs() < 1e-12 && (first.lo - 0.2).abs() < 1e-12 && (first.hi - 0.4).abs() < 1e-12,
+        "mean and band over the seeds: {first:?}"
+    );
+    assert_eq!(s.curves[1].points.len(), 1, "a finished trial's curve counts too");
+    assert_eq!(s.curves_left_out, 0);
 }
 }

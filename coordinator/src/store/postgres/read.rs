@@ -11,6 +11,7 @@ use super::conn::{Conn, Session, u32_of};
 use super::schema::{self, require_sweep};
 use crate::error::{Error, Result};
 use crate::store::contract::{MAX_LISTED_FAILURES, StoreReader, WorkerSeen, rate};
+use crate::store::curves::{self, CurveRow};
 use crate::store::lease::{spec_of, state_of};
 
 /// A read-only connection to a coordinator's PostgreSQL state.
@@ -180,9 +181,54 @@ impl StoreReader for PgReader {
                     epochs: spec.train.epochs,
                     test_acc: r.get::<_, Option<f64>>(7).unwrap_or(0.0),
                     trial_id,
+                    curve: Vec::new(),
                 });
             }
+            let mut points = Vec::new();
+            for r in s.rows(
+                "SELECT e.trial_id, e.epoch, e.test_acc, e.train_acc FROM epochs e JOIN trials t ON t.id = e.trial_id \
+                 WHERE t.state IN ('leased', 'running') \
+                   AND ($1 = '' OR t.id IN (SELECT trial_id FROM sweep_trials WHERE sweep_id = $1)) \
+                 ORDER BY e.trial_id, e.epoch",
+                &[&sweep],
+            )? {
+                points.push((
+                    r.get(0),
+                    pb::CurvePoint {
+                        epoch: u32_of(r.get(1), "epoch")?,
+                        test_acc: r.get(2),
+                        train_acc: r.get(3),
+                    },
+                ));
+            }
+            curves::attach(&mut out, points);
             Ok(out)
+        })
+    }
+
+    fn config_curves(&self, sweep: &str) -> Result<(Vec<pb::ConfigCurve>, u32)> {
+        self.read(|s| {
+            let mut rows = Vec::new();
+            for r in s.rows(
+                "SELECT s.sweep_id, (t.spec_json::jsonb - 'seed')::text, e.epoch, AVG(e.test_acc), MIN(e.test_acc), \
+                        MAX(e.test_acc), COUNT(*), AVG(e.train_acc) \
+                 FROM sweep_trials s JOIN trials t ON t.id = s.trial_id JOIN epochs e ON e.trial_id = t.id \
+                 WHERE ($1 = '' OR s.sweep_id = $1) \
+                 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+                &[&sweep],
+            )? {
+                rows.push(CurveRow {
+                    sweep_id: r.get(0),
+                    config_json: r.get(1),
+                    epoch: u32_of(r.get(2), "epoch")?,
+                    mean: r.get(3),
+                    lo: r.get(4),
+                    hi: r.get(5),
+                    seeds: u32_of(r.get(6), "seeds")?,
+                    train_mean: r.get(7),
+                });
+            }
+            Ok(curves::config_curves(rows))
         })
     }
 

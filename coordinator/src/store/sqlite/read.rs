@@ -13,6 +13,7 @@ use super::lease;
 use super::schema::{self, DB_FILE, state_of};
 use crate::error::{Error, Result};
 use crate::store::contract::{MAX_LISTED_FAILURES, StoreReader, WorkerSeen, rate};
+use crate::store::curves::{self, CurveRow};
 
 /// A read-only connection to a coordinator's state folder.
 pub struct SqliteReader {
@@ -155,9 +156,54 @@ impl StoreReader for SqliteReader {
                 epoch: epoch.unwrap_or(0),
                 epochs: spec.train.epochs,
                 test_acc: test_acc.unwrap_or(0.0),
+                curve: Vec::new(),
             });
         }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT e.trial_id, e.epoch, e.test_acc, e.train_acc FROM epochs e JOIN trials t ON t.id = e.trial_id \
+             WHERE t.state IN ('leased', 'running') \
+               AND (?1 = '' OR t.id IN (SELECT trial_id FROM sweep_trials WHERE sweep_id = ?1)) \
+             ORDER BY e.trial_id, e.epoch",
+        )?;
+        let points = stmt
+            .query_map([sweep], |r| {
+                Ok((
+                    r.get(0)?,
+                    pb::CurvePoint {
+                        epoch: r.get(1)?,
+                        test_acc: r.get(2)?,
+                        train_acc: r.get(3)?,
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        curves::attach(&mut out, points);
         Ok(out)
+    }
+
+    fn config_curves(&self, sweep: &str) -> Result<(Vec<pb::ConfigCurve>, u32)> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT s.sweep_id, json_remove(t.spec_json, '$.seed'), e.epoch, AVG(e.test_acc), MIN(e.test_acc), \
+                    MAX(e.test_acc), COUNT(*), AVG(e.train_acc) \
+             FROM sweep_trials s JOIN trials t ON t.id = s.trial_id JOIN epochs e ON e.trial_id = t.id \
+             WHERE (?1 = '' OR s.sweep_id = ?1) \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )?;
+        let rows = stmt
+            .query_map([sweep], |r| {
+                Ok(CurveRow {
+                    sweep_id: r.get(0)?,
+                    config_json: r.get(1)?,
+                    epoch: r.get(2)?,
+                    mean: r.get(3)?,
+                    lo: r.get(4)?,
+                    hi: r.get(5)?,
+                    seeds: r.get(6)?,
+                    train_mean: r.get(7)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(curves::config_curves(rows))
     }
 
     /// Mean final test accuracy so far of the succeeded trials of `sweep` (every sweep when
