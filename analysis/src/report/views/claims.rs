@@ -101,14 +101,13 @@ pub fn pairs(frames: &Frames) -> Result<Vec<Pair>> {
 pub fn view(frames: &Frames) -> Result<Section> {
     let pairs = pairs(frames)?;
     let checked = check(&pairs);
-    // Two decimals; a rounded negative zero is plain zero.
-    let round = |x: Option<f64>| x.map(|v| (v * 100.0).round() / 100.0 + 0.0);
+    // Full precision (CSV and Parquet); tables print one decimal, never a negative zero.
     let df = df!(
         "claim" => checked.iter().map(|c| c.claim).collect::<Vec<_>>(),
         "verdict" => checked.iter().map(|c| c.verdict.as_str()).collect::<Vec<_>>(),
-        "effect" => checked.iter().map(|c| round(c.effect)).collect::<Vec<_>>(),
-        "ci95_low" => checked.iter().map(|c| round(c.ci95.map(|c| c.0))).collect::<Vec<_>>(),
-        "ci95_high" => checked.iter().map(|c| round(c.ci95.map(|c| c.1))).collect::<Vec<_>>(),
+        "effect" => checked.iter().map(|c| c.effect).collect::<Vec<_>>(),
+        "ci95_low" => checked.iter().map(|c| c.ci95.map(|c| c.0)).collect::<Vec<_>>(),
+        "ci95_high" => checked.iter().map(|c| c.ci95.map(|c| c.1)).collect::<Vec<_>>(),
         "pairs" => checked.iter().map(|c| c.pairs as u32).collect::<Vec<_>>(),
         "seeds" => checked.iter().map(|c| c.seeds as u32).collect::<Vec<_>>(),
         "effect_is" => checked.iter().map(|c| c.effect_is).collect::<Vec<_>>(),
