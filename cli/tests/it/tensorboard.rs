@@ -9,6 +9,7 @@ use std::process::Command;
 
 use convsweep_coordinator::{Coordinator, CoordinatorConfig};
 use convsweep_proto::pb;
+use convsweep_testkit::browser::{KillOnDrop, browser};
 use serde_json::Value as Json;
 
 use crate::common::*;
@@ -369,21 +370,9 @@ async fn tensorboard_reads_back_every_value_and_shows_the_scalars_and_hparams() 
 /// screenshots stay in `target/tensorboard-screenshots/`.
 fn screenshot(tb: &Path, logdir: &Path, tmp: &Path) {
     use std::io::BufRead;
-    let modules = workspace().join(".deps/node/node_modules");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !(modules.join("playwright-core").exists() && Path::new(&chromium).exists()) {
-        eprintln!(
-            "SKIPPED the TensorBoard screenshot: no headless Chromium or playwright-core; run scripts/browser-deps.sh"
-        );
+    let Some(browser) = browser(&workspace(), "the TensorBoard screenshot") else {
         return;
-    }
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    };
     let mut server = KillOnDrop(
         Command::new("python3")
             .args([
@@ -425,8 +414,8 @@ fn screenshot(tb: &Path, logdir: &Path, tmp: &Path) {
             shots.to_str().unwrap(),
             r#"{"scalars": ["test/acc", "train/loss", "final/test_acc"], "hparams": ["kernel_size", "train_mode", "expansion", "final/test_acc"]}"#,
         ])
-        .env("NODE_PATH", &modules)
-        .env("CHROMIUM", &chromium)
+        .env("NODE_PATH", &browser.node_modules)
+        .env("CHROMIUM", &browser.chromium)
         .output()
         .expect("node runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

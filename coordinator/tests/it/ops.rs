@@ -8,6 +8,8 @@ use convsweep_proto::client::{Connection, Secret};
 use convsweep_proto::pb;
 use tokio_util::sync::CancellationToken;
 
+use convsweep_testkit::browser::{Browser, KillOnDrop, browser};
+
 use crate::common::{SPEC, config, epoch, lease_now, scripted_worker};
 
 /// `GET path` over HTTP/1.1; returns the status code, the headers and the body.
@@ -299,21 +301,44 @@ fn workspace() -> std::path::PathBuf {
         .to_owned()
 }
 
+/// Starts the browser script `coordinator/tests/browser/<script>` on `url`, screenshotting to
+/// `screenshot`, with `env`; the script's stdout lines arrive on the receiver, and it is killed
+/// (with its Chromium) when the guard drops.
+fn browse(
+    browser: &Browser,
+    script: &str,
+    url: &str,
+    screenshot: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (KillOnDrop, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use std::io::BufRead;
+    let mut child = KillOnDrop(
+        std::process::Command::new("node")
+            .arg(workspace().join("coordinator/tests/browser").join(script))
+            .arg(url)
+            .arg(screenshot)
+            .env("NODE_PATH", &browser.node_modules)
+            .env("CHROMIUM", &browser.chromium)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("node runs"),
+    );
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = child.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_in_a_real_browser_sees_trials_finish() {
-    use std::io::BufRead;
-    let modules = workspace().join(".deps/node/node_modules");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !(modules.join("playwright-core").exists() && std::path::Path::new(&chromium).exists()) {
-        // Without the browser there is nothing to drive: say so instead of failing a suite run
-        // where it was never installed (scripts/test.sh installs it, so CI always runs this).
-        eprintln!(
-            "SKIPPED the_status_page_in_a_real_browser_sees_trials_finish: no headless Chromium ({chromium}) or no \
-             playwright-core in {}; run scripts/browser-deps.sh (scripts/test.sh does)",
-            modules.display()
-        );
+    let Some(chromium) = browser(&workspace(), "the_status_page_in_a_real_browser_sees_trials_finish") else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let coordinator = Coordinator::open(config(dir.path())).unwrap();
     coordinator.submit(&format!("seeds = 8\n{SPEC}")).unwrap();
@@ -330,33 +355,14 @@ async fn the_status_page_in_a_real_browser_sees_trials_finish() {
     });
     let worker = scripted_worker(&coordinator, 1);
 
-    /// Kills the browser script (and so its Chromium) when the test ends, also on a failure.
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let screenshot = dir.path().join("status.png");
-    let browser = std::process::Command::new("node")
-        .arg(workspace().join("coordinator/tests/browser/status_page.cjs"))
-        .arg(format!("http://127.0.0.1:{port}/"))
-        .arg(&screenshot)
-        .env("NODE_PATH", &modules)
-        .env("STATUS_TOKEN", "browser-test-token")
-        .env("CHROMIUM", &chromium)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("node runs");
-    let mut browser = KillOnDrop(browser);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let stdout = browser.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut browser, mut rx) = browse(
+        &chromium,
+        "status_page.cjs",
+        &format!("http://127.0.0.1:{port}/"),
+        &screenshot,
+        &[("STATUS_TOKEN", "browser-test-token")],
+    );
     let ready = tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv())
         .await
         .expect("the page loaded within a minute")
@@ -432,16 +438,12 @@ async fn the_status_page_in_a_real_browser_sees_trials_finish() {
 /// arrive, and the page's own drawing time under a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_draws_learning_curves_of_a_1000_trial_sweep() {
-    use std::io::BufRead;
-    let modules = workspace().join(".deps/node/node_modules");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !(modules.join("playwright-core").exists() && std::path::Path::new(&chromium).exists()) {
-        eprintln!(
-            "SKIPPED the_status_page_draws_learning_curves_of_a_1000_trial_sweep: no headless Chromium or no \
-             playwright-core; run scripts/browser-deps.sh (scripts/test.sh does)"
-        );
+    let Some(chromium) = browser(
+        &workspace(),
+        "the_status_page_draws_learning_curves_of_a_1000_trial_sweep",
+    ) else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     // Leases that outlive the test: the scripted worker sends no heartbeats.
     let coordinator = Coordinator::open(convsweep_coordinator::CoordinatorConfig {
@@ -519,32 +521,14 @@ kernel_size = [3, 5, 7, 9]
             convsweep_coordinator::serve_ops(ops, c, &ServeConfig::default(), async move { s.cancelled().await }).await
         }
     });
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let screenshot = dir.path().join("curves.png");
-    let mut browser = KillOnDrop(
-        std::process::Command::new("node")
-            .arg(workspace().join("coordinator/tests/browser/curves.cjs"))
-            .arg(format!("http://127.0.0.1:{port}/"))
-            .arg(&screenshot)
-            .env("NODE_PATH", &modules)
-            .env("CHROMIUM", &chromium)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("node runs"),
+    let (mut browser, mut rx) = browse(
+        &chromium,
+        "curves.cjs",
+        &format!("http://127.0.0.1:{port}/"),
+        &screenshot,
+        &[],
     );
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let stdout = browser.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
     let ready = tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv())
         .await
         .expect("the curves were drawn within a minute")
