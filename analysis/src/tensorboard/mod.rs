@@ -21,7 +21,7 @@ use prost_types::value::Kind;
 
 use crate::Frames;
 use crate::error::{Error, Result};
-use crate::report::grouping::FACTORS;
+use crate::report::grouping::{grouping, seeds, varying_factors};
 use events::{
     Dim, Event, Experiment, HParamInfo, HParamsData, HParamsPluginData, MetricInfo, MetricName, PluginData,
     SessionEndInfo, SessionStartInfo, Summary, SummaryMetadata, TensorProto, TensorShape, Value, What, write_record,
@@ -31,7 +31,7 @@ use events::{
 pub const EVENT_FILE: &str = "events.out.tfevents.0.convsweep";
 
 /// Factors first in a run's name, in this order; the other varying factors follow in
-/// [`FACTORS`] order, then the seed.
+/// the report's factor order (`report::grouping::FACTORS`), then the seed.
 const NAME_ORDER: [&str; 4] = ["kernel_size", "train_mode", "expansion", "init"];
 
 /// The final figures each run records at its last epoch: (tag, trials column, what it is).
@@ -141,22 +141,10 @@ impl Level {
 
 /// The hyper-parameters of a sweep: the factors that vary (the seed too), in name order.
 fn hparam_columns(trials: &DataFrame) -> Result<Vec<&'static str>> {
-    let mut varying = Vec::new();
-    for f in FACTORS.iter().copied().chain(["seed"]) {
-        if let Ok(c) = trials.column(f)
-            && c.as_materialized_series().n_unique()? > 1
-        {
-            varying.push(f);
-        }
-    }
-    let mut ordered: Vec<&'static str> = NAME_ORDER.iter().copied().filter(|f| varying.contains(f)).collect();
-    let rest: Vec<&'static str> = varying
-        .iter()
-        .copied()
-        .filter(|f| !NAME_ORDER.contains(f) && *f != "seed")
-        .collect();
-    ordered.extend(rest);
-    if varying.contains(&"seed") {
+    let varying = varying_factors(trials)?;
+    let first: Vec<&'static str> = NAME_ORDER.iter().copied().filter(|f| varying.contains(f)).collect();
+    let mut ordered = grouping(&first, &varying);
+    if seeds(trials)? > 1 {
         ordered.push("seed");
     }
     Ok(ordered)
